@@ -1,0 +1,300 @@
+"""The only module of `pipelines` that imports Airflow: it turns one model spec into its DAG family.
+
+Each task is a thin wrapper: it reads the data interval from the Airflow context, calls one
+stage function, and returns a small JSON-able summary for XCom. Heavy libraries are imported by
+the stage modules inside the task, never while the DAG file is parsed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import DAG, Asset, CronDataIntervalTimetable, get_current_context, task
+from airflow.sdk.exceptions import AirflowFailException
+
+from pipelines.spec import ModelSpec, load_spec
+
+log = logging.getLogger(__name__)
+
+# Retries cover transient trouble (a late source file, a busy database). The demo and the tests
+# set PIPELINES_TASK_RETRIES=0: dag.test() has no scheduler and would sit out each retry delay.
+DEFAULT_RETRIES = int(os.environ.get("PIPELINES_TASK_RETRIES", "2"))
+DEFAULT_RETRY_DELAY = timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class RunContext:
+    dag_id: str
+    run_id: str
+    logical_date: str
+    start: datetime
+    end: datetime
+
+
+def _utc(value: Any) -> datetime:
+    return datetime.fromtimestamp(value.timestamp(), tz=timezone.utc)
+
+
+def run_context() -> RunContext:
+    context = get_current_context()
+    start, end = context.get("data_interval_start"), context.get("data_interval_end")
+    if start is None or end is None:
+        raise AirflowFailException("this task needs a data interval; trigger the DAG with a logical date")
+    dag_run = context["dag_run"]
+    logical = context.get("logical_date")
+    return RunContext(dag_run.dag_id, dag_run.run_id, logical.isoformat() if logical else "", _utc(start), _utc(end))
+
+
+@contextmanager
+def permanent_failures() -> Iterator[None]:
+    """Errors a retry cannot fix (bad data, broken contract, missing champion) fail the task at once."""
+    from pipelines.features import ContractError
+    from pipelines.score import NoChampionError
+    from pipelines.train import NotEnoughDataError
+    from pipelines.validate import ValidationFailed
+
+    try:
+        yield
+    except (ValidationFailed, ContractError, NoChampionError, NotEnoughDataError, ValueError) as exc:
+        raise AirflowFailException(str(exc)) from exc
+
+
+def _engine() -> Any:
+    from pipelines.config import get_settings
+    from pipelines.tables import make_engine
+
+    return make_engine(get_settings().tables_url)
+
+
+def _ingest(spec: ModelSpec, start: datetime, end: datetime) -> dict[str, Any]:
+    from pipelines.config import get_settings
+    from pipelines.ingest import ingest, snapshot_sha256
+
+    settings = get_settings()
+    partitions = ingest(spec, settings.source, settings.lake, start, end)
+    return {
+        "partitions": len(partitions),
+        "rows": sum(p.rows for p in partitions),
+        "data_sha256": snapshot_sha256(partitions),
+        "data_uri": (settings.lake / spec.name / "raw").as_uri(),
+    }
+
+
+def _validate(spec: ModelSpec, ctx: RunContext, zone_start: datetime) -> dict[str, Any]:
+    """Validate the raw partitions of [zone_start, ctx.end), record the outcome, apply the policy."""
+    import json
+
+    import pandas as pd
+
+    from pipelines import tables
+    from pipelines.config import get_settings
+    from pipelines.intervals import hours_between, interval_key
+    from pipelines.lake import hour_partition, read_partition
+    from pipelines.validate import ValidationFailed, validate_frame
+
+    settings = get_settings()
+    frame = pd.concat(
+        [read_partition(hour_partition(settings.lake, spec.name, "raw", h))[0] for h in hours_between(zone_start, ctx.end)],
+        ignore_index=True,
+    )
+    key = interval_key(zone_start, ctx.end)
+    result_path = settings.lake / spec.name / "validation" / ctx.dag_id / f"{key}.json"
+    outcome = validate_frame(frame, spec.suite, settings.gx_root, result_path, run_name=f"{ctx.dag_id} {key}")
+    engine = _engine()
+    tables.ensure_tables(engine)
+    tables.upsert(engine, tables.validation_runs, [{
+        "model_name": spec.name, "interval_start": zone_start, "interval_end": ctx.end, "dag_id": ctx.dag_id,
+        "dag_run_id": ctx.run_id, "suite": spec.suite, "success": outcome.success,
+        "failed_expectations": json.dumps([f.describe() for f in outcome.failed]),
+        "result_path": outcome.result_path, "validated_at": datetime.now(timezone.utc),
+    }], key=["model_name", "dag_id", "interval_start", "interval_end"])
+    log.info("validation result: %s; Data Docs: %s", outcome.result_path, outcome.data_docs_path)
+    if not outcome.success:
+        if spec.validation_policy == "block":
+            raise ValidationFailed(outcome)
+        log.warning("validation policy 'warn': continuing despite failures\n%s", outcome.describe_failures())
+    return {"suite": spec.suite, "suite_sha256": outcome.suite_sha256, "success": outcome.success,
+            "result_path": outcome.result_path, "data_docs": outcome.data_docs_path}
+
+
+def _ingest_labels(spec: ModelSpec, start: datetime, end: datetime) -> dict[str, Any]:
+    from pipelines.config import get_settings
+    from pipelines.labels import ingest_labels
+
+    result = ingest_labels(spec, get_settings().source, _engine(), start, end)
+    return {"files_read": result.files_read, "rows": result.rows, "missing_hours": len(result.missing_hours)}
+
+
+def _common_args(spec: ModelSpec, kind: str, doc: str) -> dict[str, Any]:
+    return {
+        "dag_id": f"{spec.name}__{kind}",
+        "start_date": spec.start_date,
+        "catchup": False,
+        "tags": ["pipelines", f"model:{spec.name}", kind],
+        "doc_md": f"### {spec.name} · {kind}\n\n{spec.description}\n\n{doc}\n\nSpec: `dags/models/{spec.name}.yaml`.",
+        "default_args": {"owner": spec.owner, "retries": DEFAULT_RETRIES, "retry_delay": DEFAULT_RETRY_DELAY},
+        "max_active_runs": 1,
+    }
+
+
+def predictions_asset(spec: ModelSpec) -> Asset:
+    return Asset(name=f"{spec.name}__predictions", uri=f"pipelines://{spec.name}/predictions")
+
+
+def train_dag(spec: ModelSpec) -> DAG:
+    with DAG(
+        schedule=CronDataIntervalTimetable(spec.schedules.train, timezone="UTC"),
+        **_common_args(spec, "train", (
+            f"Nightly: ingest and validate the last {spec.training.window_days} day(s), train XGBoost "
+            "(CUDA when usable), log to MLflow, register as `challenger`, promote to `champion` only "
+            "when not worse on the same holdout."
+        )),
+    ) as dag:
+
+        @task
+        def ingest_window() -> dict[str, Any]:
+            ctx = run_context()
+            return _ingest(spec, ctx.end - timedelta(days=spec.training.window_days), ctx.end)
+
+        @task
+        def validate_window(ingested: dict[str, Any]) -> dict[str, Any]:
+            ctx = run_context()
+            with permanent_failures():
+                return _validate(spec, ctx, ctx.end - timedelta(days=spec.training.window_days))
+
+        @task
+        def ingest_labels_window() -> dict[str, Any]:
+            ctx = run_context()
+            return _ingest_labels(spec, ctx.end - timedelta(days=spec.training.window_days), ctx.end)
+
+        @task
+        def train(ingested: dict[str, Any], validated: dict[str, Any], labelled: dict[str, Any]) -> dict[str, Any]:
+            from pipelines.config import get_settings, git_sha
+            from pipelines.train import assemble_training_set, train_model, training_window
+
+            ctx = run_context()
+            settings = get_settings()
+            start, end = training_window(spec, ctx.end)
+            with permanent_failures():
+                frame = assemble_training_set(spec, settings.lake, _engine(), start, end)
+                tags = {
+                    "run_name": f"{ctx.dag_id} {ctx.end:%Y-%m-%dT%H:%M}", "dag_id": ctx.dag_id,
+                    "dag_run_id": ctx.run_id, "logical_date": ctx.logical_date,
+                    "window_start": start.isoformat(), "window_end": end.isoformat(),
+                    "data_uri": ingested["data_uri"], "data_sha256": ingested["data_sha256"],
+                    "suite": validated["suite"], "suite_sha256": validated["suite_sha256"],
+                    "validation_result": validated["result_path"], "git_sha": git_sha(),
+                    "labels_rows": str(labelled["rows"]),
+                }
+                result = train_model(spec, frame, settings, tags)
+            return {"run_id": result.run_id, "model_uri": result.model_uri, "device": result.device,
+                    "metrics": result.metrics, "rows": result.rows,
+                    "lineage": {k: v for k, v in tags.items() if k != "run_name"} | {"device": result.device}}
+
+        @task
+        def register(trained: dict[str, Any]) -> dict[str, Any]:
+            from dataclasses import asdict
+
+            from pipelines.config import get_settings
+            from pipelines.registry import register_and_gate
+
+            ctx = run_context()
+            with permanent_failures():
+                decision = register_and_gate(spec, get_settings(), _engine(), trained["run_id"], trained["model_uri"],
+                                             ctx.run_id, trained["lineage"])
+            return asdict(decision)
+
+        ingested = ingest_window()
+        register(train(ingested, validate_window(ingested), ingest_labels_window()))
+    return dag
+
+
+def score_dag(spec: ModelSpec) -> DAG:
+    with DAG(
+        schedule=CronDataIntervalTimetable(spec.schedules.score, timezone="UTC"),
+        **_common_args(spec, "score", (
+            "Hourly: ingest the interval, validate it, score it with `models:/<name>@champion`, upsert "
+            "the predictions, keep the scored inputs in the lake, and write an Evidently drift report."
+        )),
+    ) as dag:
+
+        @task
+        def ingest_interval() -> dict[str, Any]:
+            ctx = run_context()
+            return _ingest(spec, ctx.start, ctx.end)
+
+        @task
+        def validate_interval(ingested: dict[str, Any]) -> dict[str, Any]:
+            ctx = run_context()
+            with permanent_failures():
+                return _validate(spec, ctx, ctx.start)
+
+        @task(outlets=[predictions_asset(spec)])
+        def score(validated: dict[str, Any]) -> dict[str, Any]:
+            from pipelines.config import get_settings
+            from pipelines.score import score_interval
+
+            ctx = run_context()
+            with permanent_failures():
+                result = score_interval(spec, get_settings(), _engine(), ctx.start, ctx.end, ctx.run_id)
+            return {"model_version": result.model_version, "rows": result.rows,
+                    "unseen_categories": result.unseen_categories}
+
+        @task
+        def drift_report(scored: dict[str, Any]) -> dict[str, Any]:
+            from pipelines.config import get_settings
+            from pipelines.drift import monitor_interval
+
+            ctx = run_context()
+            with permanent_failures():
+                summary = monitor_interval(spec, get_settings(), _engine(), ctx.start, ctx.end, ctx.run_id)
+            log.info("drift report: %s (drifted columns: %s)", summary.report_path, summary.drifted_columns or "none")
+            return {"report_path": summary.report_path, "drift_share": summary.drift_share,
+                    "drifted_columns": summary.drifted_columns}
+
+        drift_report(score(validate_interval(ingest_interval())))
+    return dag
+
+
+def backtest_dag(spec: ModelSpec) -> DAG:
+    with DAG(
+        schedule=CronDataIntervalTimetable(spec.schedules.backtest, timezone="UTC"),
+        **_common_args(spec, "backtest", (
+            f"Daily: ingest the labels that arrived in the interval, then join the logged predictions of "
+            f"the last {spec.backtest.lookback_days} day(s) with labels whose {spec.label.delay_hours} h "
+            "delay has passed; metrics per cohort (as_of date) x model version into `backtest_metrics`."
+        )),
+    ) as dag:
+
+        @task
+        def ingest_labels() -> dict[str, Any]:
+            ctx = run_context()
+            return _ingest_labels(spec, ctx.start, ctx.end)
+
+        @task
+        def backtest(labelled: dict[str, Any]) -> dict[str, Any]:
+            from pipelines.backtest import backtest as run_backtest
+
+            ctx = run_context()
+            result = run_backtest(spec, _engine(), ctx.end, ctx.run_id)
+            log.info("backtest: %d matured predictions over %d cohort(s)", result.rows, result.cohorts)
+            return {"rows": result.rows, "cohorts": result.cohorts, "metrics": result.metrics}
+
+        backtest(ingest_labels())
+    return dag
+
+
+DAG_BUILDERS: dict[str, Callable[[ModelSpec], DAG]] = {"train": train_dag, "score": score_dag, "backtest": backtest_dag}
+
+
+def model_dags(spec_path: Path | str) -> dict[str, DAG]:
+    """The DAG family of one spec, keyed by dag_id. A bad spec raises SpecError naming file and field."""
+    spec = load_spec(spec_path)
+    return {dag.dag_id: dag for dag in (build(spec) for build in DAG_BUILDERS.values())}

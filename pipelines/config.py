@@ -1,0 +1,82 @@
+"""Where state lives. Everything derives from one home folder so the demo never touches ~/airflow."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    lake: Path
+    source: Path
+    specs_dir: Path
+    tables_url: str
+    mlflow_tracking_uri: str
+    mlflow_artifacts: Path
+    gx_root: Path
+
+    @property
+    def airflow_home(self) -> Path:
+        return self.home / "airflow"
+
+
+def get_settings() -> Settings:
+    """Read settings from the environment; every value has an embedded default under PIPELINES_HOME."""
+    home = Path(os.environ.get("PIPELINES_HOME", REPO_ROOT / ".pipelines")).resolve()
+    return Settings(
+        home=home,
+        lake=Path(os.environ.get("PIPELINES_LAKE", home / "lake")),
+        source=Path(os.environ.get("PIPELINES_SOURCE", home / "source")),
+        specs_dir=Path(os.environ.get("PIPELINES_SPECS_DIR", REPO_ROOT / "dags" / "models")),
+        tables_url=os.environ.get("PIPELINES_TABLES_URL", f"sqlite:///{home / 'tables.db'}"),
+        mlflow_tracking_uri=os.environ.get(
+            "MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
+        ),
+        mlflow_artifacts=Path(os.environ.get("PIPELINES_MLFLOW_ARTIFACTS", home / "mlflow" / "artifacts")),
+        gx_root=home / "gx",
+    )
+
+
+def airflow_environment(settings: Settings) -> dict[str, str]:
+    """Airflow config for the embedded default: SQLite metadata DB, LocalExecutor, our dags/ and plugins/."""
+    airflow_home = settings.airflow_home
+    return {
+        "PIPELINES_HOME": str(settings.home),
+        "AIRFLOW_HOME": str(airflow_home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{airflow_home / 'airflow.db'}",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+        "AIRFLOW__API__PORT": os.environ.get("AIRFLOW__API__PORT", "8080"),
+        "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
+        "GIT_PYTHON_REFRESH": "quiet",
+    }
+
+
+def apply_airflow_environment(settings: Settings | None = None) -> Settings:
+    """Set the Airflow variables in this process unless the user already set them. Call before importing airflow."""
+    settings = settings or get_settings()
+    for key, value in airflow_environment(settings).items():
+        os.environ.setdefault(key, value)
+    settings.airflow_home.mkdir(parents=True, exist_ok=True)
+    return settings
+
+
+def git_sha() -> str:
+    """The commit of the code that runs, for lineage; 'unknown' outside a git checkout."""
+    import subprocess
+
+    try:
+        result = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return result.stdout.strip()

@@ -1,0 +1,113 @@
+"""Deterministic demo source: hourly customer-activity events and churn labels that arrive later.
+
+Each hour's file depends only on (seed, hour), so any range can be regenerated identically.
+Two knobs: `drift_from` shifts some feature distributions from that hour on, and `bad_hours`
+corrupts those hours in ways the validation suite must catch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipelines.intervals import hours_between, source_hour_file
+
+PLANS = ["basic", "standard", "premium"]
+REGIONS = ["north", "south", "east", "west"]
+PAYMENT_METHODS = ["card", "bank_transfer", "invoice", "wallet"]
+# Columns the drift knob moves; the others keep their distribution.
+DRIFTED_COLUMNS = ("monthly_charges", "support_calls", "plan")
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    seed: int = 7
+    rows_per_hour: int = 1000
+    population: int = 50_000
+    label_delay_hours: int = 6
+    drift_from: datetime | None = None
+    bad_hours: frozenset[datetime] = field(default_factory=frozenset)
+
+
+def _hour_rng(seed: int, hour: datetime) -> np.random.Generator:
+    digest = hashlib.sha256(f"{seed}|{hour.isoformat()}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+def generate_hour(config: DemoConfig, hour: datetime) -> pd.DataFrame:
+    """Events of one hour, with the true label (the source splits it off into the label feed)."""
+    rng = _hour_rng(config.seed, hour)
+    # Daily seasonality: more traffic and more usage in the evening.
+    season = np.sin(2 * np.pi * (hour.hour - 6) / 24)
+    n = max(10, int(config.rows_per_hour * (1 + 0.3 * season)))
+    drifted = config.drift_from is not None and hour >= config.drift_from
+
+    customers = rng.choice(config.population, size=n, replace=False)
+    offsets = np.sort(rng.choice(3600, size=n, replace=False))
+    plan_p = [0.2, 0.3, 0.5] if drifted else [0.5, 0.35, 0.15]
+    df = pd.DataFrame(
+        {
+            "customer_id": [f"C{c:06d}" for c in customers],
+            "event_time": [hour + timedelta(seconds=int(s)) for s in offsets],
+            "tenure_months": rng.integers(0, 73, size=n),
+            "monthly_charges": np.round(rng.normal(95 if drifted else 65, 20, size=n).clip(15, 200), 2),
+            "support_calls": rng.poisson(3.5 if drifted else 1.2, size=n),
+            "days_since_last_login": np.round(rng.exponential(6, size=n), 1),
+            "usage_minutes": np.round(rng.gamma(2.0, 60 * (1.2 + 0.05 * season), size=n), 1),
+            "plan": rng.choice(PLANS, size=n, p=plan_p),
+            "region": rng.choice(REGIONS, size=n),
+            "payment_method": rng.choice(PAYMENT_METHODS, size=n, p=[0.45, 0.25, 0.2, 0.1]),
+        }
+    )
+    # Real sources have gaps: some logins and payment methods are unknown.
+    df.loc[rng.random(n) < 0.05, "days_since_last_login"] = np.nan
+    df["payment_method"] = df["payment_method"].astype(object)
+    df.loc[rng.random(n) < 0.03, "payment_method"] = None
+
+    logit = (
+        -1.6
+        - 0.045 * df["tenure_months"]
+        + 0.025 * (df["monthly_charges"] - 65)
+        + 0.45 * df["support_calls"]
+        + 0.08 * df["days_since_last_login"].fillna(20)
+        - 0.004 * df["usage_minutes"]
+        + df["plan"].map({"basic": 0.5, "standard": 0.0, "premium": -0.6})
+        + df["payment_method"].map({"invoice": 0.7, "wallet": 0.3}).fillna(0.0)
+        + 0.3 * season
+    )
+    df["churned"] = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)
+
+    if hour in config.bad_hours:
+        bad = rng.choice(n, size=max(3, n // 20), replace=False)
+        df.loc[bad[: len(bad) // 3], "customer_id"] = None
+        df.loc[bad[len(bad) // 3 : 2 * len(bad) // 3], "monthly_charges"] = -999.0
+        df.loc[bad[2 * len(bad) // 3 :], "plan"] = "platinum_legacy"
+    return df
+
+
+def write_source(root: Path, config: DemoConfig, start: datetime, end: datetime) -> int:
+    """Write event files for every hour in [start, end) and the label files those events produce.
+
+    A label for an event in hour h arrives in hour h + delay, so each label file comes from
+    exactly one event hour and regenerating any range rewrites identical files.
+    """
+    events_root, labels_root = root / "events", root / "labels"
+    written = 0
+    for hour in hours_between(start, end):
+        df = generate_hour(config, hour)
+        events = df.drop(columns=["churned"])
+        labels = df.loc[df["customer_id"].notna(), ["customer_id", "event_time", "churned"]].copy()
+        arrival = hour + timedelta(hours=config.label_delay_hours)
+        labels["arrived_at"] = arrival
+        for frame, path in ((events, source_hour_file(events_root, hour)), (labels, source_hour_file(labels_root, arrival))):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".csv.tmp")
+            frame.to_csv(tmp, index=False, date_format="%Y-%m-%dT%H:%M:%S%z")
+            tmp.replace(path)
+        written += len(events)
+    return written

@@ -1,0 +1,27 @@
+"""Hour arithmetic shared by the source layout, the lake and the DAGs."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+
+def hours_between(start: datetime, end: datetime) -> list[datetime]:
+    """The hour starts in [start, end); both ends must be timezone-aware."""
+    if start.tzinfo is None or end.tzinfo is None:
+        raise ValueError("interval bounds must be timezone-aware")
+    first = start.astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    if first < start:
+        first += timedelta(hours=1)
+    count = int((end - first).total_seconds() // 3600)
+    return [first + timedelta(hours=i) for i in range(max(count, 0))]
+
+
+def source_hour_file(root: Path, hour: datetime) -> Path:
+    """Source feeds deliver one CSV per hour: <root>/dt=YYYY-MM-DD/hour=HH.csv."""
+    return root / f"dt={hour:%Y-%m-%d}" / f"hour={hour:%H}.csv"
+
+
+def interval_key(start: datetime, end: datetime) -> str:
+    """A file-name-safe name for an interval, used for reports and validation results."""
+    return f"{start:%Y%m%dT%H%M}--{end:%Y%m%dT%H%M}"

@@ -1,0 +1,140 @@
+"""One model = one YAML spec, validated with pydantic. Errors name the file and the field."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class SpecError(ValueError):
+    """A model spec file is missing, unreadable or invalid."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceSpec(_Strict):
+    kind: Literal["local_files"] = "local_files"
+    events_path: str = Field(description="Folder under the source root holding dt=YYYY-MM-DD/hour=HH.csv files")
+    labels_path: str = Field(description="Folder under the source root holding label files by arrival hour")
+
+
+class LabelSpec(_Strict):
+    column: str
+    delay_hours: int = Field(ge=0, description="How long after as_of the label becomes known")
+    arrived_at_column: str = "arrived_at"
+
+
+class FeatureSpec(_Strict):
+    numeric: list[str] = Field(default_factory=list)
+    categorical: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _non_empty_and_disjoint(self) -> FeatureSpec:
+        if not self.numeric and not self.categorical:
+            raise ValueError("at least one numeric or categorical feature is required")
+        overlap = set(self.numeric) & set(self.categorical)
+        if overlap:
+            raise ValueError(f"columns listed as both numeric and categorical: {sorted(overlap)}")
+        return self
+
+    @property
+    def all(self) -> list[str]:
+        return [*self.numeric, *self.categorical]
+
+
+class ScheduleSpec(_Strict):
+    train: str = "0 2 * * *"
+    score: str = "0 * * * *"
+    backtest: str = "30 3 * * *"
+
+
+class TrainingSpec(_Strict):
+    window_days: int = Field(default=7, ge=1)
+    validation_fraction: float = Field(default=0.15, gt=0, lt=0.5)
+    holdout_fraction: float = Field(default=0.15, gt=0, lt=0.5)
+    num_boost_round: int = Field(default=500, ge=1)
+    early_stopping_rounds: int = Field(default=25, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    min_rows: int = Field(default=1000, ge=10)
+    params: dict[str, float | int | str] = Field(default_factory=dict)
+
+
+class GateSpec(_Strict):
+    metric: Literal["auc", "logloss"] = "auc"
+
+
+class DriftSpec(_Strict):
+    reference_rows: int = Field(default=5000, ge=100, description="Training rows kept as the drift reference")
+    max_current_rows: int = Field(
+        default=50_000, ge=100, description="Scored rows sampled per report; bounds report time"
+    )
+
+
+class BacktestSpec(_Strict):
+    lookback_days: int = Field(default=7, ge=1, description="Cohorts (days of as_of) recomputed each run")
+
+
+class ModelSpec(_Strict):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{1,62}$")
+    description: str = ""
+    owner: str = "data-team"
+    start_date: datetime
+    source: SourceSpec
+    entity_key: str
+    timestamp: str
+    label: LabelSpec
+    features: FeatureSpec
+    suite: str
+    validation_policy: Literal["block", "warn"] = "block"
+    schedules: ScheduleSpec = Field(default_factory=ScheduleSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    gate: GateSpec = Field(default_factory=GateSpec)
+    drift: DriftSpec = Field(default_factory=DriftSpec)
+    backtest: BacktestSpec = Field(default_factory=BacktestSpec)
+
+    @field_validator("start_date")
+    @classmethod
+    def _tz_aware(cls, value: datetime) -> datetime:
+        # A naive start date is ambiguous; we read it as UTC rather than the machine's zone.
+        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+    @model_validator(mode="after")
+    def _columns_distinct(self) -> ModelSpec:
+        special = {self.entity_key, self.timestamp, self.label.column}
+        clash = special & set(self.features.all)
+        if clash:
+            raise ValueError(f"key, timestamp or label column also listed as a feature: {sorted(clash)}")
+        return self
+
+
+def load_spec(path: Path | str) -> ModelSpec:
+    """Parse and validate one spec file; SpecError names the file and each bad field."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError as exc:
+        raise SpecError(f"{path}: spec file not found") from exc
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        spec = ModelSpec.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"field '{'.'.join(str(p) for p in err['loc']) or '<root>'}': {err['msg']}" for err in exc.errors()
+        )
+        raise SpecError(f"{path}: invalid model spec: {problems}") from exc
+    if spec.name != path.stem:
+        raise SpecError(f"{path}: field 'name' is '{spec.name}' but the file is named '{path.stem}.yaml'")
+    return spec
+
+
+def spec_paths(specs_dir: Path) -> list[Path]:
+    return sorted(specs_dir.glob("*.yaml"))

@@ -1,0 +1,29 @@
+"""MLflow setup: our tracking URI and one experiment per model with artifacts under our home."""
+
+from __future__ import annotations
+
+from pipelines.config import Settings
+
+
+def use_tracking(settings: Settings) -> None:
+    import mlflow
+
+    settings.home.mkdir(parents=True, exist_ok=True)
+    if settings.mlflow_tracking_uri.startswith("sqlite:///"):
+        (settings.home / "mlflow").mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    mlflow.set_registry_uri(settings.mlflow_tracking_uri)
+
+
+def experiment_id(settings: Settings, model_name: str) -> str:
+    """Get or create the model's experiment; artifacts live next to our other state, not in ./mlruns."""
+    import mlflow
+
+    use_tracking(settings)
+    name = f"pipelines/{model_name}"
+    existing = mlflow.get_experiment_by_name(name)
+    if existing is not None:
+        return str(existing.experiment_id)
+    location = settings.mlflow_artifacts / model_name
+    location.mkdir(parents=True, exist_ok=True)
+    return str(mlflow.create_experiment(name, artifact_location=location.as_uri()))
