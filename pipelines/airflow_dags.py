@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ class RunContext:
 
 
 def _utc(value: Any) -> datetime:
-    return datetime.fromtimestamp(value.timestamp(), tz=timezone.utc)
+    return datetime.fromtimestamp(value.timestamp(), tz=UTC)
 
 
 def run_context() -> RunContext:
@@ -101,7 +101,10 @@ def _validate(spec: ModelSpec, ctx: RunContext, zone_start: datetime) -> dict[st
 
     settings = get_settings()
     frame = pd.concat(
-        [read_partition(hour_partition(settings.lake, spec.name, "raw", h))[0] for h in hours_between(zone_start, ctx.end)],
+        [
+            read_partition(hour_partition(settings.lake, spec.name, "raw", h))[0]
+            for h in hours_between(zone_start, ctx.end)
+        ],
         ignore_index=True,
     )
     key = interval_key(zone_start, ctx.end)
@@ -109,19 +112,37 @@ def _validate(spec: ModelSpec, ctx: RunContext, zone_start: datetime) -> dict[st
     outcome = validate_frame(frame, spec.suite, settings.gx_root, result_path, run_name=f"{ctx.dag_id} {key}")
     engine = _engine()
     tables.ensure_tables(engine)
-    tables.upsert(engine, tables.validation_runs, [{
-        "model_name": spec.name, "interval_start": zone_start, "interval_end": ctx.end, "dag_id": ctx.dag_id,
-        "dag_run_id": ctx.run_id, "suite": spec.suite, "success": outcome.success,
-        "failed_expectations": json.dumps([f.describe() for f in outcome.failed]),
-        "result_path": outcome.result_path, "validated_at": datetime.now(timezone.utc),
-    }], key=["model_name", "dag_id", "interval_start", "interval_end"])
+    tables.upsert(
+        engine,
+        tables.validation_runs,
+        [
+            {
+                "model_name": spec.name,
+                "interval_start": zone_start,
+                "interval_end": ctx.end,
+                "dag_id": ctx.dag_id,
+                "dag_run_id": ctx.run_id,
+                "suite": spec.suite,
+                "success": outcome.success,
+                "failed_expectations": json.dumps([f.describe() for f in outcome.failed]),
+                "result_path": outcome.result_path,
+                "validated_at": datetime.now(UTC),
+            }
+        ],
+        key=["model_name", "dag_id", "interval_start", "interval_end"],
+    )
     log.info("validation result: %s; Data Docs: %s", outcome.result_path, outcome.data_docs_path)
     if not outcome.success:
         if spec.validation_policy == "block":
             raise ValidationFailed(outcome)
         log.warning("validation policy 'warn': continuing despite failures\n%s", outcome.describe_failures())
-    return {"suite": spec.suite, "suite_sha256": outcome.suite_sha256, "success": outcome.success,
-            "result_path": outcome.result_path, "data_docs": outcome.data_docs_path}
+    return {
+        "suite": spec.suite,
+        "suite_sha256": outcome.suite_sha256,
+        "success": outcome.success,
+        "result_path": outcome.result_path,
+        "data_docs": outcome.data_docs_path,
+    }
 
 
 def _ingest_labels(spec: ModelSpec, start: datetime, end: datetime) -> dict[str, Any]:
@@ -151,11 +172,15 @@ def predictions_asset(spec: ModelSpec) -> Asset:
 def train_dag(spec: ModelSpec) -> DAG:
     with DAG(
         schedule=CronDataIntervalTimetable(spec.schedules.train, timezone="UTC"),
-        **_common_args(spec, "train", (
-            f"Nightly: ingest and validate the last {spec.training.window_days} day(s), train XGBoost "
-            "(CUDA when usable), log to MLflow, register as `challenger`, promote to `champion` only "
-            "when not worse on the same holdout."
-        )),
+        **_common_args(
+            spec,
+            "train",
+            (
+                f"Nightly: ingest and validate the last {spec.training.window_days} day(s), train XGBoost "
+                "(CUDA when usable), log to MLflow, register as `challenger`, promote to `champion` only "
+                "when not worse on the same holdout."
+            ),
+        ),
     ) as dag:
 
         @task
@@ -185,18 +210,29 @@ def train_dag(spec: ModelSpec) -> DAG:
             with permanent_failures():
                 frame = assemble_training_set(spec, settings.lake, _engine(), start, end)
                 tags = {
-                    "run_name": f"{ctx.dag_id} {ctx.end:%Y-%m-%dT%H:%M}", "dag_id": ctx.dag_id,
-                    "dag_run_id": ctx.run_id, "logical_date": ctx.logical_date,
-                    "window_start": start.isoformat(), "window_end": end.isoformat(),
-                    "data_uri": ingested["data_uri"], "data_sha256": ingested["data_sha256"],
-                    "suite": validated["suite"], "suite_sha256": validated["suite_sha256"],
-                    "validation_result": validated["result_path"], "git_sha": git_sha(),
+                    "run_name": f"{ctx.dag_id} {ctx.end:%Y-%m-%dT%H:%M}",
+                    "dag_id": ctx.dag_id,
+                    "dag_run_id": ctx.run_id,
+                    "logical_date": ctx.logical_date,
+                    "window_start": start.isoformat(),
+                    "window_end": end.isoformat(),
+                    "data_uri": ingested["data_uri"],
+                    "data_sha256": ingested["data_sha256"],
+                    "suite": validated["suite"],
+                    "suite_sha256": validated["suite_sha256"],
+                    "validation_result": validated["result_path"],
+                    "git_sha": git_sha(),
                     "labels_rows": str(labelled["rows"]),
                 }
                 result = train_model(spec, frame, settings, tags)
-            return {"run_id": result.run_id, "model_uri": result.model_uri, "device": result.device,
-                    "metrics": result.metrics, "rows": result.rows,
-                    "lineage": {k: v for k, v in tags.items() if k != "run_name"} | {"device": result.device}}
+            return {
+                "run_id": result.run_id,
+                "model_uri": result.model_uri,
+                "device": result.device,
+                "metrics": result.metrics,
+                "rows": result.rows,
+                "lineage": {k: v for k, v in tags.items() if k != "run_name"} | {"device": result.device},
+            }
 
         @task
         def register(trained: dict[str, Any]) -> dict[str, Any]:
@@ -207,22 +243,34 @@ def train_dag(spec: ModelSpec) -> DAG:
 
             ctx = run_context()
             with permanent_failures():
-                decision = register_and_gate(spec, get_settings(), _engine(), trained["run_id"], trained["model_uri"],
-                                             ctx.run_id, trained["lineage"])
+                decision = register_and_gate(
+                    spec,
+                    get_settings(),
+                    _engine(),
+                    trained["run_id"],
+                    trained["model_uri"],
+                    ctx.run_id,
+                    trained["lineage"],
+                )
             return asdict(decision)
 
+        # TaskFlow wiring passes XComArgs where the functions take dicts; Airflow resolves them at run time.
         ingested = ingest_window()
-        register(train(ingested, validate_window(ingested), ingest_labels_window()))
+        register(train(ingested, validate_window(ingested), ingest_labels_window()))  # type: ignore[arg-type]
     return dag
 
 
 def score_dag(spec: ModelSpec) -> DAG:
     with DAG(
         schedule=CronDataIntervalTimetable(spec.schedules.score, timezone="UTC"),
-        **_common_args(spec, "score", (
-            "Hourly: ingest the interval, validate it, score it with `models:/<name>@champion`, upsert "
-            "the predictions, keep the scored inputs in the lake, and write an Evidently drift report."
-        )),
+        **_common_args(
+            spec,
+            "score",
+            (
+                "Hourly: ingest the interval, validate it, score it with `models:/<name>@champion`, upsert "
+                "the predictions, keep the scored inputs in the lake, and write an Evidently drift report."
+            ),
+        ),
     ) as dag:
 
         @task
@@ -244,8 +292,11 @@ def score_dag(spec: ModelSpec) -> DAG:
             ctx = run_context()
             with permanent_failures():
                 result = score_interval(spec, get_settings(), _engine(), ctx.start, ctx.end, ctx.run_id)
-            return {"model_version": result.model_version, "rows": result.rows,
-                    "unseen_categories": result.unseen_categories}
+            return {
+                "model_version": result.model_version,
+                "rows": result.rows,
+                "unseen_categories": result.unseen_categories,
+            }
 
         @task
         def drift_report(scored: dict[str, Any]) -> dict[str, Any]:
@@ -256,21 +307,28 @@ def score_dag(spec: ModelSpec) -> DAG:
             with permanent_failures():
                 summary = monitor_interval(spec, get_settings(), _engine(), ctx.start, ctx.end, ctx.run_id)
             log.info("drift report: %s (drifted columns: %s)", summary.report_path, summary.drifted_columns or "none")
-            return {"report_path": summary.report_path, "drift_share": summary.drift_share,
-                    "drifted_columns": summary.drifted_columns}
+            return {
+                "report_path": summary.report_path,
+                "drift_share": summary.drift_share,
+                "drifted_columns": summary.drifted_columns,
+            }
 
-        drift_report(score(validate_interval(ingest_interval())))
+        drift_report(score(validate_interval(ingest_interval())))  # type: ignore[arg-type]
     return dag
 
 
 def backtest_dag(spec: ModelSpec) -> DAG:
     with DAG(
         schedule=CronDataIntervalTimetable(spec.schedules.backtest, timezone="UTC"),
-        **_common_args(spec, "backtest", (
-            f"Daily: ingest the labels that arrived in the interval, then join the logged predictions of "
-            f"the last {spec.backtest.lookback_days} day(s) with labels whose {spec.label.delay_hours} h "
-            "delay has passed; metrics per cohort (as_of date) x model version into `backtest_metrics`."
-        )),
+        **_common_args(
+            spec,
+            "backtest",
+            (
+                f"Daily: ingest the labels that arrived in the interval, then join the logged predictions of "
+                f"the last {spec.backtest.lookback_days} day(s) with labels whose {spec.label.delay_hours} h "
+                "delay has passed; metrics per cohort (as_of date) x model version into `backtest_metrics`."
+            ),
+        ),
     ) as dag:
 
         @task
@@ -287,7 +345,7 @@ def backtest_dag(spec: ModelSpec) -> DAG:
             log.info("backtest: %d matured predictions over %d cohort(s)", result.rows, result.cohorts)
             return {"rows": result.rows, "cohorts": result.cohorts, "metrics": result.metrics}
 
-        backtest(ingest_labels())
+        backtest(ingest_labels())  # type: ignore[arg-type]
     return dag
 
 
@@ -298,3 +356,16 @@ def model_dags(spec_path: Path | str) -> dict[str, DAG]:
     """The DAG family of one spec, keyed by dag_id. A bad spec raises SpecError naming file and field."""
     spec = load_spec(spec_path)
     return {dag.dag_id: dag for dag in (build(spec) for build in DAG_BUILDERS.values())}
+
+
+def run_in_process(dag_id: str, logical_date: datetime) -> Any:
+    """Run one DAG run of our dags/ folder with `dag.test()` (no scheduler) and return the DagRun."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    from pipelines.config import REPO_ROOT
+
+    bag = DagBag(REPO_ROOT / "dags")
+    dag = bag.get_dag(dag_id)
+    if dag is None:
+        raise LookupError(f"DAG {dag_id} not found; import errors: {bag.import_errors or 'none'}")
+    return dag.test(logical_date=logical_date)

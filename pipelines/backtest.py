@@ -1,8 +1,8 @@
 """Stage 6: join logged predictions with the labels that have matured, metrics per cohort x version.
 
-A cohort is the UTC date of `as_of`. Only labels that had arrived by the end of the backtest's
-interval are used, and only predictions whose label delay has passed by then: a backtest run
-for a past interval gives the same answer today as it did then.
+A cohort is the UTC date of `as_of`. Only labels that had arrived before the end of the
+backtest's interval are used (intervals are half-open), and only predictions whose label delay
+had passed by then: a backtest run for a past interval gives the same answer today as it did then.
 """
 
 from __future__ import annotations
@@ -33,19 +33,22 @@ def matured_predictions(spec: ModelSpec, engine: Engine, end: datetime) -> pd.Da
     query = (
         select(p.c.entity_id, p.c.as_of, p.c.model_version, p.c.score, lab.c.label)
         .select_from(
-            p.join(lab, and_(lab.c.model_name == p.c.model_name, lab.c.entity_id == p.c.entity_id,
-                             lab.c.as_of == p.c.as_of))
+            p.join(
+                lab,
+                and_(lab.c.model_name == p.c.model_name, lab.c.entity_id == p.c.entity_id, lab.c.as_of == p.c.as_of),
+            )
         )
         .where(
             p.c.model_name == spec.name,
             p.c.as_of >= since,
-            p.c.as_of <= matured_before,
-            lab.c.arrived_at <= end,
+            p.c.as_of < matured_before,
+            lab.c.arrived_at < end,
         )
     )
     with engine.connect() as connection:
-        frame = pd.DataFrame(connection.execute(query).all(),
-                             columns=["entity_id", "as_of", "model_version", "score", "label"])
+        frame = pd.DataFrame(
+            connection.execute(query).all(), columns=["entity_id", "as_of", "model_version", "score", "label"]
+        )
     frame["as_of"] = pd.to_datetime(frame["as_of"], utc=True)
     return frame
 
@@ -55,11 +58,18 @@ def cohort_metrics(frame: pd.DataFrame) -> list[dict[str, object]]:
     for (cohort, version), group in frame.groupby([frame["as_of"].dt.strftime("%Y-%m-%d"), "model_version"]):
         labels, scores = group["label"].to_numpy(dtype=int), group["score"].to_numpy(dtype=float)
         metrics = binary_metrics(labels, np.clip(scores, 1e-7, 1 - 1e-7))
-        rows.append({
-            "cohort": cohort, "model_version": str(version), "n": len(group), "positives": int(labels.sum()),
-            "auc": metrics.get("auc"), "logloss": metrics["logloss"], "brier": metrics["brier"],
-            "mean_score": float(scores.mean()),
-        })
+        rows.append(
+            {
+                "cohort": cohort,
+                "model_version": str(version),
+                "n": len(group),
+                "positives": int(labels.sum()),
+                "auc": metrics.get("auc"),
+                "logloss": metrics["logloss"],
+                "brier": metrics["brier"],
+                "mean_score": float(scores.mean()),
+            }
+        )
     return rows
 
 
@@ -68,7 +78,8 @@ def backtest(spec: ModelSpec, engine: Engine, end: datetime, dag_run_id: str) ->
     frame = matured_predictions(spec, engine, end)
     metrics = cohort_metrics(frame)
     tables.upsert(
-        engine, tables.backtest_metrics,
+        engine,
+        tables.backtest_metrics,
         [{**row, "model_name": spec.name, "labels_as_of": end, "dag_run_id": dag_run_id} for row in metrics],
         key=["model_name", "cohort", "model_version"],
     )

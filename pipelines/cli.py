@@ -17,10 +17,10 @@ def _status(args: argparse.Namespace) -> int:
     return 1 if report["spec_errors"] else 0
 
 
-def _demo(_: argparse.Namespace) -> int:
+def _demo(args: argparse.Namespace) -> int:
     from pipelines.demo import main
 
-    return main()
+    return main(reset=args.reset)
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -35,7 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     status = commands.add_parser("status", help="champion, table counts, last validation and drift per model")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=_status)
-    commands.add_parser("demo", help="run the demo model end to end through Airflow").set_defaults(func=_demo)
+    demo = commands.add_parser("demo", help="run the demo model end to end through Airflow")
+    demo.add_argument("--reset", action="store_true", help="delete the pipelines home first")
+    demo.set_defaults(func=_demo)
     up = commands.add_parser("up", help="start Airflow (standalone) and the MLflow UI on the pipelines home")
     up.add_argument("--airflow-port", type=int, default=8080)
     up.add_argument("--mlflow-port", type=int, default=5000)

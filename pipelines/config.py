@@ -34,9 +34,7 @@ def get_settings() -> Settings:
         source=Path(os.environ.get("PIPELINES_SOURCE", home / "source")),
         specs_dir=Path(os.environ.get("PIPELINES_SPECS_DIR", REPO_ROOT / "dags" / "models")),
         tables_url=os.environ.get("PIPELINES_TABLES_URL", f"sqlite:///{home / 'tables.db'}"),
-        mlflow_tracking_uri=os.environ.get(
-            "MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
-        ),
+        mlflow_tracking_uri=os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"),
         mlflow_artifacts=Path(os.environ.get("PIPELINES_MLFLOW_ARTIFACTS", home / "mlflow" / "artifacts")),
         gx_root=home / "gx",
     )
@@ -55,7 +53,6 @@ def airflow_environment(settings: Settings) -> dict[str, str]:
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{airflow_home / 'airflow.db'}",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
         "AIRFLOW__API__PORT": os.environ.get("AIRFLOW__API__PORT", "8080"),
-        "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
         "GIT_PYTHON_REFRESH": "quiet",
     }
 

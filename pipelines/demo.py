@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
-from pipelines.config import Settings, apply_airflow_environment
+from pipelines.config import Settings, apply_airflow_environment, get_settings
 
 log = logging.getLogger(__name__)
 
 MODEL = "demo_churn"
-DEMO_START = datetime(2026, 1, 1, tzinfo=timezone.utc)
+DEMO_START = datetime(2026, 1, 1, tzinfo=UTC)
 DEMO_END = DEMO_START + timedelta(days=4)
-DRIFT_FROM = datetime(2026, 1, 3, 5, tzinfo=timezone.utc)
+DRIFT_FROM = datetime(2026, 1, 3, 5, tzinfo=UTC)
 
 
 def migrate_airflow_db() -> None:
@@ -38,25 +39,34 @@ def write_demo_source(settings: Settings) -> int:
 
 
 def run_dag(dag_id: str, logical_date: datetime) -> None:
-    """Run one DAG run in-process; raise if it did not succeed."""
-    from airflow.dag_processing.dagbag import DagBag
-
-    from pipelines.config import REPO_ROOT
+    from pipelines.airflow_dags import run_in_process
 
     started = time.perf_counter()
-    dag = DagBag(REPO_ROOT / "dags").get_dag(dag_id)
-    if dag is None:
-        raise RuntimeError(f"DAG {dag_id} not found; check `airflow dags list-import-errors`")
-    run = dag.test(logical_date=logical_date)
-    print(f"  {dag_id:<24} {logical_date:%Y-%m-%d %H:%M}  {run.state}  ({time.perf_counter() - started:.1f}s)",
-          flush=True)
+    run = run_in_process(dag_id, logical_date)
+    print(
+        f"  {dag_id:<24} {logical_date:%Y-%m-%d %H:%M}  {run.state}  ({time.perf_counter() - started:.1f}s)", flush=True
+    )
     if run.state != "success":
         raise RuntimeError(f"{dag_id} run for {logical_date} ended {run.state}; see the task logs above")
 
 
-def main() -> int:
+def reset_home(settings: Settings) -> None:
+    """Start from nothing: the demo's timeline is fixed, so its state from an earlier run would collide."""
+    if settings.home.exists():
+        shutil.rmtree(settings.home)
+
+
+def main(reset: bool = False) -> int:
     os.environ.setdefault("PIPELINES_TASK_RETRIES", "0")
-    settings = apply_airflow_environment()
+    settings = get_settings()
+    if reset:
+        reset_home(settings)
+    elif (settings.home / "tables.db").exists():
+        print(
+            f"{settings.home} already holds pipeline state; run `pipelines demo --reset` to start over", file=sys.stderr
+        )
+        return 2
+    apply_airflow_environment(settings)
     logging.basicConfig(level=logging.WARNING)
     began = time.perf_counter()
     print(f"pipelines demo: all state under {settings.home}", flush=True)
@@ -64,12 +74,12 @@ def main() -> int:
     rows = write_demo_source(settings)
     print(f"  demo source: {rows} events {DEMO_START:%Y-%m-%d} .. {DEMO_END:%Y-%m-%d}, drift from {DRIFT_FROM}")
 
-    first_night = datetime(2026, 1, 3, 2, tzinfo=timezone.utc)
+    first_night = datetime(2026, 1, 3, 2, tzinfo=UTC)
     run_dag(f"{MODEL}__train", first_night)
     for hour in range(6):
         run_dag(f"{MODEL}__score", first_night + timedelta(hours=hour + 1))
     run_dag(f"{MODEL}__train", first_night + timedelta(days=1))
-    run_dag(f"{MODEL}__backtest", datetime(2026, 1, 4, 3, 30, tzinfo=timezone.utc))
+    run_dag(f"{MODEL}__backtest", datetime(2026, 1, 4, 3, 30, tzinfo=UTC))
     print(f"demo finished in {time.perf_counter() - began:.0f}s\n", flush=True)
 
     from pipelines.status import format_status, status

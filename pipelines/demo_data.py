@@ -104,7 +104,10 @@ def write_source(root: Path, config: DemoConfig, start: datetime, end: datetime)
         labels = df.loc[df["customer_id"].notna(), ["customer_id", "event_time", "churned"]].copy()
         arrival = hour + timedelta(hours=config.label_delay_hours)
         labels["arrived_at"] = arrival
-        for frame, path in ((events, source_hour_file(events_root, hour)), (labels, source_hour_file(labels_root, arrival))):
+        for frame, path in (
+            (events, source_hour_file(events_root, hour)),
+            (labels, source_hour_file(labels_root, arrival)),
+        ):
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".csv.tmp")
             frame.to_csv(tmp, index=False, date_format="%Y-%m-%dT%H:%M:%S%z")

@@ -11,7 +11,7 @@ import json
 import os
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -69,8 +69,9 @@ def column_results(snapshot: dict[str, Any]) -> list[ColumnDrift]:
     return results
 
 
-def run_report(reference: pd.DataFrame, current: pd.DataFrame, numeric: list[str], categorical: list[str],
-               html_path: Path) -> list[ColumnDrift]:
+def run_report(
+    reference: pd.DataFrame, current: pd.DataFrame, numeric: list[str], categorical: list[str], html_path: Path
+) -> list[ColumnDrift]:
     from evidently import DataDefinition, Dataset, Report  # slow import: only inside the task
     from evidently.presets import DataDriftPreset
 
@@ -110,7 +111,9 @@ def monitor_interval(
     if len(versions) != 1:
         raise ValueError(f"{spec.name}: interval was scored by several versions {versions}; re-score it first")
     version = str(versions[0])
-    reference = download_run_artifact(settings, model_run_id(settings, spec.name, version), "reference/reference.parquet")
+    reference = download_run_artifact(
+        settings, model_run_id(settings, spec.name, version), "reference/reference.parquet"
+    )
     if len(current) > spec.drift.max_current_rows:
         current = current.sample(n=spec.drift.max_current_rows, random_state=0)
 
@@ -118,22 +121,51 @@ def monitor_interval(
     columns = [*numeric, *categorical]
     html_path = settings.lake / spec.name / "reports" / "drift" / f"{interval_key(start, end)}.html"
     results = run_report(
-        _as_categorical_text(reference[columns], categorical), _as_categorical_text(current[columns], categorical),
-        numeric, categorical, html_path,
+        _as_categorical_text(reference[columns], categorical),
+        _as_categorical_text(current[columns], categorical),
+        numeric,
+        categorical,
+        html_path,
     )
     summary = DriftSummary(version, len(reference), len(current), results, str(html_path))
 
     tables.ensure_tables(engine)
     interval = {"model_name": spec.name, "interval_start": start, "interval_end": end}
-    tables.upsert(engine, tables.drift_reports, [{
-        **interval, "model_version": version, "reference_rows": summary.reference_rows,
-        "current_rows": summary.current_rows, "columns": len(results), "drifted_columns": len(summary.drifted_columns),
-        "drift_share": summary.drift_share, "dataset_drift": summary.drift_share >= 0.5,
-        "drifted_column_names": json.dumps(summary.drifted_columns), "report_path": summary.report_path,
-        "dag_run_id": dag_run_id, "created_at": datetime.now(timezone.utc),
-    }], key=["model_name", "interval_start", "interval_end"])
-    tables.upsert(engine, tables.drift_metrics, [
-        {**interval, "column_name": c.column, "stattest": c.stattest, "drift_score": c.score,
-         "threshold": c.threshold, "drifted": c.drifted} for c in results
-    ], key=["model_name", "interval_start", "interval_end", "column_name"])
+    tables.upsert(
+        engine,
+        tables.drift_reports,
+        [
+            {
+                **interval,
+                "model_version": version,
+                "reference_rows": summary.reference_rows,
+                "current_rows": summary.current_rows,
+                "columns": len(results),
+                "drifted_columns": len(summary.drifted_columns),
+                "drift_share": summary.drift_share,
+                "dataset_drift": summary.drift_share >= spec.drift.drift_share,
+                "drifted_column_names": json.dumps(summary.drifted_columns),
+                "report_path": summary.report_path,
+                "dag_run_id": dag_run_id,
+                "created_at": datetime.now(UTC),
+            }
+        ],
+        key=["model_name", "interval_start", "interval_end"],
+    )
+    tables.upsert(
+        engine,
+        tables.drift_metrics,
+        [
+            {
+                **interval,
+                "column_name": c.column,
+                "stattest": c.stattest,
+                "drift_score": c.score,
+                "threshold": c.threshold,
+                "drifted": c.drifted,
+            }
+            for c in results
+        ],
+        key=["model_name", "interval_start", "interval_end", "column_name"],
+    )
     return summary

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 
@@ -10,7 +10,7 @@ def hours_between(start: datetime, end: datetime) -> list[datetime]:
     """The hour starts in [start, end); both ends must be timezone-aware."""
     if start.tzinfo is None or end.tzinfo is None:
         raise ValueError("interval bounds must be timezone-aware")
-    first = start.astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    first = start.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
     if first < start:
         first += timedelta(hours=1)
     count = int((end - first).total_seconds() // 3600)

@@ -40,7 +40,9 @@ def read_label_file(spec: ModelSpec, path: Path) -> pd.DataFrame:
     return frame.dropna(subset=[spec.entity_key])
 
 
-def ingest_labels(spec: ModelSpec, source_root: Path, engine: Engine, start: datetime, end: datetime) -> LabelIngestResult:
+def ingest_labels(
+    spec: ModelSpec, source_root: Path, engine: Engine, start: datetime, end: datetime
+) -> LabelIngestResult:
     """Upsert labels that arrived in [start, end). Re-running the same interval changes nothing."""
     tables.ensure_tables(engine)
     root = source_root / spec.source.labels_path
@@ -80,13 +82,13 @@ def ingest_labels(spec: ModelSpec, source_root: Path, engine: Engine, start: dat
 def labels_known_at(
     engine: Engine, model_name: str, as_of_from: datetime, as_of_to: datetime, known_at: datetime
 ) -> pd.DataFrame:
-    """Labels for events in [as_of_from, as_of_to) that had arrived by `known_at` (no look-ahead)."""
+    """Labels for events in [as_of_from, as_of_to) that had arrived before `known_at` (no look-ahead)."""
     t = tables.labels
     query = select(t.c.entity_id, t.c.as_of, t.c.label).where(
         t.c.model_name == model_name,
         t.c.as_of >= as_of_from,
         t.c.as_of < as_of_to,
-        t.c.arrived_at <= known_at,
+        t.c.arrived_at < known_at,
     )
     with engine.connect() as connection:
         frame = pd.DataFrame(connection.execute(query).all(), columns=["entity_id", "as_of", "label"])

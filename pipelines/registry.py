@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
@@ -18,9 +18,9 @@ from sqlalchemy import Engine, insert
 
 from pipelines import tables
 from pipelines.config import Settings
+from pipelines.features import contract_of, predict
 from pipelines.spec import ModelSpec
 from pipelines.tracking import use_tracking
-from pipelines.features import contract_of, predict
 from pipelines.train import binary_metrics, download_run_artifact
 
 log = logging.getLogger(__name__)
@@ -78,10 +78,7 @@ def register_version(settings: Settings, model_name: str, run_id: str, model_uri
     use_tracking(settings)
     client = _client()
     existing = client.search_model_versions(f"name = '{model_name}' and run_id = '{run_id}'")
-    if existing:
-        version = existing[0]
-    else:
-        version = mlflow.register_model(model_uri, model_name, tags=tags)
+    version = existing[0] if existing else mlflow.register_model(model_uri, model_name, tags=tags)
     deadline = time.monotonic() + 300
     while version.status != "READY":
         if version.status == "FAILED_REGISTRATION" or time.monotonic() > deadline:
@@ -94,22 +91,42 @@ def register_version(settings: Settings, model_name: str, run_id: str, model_uri
 
 
 def record_event(
-    engine: Engine, model_name: str, event: str, reason: str, dag_run_id: str | None, actor: str,
-    alias: str | None = None, from_version: str | None = None, to_version: str | None = None,
+    engine: Engine,
+    model_name: str,
+    event: str,
+    reason: str,
+    dag_run_id: str | None,
+    actor: str,
+    alias: str | None = None,
+    from_version: str | None = None,
+    to_version: str | None = None,
 ) -> None:
     tables.ensure_tables(engine)
     with engine.begin() as connection:
         connection.execute(
             insert(tables.model_events).values(
-                model_name=model_name, event=event, alias=alias, from_version=from_version, to_version=to_version,
-                reason=reason, dag_run_id=dag_run_id, actor=actor, at=datetime.now(timezone.utc),
+                model_name=model_name,
+                event=event,
+                alias=alias,
+                from_version=from_version,
+                to_version=to_version,
+                reason=reason,
+                dag_run_id=dag_run_id,
+                actor=actor,
+                at=datetime.now(UTC),
             )
         )
 
 
 def move_alias(
-    settings: Settings, engine: Engine, model_name: str, alias: str, version: str, reason: str,
-    dag_run_id: str | None, actor: str,
+    settings: Settings,
+    engine: Engine,
+    model_name: str,
+    alias: str,
+    version: str,
+    reason: str,
+    dag_run_id: str | None,
+    actor: str,
 ) -> None:
     """Point `alias` at `version` and log the move (no-op, and no event, if it already points there)."""
     from mlflow.exceptions import MlflowException
@@ -126,8 +143,9 @@ def move_alias(
     record_event(engine, model_name, "alias_moved", reason, dag_run_id, actor, alias, current, version)
 
 
-def evaluate_on_holdout(settings: Settings, model_name: str, version: str, holdout: pd.DataFrame,
-                        label: str, metric: str) -> float:
+def evaluate_on_holdout(
+    settings: Settings, model_name: str, version: str, holdout: pd.DataFrame, label: str, metric: str
+) -> float:
     booster = load_booster(settings, model_name, version)
     scores = predict(booster, contract_of(booster), holdout)
     value = binary_metrics(holdout[label].to_numpy(), scores).get(metric)
@@ -148,7 +166,12 @@ def decide(spec: ModelSpec, challenger: float, champion: float | None) -> tuple[
 
 
 def register_and_gate(
-    spec: ModelSpec, settings: Settings, engine: Engine, run_id: str, model_uri: str, dag_run_id: str,
+    spec: ModelSpec,
+    settings: Settings,
+    engine: Engine,
+    run_id: str,
+    model_uri: str,
+    dag_run_id: str,
     lineage: dict[str, str],
 ) -> GateDecision:
     import mlflow
@@ -168,14 +191,20 @@ def register_and_gate(
     else:
         promoted, reason = decide(spec, challenger_value, champion_value)
 
-    decision = GateDecision(spec.name, version, current, metric, challenger_value, champion_value,
-                            len(holdout), promoted, reason)
+    decision = GateDecision(
+        spec.name, version, current, metric, challenger_value, champion_value, len(holdout), promoted, reason
+    )
     record_event(engine, spec.name, "gate_decision", reason, dag_run_id, "train-dag", None, current, version)
     _client().set_model_version_tag(spec.name, version, "gate_decision", "promoted" if promoted else "kept_champion")
     with mlflow.start_run(run_id=run_id):
         mlflow.log_dict(asdict(decision), "gate/decision.json")
     if promoted:
         move_alias(settings, engine, spec.name, CHAMPION, version, reason, dag_run_id, "train-dag")
-    log.info("%s gate: version %s %s (%s)", spec.name, version, "PROMOTED to champion" if promoted else
-             "NOT promoted", reason)
+    log.info(
+        "%s gate: version %s %s (%s)",
+        spec.name,
+        version,
+        "PROMOTED to champion" if promoted else "NOT promoted",
+        reason,
+    )
     return decision

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -51,9 +51,13 @@ def row_sha256(frame: pd.DataFrame, columns: list[str]) -> list[str]:
 def score_hour(spec: ModelSpec, settings: Settings, booster: object, version: str, hour: datetime) -> pd.DataFrame:
     contract = contract_of(booster)
     frame, _ = read_partition(hour_partition(settings.lake, spec.name, "raw", hour))
-    scores = np.concatenate(
-        [predict(booster, contract, frame.iloc[i : i + CHUNK_ROWS]) for i in range(0, len(frame), CHUNK_ROWS)]
-    ) if len(frame) else np.array([], dtype="float64")
+    scores = (
+        np.concatenate(
+            [predict(booster, contract, frame.iloc[i : i + CHUNK_ROWS]) for i in range(0, len(frame), CHUNK_ROWS)]
+        )
+        if len(frame)
+        else np.array([], dtype="float64")
+    )
     scored = frame[[spec.entity_key, spec.timestamp, *contract.columns]].copy()
     scored["score"] = scores
     scored["model_version"] = version
@@ -71,7 +75,7 @@ def score_interval(
     contract = contract_of(booster)
     tables.ensure_tables(engine)
     total, unseen, paths = 0, {c: 0 for c in contract.categorical}, []
-    scored_at = datetime.now(timezone.utc)
+    scored_at = datetime.now(UTC)
     for hour in hours_between(start, end):
         scored = score_hour(spec, settings, booster, version, hour)
         for column, count in unseen_category_counts(scored, contract).items():
@@ -80,7 +84,12 @@ def score_interval(
         partition = write_partition(
             hour_partition(settings.lake, spec.name, "scored", hour),
             scored,
-            {"model": spec.name, "model_version": version, "interval_start": hour.isoformat(), "dag_run_id": dag_run_id},
+            {
+                "model": spec.name,
+                "model_version": version,
+                "interval_start": hour.isoformat(),
+                "dag_run_id": dag_run_id,
+            },
         )
         paths.append(str(partition.path))
         rows = [
@@ -99,7 +108,10 @@ def score_interval(
             )
         ]
         tables.upsert(
-            engine, tables.predictions, rows, key=["model_name", "entity_id", "as_of"],
+            engine,
+            tables.predictions,
+            rows,
+            key=["model_name", "entity_id", "as_of"],
             update_when_changed=["model_version", "score", "features_sha256"],
         )
         total += len(rows)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -70,6 +70,7 @@ class GateSpec(_Strict):
 
 
 class DriftSpec(_Strict):
+    drift_share: float = Field(default=0.5, gt=0, le=1, description="Share of drifted columns that is dataset drift")
     reference_rows: int = Field(default=5000, ge=100, description="Training rows kept as the drift reference")
     max_current_rows: int = Field(
         default=50_000, ge=100, description="Scored rows sampled per report; bounds report time"
@@ -102,7 +103,7 @@ class ModelSpec(_Strict):
     @classmethod
     def _tz_aware(cls, value: datetime) -> datetime:
         # A naive start date is ambiguous; we read it as UTC rather than the machine's zone.
-        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
 
     @model_validator(mode="after")
     def _columns_distinct(self) -> ModelSpec:

@@ -27,9 +27,11 @@ def _alias_version(settings: Settings, model_name: str, alias: str) -> str | Non
 
 def _latest(engine: Engine, table: Any, model_name: str, order_by: Any) -> dict[str, Any] | None:
     with engine.connect() as connection:
-        row = connection.execute(
-            select(table).where(table.c.model_name == model_name).order_by(order_by.desc()).limit(1)
-        ).mappings().first()
+        row = (
+            connection.execute(select(table).where(table.c.model_name == model_name).order_by(order_by.desc()).limit(1))
+            .mappings()
+            .first()
+        )
     return dict(row) if row else None
 
 
@@ -37,12 +39,20 @@ def model_status(settings: Settings, engine: Engine, model_name: str) -> dict[st
     validation = _latest(engine, tables.validation_runs, model_name, tables.validation_runs.c.validated_at)
     drift = _latest(engine, tables.drift_reports, model_name, tables.drift_reports.c.interval_end)
     with engine.connect() as connection:
-        backtest = [dict(r) for r in connection.execute(
-            select(tables.backtest_metrics.c.cohort, tables.backtest_metrics.c.model_version,
-                   tables.backtest_metrics.c.n, tables.backtest_metrics.c.auc)
-            .where(tables.backtest_metrics.c.model_name == model_name)
-            .order_by(tables.backtest_metrics.c.cohort.desc()).limit(5)
-        ).mappings()]
+        backtest = [
+            dict(r)
+            for r in connection.execute(
+                select(
+                    tables.backtest_metrics.c.cohort,
+                    tables.backtest_metrics.c.model_version,
+                    tables.backtest_metrics.c.n,
+                    tables.backtest_metrics.c.auc,
+                )
+                .where(tables.backtest_metrics.c.model_name == model_name)
+                .order_by(tables.backtest_metrics.c.cohort.desc())
+                .limit(5)
+            ).mappings()
+        ]
     return {
         "model": model_name,
         "champion_version": _alias_version(settings, model_name, "champion"),
@@ -51,15 +61,23 @@ def model_status(settings: Settings, engine: Engine, model_name: str) -> dict[st
         "labels": tables.count_rows(engine, tables.labels, model_name),
         "backtest_metrics": tables.count_rows(engine, tables.backtest_metrics, model_name),
         "latest_backtest": backtest,
-        "last_validation": None if validation is None else {
-            "dag_id": validation["dag_id"], "interval_start": str(validation["interval_start"]),
-            "interval_end": str(validation["interval_end"]), "success": validation["success"],
+        "last_validation": None
+        if validation is None
+        else {
+            "dag_id": validation["dag_id"],
+            "interval_start": str(validation["interval_start"]),
+            "interval_end": str(validation["interval_end"]),
+            "success": validation["success"],
             "failed_expectations": json.loads(validation["failed_expectations"]),
             "result_path": validation["result_path"],
         },
-        "last_drift_report": None if drift is None else {
-            "path": drift["report_path"], "interval_end": str(drift["interval_end"]),
-            "drift_share": drift["drift_share"], "drifted_columns": json.loads(drift["drifted_column_names"]),
+        "last_drift_report": None
+        if drift is None
+        else {
+            "path": drift["report_path"],
+            "interval_end": str(drift["interval_end"]),
+            "drift_share": drift["drift_share"],
+            "drifted_columns": json.loads(drift["drifted_column_names"]),
         },
     }
 
@@ -85,7 +103,9 @@ def format_status(report: dict[str, Any]) -> str:
     for m in report["models"]:
         lines.append(f"\nmodel {m['model']}")
         lines.append(f"  champion: v{m['champion_version']}   challenger: v{m['challenger_version']}")
-        lines.append(f"  rows: predictions={m['predictions']} labels={m['labels']} backtest_metrics={m['backtest_metrics']}")
+        lines.append(
+            f"  rows: predictions={m['predictions']} labels={m['labels']} backtest_metrics={m['backtest_metrics']}"
+        )
         for b in m["latest_backtest"]:
             auc = "n/a" if b["auc"] is None else f"{b['auc']:.3f}"
             lines.append(f"  backtest cohort {b['cohort']} v{b['model_version']}: n={b['n']} auc={auc}")
@@ -95,7 +115,9 @@ def format_status(report: dict[str, Any]) -> str:
             lines.append(f"  last validation ({v['dag_id']}, up to {v['interval_end']}): {verdict}")
         d = m["last_drift_report"]
         if d:
-            lines.append(f"  last drift report (up to {d['interval_end']}): drifted columns {d['drifted_columns'] or 'none'}")
+            lines.append(
+                f"  last drift report (up to {d['interval_end']}): drifted columns {d['drifted_columns'] or 'none'}"
+            )
             lines.append(f"    {d['path']}")
     lines += [f"\nspec error: {e}" for e in report["spec_errors"]]
     return "\n".join(lines)

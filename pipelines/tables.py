@@ -195,5 +195,7 @@ def upsert(
 def count_rows(engine: Engine, table: Table, model_name: str) -> int:
     with engine.connect() as connection:
         return int(
-            connection.execute(select(func.count()).select_from(table).where(table.c.model_name == model_name)).scalar_one()
+            connection.execute(
+                select(func.count()).select_from(table).where(table.c.model_name == model_name)
+            ).scalar_one()
         )

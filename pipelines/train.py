@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -47,9 +47,7 @@ def training_window(spec: ModelSpec, end: datetime) -> tuple[datetime, datetime]
     return end - timedelta(days=spec.training.window_days), end
 
 
-def assemble_training_set(
-    spec: ModelSpec, lake: Path, engine: Engine, start: datetime, end: datetime
-) -> pd.DataFrame:
+def assemble_training_set(spec: ModelSpec, lake: Path, engine: Engine, start: datetime, end: datetime) -> pd.DataFrame:
     """Events of the window's ingested partitions joined with the labels known at `end`.
 
     Events whose labels have not arrived by `end` are left out: using them would need the future.
@@ -89,7 +87,9 @@ def choose_device(requested: str) -> str:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            booster = xgb.train({"device": "cuda", "tree_method": "hist"}, xgb.DMatrix(probe_x, label=np.arange(10) % 2), 1)
+            booster = xgb.train(
+                {"device": "cuda", "tree_method": "hist"}, xgb.DMatrix(probe_x, label=np.arange(10) % 2), 1
+            )
         except xgb.core.XGBoostError:
             return "cpu"
     # Without a visible GPU XGBoost silently falls back to CPU; its config says where it really ran.
@@ -112,7 +112,10 @@ def _quiet_logger(name: str) -> Iterator[None]:
 def binary_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
     from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
 
-    metrics = {"logloss": float(log_loss(labels, scores, labels=[0, 1])), "brier": float(brier_score_loss(labels, scores))}
+    metrics = {
+        "logloss": float(log_loss(labels, scores, labels=[0, 1])),
+        "brier": float(brier_score_loss(labels, scores)),
+    }
     if len(np.unique(labels)) == 2:
         metrics["auc"] = float(roc_auc_score(labels, scores))
     return metrics
@@ -121,6 +124,7 @@ def binary_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
 def train_model(spec: ModelSpec, frame: pd.DataFrame, settings: Settings, tags: dict[str, str]) -> TrainingResult:
     import mlflow
     import xgboost as xgb
+    from mlflow.data.pandas_dataset import from_pandas
     from mlflow.models import infer_signature
 
     label = spec.label.column
@@ -167,12 +171,17 @@ def train_model(spec: ModelSpec, frame: pd.DataFrame, settings: Settings, tags: 
     signature = infer_signature(raw_inputs.head(100), predict(booster, contract, train.head(100)))
     with mlflow.start_run(experiment_id=experiment_id(settings, spec.name), run_name=tags.get("run_name")) as run:
         mlflow.set_tags({**tags, "device": device, "xgboost_version": xgb.__version__})
-        mlflow.log_params({**params, "num_boost_round": spec.training.num_boost_round,
-                           "early_stopping_rounds": spec.training.early_stopping_rounds})
+        mlflow.log_params(
+            {
+                **params,
+                "num_boost_round": spec.training.num_boost_round,
+                "early_stopping_rounds": spec.training.early_stopping_rounds,
+            }
+        )
         mlflow.log_params({f"rows_{k}": v for k, v in sizes.items()})
         mlflow.log_metrics(metrics)
         mlflow.log_input(
-            mlflow.data.from_pandas(frame, source=tags["data_uri"], name=f"{spec.name}-training", targets=label),
+            from_pandas(frame, source=tags["data_uri"], name=f"{spec.name}-training", targets=label),
             context="training",
         )
         with tempfile.TemporaryDirectory() as scratch:
@@ -194,8 +203,14 @@ def train_model(spec: ModelSpec, frame: pd.DataFrame, settings: Settings, tags: 
                 pip_requirements=[f"xgboost=={xgb.__version__}", f"pandas=={pd.__version__}"],
             )
         mlflow.set_tag("model_uri", model_info.model_uri)
-    log.info("%s: trained on %s in %.1fs, best iteration %d, holdout %s", spec.name, device, train_seconds,
-             best_iteration, {k: round(v, 4) for k, v in metrics.items() if k.startswith("holdout_")})
+    log.info(
+        "%s: trained on %s in %.1fs, best iteration %d, holdout %s",
+        spec.name,
+        device,
+        train_seconds,
+        best_iteration,
+        {k: round(v, 4) for k, v in metrics.items() if k.startswith("holdout_")},
+    )
     return TrainingResult(run.info.run_id, model_info.model_uri, device, best_iteration, metrics, sizes)
 
 

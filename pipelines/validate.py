@@ -86,9 +86,8 @@ def _failures(result: dict[str, Any]) -> list[FailedExpectation]:
         failures.append(
             FailedExpectation(
                 expectation=config["type"],
-                column=config["kwargs"].get("column") or (
-                    ",".join(config["kwargs"]["column_list"]) if "column_list" in config["kwargs"] else None
-                ),
+                column=config["kwargs"].get("column")
+                or (",".join(config["kwargs"]["column_list"]) if "column_list" in config["kwargs"] else None),
                 unexpected_count=details.get("unexpected_count"),
                 samples=[None if pd.isna(s) else s for s in samples[:5]] if isinstance(samples, list) else [samples],
             )
@@ -128,7 +127,9 @@ def validate_frame(
             result_format={"result_format": "SUMMARY", "partial_unexpected_count": 5},
         )
     )
-    checkpoint_result = checkpoint.run(batch_parameters={"dataframe": frame}, run_id=gx.RunIdentifier(run_name=run_name))
+    checkpoint_result = checkpoint.run(
+        batch_parameters={"dataframe": frame}, run_id=gx.RunIdentifier(run_name=run_name)
+    )
     suite_result = next(iter(checkpoint_result.run_results.values()))
     result = suite_result.to_json_dict()
     atomic_write_bytes(result_path, json.dumps(result, indent=2, default=str).encode())

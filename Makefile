@@ -1,0 +1,26 @@
+# Everything runs through uv and the committed uv.lock. uv is bootstrapped with pip when missing.
+UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
+RUN := $(UV) run --frozen
+
+.PHONY: install demo test lint up bench clean
+
+install:
+	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
+	$(UV) sync --frozen
+
+demo: install  ## the demo model through its whole life, from an empty .pipelines/ home
+	$(RUN) pipelines demo --reset
+
+test: install  ## the whole test suite (unit, DAG integrity, integration through dag.test())
+	$(RUN) pytest
+
+lint: install  ## ruff and mypy must stay clean
+	$(RUN) ruff check pipelines dags tests
+	$(RUN) ruff format --check pipelines dags tests
+	$(RUN) mypy
+
+up: install  ## Airflow (standalone) and the MLflow UI on the same home; Ctrl-C stops both
+	$(RUN) pipelines up
+
+clean:
+	rm -rf .pipelines

@@ -1,0 +1,41 @@
+"""Parse a DAG folder in a fresh interpreter and print what the integrity tests check, as JSON."""
+
+import json
+import sys
+import time
+
+
+def seconds(duration: object) -> float:
+    return duration.total_seconds() if hasattr(duration, "total_seconds") else float(duration)  # type: ignore[arg-type]
+
+
+folder = sys.argv[1]
+started = time.perf_counter()
+from airflow.dag_processing.dagbag import DagBag  # noqa: E402
+
+bag = DagBag(folder)
+HEAVY = ["pandas", "xgboost", "mlflow", "great_expectations", "evidently", "sklearn"]
+print(
+    json.dumps(
+        {
+            "import_errors": {k: str(v) for k, v in bag.import_errors.items()},
+            "parse_seconds": {stat.file: seconds(stat.duration) for stat in bag.dagbag_stats},
+            "total_seconds": time.perf_counter() - started,
+            "heavy_modules_loaded": [m for m in HEAVY if m in sys.modules],
+            "dags": {
+                dag_id: {
+                    "fileloc": dag.fileloc,
+                    "timetable": type(dag.timetable).__name__,
+                    "schedule": dag.timetable.expression,
+                    "start_date_tz": str(dag.start_date.tzinfo) if dag.start_date and dag.start_date.tzinfo else None,
+                    "catchup": dag.catchup,
+                    "tags": sorted(dag.tags),
+                    "doc_md": dag.doc_md or "",
+                    "retries": [task.retries for task in dag.tasks],
+                    "tasks": sorted(dag.task_ids),
+                }
+                for dag_id, dag in bag.dags.items()
+            },
+        }
+    )
+)

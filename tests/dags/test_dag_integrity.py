@@ -1,0 +1,82 @@
+"""The dags/ folder parses cleanly, quickly, without heavy imports, and every DAG states its contract."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipelines.config import REPO_ROOT
+
+PARSER = Path(__file__).with_name("parse_dags.py")
+EXPECTED = {"demo_churn__train", "demo_churn__score", "demo_churn__backtest"}
+# Airflow kills a DAG file whose parse outlasts core.dagbag_import_timeout (30 s by default).
+AIRFLOW_IMPORT_TIMEOUT_S = 30
+
+
+def parse(folder: Path) -> dict[str, Any]:
+    env = {k: v for k, v in os.environ.items() if k != "PIPELINES_TASK_RETRIES"}  # production retries
+    result = subprocess.run(
+        [sys.executable, str(PARSER), str(folder)], capture_output=True, text=True, env=env, cwd=REPO_ROOT, check=True
+    )
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def parsed() -> dict[str, Any]:
+    return parse(REPO_ROOT / "dags")
+
+
+def test_no_import_errors(parsed: dict[str, Any]) -> None:
+    assert parsed["import_errors"] == {}
+    assert set(parsed["dags"]) >= EXPECTED
+
+
+def test_dag_files_stay_thin(parsed: dict[str, Any]) -> None:
+    assert parsed["heavy_modules_loaded"] == []
+    for file, seconds in parsed["parse_seconds"].items():
+        print(f"parse time {file}: {seconds:.3f}s")
+        assert seconds < AIRFLOW_IMPORT_TIMEOUT_S, file
+
+
+@pytest.mark.parametrize("dag_id", sorted(EXPECTED))
+def test_dag_contract(parsed: dict[str, Any], dag_id: str) -> None:
+    dag = parsed["dags"][dag_id]
+    assert dag["timetable"] == "CronDataIntervalTimetable"
+    assert dag["start_date_tz"] is not None
+    assert dag["catchup"] is False
+    assert "pipelines" in dag["tags"] and "model:demo_churn" in dag["tags"]
+    assert len(dag["doc_md"]) > 80
+    assert all(retries >= 1 for retries in dag["retries"])
+    assert dag["fileloc"].endswith("dags/demo_churn.py")
+
+
+def test_schedules_come_from_the_spec(parsed: dict[str, Any]) -> None:
+    assert parsed["dags"]["demo_churn__score"]["schedule"] == "0 * * * *"
+    assert parsed["dags"]["demo_churn__train"]["schedule"] == "0 2 * * *"
+    assert parsed["dags"]["demo_churn__train"]["tasks"] == [
+        "ingest_labels_window",
+        "ingest_window",
+        "register",
+        "train",
+        "validate_window",
+    ]
+
+
+def test_broken_spec_breaks_only_its_own_dags(tmp_path: Path) -> None:
+    folder = tmp_path / "dags"
+    shutil.copytree(REPO_ROOT / "dags", folder, ignore=shutil.ignore_patterns("__pycache__"))
+    broken = (folder / "models" / "demo_churn.yaml").read_text()
+    broken = broken.replace("name: demo_churn", "name: broken_model").replace("delay_hours: 6", "delay_hours: soon")
+    (folder / "models" / "broken_model.yaml").write_text(broken)
+    shutil.copy(folder / "demo_churn.py", folder / "broken_model.py")
+
+    parsed = parse(folder)
+    assert list(parsed["import_errors"]) == [str(folder / "broken_model.py")]
+    message = next(iter(parsed["import_errors"].values()))
+    assert "broken_model.yaml" in message and "label.delay_hours" in message
+    assert set(parsed["dags"]) >= EXPECTED

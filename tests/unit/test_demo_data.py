@@ -1,0 +1,57 @@
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+
+from pipelines.demo_data import DRIFTED_COLUMNS, DemoConfig, generate_hour, write_source
+from pipelines.intervals import hours_between, source_hour_file
+
+HOUR = datetime(2026, 1, 2, 13, tzinfo=UTC)
+
+
+def test_each_hour_is_deterministic() -> None:
+    pd.testing.assert_frame_equal(generate_hour(DemoConfig(), HOUR), generate_hour(DemoConfig(), HOUR))
+    assert not generate_hour(DemoConfig(), HOUR).equals(generate_hour(DemoConfig(), HOUR + timedelta(hours=1)))
+
+
+def test_realistic_shape() -> None:
+    frame = generate_hour(DemoConfig(), HOUR)
+    assert frame["days_since_last_login"].isna().any()
+    assert frame["payment_method"].isna().any()
+    assert not frame.duplicated(["customer_id", "event_time"]).any()
+    assert 0.05 < frame["churned"].mean() < 0.5
+    assert (frame["event_time"] >= HOUR).all() and (frame["event_time"] < HOUR + timedelta(hours=1)).all()
+
+
+def test_daily_seasonality_in_volume() -> None:
+    night, evening = HOUR.replace(hour=0), HOUR.replace(hour=12)
+    assert len(generate_hour(DemoConfig(), evening)) > 1.3 * len(generate_hour(DemoConfig(), night))
+
+
+def test_drift_knob_moves_only_its_columns() -> None:
+    base = generate_hour(DemoConfig(), HOUR)
+    drifted = generate_hour(DemoConfig(drift_from=HOUR), HOUR)
+    assert drifted["monthly_charges"].mean() > base["monthly_charges"].mean() + 20
+    assert drifted["support_calls"].mean() > 2 * base["support_calls"].mean()
+    assert (drifted["plan"] == "premium").mean() > 2 * (base["plan"] == "premium").mean()
+    assert set(DRIFTED_COLUMNS) == {"monthly_charges", "support_calls", "plan"}
+    pd.testing.assert_series_equal(drifted["tenure_months"], base["tenure_months"])
+
+
+def test_bad_data_knob_corrupts_the_hour() -> None:
+    frame = generate_hour(DemoConfig(bad_hours=frozenset({HOUR})), HOUR)
+    assert frame["customer_id"].isna().any()
+    assert (frame["monthly_charges"] < 0).any()
+    assert (frame["plan"] == "platinum_legacy").any()
+
+
+def test_labels_arrive_after_the_delay(tmp_path: Path) -> None:
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    written = write_source(tmp_path, DemoConfig(label_delay_hours=6), start, start + timedelta(hours=3))
+    events = [source_hour_file(tmp_path / "events", h) for h in hours_between(start, start + timedelta(hours=3))]
+    assert all(path.exists() for path in events)
+    assert not source_hour_file(tmp_path / "labels", start).exists()
+    label_file = source_hour_file(tmp_path / "labels", start + timedelta(hours=6))
+    labels = pd.read_csv(label_file, parse_dates=["event_time", "arrived_at"])
+    assert (labels["arrived_at"] - labels["event_time"] >= pd.Timedelta(hours=5)).all()
+    assert written == sum(len(pd.read_csv(path)) for path in events)

@@ -1,0 +1,63 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines.features import ContractError, FeatureContract, prepare_features, unseen_category_counts
+
+CONTRACT = FeatureContract(numeric=["b_num", "a_num"], categorical={"z_cat": ["x", "y"], "c_cat": ["p"]})
+
+
+def test_contract_keeps_column_order_through_json() -> None:
+    again = FeatureContract.from_json(CONTRACT.to_json())
+    assert again == CONTRACT
+    assert again.columns == ["b_num", "a_num", "z_cat", "c_cat"]
+
+
+def test_prepare_orders_types_and_maps_unseen_to_missing() -> None:
+    frame = pd.DataFrame(
+        {"a_num": [1, 2], "z_cat": ["x", "new"], "b_num": [0.5, None], "c_cat": [None, "p"], "extra": [9, 9]}
+    )
+    prepared = prepare_features(frame, CONTRACT)
+    assert list(prepared.columns) == CONTRACT.columns
+    assert prepared["a_num"].dtype == "float64"
+    assert list(prepared["z_cat"].cat.categories) == ["x", "y"]
+    assert prepared["z_cat"].isna().tolist() == [False, True]
+    assert unseen_category_counts(frame, CONTRACT) == {"z_cat": 1, "c_cat": 0}
+
+
+def test_missing_column_is_named() -> None:
+    with pytest.raises(ContractError, match=r"missing feature column\(s\) \['c_cat'\]"):
+        prepare_features(pd.DataFrame({"a_num": [1], "b_num": [1], "z_cat": ["x"]}), CONTRACT)
+
+
+def test_wrong_type_is_named() -> None:
+    frame = pd.DataFrame({"a_num": ["1"], "b_num": [1.0], "z_cat": ["x"], "c_cat": ["p"]})
+    with pytest.raises(ContractError, match="'a_num' must be numeric"):
+        prepare_features(frame, CONTRACT)
+
+
+def test_training_and_serving_agree_through_xgboost() -> None:
+    import xgboost as xgb
+
+    from pipelines.features import CONTRACT_ATTRIBUTE, contract_of, predict
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {
+            "a_num": rng.normal(size=200),
+            "b_num": rng.normal(size=200),
+            "z_cat": rng.choice(["x", "y"], 200),
+            "c_cat": ["p"] * 200,
+        }
+    )
+    label = ((frame["a_num"] > 0) ^ (frame["z_cat"] == "y")).astype(int)
+    booster = xgb.train(
+        {"tree_method": "hist", "max_cat_to_onehot": 1},
+        xgb.DMatrix(prepare_features(frame, CONTRACT), label=label, enable_categorical=True),
+        20,
+    )
+    booster.set_attr(**{CONTRACT_ATTRIBUTE: CONTRACT.to_json()})
+    restored = xgb.Booster()
+    restored.load_model(bytearray(booster.save_raw("json")))
+    shuffled = frame[["c_cat", "z_cat", "b_num", "a_num"]]
+    np.testing.assert_allclose(predict(restored, contract_of(restored), shuffled), predict(booster, CONTRACT, frame))

@@ -1,0 +1,63 @@
+"""Upserts on both backends we support: SQLite (embedded default) and the PostgreSQL on this machine."""
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from uuid import uuid4
+
+import pytest
+from sqlalchemy import Engine, select
+
+from pipelines import tables
+from tests.conftest import POSTGRES_URL
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    url = f"sqlite:///{tmp_path / 't.db'}" if request.param == "sqlite" else POSTGRES_URL
+    engine = tables.make_engine(url)
+    tables.ensure_tables(engine)
+    yield engine
+    engine.dispose()
+
+
+def prediction_rows(model: str, n: int, score: float) -> list[dict[str, object]]:
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    return [
+        {
+            "model_name": model,
+            "entity_id": f"E{i}",
+            "as_of": at + timedelta(seconds=i),
+            "model_version": "1",
+            "score": score,
+            "features_sha256": "f" * 64,
+            "dag_run_id": f"run-{score}",
+            "scored_at": at,
+        }
+        for i in range(n)
+    ]
+
+
+def snapshot(engine: Engine, model: str) -> list[tuple[object, ...]]:
+    p = tables.predictions
+    with engine.connect() as connection:
+        return [tuple(r) for r in connection.execute(select(p).where(p.c.model_name == model).order_by(p.c.entity_id))]
+
+
+def test_upsert_replay_changes_nothing_and_new_score_updates(engine: Engine) -> None:
+    model = f"m_{uuid4().hex[:8]}"  # PostgreSQL is shared between runs: keep each test's rows apart
+    key = ["model_name", "entity_id", "as_of"]
+    watch = ["model_version", "score", "features_sha256"]
+    tables.upsert(engine, tables.predictions, prediction_rows(model, 25_000, 0.25), key, watch)
+    before = snapshot(engine, model)
+    replay = prediction_rows(model, 25_000, 0.25)
+    for row in replay:
+        row["dag_run_id"] = "a-retry"  # a retry of the same scoring must not rewrite the row
+    tables.upsert(engine, tables.predictions, replay, key, watch)
+    assert snapshot(engine, model) == before
+    assert tables.count_rows(engine, tables.predictions, model) == 25_000
+
+    tables.upsert(engine, tables.predictions, prediction_rows(model, 10, 0.75), key, watch)
+    after = snapshot(engine, model)
+    assert len(after) == 25_000
+    assert sum(1 for row in after if row[4] == 0.75) == 10
