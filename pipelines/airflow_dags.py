@@ -359,7 +359,11 @@ def model_dags(spec_path: Path | str) -> dict[str, DAG]:
 
 
 def run_in_process(dag_id: str, logical_date: datetime) -> Any:
-    """Run one DAG run of our dags/ folder with `dag.test()` (no scheduler) and return the DagRun."""
+    """Run one DAG run of our dags/ folder with `dag.test()` (no scheduler) and return the DagRun.
+
+    run_after is the logical date, so the run id names the interval (not the wall clock) and
+    running the same interval again re-runs that same DAG run.
+    """
     from airflow.dag_processing.dagbag import DagBag
 
     from pipelines.config import REPO_ROOT
@@ -368,4 +372,4 @@ def run_in_process(dag_id: str, logical_date: datetime) -> Any:
     dag = bag.get_dag(dag_id)
     if dag is None:
         raise LookupError(f"DAG {dag_id} not found; import errors: {bag.import_errors or 'none'}")
-    return dag.test(logical_date=logical_date)
+    return dag.test(logical_date=logical_date, run_after=logical_date)

@@ -1,4 +1,4 @@
-"""The `pipelines` command: status, demo, up."""
+"""The `pipelines` command: status, demo, up, airflow."""
 
 from __future__ import annotations
 
@@ -29,6 +29,17 @@ def _up(args: argparse.Namespace) -> int:
     return main(args.airflow_port, args.mlflow_port)
 
 
+def _airflow(args: argparse.Namespace) -> int:
+    import os
+    import subprocess
+
+    from pipelines.config import apply_airflow_environment
+
+    apply_airflow_environment()
+    airflow = os.path.join(os.path.dirname(sys.executable), "airflow")
+    return subprocess.call([airflow, *args.airflow_args])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pipelines", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -42,6 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--airflow-port", type=int, default=8080)
     up.add_argument("--mlflow-port", type=int, default=5000)
     up.set_defaults(func=_up)
+    airflow = commands.add_parser(
+        "airflow", help="the Airflow CLI on the pipelines home, e.g. `pipelines airflow dags list`"
+    )
+    airflow.add_argument("airflow_args", nargs=argparse.REMAINDER)
+    airflow.set_defaults(func=_airflow)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

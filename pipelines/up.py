@@ -51,6 +51,8 @@ def main(airflow_port: int = 8080, mlflow_port: int = 5000) -> int:
     subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, stdout=subprocess.DEVNULL)
 
     bin_dir = Path(sys.executable).parent
+    # `airflow standalone` starts its components as `airflow ...` from PATH: make it this environment's.
+    os.environ["PATH"] = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
     processes = {
         "airflow": subprocess.Popen(
             [str(bin_dir / "airflow"), "standalone"],

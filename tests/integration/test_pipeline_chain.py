@@ -142,11 +142,15 @@ def test_scoring_logs_every_row_of_the_interval(home: Settings, engine: Engine) 
         assert open_partition(hour_partition(home.lake, "demo_churn", "scored", hour)).manifest["model_version"] == "1"
 
 
-def test_rescoring_an_interval_changes_nothing(engine: Engine) -> None:
-    before = predictions_digest(engine)
-    dag_run = run("demo_churn__score", SCORED_HOURS[1] + timedelta(hours=1))
+def test_rescoring_an_interval_changes_nothing(home: Settings, engine: Engine) -> None:
+    hour = SCORED_HOURS[1]
+    scored = hour_partition(home.lake, "demo_churn", "scored", hour)
+    before, lake_before = predictions_digest(engine), open_partition(scored).sha256
+    dag_run = run("demo_churn__score", hour + timedelta(hours=1))
     assert dag_run.state == "success", task_states(dag_run)
+    assert dag_run.run_id == "manual__2026-01-03T04:00:00+00:00"  # the same run, re-run
     assert predictions_digest(engine) == before
+    assert open_partition(scored).sha256 == lake_before
 
 
 def test_bad_data_fails_validation_and_scores_nothing(engine: Engine) -> None:
