@@ -87,55 +87,11 @@ def _ingest(spec: ModelSpec, start: datetime, end: datetime) -> dict[str, Any]:
     }
 
 
-def _validate(spec: ModelSpec, ctx: RunContext, zone_start: datetime) -> dict[str, Any]:
-    """Validate the raw partitions of [zone_start, ctx.end), record the outcome, apply the policy."""
-    import json
-
-    import pandas as pd
-
-    from pipelines import tables
+def _validate(spec: ModelSpec, ctx: RunContext, start: datetime) -> dict[str, Any]:
     from pipelines.config import get_settings
-    from pipelines.intervals import hours_between, interval_key
-    from pipelines.lake import hour_partition, read_partition
-    from pipelines.validate import ValidationFailed, validate_frame
+    from pipelines.validate import validate_snapshot
 
-    settings = get_settings()
-    frame = pd.concat(
-        [
-            read_partition(hour_partition(settings.lake, spec.name, "raw", h))[0]
-            for h in hours_between(zone_start, ctx.end)
-        ],
-        ignore_index=True,
-    )
-    key = interval_key(zone_start, ctx.end)
-    result_path = settings.lake / spec.name / "validation" / ctx.dag_id / f"{key}.json"
-    outcome = validate_frame(frame, spec.suite, settings.gx_root, result_path, run_name=f"{ctx.dag_id} {key}")
-    engine = _engine()
-    tables.ensure_tables(engine)
-    tables.upsert(
-        engine,
-        tables.validation_runs,
-        [
-            {
-                "model_name": spec.name,
-                "interval_start": zone_start,
-                "interval_end": ctx.end,
-                "dag_id": ctx.dag_id,
-                "dag_run_id": ctx.run_id,
-                "suite": spec.suite,
-                "success": outcome.success,
-                "failed_expectations": json.dumps([f.describe() for f in outcome.failed]),
-                "result_path": outcome.result_path,
-                "validated_at": datetime.now(UTC),
-            }
-        ],
-        key=["model_name", "dag_id", "interval_start", "interval_end"],
-    )
-    log.info("validation result: %s; Data Docs: %s", outcome.result_path, outcome.data_docs_path)
-    if not outcome.success:
-        if spec.validation_policy == "block":
-            raise ValidationFailed(outcome)
-        log.warning("validation policy 'warn': continuing despite failures\n%s", outcome.describe_failures())
+    outcome = validate_snapshot(spec, get_settings(), _engine(), start, ctx.end, ctx.dag_id, ctx.run_id)
     return {
         "suite": spec.suite,
         "suite_sha256": outcome.suite_sha256,
@@ -186,27 +142,27 @@ def train_dag(spec: ModelSpec) -> DAG:
         @task
         def ingest_window() -> dict[str, Any]:
             ctx = run_context()
-            return _ingest(spec, ctx.end - timedelta(days=spec.training.window_days), ctx.end)
+            return _ingest(spec, *spec.training_window(ctx.end))
 
         @task
         def validate_window(ingested: dict[str, Any]) -> dict[str, Any]:
             ctx = run_context()
             with permanent_failures():
-                return _validate(spec, ctx, ctx.end - timedelta(days=spec.training.window_days))
+                return _validate(spec, ctx, spec.training_window(ctx.end)[0])
 
         @task
         def ingest_labels_window() -> dict[str, Any]:
             ctx = run_context()
-            return _ingest_labels(spec, ctx.end - timedelta(days=spec.training.window_days), ctx.end)
+            return _ingest_labels(spec, *spec.training_window(ctx.end))
 
         @task
         def train(ingested: dict[str, Any], validated: dict[str, Any], labelled: dict[str, Any]) -> dict[str, Any]:
             from pipelines.config import get_settings, git_sha
-            from pipelines.train import assemble_training_set, train_model, training_window
+            from pipelines.train import assemble_training_set, train_model
 
             ctx = run_context()
             settings = get_settings()
-            start, end = training_window(spec, ctx.end)
+            start, end = spec.training_window(ctx.end)
             with permanent_failures():
                 frame = assemble_training_set(spec, settings.lake, _engine(), start, end)
                 tags = {

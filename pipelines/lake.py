@@ -94,3 +94,10 @@ def open_partition(path: Path, verify: bool = True) -> Partition:
 def read_partition(path: Path) -> tuple[pd.DataFrame, Partition]:
     partition = open_partition(path)
     return pd.read_parquet(path / DATA_FILE), partition
+
+
+def read_hours(lake: Path, model: str, zone: str, hours: list[datetime]) -> pd.DataFrame:
+    """Concatenate the hourly partitions of one zone; a missing or incomplete one is an error."""
+    if not hours:
+        raise ValueError(f"{model}: no hours to read from the '{zone}' zone")
+    return pd.concat([read_partition(hour_partition(lake, model, zone, h))[0] for h in hours], ignore_index=True)

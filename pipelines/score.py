@@ -21,7 +21,7 @@ from pipelines import tables
 from pipelines.config import Settings
 from pipelines.features import contract_of, predict, unseen_category_counts
 from pipelines.intervals import hours_between
-from pipelines.lake import hour_partition, read_partition, write_partition
+from pipelines.lake import hour_partition, read_hours, read_partition, write_partition
 from pipelines.registry import champion_version, load_booster
 from pipelines.spec import ModelSpec
 
@@ -51,6 +51,18 @@ def row_sha256(frame: pd.DataFrame, columns: list[str]) -> list[str]:
 def score_hour(spec: ModelSpec, settings: Settings, booster: object, version: str, hour: datetime) -> pd.DataFrame:
     contract = contract_of(booster)
     frame, _ = read_partition(hour_partition(settings.lake, spec.name, "raw", hour))
+    keyless = frame[spec.entity_key].isna() | frame[spec.timestamp].isna()
+    if keyless.any():
+        # Only reachable under validation policy 'warn': a prediction without its key cannot be logged.
+        log.warning(
+            "%s: %d row(s) of %s lack %s or %s and are not scored",
+            spec.name,
+            int(keyless.sum()),
+            hour.isoformat(),
+            spec.entity_key,
+            spec.timestamp,
+        )
+        frame = frame[~keyless]
     scores = (
         np.concatenate(
             [predict(booster, contract, frame.iloc[i : i + CHUNK_ROWS]) for i in range(0, len(frame), CHUNK_ROWS)]
@@ -121,5 +133,4 @@ def score_interval(
 
 
 def read_scored(spec: ModelSpec, lake: Path, start: datetime, end: datetime) -> pd.DataFrame:
-    frames = [read_partition(hour_partition(lake, spec.name, "scored", h))[0] for h in hours_between(start, end)]
-    return pd.concat(frames, ignore_index=True)
+    return read_hours(lake, spec.name, "scored", hours_between(start, end))

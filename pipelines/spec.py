@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -98,6 +98,10 @@ class ModelSpec(_Strict):
     gate: GateSpec = Field(default_factory=GateSpec)
     drift: DriftSpec = Field(default_factory=DriftSpec)
     backtest: BacktestSpec = Field(default_factory=BacktestSpec)
+
+    def training_window(self, end: datetime) -> tuple[datetime, datetime]:
+        """The training window that ends at `end` (the train run's data interval end)."""
+        return end - timedelta(days=self.training.window_days), end
 
     @field_validator("start_date")
     @classmethod

@@ -10,7 +10,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from pipelines.config import Settings
 from pipelines.features import CONTRACT_ATTRIBUTE, build_contract, predict, prepare_features
 from pipelines.intervals import hours_between
 from pipelines.labels import labels_known_at
-from pipelines.lake import hour_partition, read_partition
+from pipelines.lake import read_hours
 from pipelines.spec import ModelSpec, TrainingSpec
 from pipelines.tracking import experiment_id, use_tracking
 
@@ -43,17 +43,12 @@ class TrainingResult:
     rows: dict[str, int]
 
 
-def training_window(spec: ModelSpec, end: datetime) -> tuple[datetime, datetime]:
-    return end - timedelta(days=spec.training.window_days), end
-
-
 def assemble_training_set(spec: ModelSpec, lake: Path, engine: Engine, start: datetime, end: datetime) -> pd.DataFrame:
     """Events of the window's ingested partitions joined with the labels known at `end`.
 
     Events whose labels have not arrived by `end` are left out: using them would need the future.
     """
-    frames = [read_partition(hour_partition(lake, spec.name, "raw", hour))[0] for hour in hours_between(start, end)]
-    events = pd.concat(frames, ignore_index=True)
+    events = read_hours(lake, spec.name, "raw", hours_between(start, end))
     labels = labels_known_at(engine, spec.name, start, end, known_at=end)
     joined = events.merge(
         labels.rename(columns={"entity_id": spec.entity_key, "as_of": spec.timestamp, "label": spec.label.column}),

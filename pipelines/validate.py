@@ -8,14 +8,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from sqlalchemy import Engine
 
-from pipelines.config import REPO_ROOT
-from pipelines.lake import atomic_write_bytes
+from pipelines import tables
+from pipelines.config import REPO_ROOT, Settings
+from pipelines.intervals import hours_between, interval_key
+from pipelines.lake import atomic_write_bytes, read_hours
+from pipelines.spec import ModelSpec
+
+log = logging.getLogger(__name__)
 
 EXPECTATIONS_DIR = REPO_ROOT / "expectations"
 
@@ -144,3 +152,42 @@ def validate_frame(
         result_path=str(result_path),
         data_docs_path=str(docs[0]["site_url"]) if docs else "",
     )
+
+
+def validate_snapshot(
+    spec: ModelSpec, settings: Settings, engine: Engine, start: datetime, end: datetime, dag_id: str, dag_run_id: str
+) -> ValidationOutcome:
+    """Validate the raw partitions of [start, end), record the outcome, then apply the spec's policy.
+
+    Policy 'block' raises ValidationFailed (nothing downstream runs); 'warn' logs and goes on.
+    """
+    frame = read_hours(settings.lake, spec.name, "raw", hours_between(start, end))
+    key = interval_key(start, end)
+    result_path = settings.lake / spec.name / "validation" / dag_id / f"{key}.json"
+    outcome = validate_frame(frame, spec.suite, settings.gx_root, result_path, run_name=f"{dag_id} {key}")
+    tables.ensure_tables(engine)
+    tables.upsert(
+        engine,
+        tables.validation_runs,
+        [
+            {
+                "model_name": spec.name,
+                "interval_start": start,
+                "interval_end": end,
+                "dag_id": dag_id,
+                "dag_run_id": dag_run_id,
+                "suite": spec.suite,
+                "success": outcome.success,
+                "failed_expectations": json.dumps([f.describe() for f in outcome.failed]),
+                "result_path": outcome.result_path,
+                "validated_at": datetime.now(UTC),
+            }
+        ],
+        key=["model_name", "dag_id", "interval_start", "interval_end"],
+    )
+    log.info("validation result: %s; Data Docs: %s", outcome.result_path, outcome.data_docs_path)
+    if not outcome.success:
+        if spec.validation_policy == "block":
+            raise ValidationFailed(outcome)
+        log.warning("validation policy 'warn': continuing despite failures\n%s", outcome.describe_failures())
+    return outcome
