@@ -9,6 +9,9 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+AIRFLOW_SQLITE_CONNECT_ARGS = {"timeout": 60}
+
+
 @dataclass(frozen=True)
 class Settings:
     home: Path
@@ -51,6 +54,10 @@ def airflow_environment(settings: Settings) -> dict[str, str]:
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{airflow_home / 'airflow.db'}",
+        # Scheduler, DAG processor, triggerer and API server share one SQLite file: wait for a lock
+        # instead of failing at once (the default is 5 s, which a busy 2-core machine exceeds).
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "pipelines.config.AIRFLOW_SQLITE_CONNECT_ARGS",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC": "pipelines.config.AIRFLOW_SQLITE_CONNECT_ARGS",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
         "AIRFLOW__API__PORT": os.environ.get("AIRFLOW__API__PORT", "8080"),
         "GIT_PYTHON_REFRESH": "quiet",
@@ -64,6 +71,23 @@ def apply_airflow_environment(settings: Settings | None = None) -> Settings:
         os.environ.setdefault(key, value)
     settings.airflow_home.mkdir(parents=True, exist_ok=True)
     return settings
+
+
+def migrate_airflow_db(settings: Settings) -> None:
+    """`airflow db migrate`, then WAL journaling on the embedded SQLite database.
+
+    WAL lets readers (the UI, the DAG processor) work while the scheduler writes; without it
+    Airflow's processes fail with 'database is locked' under load. The mode persists in the file.
+    """
+    import sqlite3
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, stdout=subprocess.DEVNULL)
+    url = os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "")
+    if url.startswith("sqlite:///"):
+        with sqlite3.connect(url.removeprefix("sqlite:///")) as connection:
+            connection.execute("PRAGMA journal_mode=WAL")
 
 
 def git_sha() -> str:

@@ -10,12 +10,11 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
 
-from pipelines.config import Settings, apply_airflow_environment, get_settings
+from pipelines.config import Settings, apply_airflow_environment, get_settings, migrate_airflow_db
 
 log = logging.getLogger(__name__)
 
@@ -23,10 +22,6 @@ MODEL = "demo_churn"
 DEMO_START = datetime(2026, 1, 1, tzinfo=UTC)
 DEMO_END = DEMO_START + timedelta(days=4)
 DRIFT_FROM = datetime(2026, 1, 3, 5, tzinfo=UTC)
-
-
-def migrate_airflow_db() -> None:
-    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, stdout=subprocess.DEVNULL)
 
 
 def write_demo_source(settings: Settings) -> int:
@@ -70,7 +65,7 @@ def main(reset: bool = False) -> int:
     logging.basicConfig(level=logging.WARNING)
     began = time.perf_counter()
     print(f"pipelines demo: all state under {settings.home}", flush=True)
-    migrate_airflow_db()
+    migrate_airflow_db(settings)
     rows = write_demo_source(settings)
     print(f"  demo source: {rows} events {DEMO_START:%Y-%m-%d} .. {DEMO_END:%Y-%m-%d}, drift from {DRIFT_FROM}")
 

@@ -13,7 +13,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from pipelines.config import apply_airflow_environment
+from pipelines.config import apply_airflow_environment, migrate_airflow_db
 
 PASSWORDS_FILE = "simple_auth_manager_passwords.json.generated"
 
@@ -41,14 +41,19 @@ def admin_password(airflow_home: Path, timeout_s: float = 60) -> str | None:
     return None
 
 
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # run the same shutdown as Ctrl-C: stop both servers and wait for them
+
+
 def main(airflow_port: int = 8080, mlflow_port: int = 5000) -> int:
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     os.environ["AIRFLOW__API__PORT"] = str(airflow_port)
     os.environ["AIRFLOW__API__BASE_URL"] = f"http://localhost:{airflow_port}"
     settings = apply_airflow_environment()
     (settings.home / "mlflow").mkdir(parents=True, exist_ok=True)
     logs = settings.home / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, stdout=subprocess.DEVNULL)
+    migrate_airflow_db(settings)
 
     bin_dir = Path(sys.executable).parent
     # `airflow standalone` starts its components as `airflow ...` from PATH: make it this environment's.

@@ -7,8 +7,6 @@ first imported.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +19,7 @@ os.environ["PIPELINES_TASK_RETRIES"] = "0"
 for variable in ("MLFLOW_TRACKING_URI", "PIPELINES_LAKE", "PIPELINES_SOURCE", "PIPELINES_TABLES_URL"):
     os.environ.pop(variable, None)
 
-from pipelines.config import apply_airflow_environment  # noqa: E402
+from pipelines.config import apply_airflow_environment, get_settings, migrate_airflow_db  # noqa: E402
 
 apply_airflow_environment()
 
@@ -31,7 +29,7 @@ POSTGRES_URL = os.environ.get("PIPELINES_TEST_POSTGRES_URL", "postgresql+psycopg
 @pytest.fixture(scope="session")
 def airflow_db() -> Path:
     """A migrated Airflow metadata database under the session home."""
-    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
+    migrate_airflow_db(get_settings())
     return SESSION_HOME / "airflow" / "airflow.db"
 
 

@@ -1,0 +1,162 @@
+"""End to end with real servers, as a user runs it: `pipelines demo`, then `pipelines up` (Airflow
+standalone with scheduler, DAG processor, triggerer and API server, plus the MLflow server) on a
+fresh home. A score run triggered through Airflow's REST API is executed by the scheduler's
+LocalExecutor and its predictions land in the table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipelines.config import REPO_ROOT
+
+RUN_ID = "e2e_2026-01-03T12"
+
+
+@dataclass(frozen=True)
+class Stack:
+    home: Path
+    airflow_url: str
+    mlflow_url: str
+    password: str
+    demo_output: str
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def clean_env(home: Path) -> dict[str, str]:
+    """The user's environment: none of this test session's Airflow, MLflow or pipelines settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "PIPELINES_", "MLFLOW_"))}
+    env["PIPELINES_HOME"] = str(home)
+    env["PIPELINES_TASK_RETRIES"] = "0"  # the run the scheduler makes for "now" has no data: fail it fast
+    return env
+
+
+def request(url: str, token: str | None = None, payload: dict[str, Any] | None = None, method: str = "GET") -> Any:
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    data = json.dumps(payload).encode() if payload is not None else None
+    with urllib.request.urlopen(urllib.request.Request(url, data, headers, method=method), timeout=30) as response:
+        body = response.read().decode()
+    return json.loads(body) if body.startswith(("{", "[")) else body
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    home = tmp_path_factory.mktemp("e2e") / "home"
+    env = clean_env(home)
+    demo = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "demo", "--reset"],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
+
+    airflow_port, mlflow_port = free_port(), free_port()
+    up = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pipelines.cli",
+            "up",
+            "--airflow-port",
+            str(airflow_port),
+            "--mlflow-port",
+            str(mlflow_port),
+        ],
+        env=env,
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        printed = ""
+        assert up.stdout is not None
+        for line in up.stdout:  # ends when `up` exits, which fails the test below
+            printed += line
+            if "Ctrl-C" in line:
+                break
+        match = re.search(r"login: admin / (\S+)", printed)
+        assert match, f"`pipelines up` did not print a login:\n{printed}"
+        yield Stack(
+            home, f"http://localhost:{airflow_port}", f"http://localhost:{mlflow_port}", match.group(1), demo.stdout
+        )
+    finally:
+        up.send_signal(signal.SIGTERM)  # `pipelines up` stops both servers and waits for them
+        try:
+            up.wait(timeout=90)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(up.pid, signal.SIGKILL)  # whatever of its process group is still there
+
+
+def test_demo_ends_with_a_full_status(stack: Stack) -> None:
+    assert "champion: v2" in stack.demo_output
+    assert re.search(r"rows: predictions=[1-9]\d* labels=[1-9]\d* backtest_metrics=[1-9]", stack.demo_output)
+    assert re.search(r"backtest cohort 2026-01-03 v1: n=\d+ auc=0\.[7-9]", stack.demo_output)
+    assert "last drift report" in stack.demo_output
+
+
+def test_both_uis_answer(stack: Stack) -> None:
+    assert "<html" in request(stack.airflow_url + "/").lower()
+    assert request(stack.airflow_url + "/api/v2/monitor/health")["scheduler"]["status"] == "healthy"
+    assert "<html" in request(stack.mlflow_url + "/").lower()
+
+
+def test_scheduler_executes_a_run_triggered_through_the_api(stack: Stack) -> None:
+    api = stack.airflow_url + "/api/v2"
+    token = request(
+        stack.airflow_url + "/auth/token", payload={"username": "admin", "password": stack.password}, method="POST"
+    )["access_token"]
+    request(f"{api}/dags/demo_churn__score", token, {"is_paused": False}, "PATCH")
+    created = request(
+        f"{api}/dags/demo_churn__score/dagRuns",
+        token,
+        {"logical_date": "2026-01-03T12:00:00Z", "dag_run_id": RUN_ID},
+        "POST",
+    )
+    assert created["data_interval_start"].startswith("2026-01-03T11:00:00")
+
+    deadline, state = time.monotonic() + 420, "queued"
+    while time.monotonic() < deadline and state not in {"success", "failed"}:
+        time.sleep(5)
+        state = request(f"{api}/dags/demo_churn__score/dagRuns/{RUN_ID}", token)["state"]
+    tasks = request(f"{api}/dags/demo_churn__score/dagRuns/{RUN_ID}/taskInstances", token)["task_instances"]
+    assert state == "success", [(t["task_id"], t["state"]) for t in tasks]
+    assert {t["task_id"]: t["state"] for t in tasks} == {
+        "ingest_interval": "success",
+        "validate_interval": "success",
+        "score": "success",
+        "drift_report": "success",
+    }
+
+    with sqlite3.connect(stack.home / "tables.db") as connection:
+        (rows,) = connection.execute("select count(*) from predictions where dag_run_id = ?", (RUN_ID,)).fetchone()
+    manifest = json.loads((stack.home / "lake/demo_churn/raw/dt=2026-01-03/hour=11/_manifest.json").read_text())
+    assert rows == manifest["rows"] > 0
