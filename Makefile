@@ -10,6 +10,7 @@ install:
 
 demo: install  ## the demo model through its whole life, from an empty .pipelines/ home
 	$(RUN) pipelines demo --reset
+	$(RUN) pipelines status --json
 
 test: install  ## the whole test suite (unit, DAG integrity, integration through dag.test())
 	$(RUN) pytest

@@ -45,10 +45,21 @@ def run_dag(dag_id: str, logical_date: datetime) -> None:
         raise RuntimeError(f"{dag_id} run for {logical_date} ended {run.state}; see the task logs above")
 
 
+# What a pipelines home holds; --reset refuses to delete a folder with anything else in it.
+HOME_ENTRIES = {"airflow", "gx", "lake", "logs", "mlflow", "source", "tables.db", "tables.db-shm", "tables.db-wal"}
+
+
 def reset_home(settings: Settings) -> None:
     """Start from nothing: the demo's timeline is fixed, so its state from an earlier run would collide."""
-    if settings.home.exists():
-        shutil.rmtree(settings.home)
+    if not settings.home.exists():
+        return
+    foreign = sorted(p.name for p in settings.home.iterdir() if p.name not in HOME_ENTRIES)
+    if foreign:
+        raise RuntimeError(
+            f"refusing to reset {settings.home}: it holds {foreign[:5]}, which is not pipeline state; "
+            "point PIPELINES_HOME at a folder of its own"
+        )
+    shutil.rmtree(settings.home)
 
 
 def main(reset: bool = False) -> int:
@@ -75,9 +86,5 @@ def main(reset: bool = False) -> int:
         run_dag(f"{MODEL}__score", first_night + timedelta(hours=hour + 1))
     run_dag(f"{MODEL}__train", first_night + timedelta(days=1))
     run_dag(f"{MODEL}__backtest", datetime(2026, 1, 4, 3, 30, tzinfo=UTC))
-    print(f"demo finished in {time.perf_counter() - began:.0f}s\n", flush=True)
-
-    from pipelines.status import format_status, status
-
-    print(format_status(status(settings)))
+    print(f"demo finished in {time.perf_counter() - began:.0f}s; see `pipelines status`", flush=True)
     return 0

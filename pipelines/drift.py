@@ -70,13 +70,18 @@ def column_results(snapshot: dict[str, Any]) -> list[ColumnDrift]:
 
 
 def run_report(
-    reference: pd.DataFrame, current: pd.DataFrame, numeric: list[str], categorical: list[str], html_path: Path
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    numeric: list[str],
+    categorical: list[str],
+    drift_share: float,
+    html_path: Path,
 ) -> list[ColumnDrift]:
     from evidently import DataDefinition, Dataset, Report  # slow import: only inside the task
     from evidently.presets import DataDriftPreset
 
     definition = DataDefinition(numerical_columns=numeric, categorical_columns=categorical)
-    snapshot = Report([DataDriftPreset()]).run(
+    snapshot = Report([DataDriftPreset(drift_share=drift_share)]).run(
         current_data=Dataset.from_pandas(current, data_definition=definition),
         reference_data=Dataset.from_pandas(reference, data_definition=definition),
     )
@@ -125,6 +130,7 @@ def monitor_interval(
         _as_categorical_text(current[columns], categorical),
         numeric,
         categorical,
+        spec.drift.drift_share,
         html_path,
     )
     summary = DriftSummary(version, len(reference), len(current), results, str(html_path))

@@ -78,12 +78,12 @@ def write_partition(path: Path, frame: pd.DataFrame, manifest: dict[str, Any]) -
     return Partition(path, full_manifest)
 
 
-def open_partition(path: Path, verify: bool = True) -> Partition:
+def open_partition(path: Path) -> Partition:
     manifest_path = path / MANIFEST_FILE
     if not manifest_path.exists():
         raise PartitionError(f"{path}: no {MANIFEST_FILE}; the partition was never completely written")
     manifest = json.loads(manifest_path.read_text())
-    if verify and file_sha256(path / DATA_FILE) != manifest["sha256"]:
+    if file_sha256(path / DATA_FILE) != manifest["sha256"]:
         raise PartitionError(
             f"{path}: {DATA_FILE} does not match the sha256 in its manifest (interrupted re-write?); "
             "re-run the ingest task for this interval"
