@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine, select
@@ -23,6 +24,11 @@ def _alias_version(settings: Settings, model_name: str, alias: str) -> str | Non
         return str(MlflowClient().get_model_version_by_alias(model_name, alias).version)
     except MlflowException:
         return None
+
+
+def _iso(value: datetime) -> str:
+    """SQLite hands back naive datetimes; everything we store is UTC."""
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
 
 
 def _latest(engine: Engine, table: Any, model_name: str, order_by: Any) -> dict[str, Any] | None:
@@ -65,8 +71,8 @@ def model_status(settings: Settings, engine: Engine, model_name: str) -> dict[st
         if validation is None
         else {
             "dag_id": validation["dag_id"],
-            "interval_start": str(validation["interval_start"]),
-            "interval_end": str(validation["interval_end"]),
+            "interval_start": _iso(validation["interval_start"]),
+            "interval_end": _iso(validation["interval_end"]),
             "success": validation["success"],
             "failed_expectations": json.loads(validation["failed_expectations"]),
             "result_path": validation["result_path"],
@@ -75,7 +81,7 @@ def model_status(settings: Settings, engine: Engine, model_name: str) -> dict[st
         if drift is None
         else {
             "path": drift["report_path"],
-            "interval_end": str(drift["interval_end"]),
+            "interval_end": _iso(drift["interval_end"]),
             "drift_share": drift["drift_share"],
             "drifted_columns": json.loads(drift["drifted_column_names"]),
         },
