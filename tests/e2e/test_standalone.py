@@ -62,27 +62,25 @@ def request(url: str, token: str | None = None, payload: dict[str, Any] | None =
     return json.loads(body) if body.startswith(("{", "[")) else body
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    home = tmp_path_factory.mktemp("e2e") / "home"
-    env = clean_env(home)
-    demo = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "demo", "--reset"],
+def pipelines_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", *args],
         env=env,
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         timeout=900,
     )
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    home = tmp_path_factory.mktemp("e2e") / "home"
+    env = clean_env(home)
+    demo = pipelines_cli(env, "demo", "--reset")
     assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
-    status = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "status", "--json"],
-        env=env,
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    status = pipelines_cli(env, "status", "--json")
+    assert status.returncode == 0, status.stderr[-3000:]
 
     airflow_port, mlflow_port = free_port(), free_port()
     up = subprocess.Popen(
