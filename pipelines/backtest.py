@@ -74,7 +74,6 @@ def cohort_metrics(frame: pd.DataFrame) -> list[dict[str, object]]:
 
 
 def backtest(spec: ModelSpec, engine: Engine, end: datetime, dag_run_id: str) -> BacktestResult:
-    tables.ensure_tables(engine)
     frame = matured_predictions(spec, engine, end)
     metrics = cohort_metrics(frame)
     tables.upsert(

@@ -135,7 +135,6 @@ def monitor_interval(
     )
     summary = DriftSummary(version, len(reference), len(current), results, str(html_path))
 
-    tables.ensure_tables(engine)
     interval = {"model_name": spec.name, "interval_start": start, "interval_end": end}
     tables.upsert(
         engine,

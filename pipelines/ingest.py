@@ -64,5 +64,5 @@ def snapshot_sha256(partitions: list[Partition]) -> str:
     """One fingerprint for a set of partitions (the data a run saw)."""
     digest = hashlib.sha256()
     for partition in sorted(partitions, key=lambda p: str(p.path)):
-        digest.update(f"{partition.path.name}:{partition.sha256}\n".encode())
+        digest.update(f"{partition.manifest['interval_start']}:{partition.sha256}\n".encode())
     return digest.hexdigest()

@@ -44,7 +44,6 @@ def ingest_labels(
     spec: ModelSpec, source_root: Path, engine: Engine, start: datetime, end: datetime
 ) -> LabelIngestResult:
     """Upsert labels that arrived in [start, end). Re-running the same interval changes nothing."""
-    tables.ensure_tables(engine)
     root = source_root / spec.source.labels_path
     frames, missing = [], []
     for hour in hours_between(start, end):

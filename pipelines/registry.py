@@ -52,15 +52,19 @@ def _client() -> Any:
     return MlflowClient()
 
 
-def champion_version(settings: Settings, model_name: str) -> str | None:
-    """The version `champion` points at, or None when there is none (or no such model yet)."""
+def alias_version(settings: Settings, model_name: str, alias: str) -> str | None:
+    """The version an alias points at, or None when it points nowhere (or the model does not exist)."""
     from mlflow.exceptions import MlflowException
 
     use_tracking(settings)
     try:
-        return str(_client().get_model_version_by_alias(model_name, CHAMPION).version)
+        return str(_client().get_model_version_by_alias(model_name, alias).version)
     except MlflowException:
         return None
+
+
+def champion_version(settings: Settings, model_name: str) -> str | None:
+    return alias_version(settings, model_name, CHAMPION)
 
 
 def load_booster(settings: Settings, model_name: str, version: str) -> Any:
@@ -101,7 +105,6 @@ def record_event(
     from_version: str | None = None,
     to_version: str | None = None,
 ) -> None:
-    tables.ensure_tables(engine)
     with engine.begin() as connection:
         connection.execute(
             insert(tables.model_events).values(
@@ -129,17 +132,10 @@ def move_alias(
     actor: str,
 ) -> None:
     """Point `alias` at `version` and log the move (no-op, and no event, if it already points there)."""
-    from mlflow.exceptions import MlflowException
-
-    use_tracking(settings)
-    client = _client()
-    try:
-        current: str | None = str(client.get_model_version_by_alias(model_name, alias).version)
-    except MlflowException:
-        current = None
+    current = alias_version(settings, model_name, alias)
     if current == version:
         return
-    client.set_registered_model_alias(model_name, alias, version)
+    _client().set_registered_model_alias(model_name, alias, version)
     record_event(engine, model_name, "alias_moved", reason, dag_run_id, actor, alias, current, version)
 
 

@@ -85,7 +85,6 @@ def score_interval(
         raise NoChampionError(f"{spec.name}: no version has the 'champion' alias; run {spec.name}__train first")
     booster = load_booster(settings, spec.name, version)
     contract = contract_of(booster)
-    tables.ensure_tables(engine)
     total, unseen, paths = 0, {c: 0 for c in contract.categorical}, []
     scored_at = datetime.now(UTC)
     for hour in hours_between(start, end):

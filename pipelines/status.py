@@ -10,20 +10,8 @@ from sqlalchemy import Engine, select
 
 from pipelines import tables
 from pipelines.config import Settings
+from pipelines.registry import CHALLENGER, CHAMPION, alias_version
 from pipelines.spec import SpecError, load_spec, spec_paths
-
-
-def _alias_version(settings: Settings, model_name: str, alias: str) -> str | None:
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    from pipelines.tracking import use_tracking
-
-    use_tracking(settings)
-    try:
-        return str(MlflowClient().get_model_version_by_alias(model_name, alias).version)
-    except MlflowException:
-        return None
 
 
 def _iso(value: datetime) -> str:
@@ -61,8 +49,8 @@ def model_status(settings: Settings, engine: Engine, model_name: str) -> dict[st
         ]
     return {
         "model": model_name,
-        "champion_version": _alias_version(settings, model_name, "champion"),
-        "challenger_version": _alias_version(settings, model_name, "challenger"),
+        "champion_version": alias_version(settings, model_name, CHAMPION),
+        "challenger_version": alias_version(settings, model_name, CHALLENGER),
         "predictions": tables.count_rows(engine, tables.predictions, model_name),
         "labels": tables.count_rows(engine, tables.labels, model_name),
         "backtest_metrics": tables.count_rows(engine, tables.backtest_metrics, model_name),
@@ -89,10 +77,7 @@ def model_status(settings: Settings, engine: Engine, model_name: str) -> dict[st
 
 
 def status(settings: Settings) -> dict[str, Any]:
-    from pipelines.tables import ensure_tables, make_engine
-
-    engine = make_engine(settings.tables_url)
-    ensure_tables(engine)
+    engine = tables.make_engine(settings.tables_url)
     models, errors = [], []
     for path in spec_paths(settings.specs_dir):
         try:

@@ -146,9 +146,11 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def make_engine(url: str) -> Engine:
+    """The engine every stage uses; it creates any missing table, so callers never have to."""
     engine = create_engine(url)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
+    ensure_tables(engine)
     return engine
 
 
@@ -167,7 +169,8 @@ def upsert(
 
     With `update_when_changed`, an existing row is only rewritten when one of those columns
     differs, so replaying the same rows leaves the table byte-for-byte unchanged. Rows go in
-    batches through executemany (multi-row VALUES on both backends), never one by one.
+    batches of BATCH_ROWS through the driver's executemany (sqlite3's C loop, psycopg's pipeline
+    mode) inside one transaction, never as one statement per Python call.
     """
     if not rows:
         return

@@ -165,7 +165,6 @@ def validate_snapshot(
     key = interval_key(start, end)
     result_path = settings.lake / spec.name / "validation" / dag_id / f"{key}.json"
     outcome = validate_frame(frame, spec.suite, settings.gx_root, result_path, run_name=f"{dag_id} {key}")
-    tables.ensure_tables(engine)
     tables.upsert(
         engine,
         tables.validation_runs,

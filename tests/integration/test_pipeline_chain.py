@@ -51,7 +51,6 @@ def home(airflow_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 @pytest.fixture(scope="module")
 def engine(home: Settings) -> Engine:
     engine = tables.make_engine(home.tables_url)
-    tables.ensure_tables(engine)
     return engine
 
 

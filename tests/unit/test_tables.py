@@ -16,7 +16,6 @@ from tests.conftest import POSTGRES_URL
 def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
     url = f"sqlite:///{tmp_path / 't.db'}" if request.param == "sqlite" else POSTGRES_URL
     engine = tables.make_engine(url)
-    tables.ensure_tables(engine)
     yield engine
     engine.dispose()
 
