@@ -16,7 +16,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import DAG, Asset, CronDataIntervalTimetable, get_current_context, task
+from airflow.providers.standard.operators.hitl import HITLOperator
+from airflow.sdk import DAG, Asset, CronDataIntervalTimetable, Param, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
 from pipelines.spec import ModelSpec, load_spec
@@ -36,33 +37,58 @@ class RunContext:
     logical_date: str
     start: datetime
     end: datetime
+    actor: str  # who made this run happen, for the model_events log
+    params: dict[str, Any]
 
 
 def _utc(value: Any) -> datetime:
     return datetime.fromtimestamp(value.timestamp(), tz=UTC)
 
 
-def run_context() -> RunContext:
+def run_actor(dag_run: Any) -> str:
+    user = getattr(dag_run, "triggering_user_name", None)
+    return f"airflow:{user}" if user else "airflow:scheduler"
+
+
+def run_context(needs_interval: bool = True) -> RunContext:
     context = get_current_context()
     start, end = context.get("data_interval_start"), context.get("data_interval_end")
-    if start is None or end is None:
+    if needs_interval and (start is None or end is None):
         raise AirflowFailException("this task needs a data interval; trigger the DAG with a logical date")
     dag_run = context["dag_run"]
     logical = context.get("logical_date")
-    return RunContext(dag_run.dag_id, dag_run.run_id, logical.isoformat() if logical else "", _utc(start), _utc(end))
+    return RunContext(
+        dag_run.dag_id,
+        dag_run.run_id,
+        logical.isoformat() if logical else "",
+        _utc(start) if start else datetime.min.replace(tzinfo=UTC),
+        _utc(end) if end else datetime.min.replace(tzinfo=UTC),
+        run_actor(dag_run),
+        dict(context.get("params") or {}),
+    )
 
 
 @contextmanager
 def permanent_failures() -> Iterator[None]:
     """Errors a retry cannot fix (bad data, broken contract, missing champion) fail the task at once."""
     from pipelines.features import ContractError
+    from pipelines.promotion import StaleDecision
+    from pipelines.registry import RegistrationError
     from pipelines.score import NoChampionError
     from pipelines.train import NotEnoughDataError
     from pipelines.validate import ValidationFailed
 
     try:
         yield
-    except (ValidationFailed, ContractError, NoChampionError, NotEnoughDataError, ValueError) as exc:
+    except (
+        ValidationFailed,
+        ContractError,
+        NoChampionError,
+        NotEnoughDataError,
+        RegistrationError,
+        StaleDecision,
+        ValueError,
+    ) as exc:
         raise AirflowFailException(str(exc)) from exc
 
 
@@ -75,7 +101,7 @@ def _engine() -> Any:
 
 def _ingest(spec: ModelSpec, start: datetime, end: datetime) -> dict[str, Any]:
     from pipelines.config import get_settings
-    from pipelines.ingest import ingest, snapshot_sha256
+    from pipelines.ingest import ingest, snapshot_sha256, write_snapshot_manifest
 
     settings = get_settings()
     partitions = ingest(spec, settings.source, settings.lake, start, end)
@@ -83,7 +109,7 @@ def _ingest(spec: ModelSpec, start: datetime, end: datetime) -> dict[str, Any]:
         "partitions": len(partitions),
         "rows": sum(p.rows for p in partitions),
         "data_sha256": snapshot_sha256(partitions),
-        "data_uri": (settings.lake / spec.name / "raw").as_uri(),
+        "data_uri": write_snapshot_manifest(spec, settings.lake, start, end, partitions).as_uri(),
     }
 
 
@@ -97,6 +123,7 @@ def _validate(spec: ModelSpec, ctx: RunContext, start: datetime) -> dict[str, An
         "suite_sha256": outcome.suite_sha256,
         "success": outcome.success,
         "result_path": outcome.result_path,
+        "result_uri": Path(outcome.result_path).resolve().as_uri() if outcome.result_path else "",
         "data_docs": outcome.data_docs_path,
     }
 
@@ -125,16 +152,36 @@ def predictions_asset(spec: ModelSpec) -> Asset:
     return Asset(name=f"{spec.name}__predictions", uri=f"pipelines://{spec.name}/predictions")
 
 
+TRAIN_PARAMS = {
+    "xgboost_params": Param(
+        {},
+        type="object",
+        description="XGBoost parameters merged over the spec's training.params for this run only",
+    ),
+    "num_boost_round": Param(
+        None, type=["null", "integer"], minimum=1, description="Override training.num_boost_round for this run"
+    ),
+    "dry_run": Param(False, type="boolean", description="Decide and record the gate's verdict, but move no alias"),
+}
+
+
 def train_dag(spec: ModelSpec) -> DAG:
+    gate = spec.gate
     with DAG(
         schedule=CronDataIntervalTimetable(spec.schedules.train, timezone="UTC"),
+        params=TRAIN_PARAMS,
         **_common_args(
             spec,
             "train",
             (
                 f"Nightly: ingest and validate the last {spec.training.window_days} day(s), train XGBoost "
-                "(CUDA when usable), log to MLflow, register as `challenger`, promote to `champion` only "
-                "when not worse on the same holdout."
+                "(CUDA when usable), log to MLflow with lineage, register the version as `challenger`, then the "
+                f"gate (mode `{gate.mode}`): challenger and champion are scored on the challenger's fresh "
+                f"holdout, and `champion` moves only when the {gate.confidence:.0%} bootstrap interval of the "
+                f"{gate.metric} improvement clears {gate.min_improvement} and no slice of {gate.slices or '[]'} "
+                f"regresses by more than {gate.slice_tolerance}. The decision is in `gate/decision.json` of the "
+                "challenger's run, in the version's `gate.*` tags and in `model_events`. Trigger with "
+                "`dry_run` to see the verdict without moving anything."
             ),
         ),
     ) as dag:
@@ -158,62 +205,122 @@ def train_dag(spec: ModelSpec) -> DAG:
         @task
         def train(ingested: dict[str, Any], validated: dict[str, Any], labelled: dict[str, Any]) -> dict[str, Any]:
             from pipelines.config import get_settings, git_sha
-            from pipelines.train import assemble_training_set, train_model
+            from pipelines.train import assemble_training_set, previous_training, train_model
 
             ctx = run_context()
             settings = get_settings()
             start, end = spec.training_window(ctx.end)
             with permanent_failures():
-                frame = assemble_training_set(spec, settings.lake, _engine(), start, end)
-                tags = {
-                    "run_name": f"{ctx.dag_id} {ctx.end:%Y-%m-%dT%H:%M}",
-                    "dag_id": ctx.dag_id,
-                    "dag_run_id": ctx.run_id,
-                    "logical_date": ctx.logical_date,
-                    "window_start": start.isoformat(),
-                    "window_end": end.isoformat(),
-                    "data_uri": ingested["data_uri"],
-                    "data_sha256": ingested["data_sha256"],
-                    "suite": validated["suite"],
-                    "suite_sha256": validated["suite_sha256"],
-                    "validation_result": validated["result_path"],
-                    "git_sha": git_sha(),
-                    "labels_rows": str(labelled["rows"]),
-                }
-                result = train_model(spec, frame, settings, tags)
+                result = previous_training(settings, spec, ctx.dag_id, ctx.run_id)
+                if result is None:
+                    frame = assemble_training_set(spec, settings.lake, _engine(), start, end)
+                    tags = {
+                        "run_name": f"{ctx.dag_id} {ctx.end:%Y-%m-%dT%H:%M}",
+                        "dag_id": ctx.dag_id,
+                        "dag_run_id": ctx.run_id,
+                        "logical_date": ctx.logical_date,
+                        "window_start": start.isoformat(),
+                        "window_end": end.isoformat(),
+                        "data_uri": ingested["data_uri"],
+                        "data_sha256": ingested["data_sha256"],
+                        "suite": validated["suite"],
+                        "suite_sha256": validated["suite_sha256"],
+                        "validation_result": validated["result_uri"],
+                        "git_sha": git_sha(),
+                        "labels_rows": str(labelled["rows"]),
+                    }
+                    result = train_model(spec, frame, settings, tags, ctx.params)
             return {
                 "run_id": result.run_id,
                 "model_uri": result.model_uri,
                 "device": result.device,
                 "metrics": result.metrics,
                 "rows": result.rows,
-                "lineage": {k: v for k, v in tags.items() if k != "run_name"} | {"device": result.device},
+                "lineage": result.lineage,
             }
 
         @task
-        def register(trained: dict[str, Any]) -> dict[str, Any]:
-            from dataclasses import asdict
-
+        def register(trained: dict[str, Any]) -> str:
             from pipelines.config import get_settings
-            from pipelines.registry import register_and_gate
+            from pipelines.promotion import register_challenger
 
             ctx = run_context()
             with permanent_failures():
-                decision = register_and_gate(
+                return register_challenger(
                     spec,
                     get_settings(),
                     _engine(),
                     trained["run_id"],
                     trained["model_uri"],
-                    ctx.run_id,
                     trained["lineage"],
+                    ctx.run_id,
+                    ctx.actor,
                 )
-            return asdict(decision)
+
+        @task(task_id="gate")
+        def gate_task(version: str) -> dict[str, Any]:
+            from pipelines.config import get_settings
+            from pipelines.promotion import gate_challenger
+
+            ctx = run_context()
+            with permanent_failures():
+                return gate_challenger(
+                    spec,
+                    get_settings(),
+                    _engine(),
+                    version,
+                    ctx.dag_id,
+                    ctx.run_id,
+                    ctx.actor,
+                    dry_run=bool(ctx.params.get("dry_run")),
+                )
+
+        @task(trigger_rule="none_failed")
+        def promote(decision: dict[str, Any], approval: dict[str, Any] | None = None) -> str:
+            from pipelines.config import get_settings
+            from pipelines.promotion import apply_decision
+
+            ctx = run_context()
+            with permanent_failures():
+                return apply_decision(get_settings(), _engine(), decision, approval, ctx.run_id, ctx.actor)
 
         # TaskFlow wiring passes XComArgs where the functions take dicts; Airflow resolves them at run time.
         ingested = ingest_window()
-        register(train(ingested, validate_window(ingested), ingest_labels_window()))  # type: ignore[arg-type]
+        trained = train(ingested, validate_window(ingested), ingest_labels_window())  # type: ignore[arg-type]
+        decision = gate_task(register(trained))  # type: ignore[arg-type]
+        if gate.mode == "manual":
+            approval = approval_task(spec)
+            promote(decision, approval.output)  # type: ignore[arg-type]
+            awaits_approval(decision) >> approval  # type: ignore[arg-type]
+        else:
+            promote(decision)  # type: ignore[arg-type]
     return dag
+
+
+@task.short_circuit(ignore_downstream_trigger_rules=False)
+def awaits_approval(decision: dict[str, Any]) -> bool:
+    """Only a passing verdict asks a human; otherwise the approval task is skipped."""
+    return bool(decision["action"] == "await_approval")
+
+
+def approval_task(spec: ModelSpec) -> HITLOperator:
+    from pipelines.promotion import APPROVE, KEEP
+
+    return HITLOperator(
+        task_id="approve",
+        subject=f"Promote {spec.name} v{{{{ ti.xcom_pull(task_ids='gate')['challenger_version'] }}}} to champion?",
+        body=(
+            "The gate's verdict: **{{ ti.xcom_pull(task_ids='gate')['verdict'] }}**\n\n"
+            "{{ ti.xcom_pull(task_ids='gate')['reason'] }}\n\n"
+            "Current champion: v{{ ti.xcom_pull(task_ids='gate')['champion_version'] }}. "
+            "The full record is `gate/decision.json` in MLflow run "
+            "`{{ ti.xcom_pull(task_ids='gate')['challenger_run_id'] }}`."
+        ),
+        options=[APPROVE, KEEP],
+        defaults=[KEEP],
+        response_timeout=timedelta(days=3),
+        retries=0,
+    )
 
 
 def score_dag(spec: ModelSpec) -> DAG:
@@ -305,7 +412,51 @@ def backtest_dag(spec: ModelSpec) -> DAG:
     return dag
 
 
-DAG_BUILDERS: dict[str, Callable[[ModelSpec], DAG]] = {"train": train_dag, "score": score_dag, "backtest": backtest_dag}
+def rollback_dag(spec: ModelSpec) -> DAG:
+    args = _common_args(
+        spec,
+        "rollback",
+        (
+            "Manual: move `champion` back to the version given in the `version` param, after checking that it "
+            "exists, is READY, its run still exists and it loads with the xgboost flavor. A wrong version fails "
+            "the run and changes nothing. The move is logged in `model_events` like any other "
+            "(`pipelines history <model>`). Same as `pipelines rollback <model> <version>`."
+        ),
+    )
+    args["default_args"] = {**args["default_args"], "retries": 0}  # a wrong version stays wrong
+    with DAG(
+        schedule=None,
+        params={
+            "version": Param(type="string", minLength=1, description="The registered version to serve"),
+            "reason": Param("manual rollback", type="string", minLength=1, description="Why, for the history"),
+        },
+        **args,
+    ) as dag:
+
+        @task
+        def rollback() -> dict[str, Any]:
+            from pipelines.config import get_settings
+            from pipelines.registry import VersionNotServable
+            from pipelines.registry import rollback as roll_back
+
+            ctx = run_context(needs_interval=False)
+            version, reason = str(ctx.params["version"]).strip(), str(ctx.params["reason"])
+            try:
+                moved = roll_back(get_settings(), _engine(), spec.name, version, reason, ctx.run_id, ctx.actor)
+            except VersionNotServable as exc:
+                raise AirflowFailException(f"rollback refused, champion unchanged: {exc}") from exc
+            return {"champion": version, "moved": moved}
+
+        rollback()
+    return dag
+
+
+DAG_BUILDERS: dict[str, Callable[[ModelSpec], DAG]] = {
+    "train": train_dag,
+    "score": score_dag,
+    "backtest": backtest_dag,
+    "rollback": rollback_dag,
+}
 
 
 def model_dags(spec_path: Path | str) -> dict[str, DAG]:
@@ -314,11 +465,17 @@ def model_dags(spec_path: Path | str) -> dict[str, DAG]:
     return {dag.dag_id: dag for dag in (build(spec) for build in DAG_BUILDERS.values())}
 
 
-def run_in_process(dag_id: str, logical_date: datetime) -> Any:
+def run_in_process(
+    dag_id: str,
+    logical_date: datetime | None,
+    run_conf: dict[str, Any] | None = None,
+    run_after: datetime | None = None,
+) -> Any:
     """Run one DAG run of our dags/ folder with `dag.test()` (no scheduler) and return the DagRun.
 
-    run_after is the logical date, so the run id names the interval (not the wall clock) and
-    running the same interval again re-runs that same DAG run.
+    run_after defaults to the logical date, so the run id names the interval (not the wall clock)
+    and running the same interval again re-runs that same DAG run; pass another run_after for a
+    second run of the same interval. A DAG without a schedule takes logical_date=None.
     """
     from airflow.dag_processing.dagbag import DagBag
 
@@ -328,4 +485,4 @@ def run_in_process(dag_id: str, logical_date: datetime) -> Any:
     dag = bag.get_dag(dag_id)
     if dag is None:
         raise LookupError(f"DAG {dag_id} not found; import errors: {bag.import_errors or 'none'}")
-    return dag.test(logical_date=logical_date, run_after=logical_date)
+    return dag.test(logical_date=logical_date, run_after=run_after or logical_date, run_conf=run_conf)

@@ -1,10 +1,11 @@
-"""The `pipelines` command: status, demo, up, airflow."""
+"""The `pipelines` command: status, history, rollback, doctor, demo, up, airflow."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from typing import Any
 
 from pipelines.config import get_settings
 
@@ -15,6 +16,85 @@ def _status(args: argparse.Namespace) -> int:
     report = status(get_settings())
     print(json.dumps(report, indent=2, default=str) if args.json else format_status(report))
     return 1 if report["spec_errors"] else 0
+
+
+def _engine() -> Any:
+    from pipelines.tables import make_engine
+
+    return make_engine(get_settings().tables_url)
+
+
+def _model_names() -> list[str]:
+    from pipelines.spec import SpecError, load_spec, spec_paths
+
+    names = []
+    for path in spec_paths(get_settings().specs_dir):
+        try:
+            names.append(load_spec(path).name)
+        except SpecError as exc:
+            print(f"spec error: {exc}", file=sys.stderr)
+    return names
+
+
+def _known_model(name: str) -> bool:
+    if name in _model_names():
+        return True
+    print(f"unknown model '{name}': no spec dags/models/{name}.yaml (known: {_model_names()})", file=sys.stderr)
+    return False
+
+
+def _history(args: argparse.Namespace) -> int:
+    from pipelines.registry import history
+
+    if not _known_model(args.model):
+        return 2
+    events = history(_engine(), args.model)
+    if args.json:
+        print(json.dumps(events, indent=2, default=str))
+        return 0
+    if not events:
+        print(f"{args.model}: no events recorded yet")
+    for e in events:
+        at = e["at"].strftime("%Y-%m-%dT%H:%M:%SZ")
+        if e["event"] == "alias_moved":
+            what = f"{e['alias']}: v{e['from_version']} -> v{e['to_version']}"
+        elif e["event"] == "gate_decision":
+            verdict = json.loads(e["details"])["action"] if e["details"] else "?"
+            what = f"gate: v{e['to_version']} vs champion v{e['from_version']}: {verdict}"
+        else:
+            what = f"{e['event']}: v{e['to_version']}"
+        print(f"{at}  {what:<48} {e['actor']:<22} {e['dag_run_id'] or '-'}  {e['reason']}")
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    import getpass
+
+    from pipelines.registry import VersionNotServable, rollback
+
+    if not _known_model(args.model):
+        return 2
+    try:
+        moved = rollback(
+            get_settings(), _engine(), args.model, args.version, args.reason, None, f"cli:{getpass.getuser()}"
+        )
+    except VersionNotServable as exc:
+        print(f"rollback refused, champion unchanged: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.model}: champion is v{args.version}" + ("" if moved else " (it already was)"))
+    return 0
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from pipelines.doctor import doctor
+
+    checkup = doctor(get_settings(), _engine(), _model_names())
+    for line in checkup.ok:
+        print(f"ok       {line}")
+    for line in checkup.problems:
+        print(f"PROBLEM  {line}")
+    print(f"{len(checkup.problems)} problem(s)")
+    return 1 if checkup.problems else 0
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -46,6 +126,19 @@ def main(argv: list[str] | None = None) -> int:
     status = commands.add_parser("status", help="champion, table counts, last validation and drift per model")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=_status)
+    history = commands.add_parser("history", help="every alias move and gate decision of a model, oldest first")
+    history.add_argument("model")
+    history.add_argument("--json", action="store_true", help="machine-readable output")
+    history.set_defaults(func=_history)
+    rollback = commands.add_parser("rollback", help="move `champion` to an earlier version, after checking it")
+    rollback.add_argument("model")
+    rollback.add_argument("version")
+    rollback.add_argument("--reason", default="manual rollback", help="why, for the history")
+    rollback.set_defaults(func=_rollback)
+    doctor = commands.add_parser(
+        "doctor", help="check every alias resolves to a READY, loadable version with its run; non-zero if not"
+    )
+    doctor.set_defaults(func=_doctor)
     demo = commands.add_parser("demo", help="run the demo model end to end through Airflow")
     demo.add_argument("--reset", action="store_true", help="delete the pipelines home first")
     demo.set_defaults(func=_demo)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
 
-from pipelines.intervals import hours_between, source_hour_file
-from pipelines.lake import Partition, file_sha256, hour_partition, write_partition
+from pipelines.intervals import hours_between, interval_key, source_hour_file
+from pipelines.lake import Partition, atomic_write_bytes, file_sha256, hour_partition, write_partition
 from pipelines.spec import ModelSpec
 
 
@@ -66,3 +67,23 @@ def snapshot_sha256(partitions: list[Partition]) -> str:
     for partition in sorted(partitions, key=lambda p: str(p.path)):
         digest.update(f"{partition.manifest['interval_start']}:{partition.sha256}\n".encode())
     return digest.hexdigest()
+
+
+def write_snapshot_manifest(
+    spec: ModelSpec, lake: Path, start: datetime, end: datetime, partitions: list[Partition]
+) -> Path:
+    """Name exactly the partitions (and their sha256) a run read, so its data URI resolves to that data."""
+    path = lake / spec.name / "snapshots" / f"{interval_key(start, end)}.json"
+    manifest = {
+        "model": spec.name,
+        "interval_start": start.isoformat(),
+        "interval_end": end.isoformat(),
+        "sha256": snapshot_sha256(partitions),
+        "rows": sum(p.rows for p in partitions),
+        "partitions": [
+            {"path": str(p.path), "interval_start": p.manifest["interval_start"], "rows": p.rows, "sha256": p.sha256}
+            for p in sorted(partitions, key=lambda p: str(p.path))
+        ],
+    }
+    atomic_write_bytes(path, json.dumps(manifest, indent=2).encode())
+    return path

@@ -1,52 +1,48 @@
-"""Stage 4: register the trained model, alias it `challenger`, and promote it to `champion` only
-when there is no champion yet or it is not worse than the champion on the same holdout.
+"""The MLflow registry as we use it: versions, the `champion`/`challenger` aliases, and their history.
 
-Every alias move writes a model_events row. The full noise-aware gate comes later; this one
-already never promotes blindly.
+Every alias move writes a model_events row in the same database transaction that is open while
+MLflow moves the alias: if MLflow refuses, the row is rolled back; if the row cannot be written,
+the alias is not moved. `pipelines history MODEL` reads those rows back.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import pandas as pd
-from sqlalchemy import Engine, insert
+from sqlalchemy import Engine, insert, select
 
 from pipelines import tables
 from pipelines.config import Settings
-from pipelines.features import contract_of, predict
-from pipelines.spec import ModelSpec
 from pipelines.tracking import use_tracking
-from pipelines.train import binary_metrics, download_run_artifact
 
 log = logging.getLogger(__name__)
 
 CHAMPION, CHALLENGER = "champion", "challenger"
-HIGHER_IS_BETTER = {"auc": True, "logloss": False}
+ALIASES = (CHAMPION, CHALLENGER)
+REGISTRATION_TIMEOUT_S = 300
 
 
 class RegistrationError(RuntimeError):
     """The model version could not be registered or never became READY."""
 
 
+class VersionNotServable(ValueError):
+    """A version cannot serve: missing, not READY, its run is gone, or it does not load as xgboost."""
+
+
 @dataclass(frozen=True)
-class GateDecision:
-    model_name: str
-    challenger_version: str
-    champion_version: str | None
-    metric: str
-    challenger_value: float
-    champion_value: float | None
-    holdout_rows: int
-    promoted: bool
-    reason: str
+class ServableVersion:
+    version: str
+    run_id: str
+    created_at: datetime
 
 
-def _client() -> Any:
+def mlflow_client() -> Any:
     from mlflow import MlflowClient
 
     return MlflowClient()
@@ -58,7 +54,7 @@ def alias_version(settings: Settings, model_name: str, alias: str) -> str | None
 
     use_tracking(settings)
     try:
-        return str(_client().get_model_version_by_alias(model_name, alias).version)
+        return str(mlflow_client().get_model_version_by_alias(model_name, alias).version)
     except MlflowException:
         return None
 
@@ -76,18 +72,23 @@ def load_booster(settings: Settings, model_name: str, version: str) -> Any:
 
 
 def register_version(settings: Settings, model_name: str, run_id: str, model_uri: str, tags: dict[str, str]) -> str:
-    """Register the run's model once; a retry of the same run finds and reuses its version."""
+    """Register the run's model once and wait until it is READY.
+
+    A retry of the same run finds and reuses its version, so re-running a train DAG run never
+    adds a second version. A version that fails or times out is an error: nothing is aliased.
+    """
     import mlflow
 
     use_tracking(settings)
-    client = _client()
+    client = mlflow_client()
     existing = client.search_model_versions(f"name = '{model_name}' and run_id = '{run_id}'")
     version = existing[0] if existing else mlflow.register_model(model_uri, model_name, tags=tags)
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + REGISTRATION_TIMEOUT_S
     while version.status != "READY":
         if version.status == "FAILED_REGISTRATION" or time.monotonic() > deadline:
             raise RegistrationError(
-                f"{model_name} version {version.version} is {version.status}: {version.status_message}"
+                f"{model_name} version {version.version} is {version.status} after "
+                f"{REGISTRATION_TIMEOUT_S}s: {version.status_message or 'no message'}; no alias was moved"
             )
         time.sleep(1)
         version = client.get_model_version(model_name, version.version)
@@ -95,7 +96,7 @@ def register_version(settings: Settings, model_name: str, run_id: str, model_uri
 
 
 def record_event(
-    engine: Engine,
+    connection: Any,
     model_name: str,
     event: str,
     reason: str,
@@ -104,21 +105,22 @@ def record_event(
     alias: str | None = None,
     from_version: str | None = None,
     to_version: str | None = None,
+    details: dict[str, Any] | None = None,
 ) -> None:
-    with engine.begin() as connection:
-        connection.execute(
-            insert(tables.model_events).values(
-                model_name=model_name,
-                event=event,
-                alias=alias,
-                from_version=from_version,
-                to_version=to_version,
-                reason=reason,
-                dag_run_id=dag_run_id,
-                actor=actor,
-                at=datetime.now(UTC),
-            )
+    connection.execute(
+        insert(tables.model_events).values(
+            model_name=model_name,
+            event=event,
+            alias=alias,
+            from_version=from_version,
+            to_version=to_version,
+            reason=reason,
+            dag_run_id=dag_run_id,
+            actor=actor,
+            at=datetime.now(UTC),
+            details=None if details is None else json.dumps(details, default=str),
         )
+    )
 
 
 def move_alias(
@@ -130,77 +132,94 @@ def move_alias(
     reason: str,
     dag_run_id: str | None,
     actor: str,
-) -> None:
-    """Point `alias` at `version` and log the move (no-op, and no event, if it already points there)."""
+) -> bool:
+    """Point `alias` at `version` and log the move; False (and no event) if it already points there."""
     current = alias_version(settings, model_name, alias)
     if current == version:
-        return
-    _client().set_registered_model_alias(model_name, alias, version)
-    record_event(engine, model_name, "alias_moved", reason, dag_run_id, actor, alias, current, version)
+        return False
+    with engine.begin() as connection:
+        record_event(connection, model_name, "alias_moved", reason, dag_run_id, actor, alias, current, version)
+        mlflow_client().set_registered_model_alias(model_name, alias, version)
+    log.info("%s: alias %s moved v%s -> v%s by %s (%s)", model_name, alias, current, version, actor, reason)
+    return True
 
 
-def evaluate_on_holdout(
-    settings: Settings, model_name: str, version: str, holdout: pd.DataFrame, label: str, metric: str
-) -> float:
-    booster = load_booster(settings, model_name, version)
-    scores = predict(booster, contract_of(booster), holdout)
-    value = binary_metrics(holdout[label].to_numpy(), scores).get(metric)
-    if value is None:
-        raise ValueError(f"metric '{metric}' is undefined on this holdout (a single class?)")
-    return value
+def check_servable(settings: Settings, model_name: str, version: str) -> ServableVersion:
+    """The checks a version must pass before it serves: exists, READY, run alive, loads as xgboost."""
+    from mlflow.exceptions import MlflowException
+
+    from pipelines.features import contract_of
+
+    use_tracking(settings)
+    client = mlflow_client()
+    try:
+        model_version = client.get_model_version(model_name, str(version))
+    except MlflowException as exc:
+        known = sorted(int(v.version) for v in client.search_model_versions(f"name = '{model_name}'"))
+        raise VersionNotServable(
+            f"{model_name} has no version '{version}' (registered versions: {known or 'none'})"
+        ) from exc
+    if model_version.status != "READY":
+        raise VersionNotServable(f"{model_name} v{version} is {model_version.status}, not READY")
+    try:
+        run = client.get_run(model_version.run_id)
+    except MlflowException as exc:
+        raise VersionNotServable(
+            f"{model_name} v{version}: its source run {model_version.run_id} does not exist"
+        ) from exc
+    if run.info.lifecycle_stage == "deleted":
+        raise VersionNotServable(f"{model_name} v{version}: its source run {model_version.run_id} is deleted")
+    try:
+        contract_of(load_booster(settings, model_name, str(version)))
+    except Exception as exc:  # any failure to load means it cannot serve; say why
+        raise VersionNotServable(
+            f"{model_name} v{version} does not load with the xgboost flavor: {type(exc).__name__}: {exc}"
+        ) from exc
+    created = datetime.fromtimestamp(model_version.creation_timestamp / 1000, tz=UTC)
+    return ServableVersion(str(version), model_version.run_id, created)
 
 
-def decide(spec: ModelSpec, challenger: float, champion: float | None) -> tuple[bool, str]:
-    """Promote when there is no champion or the challenger is not worse; direction from the metric."""
-    metric = spec.gate.metric
-    if champion is None:
-        return True, "no champion yet"
-    higher = HIGHER_IS_BETTER[metric]
-    not_worse = challenger >= champion if higher else challenger <= champion
-    comparison = f"{metric} {challenger:.4f} vs champion {champion:.4f} on the same holdout"
-    return (True, f"not worse: {comparison}") if not_worse else (False, f"worse: {comparison}")
+def rollback(
+    settings: Settings, engine: Engine, model_name: str, version: str, reason: str, dag_run_id: str | None, actor: str
+) -> bool:
+    """Move `champion` to an earlier version after checking it can serve; a bad version changes nothing."""
+    check_servable(settings, model_name, version)
+    moved = move_alias(settings, engine, model_name, CHAMPION, str(version), f"rollback: {reason}", dag_run_id, actor)
+    if not moved:
+        log.info("%s: v%s is already the champion; nothing to roll back", model_name, version)
+    return moved
 
 
-def register_and_gate(
-    spec: ModelSpec,
-    settings: Settings,
-    engine: Engine,
-    run_id: str,
-    model_uri: str,
-    dag_run_id: str,
-    lineage: dict[str, str],
-) -> GateDecision:
-    import mlflow
+def history(engine: Engine, model_name: str) -> list[dict[str, Any]]:
+    """Every recorded event of a model, oldest first."""
+    e = tables.model_events
+    with engine.connect() as connection:
+        rows = connection.execute(select(e).where(e.c.model_name == model_name).order_by(e.c.id)).mappings().all()
+    return [dict(row) for row in rows]
 
-    version = register_version(settings, spec.name, run_id, model_uri, lineage)
-    move_alias(settings, engine, spec.name, CHALLENGER, version, f"trained by run {run_id}", dag_run_id, "train-dag")
 
-    holdout = download_run_artifact(settings, run_id, "holdout/holdout.parquet")
-    metric, label = spec.gate.metric, spec.label.column
-    challenger_value = evaluate_on_holdout(settings, spec.name, version, holdout, label, metric)
-    current = champion_version(settings, spec.name)
-    champion_value = None
-    if current is not None and current != version:
-        champion_value = evaluate_on_holdout(settings, spec.name, current, holdout, label, metric)
-    if current == version:
-        promoted, reason = False, "already champion (re-run of the same training)"
-    else:
-        promoted, reason = decide(spec, challenger_value, champion_value)
+def alias_since(engine: Engine, model_name: str, alias: str, version: str) -> datetime | None:
+    """When the alias was last moved to `version`, per the history (None if never recorded)."""
+    e = tables.model_events
+    with engine.connect() as connection:
+        at = connection.execute(
+            select(e.c.at)
+            .where(
+                e.c.model_name == model_name, e.c.event == "alias_moved", e.c.alias == alias, e.c.to_version == version
+            )
+            .order_by(e.c.id.desc())
+            .limit(1)
+        ).scalar_one_or_none()
+    return None if at is None else (at if at.tzinfo else at.replace(tzinfo=UTC))
 
-    decision = GateDecision(
-        spec.name, version, current, metric, challenger_value, champion_value, len(holdout), promoted, reason
-    )
-    record_event(engine, spec.name, "gate_decision", reason, dag_run_id, "train-dag", None, current, version)
-    _client().set_model_version_tag(spec.name, version, "gate_decision", "promoted" if promoted else "kept_champion")
-    with mlflow.start_run(run_id=run_id):
-        mlflow.log_dict(asdict(decision), "gate/decision.json")
-    if promoted:
-        move_alias(settings, engine, spec.name, CHAMPION, version, reason, dag_run_id, "train-dag")
-    log.info(
-        "%s gate: version %s %s (%s)",
-        spec.name,
-        version,
-        "PROMOTED to champion" if promoted else "NOT promoted",
-        reason,
-    )
-    return decision
+
+def recorded_alias(engine: Engine, model_name: str, alias: str) -> str | None:
+    """Where the history says the alias points: the target of its last recorded move."""
+    e = tables.model_events
+    with engine.connect() as connection:
+        return connection.execute(
+            select(e.c.to_version)
+            .where(e.c.model_name == model_name, e.c.event == "alias_moved", e.c.alias == alias)
+            .order_by(e.c.id.desc())
+            .limit(1)
+        ).scalar_one_or_none()

@@ -66,7 +66,28 @@ class TrainingSpec(_Strict):
 
 
 class GateSpec(_Strict):
-    metric: Literal["auc", "logloss"] = "auc"
+    """How a challenger earns `champion`: see pipelines/gate.py for the statistics."""
+
+    metric: Literal["auc", "logloss", "brier", "rmse"] = Field(
+        default="auc", description="AUC: higher is better; logloss, brier, rmse (of the probability): lower is better"
+    )
+    mode: Literal["enabled", "dry_run", "manual"] = Field(
+        default="enabled",
+        description="enabled: promote on a passing verdict; dry_run: decide and record, move nothing; "
+        "manual: a passing verdict waits for a human approval in the Airflow UI",
+    )
+    min_improvement: float = Field(
+        default=0.0, ge=0, description="The improvement's lower confidence bound must exceed this (metric units)"
+    )
+    confidence: float = Field(default=0.95, gt=0.5, lt=1)
+    bootstrap_samples: int = Field(default=1000, ge=100, le=100_000)
+    seed: int = Field(default=0, description="Seeds the bootstrap, so a re-run reaches the same verdict")
+    min_holdout_rows: int = Field(
+        default=500, ge=50, description="Fewer fresh holdout rows than this and the champion is kept"
+    )
+    slices: list[str] = Field(default_factory=list, description="Categorical features whose values must not regress")
+    slice_tolerance: float = Field(default=0.02, ge=0, description="The most a slice may get worse (metric units)")
+    min_slice_rows: int = Field(default=200, ge=10, description="Smaller slices are reported but not judged")
 
 
 class DriftSpec(_Strict):
@@ -115,6 +136,9 @@ class ModelSpec(_Strict):
         clash = special & set(self.features.all)
         if clash:
             raise ValueError(f"key, timestamp or label column also listed as a feature: {sorted(clash)}")
+        unknown = [s for s in self.gate.slices if s not in self.features.categorical]
+        if unknown:
+            raise ValueError(f"gate.slices {unknown} must be listed in features.categorical")
         return self
 
 

@@ -10,7 +10,7 @@ from sqlalchemy import Engine, select
 
 from pipelines import tables
 from pipelines.config import Settings
-from pipelines.registry import CHALLENGER, CHAMPION, alias_version
+from pipelines.registry import CHALLENGER, CHAMPION, alias_since, alias_version
 from pipelines.spec import SpecError, load_spec, spec_paths
 
 
@@ -19,10 +19,12 @@ def _iso(value: datetime) -> str:
     return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
 
 
-def _latest(engine: Engine, table: Any, model_name: str, order_by: Any) -> dict[str, Any] | None:
+def _latest(engine: Engine, table: Any, model_name: str, order_by: Any, *where: Any) -> dict[str, Any] | None:
     with engine.connect() as connection:
         row = (
-            connection.execute(select(table).where(table.c.model_name == model_name).order_by(order_by.desc()).limit(1))
+            connection.execute(
+                select(table).where(table.c.model_name == model_name, *where).order_by(order_by.desc()).limit(1)
+            )
             .mappings()
             .first()
         )
@@ -47,10 +49,24 @@ def model_status(settings: Settings, engine: Engine, model_name: str) -> dict[st
                 .limit(5)
             ).mappings()
         ]
+    champion = alias_version(settings, model_name, CHAMPION)
+    since = None if champion is None else alias_since(engine, model_name, CHAMPION, champion)
+    events = tables.model_events
+    gate = _latest(engine, events, model_name, events.c.id, events.c.event == "gate_decision")
     return {
         "model": model_name,
-        "champion_version": alias_version(settings, model_name, CHAMPION),
+        "champion_version": champion,
+        "champion_since": None if since is None else _iso(since),
         "challenger_version": alias_version(settings, model_name, CHALLENGER),
+        "last_gate_decision": None
+        if gate is None
+        else {
+            "challenger_version": gate["to_version"],
+            "champion_version": gate["from_version"],
+            "action": json.loads(gate["details"])["action"] if gate["details"] else None,
+            "reason": gate["reason"],
+            "at": _iso(gate["at"]),
+        },
         "predictions": tables.count_rows(engine, tables.predictions, model_name),
         "labels": tables.count_rows(engine, tables.labels, model_name),
         "backtest_metrics": tables.count_rows(engine, tables.backtest_metrics, model_name),
@@ -93,7 +109,13 @@ def format_status(report: dict[str, Any]) -> str:
     lines = [f"pipelines home: {report['home']}"]
     for m in report["models"]:
         lines.append(f"\nmodel {m['model']}")
-        lines.append(f"  champion: v{m['champion_version']}   challenger: v{m['challenger_version']}")
+        since = f" since {m['champion_since']}" if m["champion_since"] else ""
+        lines.append(f"  champion: v{m['champion_version']}{since}   challenger: v{m['challenger_version']}")
+        g = m["last_gate_decision"]
+        if g:
+            lines.append(
+                f"  last gate ({g['at']}): v{g['challenger_version']} vs v{g['champion_version']}: {g['action']} ({g['reason']})"
+            )
         lines.append(
             f"  rows: predictions={m['predictions']} labels={m['labels']} backtest_metrics={m['backtest_metrics']}"
         )

@@ -20,8 +20,10 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    inspect,
     or_,
     select,
+    text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -124,7 +126,7 @@ model_events = Table(
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("model_name", String(64), nullable=False),
-    Column("event", String(32), nullable=False),  # registered | alias_moved | gate_decision
+    Column("event", String(32), nullable=False),  # alias_moved | gate_decision | approval
     Column("alias", String(32)),
     Column("from_version", String(32)),
     Column("to_version", String(32)),
@@ -132,6 +134,7 @@ model_events = Table(
     Column("dag_run_id", String(250)),
     Column("actor", String(128), nullable=False),
     Column("at", DateTime(timezone=True), nullable=False),
+    Column("details", Text),  # JSON: the full gate decision record, for gate_decision events
 )
 
 BATCH_ROWS = 10_000
@@ -156,6 +159,19 @@ def make_engine(url: str) -> Engine:
 
 def ensure_tables(engine: Engine) -> None:
     metadata.create_all(engine)
+    _add_new_nullable_columns(engine)
+
+
+def _add_new_nullable_columns(engine: Engine) -> None:
+    """Tables made by an older version lack columns added since; add them (only nullable ones are ever added)."""
+    present = inspect(engine)
+    for table in metadata.sorted_tables:
+        existing = {column["name"] for column in present.get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in existing and column.nullable:
+                kind = column.type.compile(dialect=engine.dialect)
+                with engine.begin() as connection:
+                    connection.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
 
 
 def upsert(

@@ -41,6 +41,7 @@ class TrainingResult:
     best_iteration: int
     metrics: dict[str, float]
     rows: dict[str, int]
+    lineage: dict[str, str]  # the tags of the run, carried onto the registered version
 
 
 def assemble_training_set(spec: ModelSpec, lake: Path, engine: Engine, start: datetime, end: datetime) -> pd.DataFrame:
@@ -116,13 +117,27 @@ def binary_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
     return metrics
 
 
-def train_model(spec: ModelSpec, frame: pd.DataFrame, settings: Settings, tags: dict[str, str]) -> TrainingResult:
+def train_model(
+    spec: ModelSpec,
+    frame: pd.DataFrame,
+    settings: Settings,
+    tags: dict[str, str],
+    overrides: dict[str, Any] | None = None,
+) -> TrainingResult:
+    """One MLflow run: params, lineage tags, the dataset, metrics, holdout and drift reference, the model.
+
+    `overrides` (from the train DAG's params) replace spec values for this run only:
+    `xgboost_params` (merged over training.params), `num_boost_round`.
+    """
     import mlflow
     import xgboost as xgb
     from mlflow.data.pandas_dataset import from_pandas
     from mlflow.models import infer_signature
 
+    overrides = overrides or {}
     label = spec.label.column
+    num_boost_round = int(overrides.get("num_boost_round") or spec.training.num_boost_round)
+    early_stopping = spec.training.early_stopping_rounds
     train, valid, holdout = time_split(frame, spec.timestamp, spec.training)
     sizes = {"train": len(train), "valid": len(valid), "holdout": len(holdout)}
     if len(frame) < spec.training.min_rows or min(sizes.values()) == 0:
@@ -136,49 +151,58 @@ def train_model(spec: ModelSpec, frame: pd.DataFrame, settings: Settings, tags: 
 
     contract = build_contract(spec, train)
     device = choose_device(spec.training.device)
-    params: dict[str, Any] = {"tree_method": "hist", "seed": 0, **spec.training.params, "device": device}
+    params: dict[str, Any] = {
+        "tree_method": "hist",
+        "seed": 0,
+        **spec.training.params,
+        **(overrides.get("xgboost_params") or {}),
+        "device": device,
+    }
+    lineage = {
+        **{k: v for k, v in tags.items() if k != "run_name"},
+        "device": device,
+        "xgboost_version": xgb.__version__,
+        # Rows from here on were never fitted or early-stopped on: the gate compares models there.
+        "trained_until": holdout[spec.timestamp].min().isoformat(),
+        **{f"rows_{k}": str(v) for k, v in sizes.items()},
+    }
 
-    started = time.perf_counter()
-    dtrain = xgb.QuantileDMatrix(prepare_features(train, contract), label=train[label], enable_categorical=True)
-    dvalid = xgb.QuantileDMatrix(
-        prepare_features(valid, contract), label=valid[label], ref=dtrain, enable_categorical=True
-    )
-    booster = xgb.train(
-        params,
-        dtrain,
-        num_boost_round=spec.training.num_boost_round,
-        evals=[(dvalid, "valid")],
-        early_stopping_rounds=spec.training.early_stopping_rounds,
-        verbose_eval=False,
-    )
-    best_iteration = int(booster.best_iteration)
-    # Keep only the trees up to the best round, so every scorer predicts what we evaluated.
-    booster = booster[: best_iteration + 1]
-    booster.set_attr(**{CONTRACT_ATTRIBUTE: contract.to_json()})
-    train_seconds = time.perf_counter() - started
-
-    metrics = {"train_seconds": train_seconds, "best_iteration": float(best_iteration)}
-    for name, part in (("valid", valid), ("holdout", holdout)):
-        for metric, value in binary_metrics(part[label].to_numpy(), predict(booster, contract, part)).items():
-            metrics[f"{name}_{metric}"] = value
-
-    raw_inputs = train[contract.columns]
-    signature = infer_signature(raw_inputs.head(100), predict(booster, contract, train.head(100)))
+    # The run opens before training, so a training killed midway leaves a RUNNING run (never a
+    # registered version); the next try of the same DAG run marks it KILLED and starts over.
     with mlflow.start_run(experiment_id=experiment_id(settings, spec.name), run_name=tags.get("run_name")) as run:
-        mlflow.set_tags({**tags, "device": device, "xgboost_version": xgb.__version__})
-        mlflow.log_params(
-            {
-                **params,
-                "num_boost_round": spec.training.num_boost_round,
-                "early_stopping_rounds": spec.training.early_stopping_rounds,
-            }
-        )
-        mlflow.log_params({f"rows_{k}": v for k, v in sizes.items()})
-        mlflow.log_metrics(metrics)
+        mlflow.set_tags(lineage)
+        mlflow.log_params({**params, "num_boost_round": num_boost_round, "early_stopping_rounds": early_stopping})
         mlflow.log_input(
             from_pandas(frame, source=tags["data_uri"], name=f"{spec.name}-training", targets=label),
             context="training",
         )
+        started = time.perf_counter()
+        dtrain = xgb.QuantileDMatrix(prepare_features(train, contract), label=train[label], enable_categorical=True)
+        dvalid = xgb.QuantileDMatrix(
+            prepare_features(valid, contract), label=valid[label], ref=dtrain, enable_categorical=True
+        )
+        booster = xgb.train(
+            params,
+            dtrain,
+            num_boost_round=num_boost_round,
+            evals=[(dvalid, "valid")],
+            early_stopping_rounds=early_stopping,
+            verbose_eval=False,
+        )
+        best_iteration = int(booster.best_iteration)
+        # Keep only the trees up to the best round, so every scorer predicts what we evaluated.
+        booster = booster[: best_iteration + 1]
+        booster.set_attr(**{CONTRACT_ATTRIBUTE: contract.to_json()})
+        train_seconds = time.perf_counter() - started
+
+        metrics = {"train_seconds": train_seconds, "best_iteration": float(best_iteration)}
+        for name, part in (("valid", valid), ("holdout", holdout)):
+            for metric, value in binary_metrics(part[label].to_numpy(), predict(booster, contract, part)).items():
+                metrics[f"{name}_{metric}"] = value
+        mlflow.log_metrics(metrics)
+
+        raw_inputs = train[contract.columns]
+        signature = infer_signature(raw_inputs.head(100), predict(booster, contract, train.head(100)))
         with tempfile.TemporaryDirectory() as scratch:
             reference = train.sample(n=min(spec.drift.reference_rows, len(train)), random_state=0)
             reference[contract.columns].to_parquet(Path(scratch) / "reference.parquet", index=False)
@@ -197,6 +221,7 @@ def train_model(spec: ModelSpec, frame: pd.DataFrame, settings: Settings, tags: 
                 # Explicit requirements: inference takes ~6 s, and we know exactly what serves this model.
                 pip_requirements=[f"xgboost=={xgb.__version__}", f"pandas=={pd.__version__}"],
             )
+        # Set last: a run with this tag holds a complete model, which a re-run of the DAG run reuses.
         mlflow.set_tag("model_uri", model_info.model_uri)
     log.info(
         "%s: trained on %s in %.1fs, best iteration %d, holdout %s",
@@ -206,7 +231,47 @@ def train_model(spec: ModelSpec, frame: pd.DataFrame, settings: Settings, tags: 
         best_iteration,
         {k: round(v, 4) for k, v in metrics.items() if k.startswith("holdout_")},
     )
-    return TrainingResult(run.info.run_id, model_info.model_uri, device, best_iteration, metrics, sizes)
+    return TrainingResult(run.info.run_id, model_info.model_uri, device, best_iteration, metrics, sizes, lineage)
+
+
+def previous_training(settings: Settings, spec: ModelSpec, dag_id: str, dag_run_id: str) -> TrainingResult | None:
+    """The complete training of an earlier try of this DAG run, if any; unfinished ones are marked KILLED.
+
+    Re-running a train DAG run (a retry, a cleared task) must not train and register a second model.
+    """
+    import mlflow
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    runs = mlflow.search_runs(
+        experiment_ids=[experiment_id(settings, spec.name)],
+        filter_string=f"tags.dag_id = '{dag_id}' and tags.dag_run_id = '{dag_run_id}'",
+        order_by=["attributes.start_time DESC"],
+        output_format="list",
+    )
+    for run in runs:
+        if run.info.status == "RUNNING":
+            log.warning("%s: marking run %s of an interrupted earlier try KILLED", spec.name, run.info.run_id)
+            client.set_terminated(run.info.run_id, status="KILLED")
+    for run in runs:
+        tags = run.data.tags
+        if run.info.status == "FINISHED" and tags.get("model_uri"):
+            log.info(
+                "%s: reusing run %s, trained by an earlier try of DAG run %s", spec.name, run.info.run_id, dag_run_id
+            )
+            metrics = dict(run.data.metrics)
+            rows = {k.removeprefix("rows_"): int(v) for k, v in tags.items() if k.startswith("rows_")}
+            lineage = {k: v for k, v in tags.items() if not k.startswith("mlflow.") and k != "model_uri"}
+            return TrainingResult(
+                run.info.run_id,
+                tags["model_uri"],
+                tags["device"],
+                int(metrics["best_iteration"]),
+                metrics,
+                rows,
+                lineage,
+            )
+    return None
 
 
 def download_run_artifact(settings: Settings, run_id: str, artifact: str) -> pd.DataFrame:

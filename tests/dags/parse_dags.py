@@ -26,13 +26,14 @@ print(
                 dag_id: {
                     "fileloc": dag.fileloc,
                     "timetable": type(dag.timetable).__name__,
-                    "schedule": dag.timetable.expression,
+                    "schedule": getattr(dag.timetable, "expression", None),
                     "start_date_tz": str(dag.start_date.tzinfo) if dag.start_date and dag.start_date.tzinfo else None,
                     "catchup": dag.catchup,
                     "tags": sorted(dag.tags),
                     "doc_md": dag.doc_md or "",
                     "retries": [task.retries for task in dag.tasks],
                     "tasks": sorted(dag.task_ids),
+                    "params": sorted(dag.params),
                 }
                 for dag_id, dag in bag.dags.items()
             },

@@ -13,7 +13,8 @@ import pytest
 from pipelines.config import REPO_ROOT
 
 PARSER = Path(__file__).with_name("parse_dags.py")
-EXPECTED = {"demo_churn__train", "demo_churn__score", "demo_churn__backtest"}
+SCHEDULED = {"demo_churn__train", "demo_churn__score", "demo_churn__backtest"}
+EXPECTED = SCHEDULED | {"demo_churn__rollback"}
 # Airflow kills a DAG file whose parse outlasts core.dagbag_import_timeout (30 s by default).
 AIRFLOW_IMPORT_TIMEOUT_S = 30
 
@@ -46,12 +47,13 @@ def test_dag_files_stay_thin(parsed: dict[str, Any]) -> None:
 @pytest.mark.parametrize("dag_id", sorted(EXPECTED))
 def test_dag_contract(parsed: dict[str, Any], dag_id: str) -> None:
     dag = parsed["dags"][dag_id]
-    assert dag["timetable"] == "CronDataIntervalTimetable"
+    assert dag["timetable"] == ("CronDataIntervalTimetable" if dag_id in SCHEDULED else "NullTimetable")
     assert dag["start_date_tz"] is not None
     assert dag["catchup"] is False
     assert "pipelines" in dag["tags"] and "model:demo_churn" in dag["tags"]
     assert len(dag["doc_md"]) > 80
-    assert all(retries >= 1 for retries in dag["retries"])
+    if dag_id != "demo_churn__rollback":  # a wrong version stays wrong: rollback does not retry
+        assert all(retries >= 1 for retries in dag["retries"])
     assert dag["fileloc"].endswith("dags/demo_churn.py")
 
 
@@ -59,12 +61,26 @@ def test_schedules_come_from_the_spec(parsed: dict[str, Any]) -> None:
     assert parsed["dags"]["demo_churn__score"]["schedule"] == "0 * * * *"
     assert parsed["dags"]["demo_churn__train"]["schedule"] == "0 2 * * *"
     assert parsed["dags"]["demo_churn__train"]["tasks"] == [
+        "gate",
         "ingest_labels_window",
         "ingest_window",
+        "promote",
         "register",
         "train",
         "validate_window",
     ]
+    assert parsed["dags"]["demo_churn__train"]["params"] == ["dry_run", "num_boost_round", "xgboost_params"]
+    assert parsed["dags"]["demo_churn__rollback"]["params"] == ["reason", "version"]
+    assert parsed["dags"]["demo_churn__rollback"]["schedule"] is None
+
+
+def test_manual_gate_mode_adds_an_approval_task(tmp_path: Path) -> None:
+    folder = tmp_path / "dags"
+    shutil.copytree(REPO_ROOT / "dags", folder, ignore=shutil.ignore_patterns("__pycache__"))
+    spec = (folder / "models" / "demo_churn.yaml").read_text()
+    (folder / "models" / "demo_churn.yaml").write_text(spec.replace("mode: enabled", "mode: manual"))
+    train = parse(folder)["dags"]["demo_churn__train"]
+    assert {"awaits_approval", "approve", "promote"} <= set(train["tasks"])
 
 
 def test_broken_spec_breaks_only_its_own_dags(tmp_path: Path) -> None:

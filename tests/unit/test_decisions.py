@@ -1,4 +1,4 @@
-"""Pure decision logic: time split, the promotion rule, drift verdicts, backtest cohorts."""
+"""Pure decision logic: time split, drift verdicts, backtest cohorts (the promotion gate: test_gate.py)."""
 
 from datetime import UTC, datetime, timedelta
 
@@ -7,10 +7,8 @@ import pandas as pd
 
 from pipelines.backtest import cohort_metrics
 from pipelines.drift import column_results
-from pipelines.registry import decide
-from pipelines.spec import TrainingSpec, load_spec
+from pipelines.spec import TrainingSpec
 from pipelines.train import time_split
-from tests.unit.test_spec import DEMO_SPEC
 
 
 def test_time_split_never_trains_on_the_future() -> None:
@@ -20,16 +18,6 @@ def test_time_split_never_trains_on_the_future() -> None:
     assert train["t"].max() < valid["t"].min() and valid["t"].max() < holdout["t"].min()
     assert len(train) + len(valid) + len(holdout) == 1000
     assert 80 <= len(holdout) <= 120 and 180 <= len(valid) <= 220
-
-
-def test_gate_promotes_first_model_and_never_a_worse_one() -> None:
-    spec = load_spec(DEMO_SPEC)  # metric auc: higher is better
-    assert decide(spec, 0.70, None) == (True, "no champion yet")
-    assert decide(spec, 0.80, 0.80)[0] is True
-    assert decide(spec, 0.79, 0.80)[0] is False
-    logloss_spec = spec.model_copy(update={"gate": spec.gate.model_copy(update={"metric": "logloss"})})
-    assert decide(logloss_spec, 0.30, 0.35)[0] is True
-    assert decide(logloss_spec, 0.40, 0.35)[0] is False
 
 
 def test_drift_verdicts_follow_the_test_kind() -> None:

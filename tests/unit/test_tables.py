@@ -60,3 +60,22 @@ def test_upsert_replay_changes_nothing_and_new_score_updates(engine: Engine) -> 
     after = snapshot(engine, model)
     assert len(after) == 25_000
     assert sum(1 for row in after if row[4] == 0.75) == 10
+
+
+def test_tables_from_an_older_version_gain_new_nullable_columns(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as connection:  # model_events as it was before `details` existed
+        connection.execute(
+            "CREATE TABLE model_events (id INTEGER PRIMARY KEY, model_name VARCHAR(64) NOT NULL, event VARCHAR(32) "
+            "NOT NULL, alias VARCHAR(32), from_version VARCHAR(32), to_version VARCHAR(32), reason TEXT NOT NULL, "
+            "dag_run_id VARCHAR(250), actor VARCHAR(128) NOT NULL, at DATETIME NOT NULL)"
+        )
+        connection.execute(
+            "INSERT INTO model_events VALUES (1, 'm', 'alias_moved', 'champion', NULL, '1', 'r', NULL, 'a', '2026-01-01')"
+        )
+    engine = tables.make_engine(f"sqlite:///{path}")
+    with engine.connect() as connection:
+        rows = connection.execute(select(tables.model_events.c.to_version, tables.model_events.c.details)).all()
+    assert rows == [("1", None)]

@@ -1,0 +1,198 @@
+"""The promotion gate's statistics: pure functions over labels and two models' scores.
+
+The challenger is compared with the champion on the same rows. A paired bootstrap (the same
+resampled rows for both models) gives a confidence interval of the improvement; promotion needs
+its lower bound to beat the spec's `min_improvement`, so a tie or a lucky draw keeps the champion.
+Slices listed in the spec may not regress by more than a tolerance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from pipelines.spec import GateSpec
+
+HIGHER_IS_BETTER = {"auc": True, "logloss": False, "brier": False, "rmse": False}
+# Bootstrap resamples are processed in blocks of at most this many cells (resamples x rows).
+_BLOCK_CELLS = 4_000_000
+_EPS = 1e-15
+
+
+@dataclass(frozen=True)
+class Interval:
+    """The improvement of the challenger over the champion, positive = better in the metric's direction."""
+
+    point: float
+    lower: float
+    upper: float
+    confidence: float
+    samples: int
+
+
+@dataclass(frozen=True)
+class SliceCheck:
+    column: str
+    value: str
+    rows: int
+    champion: float | None
+    challenger: float | None
+    regression: float | None  # how much worse the challenger is (positive = worse)
+    status: str  # ok | regressed | skipped
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    promote: bool
+    reason: str
+    interval: Interval | None
+    slices: list[SliceCheck]
+
+
+def weighted_metric(metric: str, labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """The metric under each row of `weights` (resamples x rows of counts); one value per resample."""
+    weights = np.atleast_2d(weights).astype("float64")
+    total = weights.sum(axis=1)
+    if metric in ("logloss", "brier", "rmse"):
+        clipped = np.clip(scores, _EPS, 1 - _EPS)
+        if metric == "logloss":
+            loss = -(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped))
+        else:
+            loss = (scores - labels) ** 2
+        mean = weights @ loss / total
+        return np.sqrt(mean) if metric == "rmse" else mean
+    if metric == "auc":
+        return _weighted_auc(labels, scores, weights)
+    raise ValueError(f"unknown gate metric '{metric}'; use one of {sorted(HIGHER_IS_BETTER)}")
+
+
+def _weighted_auc(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Mann-Whitney AUC with row weights; tied scores count half, as in sklearn's roc_auc_score."""
+    order = np.argsort(scores, kind="stable")
+    sorted_scores, sorted_labels = scores[order], labels[order].astype("float64")
+    w = weights[:, order]
+    group_starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
+    positives = np.add.reduceat(w * sorted_labels, group_starts, axis=1)
+    negatives = np.add.reduceat(w * (1 - sorted_labels), group_starts, axis=1)
+    negatives_below = np.cumsum(negatives, axis=1) - negatives
+    pairs = positives.sum(axis=1) * negatives.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (positives * (negatives_below + 0.5 * negatives)).sum(axis=1) / pairs
+
+
+def metric_value(metric: str, labels: np.ndarray, scores: np.ndarray) -> float | None:
+    """The metric on the rows as they are; None when undefined (AUC of a single class)."""
+    if metric == "auc" and len(np.unique(labels)) < 2:
+        return None
+    return float(weighted_metric(metric, labels, scores, np.ones((1, len(labels))))[0])
+
+
+def improvement(metric: str, challenger: float, champion: float) -> float:
+    return challenger - champion if HIGHER_IS_BETTER[metric] else champion - challenger
+
+
+def bootstrap_improvement(
+    metric: str,
+    labels: np.ndarray,
+    challenger: np.ndarray,
+    champion: np.ndarray,
+    samples: int,
+    confidence: float,
+    seed: int,
+) -> Interval:
+    """Percentile interval of the paired improvement over `samples` resamples of the rows."""
+    labels = np.asarray(labels, dtype="float64")
+    n = len(labels)
+    rng = np.random.default_rng(seed)
+    block = max(1, _BLOCK_CELLS // max(n, 1))
+    diffs = []
+    for done in range(0, samples, block):
+        counts = rng.multinomial(n, np.full(n, 1.0 / n), size=min(block, samples - done))
+        diffs.append(
+            improvement(
+                metric,
+                weighted_metric(metric, labels, challenger, counts),  # type: ignore[arg-type]
+                weighted_metric(metric, labels, champion, counts),  # type: ignore[arg-type]
+            )
+        )
+    values = np.concatenate(diffs)
+    values = values[~np.isnan(values)]  # a resample with a single class has no AUC
+    if len(values) == 0:
+        raise ValueError(f"'{metric}' is undefined on every resample of the holdout (a single class?)")
+    tail = (1 - confidence) / 2 * 100
+    point_challenger, point_champion = metric_value(metric, labels, challenger), metric_value(metric, labels, champion)
+    if point_challenger is None or point_champion is None:
+        raise ValueError(f"'{metric}' is undefined on the holdout (a single class?)")
+    return Interval(
+        point=improvement(metric, point_challenger, point_champion),
+        lower=float(np.percentile(values, tail)),
+        upper=float(np.percentile(values, 100 - tail)),
+        confidence=confidence,
+        samples=len(values),
+    )
+
+
+def slice_checks(
+    gate: GateSpec, frame: pd.DataFrame, label: str, challenger: np.ndarray, champion: np.ndarray
+) -> list[SliceCheck]:
+    """Per value of each spec'd slice column, how much the challenger regresses against the champion."""
+    checks = []
+    labels = frame[label].to_numpy(dtype="float64")
+    for column in gate.slices:
+        values = frame[column].astype("string").fillna("<missing>")
+        for value in sorted(values.unique()):
+            mask = (values == value).to_numpy()
+            rows = int(mask.sum())
+            if rows < gate.min_slice_rows:
+                checks.append(
+                    SliceCheck(
+                        column, value, rows, None, None, None, "skipped", f"fewer than {gate.min_slice_rows} rows"
+                    )
+                )
+                continue
+            ch = metric_value(gate.metric, labels[mask], challenger[mask])
+            champ = metric_value(gate.metric, labels[mask], champion[mask])
+            if ch is None or champ is None:
+                checks.append(SliceCheck(column, value, rows, None, None, None, "skipped", "single class"))
+                continue
+            regression = -improvement(gate.metric, ch, champ)
+            status = "regressed" if regression > gate.slice_tolerance else "ok"
+            checks.append(SliceCheck(column, value, rows, champ, ch, regression, status))
+    return checks
+
+
+def judge(
+    gate: GateSpec, frame: pd.DataFrame, label: str, challenger: np.ndarray, champion: np.ndarray | None
+) -> Verdict:
+    """Promote only on a real improvement whose interval clears `min_improvement`, with no slice regressed."""
+    labels = frame[label].to_numpy(dtype="float64")
+    if champion is None:
+        return Verdict(True, "no champion yet", None, [])
+    interval = bootstrap_improvement(
+        gate.metric, labels, challenger, champion, gate.bootstrap_samples, gate.confidence, gate.seed
+    )
+    slices = slice_checks(gate, frame, label, challenger, champion)
+    summary = (
+        f"{gate.metric} improvement {interval.point:+.4f}, {interval.confidence:.0%} CI "
+        f"[{interval.lower:+.4f}, {interval.upper:+.4f}] over {len(frame)} holdout rows"
+    )
+    if interval.lower <= gate.min_improvement:
+        return Verdict(
+            False,
+            f"no real improvement: {summary}; the lower bound must exceed min_improvement={gate.min_improvement}",
+            interval,
+            slices,
+        )
+    regressed = [s for s in slices if s.status == "regressed"]
+    if regressed:
+        worst = ", ".join(f"{s.column}={s.value} by {s.regression:.4f}" for s in regressed)
+        return Verdict(
+            False,
+            f"slice regression beyond tolerance {gate.slice_tolerance}: {worst} (overall {summary})",
+            interval,
+            slices,
+        )
+    return Verdict(True, f"real improvement: {summary}", interval, slices)

@@ -1,0 +1,241 @@
+"""Stage 4: register the trained model as `challenger`, judge it against the champion, promote.
+
+The decision of one train DAG run is made once: it is written to the challenger's MLflow run
+(`gate/decision.json`), to tags on the version, and to a model_events row, and a re-run of the
+same DAG run reads that row back instead of deciding again. Promotion re-checks that the
+champion is still the one the decision compared against.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Any
+
+import pandas as pd
+from sqlalchemy import Engine, select
+
+from pipelines import tables
+from pipelines.config import Settings
+from pipelines.features import contract_of, predict
+from pipelines.gate import HIGHER_IS_BETTER, Verdict, judge
+from pipelines.registry import (
+    CHALLENGER,
+    CHAMPION,
+    champion_version,
+    load_booster,
+    mlflow_client,
+    move_alias,
+    record_event,
+    register_version,
+)
+from pipelines.spec import ModelSpec
+from pipelines.train import download_run_artifact
+
+log = logging.getLogger(__name__)
+
+APPROVE, KEEP = "Promote to champion", "Keep the champion"
+
+
+class StaleDecision(RuntimeError):
+    """The champion moved between the gate's decision and the promotion; the decision no longer holds."""
+
+
+def register_challenger(
+    spec: ModelSpec,
+    settings: Settings,
+    engine: Engine,
+    run_id: str,
+    model_uri: str,
+    lineage: dict[str, str],
+    dag_run_id: str,
+    actor: str,
+) -> str:
+    version = register_version(settings, spec.name, run_id, model_uri, lineage)
+    move_alias(settings, engine, spec.name, CHALLENGER, version, f"trained by MLflow run {run_id}", dag_run_id, actor)
+    return version
+
+
+def recorded_decision(engine: Engine, model_name: str, version: str, dag_run_id: str) -> dict[str, Any] | None:
+    e = tables.model_events
+    with engine.connect() as connection:
+        details = connection.execute(
+            select(e.c.details)
+            .where(
+                e.c.model_name == model_name,
+                e.c.event == "gate_decision",
+                e.c.to_version == version,
+                e.c.dag_run_id == dag_run_id,
+            )
+            .order_by(e.c.id.desc())
+            .limit(1)
+        ).scalar_one_or_none()
+    return None if details is None else dict(json.loads(details))
+
+
+def _seen_until(run: Any) -> pd.Timestamp | None:
+    """The end of the data a model was fitted (and early-stopped) on; rows from then on are fresh to it."""
+    tags = run.data.tags
+    value = tags.get("trained_until") or tags.get("window_end")
+    return pd.Timestamp(value) if value else None
+
+
+def _scores(settings: Settings, model_name: str, version: str, frame: pd.DataFrame) -> Any:
+    booster = load_booster(settings, model_name, version)
+    return predict(booster, contract_of(booster), frame)
+
+
+def _judge_against_champion(
+    spec: ModelSpec, settings: Settings, version: str, champion: str | None, holdout: pd.DataFrame
+) -> tuple[Verdict, dict[str, Any]]:
+    """The verdict and what it was based on (the holdout actually used)."""
+    gate, ts = spec.gate, spec.timestamp
+    used = {"rows_offered": len(holdout), "fresh_from": None}
+    if champion == version:
+        return Verdict(False, "already champion (a re-run of the training that promoted it)", None, []), used
+    if champion is None:
+        scores = _scores(settings, spec.name, version, holdout)
+        verdict = judge(gate, holdout, spec.label.column, scores, None)
+        return verdict, {**used, "rows": len(holdout)}
+    client = mlflow_client()
+    seen_until = _seen_until(client.get_run(client.get_model_version(spec.name, champion).run_id))
+    fresh = holdout if seen_until is None else holdout[holdout[ts] >= seen_until]
+    used = {**used, "rows": len(fresh), "fresh_from": None if seen_until is None else seen_until.isoformat()}
+    if len(fresh) < gate.min_holdout_rows:
+        reason = (
+            f"only {len(fresh)} holdout rows are newer than champion v{champion}'s training data "
+            f"(from {seen_until}); need gate.min_holdout_rows={gate.min_holdout_rows} for a fair comparison"
+        )
+        return Verdict(False, reason, None, []), used
+    verdict = judge(
+        gate,
+        fresh,
+        spec.label.column,
+        _scores(settings, spec.name, version, fresh),
+        _scores(settings, spec.name, champion, fresh),
+    )
+    return verdict, used
+
+
+def planned_action(promote: bool, mode: str) -> str:
+    if not promote:
+        return "keep_champion"
+    return {"enabled": "promote", "dry_run": "dry_run", "manual": "await_approval"}[mode]
+
+
+def gate_challenger(
+    spec: ModelSpec,
+    settings: Settings,
+    engine: Engine,
+    version: str,
+    dag_id: str,
+    dag_run_id: str,
+    actor: str,
+    dry_run: bool = False,
+) -> dict[str, Any]:
+    """Judge challenger `version` against the champion on the challenger's fresh holdout; record it."""
+    import mlflow
+
+    earlier = recorded_decision(engine, spec.name, version, dag_run_id)
+    if earlier is not None:
+        log.info("GATE %s v%s: %s (decided earlier in this DAG run)", spec.name, version, earlier["verdict"].upper())
+        return earlier
+
+    client = mlflow_client()
+    run_id = client.get_model_version(spec.name, version).run_id
+    holdout = download_run_artifact(settings, run_id, "holdout/holdout.parquet")
+    holdout[spec.timestamp] = pd.to_datetime(holdout[spec.timestamp], utc=True)
+    champion = champion_version(settings, spec.name)
+    verdict, used = _judge_against_champion(spec, settings, version, champion, holdout)
+    mode = "dry_run" if dry_run else spec.gate.mode
+    decision = {
+        "model": spec.name,
+        "challenger_version": version,
+        "challenger_run_id": run_id,
+        "champion_version": champion,
+        "metric": spec.gate.metric,
+        "higher_is_better": HIGHER_IS_BETTER[spec.gate.metric],
+        "mode": mode,
+        "gate": spec.gate.model_dump(),
+        "holdout": {
+            **used,
+            "artifact": f"runs:/{run_id}/holdout/holdout.parquet",
+            "start": holdout[spec.timestamp].min().isoformat() if len(holdout) else None,
+            "end": holdout[spec.timestamp].max().isoformat() if len(holdout) else None,
+        },
+        "interval": None if verdict.interval is None else asdict(verdict.interval),
+        "slices": [asdict(s) for s in verdict.slices],
+        "verdict": "promote" if verdict.promote else "keep",
+        "action": planned_action(verdict.promote, mode),
+        "reason": verdict.reason,
+        "dag_id": dag_id,
+        "dag_run_id": dag_run_id,
+        "decided_at": datetime.now(UTC).isoformat(),
+    }
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_dict(decision, "gate/decision.json")
+    for key in ("verdict", "action", "reason", "dag_run_id"):
+        client.set_model_version_tag(spec.name, version, f"gate.{key}", str(decision[key])[:5000])
+    client.set_model_version_tag(spec.name, version, "gate.champion_version", str(champion))
+    with engine.begin() as connection:
+        record_event(
+            connection, spec.name, "gate_decision", verdict.reason, dag_run_id, actor, None, champion, version, decision
+        )
+    log.info(
+        "GATE %s v%s vs champion v%s: %s, action %s (mode %s): %s",
+        spec.name,
+        version,
+        champion,
+        decision["verdict"].upper(),
+        decision["action"],
+        mode,
+        verdict.reason,
+    )
+    return decision
+
+
+def apply_decision(
+    settings: Settings,
+    engine: Engine,
+    decision: dict[str, Any],
+    approval: dict[str, Any] | None,
+    dag_run_id: str,
+    actor: str,
+) -> str:
+    """Carry out the gate's decision; in manual mode only after an approval. Returns what happened."""
+    model, version, action = decision["model"], decision["challenger_version"], decision["action"]
+    if action == "await_approval":
+        if approval is None:
+            raise ValueError(f"{model} v{version} needs an approval in manual mode, but none was given")
+        approver = f"airflow:{(approval.get('responded_by_user') or {}).get('name', 'unknown')}"
+        approved = approval.get("chosen_options") == [APPROVE]
+        with engine.begin() as connection:
+            record_event(
+                connection,
+                model,
+                "approval",
+                "approved" if approved else "rejected",
+                dag_run_id,
+                approver,
+                None,
+                decision["champion_version"],
+                version,
+            )
+        if not approved:
+            log.info("%s v%s: promotion rejected by %s; the champion stays", model, version, approver)
+            return "rejected"
+        actor = approver
+    elif action != "promote":
+        return action
+    current = champion_version(settings, model)
+    if current == version:
+        return "promoted"
+    if current != decision["champion_version"]:
+        raise StaleDecision(
+            f"{model}: the gate compared v{version} with champion v{decision['champion_version']}, but the champion "
+            f"is now v{current}; trigger a new train run to decide again"
+        )
+    move_alias(settings, engine, model, CHAMPION, version, decision["reason"], dag_run_id, actor)
+    return "promoted"

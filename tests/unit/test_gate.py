@@ -1,0 +1,91 @@
+"""The gate's statistics: weighted metrics match sklearn, and the verdicts follow the evidence."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
+
+from pipelines.gate import bootstrap_improvement, judge, weighted_metric
+from pipelines.spec import GateSpec
+
+RNG = np.random.default_rng(42)
+N = 4000
+LABELS = RNG.integers(0, 2, N).astype(float)
+SIGNAL = LABELS * 1.0 + RNG.normal(0, 1, N)
+
+
+def scores(signal: np.ndarray, noise: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return 1 / (1 + np.exp(-(signal + rng.normal(0, noise, len(signal)))))
+
+
+def frame(plan: np.ndarray | None = None) -> pd.DataFrame:
+    return pd.DataFrame({"y": LABELS, "plan": plan if plan is not None else RNG.choice(["a", "b"], N)})
+
+
+@pytest.mark.parametrize("metric", ["auc", "logloss", "brier", "rmse"])
+def test_weighted_metric_equals_sklearn_on_the_resampled_rows(metric: str) -> None:
+    s = np.round(scores(SIGNAL, 0.5, 1), 2)  # rounding makes ties, which AUC must count half
+    counts = np.random.default_rng(3).multinomial(N, np.full(N, 1 / N), size=3)
+    for row in counts:
+        y, p = np.repeat(LABELS, row), np.repeat(s, row)
+        expected = {
+            "auc": roc_auc_score(y, p),
+            "logloss": log_loss(y, p),
+            "brier": brier_score_loss(y, p),
+            "rmse": np.sqrt(brier_score_loss(y, p)),
+        }[metric]
+        assert weighted_metric(metric, LABELS, s, row[None, :])[0] == pytest.approx(expected, rel=1e-9)
+
+
+def test_first_model_is_promoted_without_a_comparison() -> None:
+    verdict = judge(GateSpec(), frame(), "y", scores(SIGNAL, 0.5, 1), None)
+    assert verdict.promote and verdict.reason == "no champion yet" and verdict.interval is None
+
+
+def test_identical_models_tie_and_keep_the_champion() -> None:
+    s = scores(SIGNAL, 0.5, 1)
+    verdict = judge(GateSpec(), frame(), "y", s, s.copy())
+    assert not verdict.promote
+    assert verdict.interval is not None and verdict.interval.lower == verdict.interval.upper == 0.0
+    assert verdict.reason.startswith("no real improvement")
+
+
+def test_noise_is_not_an_improvement() -> None:
+    # Two models of the same quality: the challenger's point estimate may win, its interval straddles 0.
+    challenger, champion = scores(SIGNAL, 0.6, 1), scores(SIGNAL, 0.6, 2)
+    verdict = judge(GateSpec(), frame(), "y", challenger, champion)
+    assert verdict.interval is not None and verdict.interval.lower < 0 < verdict.interval.upper
+    assert not verdict.promote
+
+
+def test_a_clearly_better_model_is_promoted_in_either_metric_direction() -> None:
+    better, worse = scores(SIGNAL, 0.1, 1), scores(SIGNAL, 2.0, 2)
+    for metric in ("auc", "logloss"):
+        gate = GateSpec(metric=metric)
+        promoted = judge(gate, frame(), "y", better, worse)
+        assert promoted.promote and promoted.interval is not None and promoted.interval.lower > 0, metric
+        assert not judge(gate, frame(), "y", worse, better).promote, metric
+
+
+def test_min_improvement_raises_the_bar() -> None:
+    better, champion = scores(SIGNAL, 0.1, 1), scores(SIGNAL, 0.6, 2)
+    interval = bootstrap_improvement("auc", LABELS, better, champion, 500, 0.95, 0)
+    assert interval.lower > 0
+    assert judge(GateSpec(min_improvement=interval.lower / 2), frame(), "y", better, champion).promote
+    assert not judge(GateSpec(min_improvement=interval.upper), frame(), "y", better, champion).promote
+
+
+def test_a_regressed_slice_blocks_an_overall_improvement() -> None:
+    plan = np.where(np.arange(N) < N // 10, "small", "big")
+    champion = scores(SIGNAL, 1.5, 2)
+    challenger = scores(SIGNAL, 0.05, 1)
+    small = plan == "small"
+    challenger[small] = np.random.default_rng(9).random(small.sum())  # useless on a tenth of the rows
+    gate = GateSpec(slices=["plan"], slice_tolerance=0.02, min_slice_rows=100)
+    verdict = judge(gate, frame(plan), "y", challenger, champion)
+    assert not verdict.promote and "plan=small" in verdict.reason
+    status = {s.value: s.status for s in verdict.slices}
+    assert status == {"small": "regressed", "big": "ok"}
+    tiny = judge(gate.model_copy(update={"min_slice_rows": N}), frame(plan), "y", challenger, champion)
+    assert {s.status for s in tiny.slices} == {"skipped"}
