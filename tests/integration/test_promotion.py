@@ -1,0 +1,293 @@
+"""Promotion through real train DAG runs (`dag.test()`), real MLflow registry, XGBoost and GX.
+
+One timeline, tests in file order: a deliberately weak first model (v1) becomes champion; a full
+model (v2) beats it clearly and is promoted; a weak one (v3) and a copy of v2 (v4) are kept out;
+re-running a DAG run adds nothing; a training killed midway moves nothing; rollback refuses a
+missing version, and serves a good one in the next scoring run; a dry run decides and records but
+moves nothing; `pipelines doctor` passes, then fails on a broken alias.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, func, select
+
+from pipelines import tables
+from pipelines.config import REPO_ROOT, Settings, get_settings
+from pipelines.demo_data import DemoConfig, write_source
+
+MODEL = "demo_churn"
+FIRST_NIGHT = datetime(2026, 1, 3, 2, tzinfo=UTC)  # window [01-01 02:00, 01-03 02:00)
+SECOND_NIGHT = FIRST_NIGHT + timedelta(days=1)  # window [01-02 02:00, 01-04 02:00)
+WEAK = {"num_boost_round": 2, "xgboost_params": {"max_depth": 1}}
+LINEAGE = (
+    "dag_id",
+    "dag_run_id",
+    "logical_date",
+    "data_uri",
+    "data_sha256",
+    "suite",
+    "suite_sha256",
+    "validation_result",
+    "git_sha",
+    "xgboost_version",
+    "device",
+    "rows_train",
+    "rows_valid",
+    "rows_holdout",
+    "window_start",
+    "window_end",
+    "trained_until",
+)
+
+
+@pytest.fixture(scope="module")
+def home(airflow_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    root = tmp_path_factory.mktemp("promotion")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PIPELINES_LAKE", str(root / "lake"))
+        patch.setenv("PIPELINES_SOURCE", str(root / "source"))
+        patch.setenv("PIPELINES_TABLES_URL", f"sqlite:///{root / 'tables.db'}")
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        patch.setenv("PIPELINES_MLFLOW_ARTIFACTS", str(root / "artifacts"))
+        settings = get_settings()
+        write_source(
+            settings.source / MODEL, DemoConfig(), datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 4, 6, tzinfo=UTC)
+        )
+        yield settings
+
+
+@pytest.fixture(scope="module")
+def engine(home: Settings) -> Engine:
+    return tables.make_engine(home.tables_url)
+
+
+def train(night: datetime, conf: dict[str, Any] | None = None, attempt: int = 0) -> Any:
+    """A train DAG run for `night`; each `attempt` is a separate DAG run over the same interval."""
+    from pipelines.airflow_dags import run_in_process
+
+    return run_in_process(f"{MODEL}__train", night, run_conf=conf, run_after=night + timedelta(minutes=attempt))
+
+
+def states(dag_run: Any) -> dict[str, str]:
+    return {ti.task_id: str(ti.state) for ti in dag_run.get_task_instances()}
+
+
+def aliases(home: Settings) -> tuple[str | None, str | None]:
+    from pipelines.registry import CHALLENGER, CHAMPION, alias_version
+
+    return alias_version(home, MODEL, CHAMPION), alias_version(home, MODEL, CHALLENGER)
+
+
+def versions() -> list[str]:
+    from mlflow import MlflowClient
+
+    return sorted((str(v.version) for v in MlflowClient().search_model_versions(f"name = '{MODEL}'")), key=int)
+
+
+def events(engine: Engine, kind: str | None = None) -> list[dict[str, Any]]:
+    from pipelines.registry import history
+
+    return [e for e in history(engine, MODEL) if kind is None or e["event"] == kind]
+
+
+def decision_of(version: str) -> dict[str, Any]:
+    import mlflow
+    from mlflow import MlflowClient
+
+    run_id = MlflowClient().get_model_version(MODEL, version).run_id
+    return dict(mlflow.artifacts.load_dict(f"runs:/{run_id}/gate/decision.json"))
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True, cwd=REPO_ROOT, timeout=300
+    )
+
+
+def test_first_model_becomes_champion_with_full_lineage(home: Settings, engine: Engine) -> None:
+    from mlflow import MlflowClient
+
+    dag_run = train(FIRST_NIGHT, WEAK)
+    assert dag_run.state == "success", states(dag_run)
+    assert aliases(home) == ("1", "1")
+    version = MlflowClient().get_model_version(MODEL, "1")
+    missing = [key for key in LINEAGE if not version.tags.get(key)]
+    assert not missing, f"lineage tags missing on the version: {missing}"
+    assert version.tags["dag_run_id"] == dag_run.run_id and version.tags["device"] in {"cpu", "cuda"}
+    snapshot = json.loads(Path(version.tags["data_uri"].removeprefix("file://")).read_text())
+    assert snapshot["sha256"] == version.tags["data_sha256"] and len(snapshot["partitions"]) == 48
+    assert Path(version.tags["validation_result"].removeprefix("file://")).exists()
+    assert MlflowClient().get_run(version.run_id).inputs.dataset_inputs, "dataset logged with mlflow.log_input"
+    assert version.tags["gate.verdict"] == "promote" and version.tags["gate.reason"] == "no champion yet"
+    assert [(e["alias"], e["from_version"], e["to_version"]) for e in events(engine, "alias_moved")] == [
+        ("challenger", None, "1"),
+        ("champion", None, "1"),
+    ]
+
+
+def test_clearly_better_challenger_is_promoted(home: Settings, engine: Engine) -> None:
+    dag_run = train(SECOND_NIGHT)
+    assert dag_run.state == "success", states(dag_run)
+    assert aliases(home) == ("2", "2")
+    decision = decision_of("2")
+    assert decision["verdict"] == "promote" and decision["action"] == "promote"
+    assert decision["champion_version"] == "1" and decision["metric"] == "auc"
+    assert decision["interval"]["lower"] > decision["gate"]["min_improvement"]
+    assert decision["holdout"]["rows"] >= decision["gate"]["min_holdout_rows"]
+    assert decision["holdout"]["fresh_from"] is not None  # only rows v1 never trained on
+    assert {s["column"] for s in decision["slices"]} == {"plan", "region"}
+    row = events(engine, "gate_decision")[-1]
+    assert row["to_version"] == "2" and row["from_version"] == "1" and json.loads(row["details"]) == decision
+    move = events(engine, "alias_moved")[-1]
+    assert (move["alias"], move["from_version"], move["to_version"]) == ("champion", "1", "2")
+    assert move["dag_run_id"] == dag_run.run_id and move["actor"] and move["reason"].startswith("real improvement")
+
+
+def test_worse_challenger_leaves_the_champion(home: Settings) -> None:
+    dag_run = train(SECOND_NIGHT, WEAK, attempt=1)
+    assert dag_run.state == "success", states(dag_run)
+    assert aliases(home) == ("2", "3")
+    decision = decision_of("3")
+    assert decision["verdict"] == "keep" and decision["action"] == "keep_champion"
+    assert decision["interval"]["upper"] < 0  # clearly worse, not just not better
+
+
+def test_equal_challenger_is_not_promoted(home: Settings) -> None:
+    dag_run = train(SECOND_NIGHT, attempt=2)  # same data, same params: the same model as v2
+    assert dag_run.state == "success", states(dag_run)
+    assert aliases(home) == ("2", "4")
+    decision = decision_of("4")
+    assert decision["verdict"] == "keep"
+    assert decision["interval"]["point"] == decision["interval"]["lower"] == decision["interval"]["upper"] == 0
+
+
+def test_rerunning_the_same_dag_run_adds_no_version(home: Settings, engine: Engine) -> None:
+    before_versions, before_events = versions(), len(events(engine))
+    dag_run = train(SECOND_NIGHT, attempt=2)  # the run that made v4, again
+    assert dag_run.state == "success", states(dag_run)
+    assert versions() == before_versions == ["1", "2", "3", "4"]
+    assert aliases(home) == ("2", "4")
+    assert len(events(engine)) == before_events  # same decision, read back; no alias moved
+
+
+def test_training_killed_midway_leaves_both_aliases(home: Settings, engine: Engine) -> None:
+    from mlflow import MlflowClient
+
+    night, attempt = SECOND_NIGHT, 3
+    run_id = f"manual__{(night + timedelta(minutes=attempt)).isoformat()}"
+    code = (
+        "from datetime import datetime, timedelta\n"
+        "from pipelines.airflow_dags import run_in_process\n"
+        f"night = datetime.fromisoformat('{night.isoformat()}')\n"
+        f"run_in_process('{MODEL}__train', night, run_after=night + timedelta(minutes={attempt}))\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], cwd=REPO_ROOT, start_new_session=True)
+    client = MlflowClient()
+    running = []
+    deadline = time.monotonic() + 240
+    while not running and time.monotonic() < deadline and child.poll() is None:
+        running = client.search_runs(
+            [r.experiment_id for r in client.search_experiments()],
+            filter_string=f"tags.dag_run_id = '{run_id}' and attributes.status = 'RUNNING'",
+        )
+        time.sleep(0.1)
+    os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
+    assert running, "the training never started (or finished before it could be killed)"
+    assert aliases(home) == ("2", "4") and versions() == ["1", "2", "3", "4"]
+
+    dag_run = train(night, attempt=attempt)  # the same DAG run, tried again
+    assert dag_run.state == "success", states(dag_run)
+    assert client.get_run(running[0].info.run_id).info.status == "KILLED"
+    assert versions() == ["1", "2", "3", "4", "5"] and aliases(home) == ("2", "5")
+
+
+def test_rollback_to_a_missing_version_fails_and_changes_nothing(home: Settings, engine: Engine) -> None:
+    from pipelines.airflow_dags import run_in_process
+
+    before = len(events(engine))
+    dag_run = run_in_process(f"{MODEL}__rollback", None, run_conf={"version": "99"}, run_after=datetime.now(UTC))
+    assert dag_run.state == "failed"
+    result = cli("rollback", MODEL, "99")
+    assert result.returncode == 1
+    assert "has no version '99'" in result.stderr and "champion unchanged" in result.stderr
+    assert aliases(home)[0] == "2" and len(events(engine)) == before
+
+
+def test_rollback_is_served_by_the_next_scoring_run(home: Settings, engine: Engine) -> None:
+    from pipelines.airflow_dags import run_in_process
+
+    dag_run = run_in_process(
+        f"{MODEL}__rollback", None, run_conf={"version": "1", "reason": "v2 misbehaves"}, run_after=datetime.now(UTC)
+    )
+    assert dag_run.state == "success", states(dag_run)
+    assert aliases(home)[0] == "1"
+    move = events(engine, "alias_moved")[-1]
+    assert (move["alias"], move["from_version"], move["to_version"]) == ("champion", "2", "1")
+    assert move["reason"] == "rollback: v2 misbehaves" and move["dag_run_id"] == dag_run.run_id
+
+    hour = datetime(2026, 1, 4, 3, tzinfo=UTC)
+    scored = run_in_process(f"{MODEL}__score", hour + timedelta(hours=1))
+    assert scored.state == "success", states(scored)
+    p = tables.predictions
+    with engine.connect() as connection:
+        served = connection.execute(
+            select(p.c.model_version, func.count()).where(p.c.as_of >= hour).group_by(p.c.model_version)
+        ).all()
+    assert len(served) == 1 and served[0][0] == "1" and served[0][1] > 0
+
+
+def test_dry_run_decides_and_records_but_moves_nothing(home: Settings, engine: Engine) -> None:
+    before = events(engine, "alias_moved")
+    dag_run = train(SECOND_NIGHT, {"dry_run": True}, attempt=4)
+    assert dag_run.state == "success", states(dag_run)
+    decision = decision_of("6")
+    assert decision["mode"] == "dry_run" and decision["verdict"] == "promote" and decision["action"] == "dry_run"
+    assert decision["champion_version"] == "1"
+    assert aliases(home) == ("1", "6")  # a new challenger, the champion untouched
+    moved = events(engine, "alias_moved")[len(before) :]
+    assert [(e["alias"], e["to_version"]) for e in moved] == [("challenger", "6")]
+    assert events(engine, "gate_decision")[-1]["to_version"] == "6"
+
+
+def test_history_and_status_tell_the_story(home: Settings) -> None:
+    history = cli("history", MODEL)
+    assert history.returncode == 0, history.stderr
+    lines = history.stdout.splitlines()
+    assert any("champion: v2 -> v1" in line and "rollback: v2 misbehaves" in line for line in lines)
+    assert any("gate: v6 vs champion v1: dry_run" in line for line in lines)
+    status = json.loads(cli("status", "--json").stdout)["models"][0]
+    assert status["champion_version"] == "1" and status["champion_since"] is not None
+    assert status["last_gate_decision"]["action"] == "dry_run"
+
+
+def test_doctor_passes_then_fails_on_a_broken_alias(home: Settings) -> None:
+    from mlflow import MlflowClient
+
+    healthy = cli("doctor")
+    assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+    assert "demo_churn@champion -> v1: READY" in healthy.stdout
+
+    client = MlflowClient()
+    champion_run = client.get_model_version(MODEL, "1").run_id
+    client.delete_run(champion_run)
+    broken = cli("doctor")
+    assert broken.returncode == 1
+    assert f"demo_churn@champion -> v1: demo_churn v1: its source run {champion_run} is deleted" in broken.stdout
+    client.restore_run(champion_run)
+
+    client.set_registered_model_alias(MODEL, "champion", "3")  # moved behind the pipeline's back
+    drifted = cli("doctor")
+    assert drifted.returncode == 1 and "moved outside the pipeline" in drifted.stdout
