@@ -162,6 +162,11 @@ TRAIN_PARAMS = {
         None, type=["null", "integer"], minimum=1, description="Override training.num_boost_round for this run"
     ),
     "dry_run": Param(False, type="boolean", description="Decide and record the gate's verdict, but move no alias"),
+    "require_approval": Param(
+        False,
+        type="boolean",
+        description="Ask a human in the UI before promoting (always so when the spec's gate.mode is manual)",
+    ),
 }
 
 
@@ -273,14 +278,17 @@ def train_dag(spec: ModelSpec) -> DAG:
                     ctx.run_id,
                     ctx.actor,
                     dry_run=bool(ctx.params.get("dry_run")),
+                    require_approval=bool(ctx.params.get("require_approval")),
                 )
 
+        # Runs after an approval, and also when the approval was skipped (no human needed or asked).
         @task(trigger_rule="none_failed")
-        def promote(decision: dict[str, Any], approval: dict[str, Any] | None = None) -> str:
+        def promote(decision: dict[str, Any]) -> str:
             from pipelines.config import get_settings
             from pipelines.promotion import apply_decision
 
             ctx = run_context()
+            approval = get_current_context()["ti"].xcom_pull(task_ids="approve")
             with permanent_failures():
                 return apply_decision(get_settings(), _engine(), decision, approval, ctx.run_id, ctx.actor)
 
@@ -288,12 +296,7 @@ def train_dag(spec: ModelSpec) -> DAG:
         ingested = ingest_window()
         trained = train(ingested, validate_window(ingested), ingest_labels_window())  # type: ignore[arg-type]
         decision = gate_task(register(trained))  # type: ignore[arg-type]
-        if gate.mode == "manual":
-            approval = approval_task(spec)
-            promote(decision, approval.output)  # type: ignore[arg-type]
-            awaits_approval(decision) >> approval  # type: ignore[arg-type]
-        else:
-            promote(decision)  # type: ignore[arg-type]
+        awaits_approval(decision) >> approval_task(spec) >> promote(decision)  # type: ignore[arg-type]
     return dag
 
 
@@ -304,7 +307,7 @@ def awaits_approval(decision: dict[str, Any]) -> bool:
 
 
 def approval_task(spec: ModelSpec) -> HITLOperator:
-    from pipelines.promotion import APPROVE, KEEP
+    from pipelines.registry import APPROVE, KEEP
 
     return HITLOperator(
         task_id="approve",
@@ -318,8 +321,7 @@ def approval_task(spec: ModelSpec) -> HITLOperator:
         ),
         options=[APPROVE, KEEP],
         defaults=[KEEP],
-        response_timeout=timedelta(days=3),
-        retries=0,
+        response_timeout=timedelta(days=3),  # then the default (keep the champion) is taken
     )
 
 

@@ -56,13 +56,14 @@ def _history(args: argparse.Namespace) -> int:
         print(f"{args.model}: no events recorded yet")
     for e in events:
         at = e["at"].strftime("%Y-%m-%dT%H:%M:%SZ")
+        before = "-" if e["from_version"] is None else f"v{e['from_version']}"
         if e["event"] == "alias_moved":
-            what = f"{e['alias']}: v{e['from_version']} -> v{e['to_version']}"
+            what = f"{e['alias']}: {before} -> v{e['to_version']}"
         elif e["event"] == "gate_decision":
             verdict = json.loads(e["details"])["action"] if e["details"] else "?"
-            what = f"gate: v{e['to_version']} vs champion v{e['from_version']}: {verdict}"
+            what = f"gate: v{e['to_version']} vs champion {before}: {verdict}"
         else:
-            what = f"{e['event']}: v{e['to_version']}"
+            what = f"{e['event']}: v{e['to_version']} over {before}"
         print(f"{at}  {what:<48} {e['actor']:<22} {e['dag_run_id'] or '-'}  {e['reason']}")
     return 0
 

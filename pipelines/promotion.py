@@ -22,6 +22,7 @@ from pipelines.config import Settings
 from pipelines.features import contract_of, predict
 from pipelines.gate import HIGHER_IS_BETTER, Verdict, judge
 from pipelines.registry import (
+    APPROVE,
     CHALLENGER,
     CHAMPION,
     champion_version,
@@ -35,8 +36,6 @@ from pipelines.spec import ModelSpec
 from pipelines.train import download_run_artifact
 
 log = logging.getLogger(__name__)
-
-APPROVE, KEEP = "Promote to champion", "Keep the champion"
 
 
 class StaleDecision(RuntimeError):
@@ -134,6 +133,7 @@ def gate_challenger(
     dag_run_id: str,
     actor: str,
     dry_run: bool = False,
+    require_approval: bool = False,
 ) -> dict[str, Any]:
     """Judge challenger `version` against the champion on the challenger's fresh holdout; record it."""
     import mlflow
@@ -149,7 +149,12 @@ def gate_challenger(
     holdout[spec.timestamp] = pd.to_datetime(holdout[spec.timestamp], utc=True)
     champion = champion_version(settings, spec.name)
     verdict, used = _judge_against_champion(spec, settings, version, champion, holdout)
-    mode = "dry_run" if dry_run else spec.gate.mode
+    # A run's params can only make the spec's mode more cautious: dry_run > manual > enabled.
+    mode = spec.gate.mode
+    if dry_run:
+        mode = "dry_run"
+    elif require_approval and mode == "enabled":
+        mode = "manual"
     decision = {
         "model": spec.name,
         "challenger_version": version,
@@ -184,10 +189,10 @@ def gate_challenger(
             connection, spec.name, "gate_decision", verdict.reason, dag_run_id, actor, None, champion, version, decision
         )
     log.info(
-        "GATE %s v%s vs champion v%s: %s, action %s (mode %s): %s",
+        "GATE %s v%s vs %s: %s, action %s (mode %s): %s",
         spec.name,
         version,
-        champion,
+        "no champion" if champion is None else f"champion v{champion}",
         decision["verdict"].upper(),
         decision["action"],
         mode,

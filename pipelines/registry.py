@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 CHAMPION, CHALLENGER = "champion", "challenger"
 ALIASES = (CHAMPION, CHALLENGER)
 REGISTRATION_TIMEOUT_S = 300
+# The options of the human approval (gate mode manual); kept here, away from heavy imports, for the DAG file.
+APPROVE, KEEP = "Promote to champion", "Keep the champion"
 
 
 class RegistrationError(RuntimeError):

@@ -61,6 +61,8 @@ def test_schedules_come_from_the_spec(parsed: dict[str, Any]) -> None:
     assert parsed["dags"]["demo_churn__score"]["schedule"] == "0 * * * *"
     assert parsed["dags"]["demo_churn__train"]["schedule"] == "0 2 * * *"
     assert parsed["dags"]["demo_churn__train"]["tasks"] == [
+        "approve",  # human-in-the-loop: asked only under gate.mode manual or the require_approval param
+        "awaits_approval",
         "gate",
         "ingest_labels_window",
         "ingest_window",
@@ -69,18 +71,14 @@ def test_schedules_come_from_the_spec(parsed: dict[str, Any]) -> None:
         "train",
         "validate_window",
     ]
-    assert parsed["dags"]["demo_churn__train"]["params"] == ["dry_run", "num_boost_round", "xgboost_params"]
+    assert parsed["dags"]["demo_churn__train"]["params"] == [
+        "dry_run",
+        "num_boost_round",
+        "require_approval",
+        "xgboost_params",
+    ]
     assert parsed["dags"]["demo_churn__rollback"]["params"] == ["reason", "version"]
     assert parsed["dags"]["demo_churn__rollback"]["schedule"] is None
-
-
-def test_manual_gate_mode_adds_an_approval_task(tmp_path: Path) -> None:
-    folder = tmp_path / "dags"
-    shutil.copytree(REPO_ROOT / "dags", folder, ignore=shutil.ignore_patterns("__pycache__"))
-    spec = (folder / "models" / "demo_churn.yaml").read_text()
-    (folder / "models" / "demo_churn.yaml").write_text(spec.replace("mode: enabled", "mode: manual"))
-    train = parse(folder)["dags"]["demo_churn__train"]
-    assert {"awaits_approval", "approve", "promote"} <= set(train["tasks"])
 
 
 def test_broken_spec_breaks_only_its_own_dags(tmp_path: Path) -> None:

@@ -176,3 +176,56 @@ def test_scheduler_executes_a_run_triggered_through_the_api(stack: Stack) -> Non
         (rows,) = connection.execute("select count(*) from predictions where dag_run_id = ?", (RUN_ID,)).fetchone()
     manifest = json.loads((stack.home / "lake/demo_churn/raw/dt=2026-01-03/hour=11/_manifest.json").read_text())
     assert rows == manifest["rows"] > 0
+
+
+def test_promotion_waits_for_a_human_approval_through_the_api(stack: Stack) -> None:
+    """Roll back with the CLI, retrain with `require_approval`; the gate's verdict waits in Airflow's
+    human-in-the-loop task until an admin approves it through the REST API, which moves `champion`."""
+    from pipelines.registry import APPROVE
+
+    env = clean_env(stack.home)
+    rolled_back = pipelines_cli(env, "rollback", "demo_churn", "1", "--reason", "e2e: retrain under approval")
+    assert rolled_back.returncode == 0, rolled_back.stderr[-3000:]
+
+    api, run_id = stack.airflow_url + "/api/v2", "e2e_train_approval"
+    token = request(
+        stack.airflow_url + "/auth/token", payload={"username": "admin", "password": stack.password}, method="POST"
+    )["access_token"]
+    request(f"{api}/dags/demo_churn__train", token, {"is_paused": False}, "PATCH")
+    request(
+        f"{api}/dags/demo_churn__train/dagRuns",
+        token,
+        {"logical_date": "2026-01-04T02:00:00Z", "dag_run_id": run_id, "conf": {"require_approval": True}},
+        "POST",
+    )
+    run_url = f"{api}/dags/demo_churn__train/dagRuns/{run_id}"
+
+    def task_states() -> dict[str, str]:
+        return {t["task_id"]: t["state"] for t in request(f"{run_url}/taskInstances", token)["task_instances"]}
+
+    deadline, states = time.monotonic() + 600, task_states()
+    while time.monotonic() < deadline and states.get("approve") != "awaiting_input":
+        assert request(run_url, token)["state"] not in {"success", "failed"}, states
+        time.sleep(5)
+        states = task_states()
+    assert states.get("approve") == "awaiting_input", states
+    waiting = json.loads(pipelines_cli(env, "status", "--json").stdout)["models"][0]
+    assert waiting["champion_version"] == "1" and waiting["last_gate_decision"]["action"] == "await_approval"
+
+    hitl_url = f"{run_url}/taskInstances/approve/-1/hitlDetails"
+    asked = request(hitl_url, token)
+    assert asked["subject"] == "Promote demo_churn v3 to champion?" and "real improvement" in asked["body"]
+    request(hitl_url, token, {"chosen_options": [APPROVE]}, "PATCH")
+
+    deadline, state = time.monotonic() + 300, "running"
+    while time.monotonic() < deadline and state not in {"success", "failed"}:
+        time.sleep(5)
+        state = request(run_url, token)["state"]
+    assert state == "success", task_states()
+
+    history = json.loads(pipelines_cli(env, "history", "demo_churn", "--json").stdout)
+    approval = [e for e in history if e["event"] == "approval"]
+    assert [(e["reason"], e["actor"], e["to_version"]) for e in approval] == [("approved", "airflow:admin", "3")]
+    last_move = [e for e in history if e["event"] == "alias_moved"][-1]
+    assert (last_move["alias"], last_move["from_version"], last_move["to_version"]) == ("champion", "1", "3")
+    assert last_move["actor"] == "airflow:admin" and last_move["dag_run_id"] == run_id
