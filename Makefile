@@ -23,5 +23,8 @@ lint: install  ## ruff and mypy must stay clean
 up: install  ## Airflow (standalone) and the MLflow UI on the same home; Ctrl-C stops both
 	$(RUN) pipelines up
 
+bench: install  ## benchmarks under bench/, each prints its figures and conditions (never run by `make test`)
+	$(RUN) python bench/gate_bootstrap.py
+
 clean:
 	rm -rf .pipelines

@@ -50,10 +50,10 @@ def run_actor(dag_run: Any) -> str:
     return f"airflow:{user}" if user else "airflow:scheduler"
 
 
-def run_context(needs_interval: bool = True) -> RunContext:
+def run_context() -> RunContext:
     context = get_current_context()
     start, end = context.get("data_interval_start"), context.get("data_interval_end")
-    if needs_interval and (start is None or end is None):
+    if start is None or end is None:
         raise AirflowFailException("this task needs a data interval; trigger the DAG with a logical date")
     dag_run = context["dag_run"]
     logical = context.get("logical_date")
@@ -61,8 +61,8 @@ def run_context(needs_interval: bool = True) -> RunContext:
         dag_run.dag_id,
         dag_run.run_id,
         logical.isoformat() if logical else "",
-        _utc(start) if start else datetime.min.replace(tzinfo=UTC),
-        _utc(end) if end else datetime.min.replace(tzinfo=UTC),
+        _utc(start),
+        _utc(end),
         run_actor(dag_run),
         dict(context.get("params") or {}),
     )
@@ -441,10 +441,13 @@ def rollback_dag(spec: ModelSpec) -> DAG:
             from pipelines.registry import VersionNotServable
             from pipelines.registry import rollback as roll_back
 
-            ctx = run_context(needs_interval=False)
-            version, reason = str(ctx.params["version"]).strip(), str(ctx.params["reason"])
+            context = get_current_context()  # no data interval: a rollback is not about one
+            dag_run, params = context["dag_run"], context["params"]
+            version, reason = str(params["version"]).strip(), str(params["reason"])
             try:
-                moved = roll_back(get_settings(), _engine(), spec.name, version, reason, ctx.run_id, ctx.actor)
+                moved = roll_back(
+                    get_settings(), _engine(), spec.name, version, reason, dag_run.run_id, run_actor(dag_run)
+                )
             except VersionNotServable as exc:
                 raise AirflowFailException(f"rollback refused, champion unchanged: {exc}") from exc
             return {"champion": version, "moved": moved}

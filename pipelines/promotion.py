@@ -98,7 +98,7 @@ def _judge_against_champion(
         scores = _scores(settings, spec.name, version, holdout)
         verdict = judge(gate, holdout, spec.label.column, scores, None)
         return verdict, {**used, "rows": len(holdout)}
-    client = mlflow_client()
+    client = mlflow_client(settings)
     seen_until = _seen_until(client.get_run(client.get_model_version(spec.name, champion).run_id))
     fresh = holdout if seen_until is None else holdout[holdout[ts] >= seen_until]
     used = {**used, "rows": len(fresh), "fresh_from": None if seen_until is None else seen_until.isoformat()}
@@ -143,7 +143,7 @@ def gate_challenger(
         log.info("GATE %s v%s: %s (decided earlier in this DAG run)", spec.name, version, earlier["verdict"].upper())
         return earlier
 
-    client = mlflow_client()
+    client = mlflow_client(settings)
     run_id = client.get_model_version(spec.name, version).run_id
     holdout = download_run_artifact(settings, run_id, "holdout/holdout.parquet")
     holdout[spec.timestamp] = pd.to_datetime(holdout[spec.timestamp], utc=True)
@@ -214,7 +214,9 @@ def apply_decision(
     if action == "await_approval":
         if approval is None:
             raise ValueError(f"{model} v{version} needs an approval in manual mode, but none was given")
-        approver = f"airflow:{(approval.get('responded_by_user') or {}).get('name', 'unknown')}"
+        # No responder means the response timeout took the default (keep the champion).
+        responder = (approval.get("responded_by_user") or {}).get("name")
+        approver = f"airflow:{responder}" if responder else "airflow:timeout"
         approved = approval.get("chosen_options") == [APPROVE]
         with engine.begin() as connection:
             record_event(

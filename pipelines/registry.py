@@ -44,9 +44,11 @@ class ServableVersion:
     created_at: datetime
 
 
-def mlflow_client() -> Any:
+def mlflow_client(settings: Settings) -> Any:
+    """A client on our tracking and registry URI (a fresh task process has not set it yet)."""
     from mlflow import MlflowClient
 
+    use_tracking(settings)
     return MlflowClient()
 
 
@@ -54,9 +56,8 @@ def alias_version(settings: Settings, model_name: str, alias: str) -> str | None
     """The version an alias points at, or None when it points nowhere (or the model does not exist)."""
     from mlflow.exceptions import MlflowException
 
-    use_tracking(settings)
     try:
-        return str(mlflow_client().get_model_version_by_alias(model_name, alias).version)
+        return str(mlflow_client(settings).get_model_version_by_alias(model_name, alias).version)
     except MlflowException:
         return None
 
@@ -81,8 +82,7 @@ def register_version(settings: Settings, model_name: str, run_id: str, model_uri
     """
     import mlflow
 
-    use_tracking(settings)
-    client = mlflow_client()
+    client = mlflow_client(settings)
     existing = client.search_model_versions(f"name = '{model_name}' and run_id = '{run_id}'")
     version = existing[0] if existing else mlflow.register_model(model_uri, model_name, tags=tags)
     deadline = time.monotonic() + REGISTRATION_TIMEOUT_S
@@ -141,7 +141,7 @@ def move_alias(
         return False
     with engine.begin() as connection:
         record_event(connection, model_name, "alias_moved", reason, dag_run_id, actor, alias, current, version)
-        mlflow_client().set_registered_model_alias(model_name, alias, version)
+        mlflow_client(settings).set_registered_model_alias(model_name, alias, version)
     log.info("%s: alias %s moved v%s -> v%s by %s (%s)", model_name, alias, current, version, actor, reason)
     return True
 
@@ -152,8 +152,7 @@ def check_servable(settings: Settings, model_name: str, version: str) -> Servabl
 
     from pipelines.features import contract_of
 
-    use_tracking(settings)
-    client = mlflow_client()
+    client = mlflow_client(settings)
     try:
         model_version = client.get_model_version(model_name, str(version))
     except MlflowException as exc:

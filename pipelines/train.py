@@ -242,9 +242,10 @@ def previous_training(settings: Settings, spec: ModelSpec, dag_id: str, dag_run_
     import mlflow
     from mlflow import MlflowClient
 
+    experiment = experiment_id(settings, spec.name)  # also points MLflow at our store, before the client
     client = MlflowClient()
     runs = mlflow.search_runs(
-        experiment_ids=[experiment_id(settings, spec.name)],
+        experiment_ids=[experiment],
         filter_string=f"tags.dag_id = '{dag_id}' and tags.dag_run_id = '{dag_run_id}'",
         order_by=["attributes.start_time DESC"],
         output_format="list",

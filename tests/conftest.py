@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ os.environ["PIPELINES_TASK_RETRIES"] = "0"
 for variable in ("MLFLOW_TRACKING_URI", "PIPELINES_LAKE", "PIPELINES_SOURCE", "PIPELINES_TABLES_URL"):
     os.environ.pop(variable, None)
 
-from pipelines.config import apply_airflow_environment, get_settings, migrate_airflow_db  # noqa: E402
+from pipelines.config import Settings, apply_airflow_environment, get_settings, migrate_airflow_db  # noqa: E402
 
 apply_airflow_environment()
 
@@ -40,3 +41,15 @@ def fresh_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path
     monkeypatch.setenv("PIPELINES_SOURCE", str(tmp_path / "source"))
     monkeypatch.setenv("PIPELINES_TABLES_URL", f"sqlite:///{tmp_path / 'tables.db'}")
     yield tmp_path
+
+
+@contextmanager
+def module_home(root: Path) -> Iterator[Settings]:
+    """Lake, source, tables, MLflow store and artifacts of one test module under `root` (Airflow is shared)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PIPELINES_LAKE", str(root / "lake"))
+        patch.setenv("PIPELINES_SOURCE", str(root / "source"))
+        patch.setenv("PIPELINES_TABLES_URL", f"sqlite:///{root / 'tables.db'}")
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        patch.setenv("PIPELINES_MLFLOW_ARTIFACTS", str(root / "artifacts"))
+        yield get_settings()

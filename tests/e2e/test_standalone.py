@@ -195,7 +195,8 @@ def test_promotion_waits_for_a_human_approval_through_the_api(stack: Stack) -> N
     request(
         f"{api}/dags/demo_churn__train/dagRuns",
         token,
-        {"logical_date": "2026-01-04T02:00:00Z", "dag_run_id": run_id, "conf": {"require_approval": True}},
+        # 03:00, not the demo's 02:00 (one run per logical date), over the same night's window.
+        {"logical_date": "2026-01-04T03:00:00Z", "dag_run_id": run_id, "conf": {"require_approval": True}},
         "POST",
     )
     run_url = f"{api}/dags/demo_churn__train/dagRuns/{run_id}"

@@ -19,9 +19,10 @@ import pytest
 from sqlalchemy import Engine, select
 
 from pipelines import tables
-from pipelines.config import REPO_ROOT, Settings, get_settings
+from pipelines.config import REPO_ROOT, Settings
 from pipelines.demo_data import DemoConfig, write_source
 from pipelines.lake import hour_partition, open_partition
+from tests.conftest import module_home
 
 UTC = UTC
 BAD_HOUR = datetime(2026, 1, 3, 10, tzinfo=UTC)
@@ -31,14 +32,7 @@ SCORED_HOURS = [FIRST_NIGHT + timedelta(hours=h) for h in range(3)]  # 02:00, 03
 
 @pytest.fixture(scope="module")
 def home(airflow_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    root = tmp_path_factory.mktemp("chain")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("PIPELINES_LAKE", str(root / "lake"))
-        patch.setenv("PIPELINES_SOURCE", str(root / "source"))
-        patch.setenv("PIPELINES_TABLES_URL", f"sqlite:///{root / 'tables.db'}")
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-        patch.setenv("PIPELINES_MLFLOW_ARTIFACTS", str(root / "artifacts"))
-        settings = get_settings()
+    with module_home(tmp_path_factory.mktemp("chain")) as settings:
         write_source(
             settings.source / "demo_churn",
             DemoConfig(bad_hours=frozenset({BAD_HOUR})),

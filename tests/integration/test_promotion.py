@@ -24,8 +24,9 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from pipelines import tables
-from pipelines.config import REPO_ROOT, Settings, get_settings
+from pipelines.config import REPO_ROOT, Settings
 from pipelines.demo_data import DemoConfig, write_source
+from tests.conftest import module_home
 
 MODEL = "demo_churn"
 FIRST_NIGHT = datetime(2026, 1, 3, 2, tzinfo=UTC)  # window [01-01 02:00, 01-03 02:00)
@@ -54,17 +55,9 @@ LINEAGE = (
 
 @pytest.fixture(scope="module")
 def home(airflow_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    root = tmp_path_factory.mktemp("promotion")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("PIPELINES_LAKE", str(root / "lake"))
-        patch.setenv("PIPELINES_SOURCE", str(root / "source"))
-        patch.setenv("PIPELINES_TABLES_URL", f"sqlite:///{root / 'tables.db'}")
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-        patch.setenv("PIPELINES_MLFLOW_ARTIFACTS", str(root / "artifacts"))
-        settings = get_settings()
-        write_source(
-            settings.source / MODEL, DemoConfig(), datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 4, 6, tzinfo=UTC)
-        )
+    with module_home(tmp_path_factory.mktemp("promotion")) as settings:
+        end = datetime(2026, 1, 4, 6, tzinfo=UTC)
+        write_source(settings.source / MODEL, DemoConfig(), datetime(2026, 1, 1, tzinfo=UTC), end)
         yield settings
 
 
@@ -74,10 +67,11 @@ def engine(home: Settings) -> Engine:
 
 
 def train(night: datetime, conf: dict[str, Any] | None = None, attempt: int = 0) -> Any:
-    """A train DAG run for `night`; each `attempt` is a separate DAG run over the same interval."""
+    """A train DAG run for `night`; each `attempt` is a separate DAG run (logical date `attempt` minutes
+    later, as a user triggers it in the UI) over the same night's window."""
     from pipelines.airflow_dags import run_in_process
 
-    return run_in_process(f"{MODEL}__train", night, run_conf=conf, run_after=night + timedelta(minutes=attempt))
+    return run_in_process(f"{MODEL}__train", night + timedelta(minutes=attempt), run_conf=conf)
 
 
 def states(dag_run: Any) -> dict[str, str]:
@@ -191,7 +185,7 @@ def test_training_killed_midway_leaves_both_aliases(home: Settings, engine: Engi
         "from datetime import datetime, timedelta\n"
         "from pipelines.airflow_dags import run_in_process\n"
         f"night = datetime.fromisoformat('{night.isoformat()}')\n"
-        f"run_in_process('{MODEL}__train', night, run_after=night + timedelta(minutes={attempt}))\n"
+        f"run_in_process('{MODEL}__train', night + timedelta(minutes={attempt}))\n"
     )
     child = subprocess.Popen([sys.executable, "-c", code], cwd=REPO_ROOT, start_new_session=True)
     client = MlflowClient()
