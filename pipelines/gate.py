@@ -135,6 +135,17 @@ def bootstrap_improvement(
     )
 
 
+def bounded_holdout(frame: pd.DataFrame, max_rows: int, seed: int) -> pd.DataFrame:
+    """A seeded uniform sample of at most `max_rows` rows, in the original order.
+
+    The bootstrap costs rows x resamples; fewer rows only widen the interval, so sampling can make
+    the gate more cautious, never less (bench/gate_bootstrap.py has the timings).
+    """
+    if len(frame) <= max_rows:
+        return frame
+    return frame.sample(n=max_rows, random_state=seed).sort_index()
+
+
 def slice_checks(
     gate: GateSpec, frame: pd.DataFrame, label: str, challenger: np.ndarray, champion: np.ndarray
 ) -> list[SliceCheck]:

@@ -20,7 +20,7 @@ from sqlalchemy import Engine, select
 from pipelines import tables
 from pipelines.config import Settings
 from pipelines.features import contract_of, predict
-from pipelines.gate import HIGHER_IS_BETTER, Verdict, judge
+from pipelines.gate import HIGHER_IS_BETTER, Verdict, bounded_holdout, judge
 from pipelines.registry import (
     APPROVE,
     CHALLENGER,
@@ -108,6 +108,8 @@ def _judge_against_champion(
             f"(from {seen_until}); need gate.min_holdout_rows={gate.min_holdout_rows} for a fair comparison"
         )
         return Verdict(False, reason, None, []), used
+    fresh = bounded_holdout(fresh, gate.max_holdout_rows, gate.seed)
+    used["rows"] = len(fresh)
     verdict = judge(
         gate,
         fresh,

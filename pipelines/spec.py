@@ -85,6 +85,9 @@ class GateSpec(_Strict):
     min_holdout_rows: int = Field(
         default=500, ge=50, description="Fewer fresh holdout rows than this and the champion is kept"
     )
+    max_holdout_rows: int = Field(
+        default=100_000, ge=1000, description="A larger fresh holdout is sampled down to this; bounds the gate's time"
+    )
     slices: list[str] = Field(default_factory=list, description="Categorical features whose values must not regress")
     slice_tolerance: float = Field(default=0.02, ge=0, description="The most a slice may get worse (metric units)")
     min_slice_rows: int = Field(default=200, ge=10, description="Smaller slices are reported but not judged")

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
 
-from pipelines.gate import bootstrap_improvement, judge, weighted_metric
+from pipelines.gate import bootstrap_improvement, bounded_holdout, judge, weighted_metric
 from pipelines.spec import GateSpec
 
 RNG = np.random.default_rng(42)
@@ -89,3 +89,12 @@ def test_a_regressed_slice_blocks_an_overall_improvement() -> None:
     assert status == {"small": "regressed", "big": "ok"}
     tiny = judge(gate.model_copy(update={"min_slice_rows": N}), frame(plan), "y", challenger, champion)
     assert {s.status for s in tiny.slices} == {"skipped"}
+
+
+def test_large_holdouts_are_sampled_reproducibly_and_small_ones_kept_whole() -> None:
+    data = frame()
+    assert bounded_holdout(data, N, 0) is data
+    sample = bounded_holdout(data, 1000, 0)
+    assert len(sample) == 1000 and sample.index.is_monotonic_increasing
+    assert sample.index.equals(bounded_holdout(data, 1000, 0).index)
+    assert not sample.index.equals(bounded_holdout(data, 1000, 1).index)
