@@ -41,7 +41,6 @@ class VersionNotServable(ValueError):
 class ServableVersion:
     version: str
     run_id: str
-    created_at: datetime
 
 
 def mlflow_client(settings: Settings) -> Any:
@@ -176,8 +175,7 @@ def check_servable(settings: Settings, model_name: str, version: str) -> Servabl
         raise VersionNotServable(
             f"{model_name} v{version} does not load with the xgboost flavor: {type(exc).__name__}: {exc}"
         ) from exc
-    created = datetime.fromtimestamp(model_version.creation_timestamp / 1000, tz=UTC)
-    return ServableVersion(str(version), model_version.run_id, created)
+    return ServableVersion(str(version), model_version.run_id)
 
 
 def rollback(
