@@ -92,47 +92,81 @@ def permanent_failures() -> Iterator[None]:
         raise AirflowFailException(str(exc)) from exc
 
 
-def _engine() -> Any:
-    from pipelines.config import get_settings
+def _connection(conn_id: str) -> Any:
+    """The Airflow connection's fields, or None when no connection by that id is defined."""
+    from airflow.sdk import Connection
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    from pipelines.config import ConnectionFields
+
+    try:
+        conn = Connection.get(conn_id)
+    except AirflowNotFoundException:
+        return None
+    return ConnectionFields(
+        conn_id=conn_id,
+        conn_type=conn.conn_type or "",
+        host=conn.host,
+        port=conn.port,
+        login=conn.login,
+        password=conn.password,
+        schema=conn.schema,
+        extra=conn.extra_dejson,
+    )
+
+
+def _settings() -> Any:
+    """Settings for a task: tables and lake credentials from Airflow connections where defined.
+
+    `pipelines_tables` (postgres) gives the tables URL; `pipelines_lake` (aws) gives the S3 or
+    MinIO credentials and endpoint for an `s3://` PIPELINES_LAKE. Without them, the embedded
+    defaults apply (SQLite file, local folder).
+    """
+    from pipelines.config import LAKE_CONN_ID, TABLES_CONN_ID, get_settings, with_connections
+
+    settings = get_settings()
+    lake_conn = _connection(LAKE_CONN_ID) if settings.lake.uri.startswith("s3://") else None
+    return with_connections(settings, _connection(TABLES_CONN_ID), lake_conn)
+
+
+def _engine(settings: Any = None) -> Any:
     from pipelines.tables import make_engine
 
-    return make_engine(get_settings().tables_url)
+    return make_engine((settings or _settings()).tables_url)
 
 
 def _ingest(spec: ModelSpec, start: datetime, end: datetime) -> dict[str, Any]:
-    from pipelines.config import get_settings
     from pipelines.ingest import ingest, snapshot_sha256, write_snapshot_manifest
 
-    settings = get_settings()
+    settings = _settings()
     partitions = ingest(spec, settings.source, settings.lake, start, end)
     return {
         "partitions": len(partitions),
         "rows": sum(p.rows for p in partitions),
         "data_sha256": snapshot_sha256(partitions),
-        "data_uri": write_snapshot_manifest(spec, settings.lake, start, end, partitions).as_uri(),
+        "data_uri": write_snapshot_manifest(spec, settings.lake, start, end, partitions),
     }
 
 
 def _validate(spec: ModelSpec, ctx: RunContext, start: datetime) -> dict[str, Any]:
-    from pipelines.config import get_settings
     from pipelines.validate import validate_snapshot
 
-    outcome = validate_snapshot(spec, get_settings(), _engine(), start, ctx.end, ctx.dag_id, ctx.run_id)
+    settings = _settings()
+    outcome = validate_snapshot(spec, settings, _engine(settings), start, ctx.end, ctx.dag_id, ctx.run_id)
     return {
         "suite": spec.suite,
         "suite_sha256": outcome.suite_sha256,
         "success": outcome.success,
-        "result_path": outcome.result_path,
-        "result_uri": Path(outcome.result_path).resolve().as_uri() if outcome.result_path else "",
+        "result_uri": outcome.result_uri,
         "data_docs": outcome.data_docs_path,
     }
 
 
 def _ingest_labels(spec: ModelSpec, start: datetime, end: datetime) -> dict[str, Any]:
-    from pipelines.config import get_settings
     from pipelines.labels import ingest_labels
 
-    result = ingest_labels(spec, get_settings().source, _engine(), start, end)
+    settings = _settings()
+    result = ingest_labels(spec, settings.source, _engine(settings), start, end)
     return {"files_read": result.files_read, "rows": result.rows, "missing_hours": len(result.missing_hours)}
 
 
@@ -209,16 +243,16 @@ def train_dag(spec: ModelSpec) -> DAG:
 
         @task
         def train(ingested: dict[str, Any], validated: dict[str, Any], labelled: dict[str, Any]) -> dict[str, Any]:
-            from pipelines.config import get_settings, git_sha
+            from pipelines.config import git_sha
             from pipelines.train import assemble_training_set, previous_training, train_model
 
             ctx = run_context()
-            settings = get_settings()
+            settings = _settings()
             start, end = spec.training_window(ctx.end)
             with permanent_failures():
                 result = previous_training(settings, spec, ctx.dag_id, ctx.run_id)
                 if result is None:
-                    frame = assemble_training_set(spec, settings.lake, _engine(), start, end)
+                    frame = assemble_training_set(spec, settings.lake, _engine(settings), start, end)
                     tags = {
                         "run_name": f"{ctx.dag_id} {ctx.end:%Y-%m-%dT%H:%M}",
                         "dag_id": ctx.dag_id,
@@ -246,14 +280,13 @@ def train_dag(spec: ModelSpec) -> DAG:
 
         @task
         def register(trained: dict[str, Any]) -> str:
-            from pipelines.config import get_settings
             from pipelines.promotion import register_challenger
 
             ctx = run_context()
             with permanent_failures():
                 return register_challenger(
                     spec,
-                    get_settings(),
+                    _settings(),
                     _engine(),
                     trained["run_id"],
                     trained["model_uri"],
@@ -264,14 +297,13 @@ def train_dag(spec: ModelSpec) -> DAG:
 
         @task(task_id="gate")
         def gate_task(version: str) -> dict[str, Any]:
-            from pipelines.config import get_settings
             from pipelines.promotion import gate_challenger
 
             ctx = run_context()
             with permanent_failures():
                 return gate_challenger(
                     spec,
-                    get_settings(),
+                    _settings(),
                     _engine(),
                     version,
                     ctx.dag_id,
@@ -284,13 +316,12 @@ def train_dag(spec: ModelSpec) -> DAG:
         # Runs after an approval, and also when the approval was skipped (no human needed or asked).
         @task(trigger_rule="none_failed")
         def promote(decision: dict[str, Any]) -> str:
-            from pipelines.config import get_settings
             from pipelines.promotion import apply_decision
 
             ctx = run_context()
             approval = get_current_context()["ti"].xcom_pull(task_ids="approve")
             with permanent_failures():
-                return apply_decision(get_settings(), _engine(), decision, approval, ctx.run_id, ctx.actor)
+                return apply_decision(_settings(), _engine(), decision, approval, ctx.run_id, ctx.actor)
 
         # TaskFlow wiring passes XComArgs where the functions take dicts; Airflow resolves them at run time.
         ingested = ingest_window()
@@ -351,12 +382,11 @@ def score_dag(spec: ModelSpec) -> DAG:
 
         @task(outlets=[predictions_asset(spec)])
         def score(validated: dict[str, Any]) -> dict[str, Any]:
-            from pipelines.config import get_settings
             from pipelines.score import score_interval
 
             ctx = run_context()
             with permanent_failures():
-                result = score_interval(spec, get_settings(), _engine(), ctx.start, ctx.end, ctx.run_id)
+                result = score_interval(spec, _settings(), _engine(), ctx.start, ctx.end, ctx.run_id)
             return {
                 "model_version": result.model_version,
                 "rows": result.rows,
@@ -365,12 +395,11 @@ def score_dag(spec: ModelSpec) -> DAG:
 
         @task
         def drift_report(scored: dict[str, Any]) -> dict[str, Any]:
-            from pipelines.config import get_settings
             from pipelines.drift import monitor_interval
 
             ctx = run_context()
             with permanent_failures():
-                summary = monitor_interval(spec, get_settings(), _engine(), ctx.start, ctx.end, ctx.run_id)
+                summary = monitor_interval(spec, _settings(), _engine(), ctx.start, ctx.end, ctx.run_id)
             log.info("drift report: %s (drifted columns: %s)", summary.report_path, summary.drifted_columns or "none")
             return {
                 "report_path": summary.report_path,
@@ -391,7 +420,10 @@ def backtest_dag(spec: ModelSpec) -> DAG:
             (
                 f"Daily: ingest the labels that arrived in the interval, then join the logged predictions of "
                 f"the last {spec.backtest.lookback_days} day(s) with labels whose {spec.label.delay_hours} h "
-                "delay has passed; metrics per cohort (as_of date) x model version into `backtest_metrics`."
+                "delay has passed; metrics per cohort (as_of date) x model version x slice of "
+                f"{spec.backtest.slices or '[]'} into `backtest_metrics`, a plot in the lake and an MLflow run. "
+                f"A challenger that is not serving replays the logged inputs of the last "
+                f"{spec.backtest.replay_intervals} matured hours; its rows have scored_by = replay."
             ),
         ),
     ) as dag:
@@ -404,11 +436,32 @@ def backtest_dag(spec: ModelSpec) -> DAG:
         @task
         def backtest(labelled: dict[str, Any]) -> dict[str, Any]:
             from pipelines.backtest import backtest as run_backtest
+            from pipelines.registry import CHALLENGER, alias_version, champion_version
 
             ctx = run_context()
-            result = run_backtest(spec, _engine(), ctx.end, ctx.run_id)
-            log.info("backtest: %d matured predictions over %d cohort(s)", result.rows, result.cohorts)
-            return {"rows": result.rows, "cohorts": result.cohorts, "metrics": result.metrics}
+            settings = _settings()
+            challenger = alias_version(settings, spec.name, CHALLENGER)
+            if challenger == champion_version(settings, spec.name):
+                challenger = None  # already serving: its logged scores are its backtest
+            with permanent_failures():
+                result = run_backtest(spec, settings, _engine(settings), ctx.end, ctx.run_id, challenger)
+            log.info(
+                "backtest: %d matured predictions over %d cohort(s); challenger %s replayed on %d rows; plot: %s",
+                result.rows,
+                result.cohorts,
+                f"v{challenger}" if challenger else "(none)",
+                result.replayed_rows,
+                result.plot_uri,
+            )
+            return {
+                "rows": result.rows,
+                "cohorts": result.cohorts,
+                "challenger_version": challenger,
+                "replayed_rows": result.replayed_rows,
+                "summary": result.summary,
+                "plot_uri": result.plot_uri,
+                "mlflow_run_id": result.mlflow_run_id,
+            }
 
         backtest(ingest_labels())  # type: ignore[arg-type]
     return dag
@@ -437,7 +490,6 @@ def rollback_dag(spec: ModelSpec) -> DAG:
 
         @task
         def rollback() -> dict[str, Any]:
-            from pipelines.config import get_settings
             from pipelines.registry import VersionNotServable
             from pipelines.registry import rollback as roll_back
 
@@ -446,7 +498,7 @@ def rollback_dag(spec: ModelSpec) -> DAG:
             version, reason = str(params["version"]).strip(), str(params["reason"])
             try:
                 moved = roll_back(
-                    get_settings(), _engine(), spec.name, version, reason, dag_run.run_id, run_actor(dag_run)
+                    _settings(), _engine(), spec.name, version, reason, dag_run.run_id, run_actor(dag_run)
                 )
             except VersionNotServable as exc:
                 raise AirflowFailException(f"rollback refused, champion unchanged: {exc}") from exc

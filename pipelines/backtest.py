@@ -1,29 +1,50 @@
-"""Stage 6: join logged predictions with the labels that have matured, metrics per cohort x version.
+"""Stage 6: join logged predictions with the labels that have matured; metrics per cohort x version x slice.
 
 A cohort is the UTC date of `as_of`. Only labels that had arrived before the end of the
 backtest's interval are used (intervals are half-open), and only predictions whose label delay
 had passed by then: a backtest run for a past interval gives the same answer today as it did then.
+
+The challenger (when it is not the champion) is replayed on the logged inputs of the last
+`backtest.replay_intervals` matured hours, so it is judged on production traffic; its rows sit
+next to the serving model's in `backtest_metrics` with scored_by = 'replay'.
 """
 
 from __future__ import annotations
 
+import io
+import json
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from sqlalchemy import Engine, and_, select
 
 from pipelines import tables
+from pipelines.config import Settings
+from pipelines.intervals import interval_key
+from pipelines.lake import MANIFEST_FILE, hour_partition, read_partition
 from pipelines.spec import ModelSpec
 from pipelines.train import binary_metrics
+
+log = logging.getLogger(__name__)
+
+ALL = "ALL"  # slice_column and slice_value of a whole-cohort row
+LOGGED, REPLAY = "logged", "replay"
 
 
 @dataclass(frozen=True)
 class BacktestResult:
     cohorts: int
     rows: int
-    metrics: list[dict[str, object]]
+    metrics: list[dict[str, Any]]
+    summary: dict[str, float]
+    challenger_version: str | None
+    replayed_rows: int
+    plot_uri: str
+    mlflow_run_id: str
 
 
 def matured_predictions(spec: ModelSpec, engine: Engine, end: datetime) -> pd.DataFrame:
@@ -50,36 +71,208 @@ def matured_predictions(spec: ModelSpec, engine: Engine, end: datetime) -> pd.Da
             connection.execute(query).all(), columns=["entity_id", "as_of", "model_version", "score", "label"]
         )
     frame["as_of"] = pd.to_datetime(frame["as_of"], utc=True)
+    frame["model_version"] = frame["model_version"].astype(str)
     return frame
 
 
-def cohort_metrics(frame: pd.DataFrame) -> list[dict[str, object]]:
-    rows = []
-    for (cohort, version), group in frame.groupby([frame["as_of"].dt.strftime("%Y-%m-%d"), "model_version"]):
-        labels, scores = group["label"].to_numpy(dtype=int), group["score"].to_numpy(dtype=float)
-        metrics = binary_metrics(labels, np.clip(scores, 1e-7, 1 - 1e-7))
-        rows.append(
-            {
-                "cohort": cohort,
-                "model_version": str(version),
-                "n": len(group),
-                "positives": int(labels.sum()),
-                "auc": metrics.get("auc"),
-                "logloss": metrics["logloss"],
-                "brier": metrics["brier"],
-                "mean_score": float(scores.mean()),
-            }
+def logged_slice_values(spec: ModelSpec, settings: Settings, frame: pd.DataFrame) -> pd.DataFrame:
+    """Add each slice column's logged value, read from the scored inputs kept in the lake."""
+    if not spec.backtest.slices or frame.empty:
+        return frame
+    parts, missing = [], 0
+    for hour in sorted(frame["as_of"].dt.floor("h").unique()):
+        key = hour_partition(spec.name, "scored", hour.to_pydatetime())
+        if not settings.lake.exists(f"{key}/{MANIFEST_FILE}"):
+            missing += 1
+            continue
+        logged, _ = read_partition(settings.lake, key)
+        parts.append(
+            logged[[spec.entity_key, spec.timestamp, *spec.backtest.slices]].rename(
+                columns={spec.entity_key: "entity_id", spec.timestamp: "as_of"}
+            )
         )
+    if missing:
+        log.warning("%s: %d scored hour(s) missing from the lake: their rows count in ALL only", spec.name, missing)
+    if not parts:
+        return frame.assign(**{column: pd.NA for column in spec.backtest.slices})
+    inputs = pd.concat(parts, ignore_index=True)
+    inputs["entity_id"] = inputs["entity_id"].astype(str)
+    return frame.merge(inputs, on=["entity_id", "as_of"], how="left", validate="one_to_one")
+
+
+def _metrics(group: pd.DataFrame) -> dict[str, Any]:
+    labels, scores = group["label"].to_numpy(dtype=int), group["score"].to_numpy(dtype=float)
+    metrics = binary_metrics(labels, np.clip(scores, 1e-7, 1 - 1e-7))
+    return {
+        "n": len(group),
+        "positives": int(labels.sum()),
+        "auc": metrics.get("auc"),
+        "logloss": metrics["logloss"],
+        "brier": metrics["brier"],
+        "mean_score": float(scores.mean()),
+    }
+
+
+def cohort_metrics(frame: pd.DataFrame, slices: list[str], scored_by: str) -> list[dict[str, Any]]:
+    """One row per cohort x model version for the whole cohort, and one per value of each slice column."""
+    rows: list[dict[str, Any]] = []
+    if frame.empty:
+        return rows
+    cohorts = frame["as_of"].dt.strftime("%Y-%m-%d")
+    for (cohort, version), group in frame.groupby([cohorts, "model_version"]):
+        base = {"cohort": cohort, "model_version": str(version), "scored_by": scored_by}
+        rows.append({**base, "slice_column": ALL, "slice_value": ALL, **_metrics(group)})
+        for column in slices:
+            for value, part in group.dropna(subset=[column]).groupby(column):
+                rows.append({**base, "slice_column": column, "slice_value": str(value), **_metrics(part)})
     return rows
 
 
-def backtest(spec: ModelSpec, engine: Engine, end: datetime, dag_run_id: str) -> BacktestResult:
-    frame = matured_predictions(spec, engine, end)
-    metrics = cohort_metrics(frame)
-    tables.upsert(
+def replay_challenger(
+    spec: ModelSpec, settings: Settings, frame: pd.DataFrame, challenger: str, end: datetime
+) -> pd.DataFrame:
+    """The challenger's scores on the logged inputs of the last K matured hours, with their labels.
+
+    The replayed scores are kept in the lake (`<model>/replay/v<version>/...`) for the gate and for audit.
+    """
+    from pipelines.lake import write_partition
+    from pipelines.score import replay_logged_inputs
+
+    hours = sorted(frame["as_of"].dt.floor("h").unique())[-spec.backtest.replay_intervals :]
+    replay = replay_logged_inputs(spec, settings, challenger, [h.to_pydatetime() for h in hours])
+    if replay.hours_missing:
+        log.warning("%s: replay skipped %d hour(s) never scored", spec.name, len(replay.hours_missing))
+    scores = replay.scores.assign(entity_id=replay.scores["entity_id"].astype(str))
+    labelled = frame.drop(columns=["model_version", "score"]).merge(
+        scores[["entity_id", "as_of", "score"]], on=["entity_id", "as_of"], how="inner", validate="one_to_one"
+    )
+    labelled["model_version"] = challenger
+    write_partition(
+        settings.lake,
+        f"{spec.name}/replay/v{challenger}/{interval_key(end - timedelta(days=spec.backtest.lookback_days), end)}",
+        replay.scores,
+        {"model": spec.name, "model_version": challenger, "hours": [h.isoformat() for h in hours]},
+    )
+    return labelled
+
+
+def plot_png(spec: ModelSpec, metrics: list[dict[str, Any]], end: datetime) -> bytes:
+    """AUC per cohort for each model version (solid: logged, dashed: replayed), whole cohorts only."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on a worker
+    import matplotlib.pyplot as plt
+
+    frame = pd.DataFrame([m for m in metrics if m["slice_column"] == ALL])
+    figure, axis = plt.subplots(figsize=(8, 4.5))
+    if not frame.empty:
+        for (version, scored_by), line in frame.groupby(["model_version", "scored_by"]):
+            line = line.sort_values("cohort")
+            axis.plot(
+                line["cohort"],
+                line["auc"],
+                marker="o",
+                linestyle="--" if scored_by == REPLAY else "-",
+                label=f"v{version} ({scored_by})",
+            )
+        axis.legend()
+    else:
+        axis.text(0.5, 0.5, "no matured predictions yet", ha="center", va="center", transform=axis.transAxes)
+    axis.set(title=f"{spec.name}: backtest AUC per cohort, labels known at {end:%Y-%m-%d %H:%M} UTC", ylabel="AUC")
+    axis.grid(alpha=0.3)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def summary_metrics(frame: pd.DataFrame, replayed: pd.DataFrame) -> dict[str, float]:
+    """Whole-lookback metrics per version, and the serving model on exactly the rows the challenger replayed."""
+    summary: dict[str, float] = {}
+    parts = [(LOGGED, frame), (REPLAY, replayed)]
+    if not replayed.empty:
+        same_rows = frame.merge(replayed[["entity_id", "as_of"]], on=["entity_id", "as_of"])
+        parts.append((f"{LOGGED}_on_replayed_rows", same_rows))
+    for scored_by, part in parts:
+        for version, group in part.groupby("model_version") if not part.empty else []:
+            for name, value in _metrics(group).items():
+                if value is not None:
+                    summary[f"{scored_by}.v{version}.{name}"] = float(value)
+    return summary
+
+
+def log_to_mlflow(
+    spec: ModelSpec,
+    settings: Settings,
+    summary: dict[str, float],
+    metrics: list[dict[str, Any]],
+    png: bytes,
+    end: datetime,
+    dag_run_id: str,
+) -> str:
+    """One MLflow run per backtest DAG run (a re-run reuses it), in the model's experiment."""
+    import tempfile
+    from pathlib import Path
+
+    import mlflow
+
+    from pipelines.tracking import experiment_id
+
+    experiment = experiment_id(settings, spec.name)
+    found = mlflow.search_runs(
+        [experiment],
+        filter_string=f"tags.backtest_dag_run_id = '{dag_run_id}'",
+        output_format="list",
+    )
+    with mlflow.start_run(
+        run_id=found[0].info.run_id if found else None,
+        experiment_id=None if found else experiment,
+        run_name=None if found else f"backtest {end:%Y-%m-%dT%H:%M}",
+        tags={"kind": "backtest", "backtest_dag_run_id": dag_run_id, "labels_as_of": end.isoformat()},
+    ) as run:
+        mlflow.log_metrics(summary)
+        with tempfile.TemporaryDirectory() as scratch:
+            (Path(scratch) / "backtest.png").write_bytes(png)
+            (Path(scratch) / "backtest_metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+            mlflow.log_artifacts(scratch, artifact_path="backtest")
+        return str(run.info.run_id)
+
+
+def backtest(
+    spec: ModelSpec,
+    settings: Settings,
+    engine: Engine,
+    end: datetime,
+    dag_run_id: str,
+    challenger: str | None = None,
+) -> BacktestResult:
+    frame = logged_slice_values(spec, settings, matured_predictions(spec, engine, end))
+    metrics = cohort_metrics(frame, spec.backtest.slices, LOGGED)
+    replayed = pd.DataFrame()
+    if challenger is not None and not frame.empty:
+        replayed = replay_challenger(spec, settings, frame, challenger, end)
+        metrics += cohort_metrics(replayed, spec.backtest.slices, REPLAY)
+    tables.merge_frame(
         engine,
         tables.backtest_metrics,
-        [{**row, "model_name": spec.name, "labels_as_of": end, "dag_run_id": dag_run_id} for row in metrics],
-        key=["model_name", "cohort", "model_version"],
+        pd.DataFrame(
+            [{**row, "model_name": spec.name, "labels_as_of": end, "dag_run_id": dag_run_id} for row in metrics],
+            columns=[c.name for c in tables.backtest_metrics.columns],
+        ),
+        key=["model_name", "cohort", "model_version", "scored_by", "slice_column", "slice_value"],
     )
-    return BacktestResult(cohorts=len({m["cohort"] for m in metrics}), rows=len(frame), metrics=metrics)
+    png = plot_png(spec, metrics, end)
+    plot_key = f"{spec.name}/reports/backtest/{end:%Y-%m-%dT%H%M}.png"
+    settings.lake.put(plot_key, png)
+    summary = summary_metrics(frame, replayed)
+    run_id = log_to_mlflow(spec, settings, summary, metrics, png, end, dag_run_id)
+    return BacktestResult(
+        cohorts=len({m["cohort"] for m in metrics}),
+        rows=len(frame),
+        metrics=metrics,
+        summary=summary,
+        challenger_version=challenger,
+        replayed_rows=len(replayed),
+        plot_uri=settings.lake.uri_of(plot_key),
+        mlflow_run_id=run_id,
+    )

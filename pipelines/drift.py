@@ -8,8 +8,7 @@ cost grows faster than linearly with rows.
 from __future__ import annotations
 
 import json
-import os
-import uuid
+import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -75,8 +74,8 @@ def run_report(
     numeric: list[str],
     categorical: list[str],
     drift_share: float,
-    html_path: Path,
-) -> list[ColumnDrift]:
+) -> tuple[list[ColumnDrift], bytes]:
+    """Per-column drift results and the report's HTML."""
     from evidently import DataDefinition, Dataset, Report  # slow import: only inside the task
     from evidently.presets import DataDriftPreset
 
@@ -85,11 +84,11 @@ def run_report(
         current_data=Dataset.from_pandas(current, data_definition=definition),
         reference_data=Dataset.from_pandas(reference, data_definition=definition),
     )
-    html_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = html_path.with_name(f".{html_path.name}.{uuid.uuid4().hex}.tmp")
-    snapshot.save_html(str(tmp))
-    os.replace(tmp, html_path)
-    return column_results(snapshot.dict())
+    with tempfile.TemporaryDirectory() as scratch:
+        html_path = Path(scratch) / "report.html"
+        snapshot.save_html(str(html_path))
+        html = html_path.read_bytes()
+    return column_results(snapshot.dict()), html
 
 
 def model_run_id(settings: Settings, model_name: str, version: str) -> str:
@@ -111,7 +110,7 @@ def _as_categorical_text(frame: pd.DataFrame, columns: list[str]) -> pd.DataFram
 def monitor_interval(
     spec: ModelSpec, settings: Settings, engine: Engine, start: datetime, end: datetime, dag_run_id: str
 ) -> DriftSummary:
-    current = read_scored(spec, settings.lake, start, end)
+    current = read_scored(spec, settings, start, end)
     versions = sorted(current["model_version"].unique())
     if len(versions) != 1:
         raise ValueError(f"{spec.name}: interval was scored by several versions {versions}; re-score it first")
@@ -124,16 +123,16 @@ def monitor_interval(
 
     numeric, categorical = list(spec.features.numeric), list(spec.features.categorical)
     columns = [*numeric, *categorical]
-    html_path = settings.lake / spec.name / "reports" / "drift" / f"{interval_key(start, end)}.html"
-    results = run_report(
+    report_key = f"{spec.name}/reports/drift/{interval_key(start, end)}.html"
+    results, html = run_report(
         _as_categorical_text(reference[columns], categorical),
         _as_categorical_text(current[columns], categorical),
         numeric,
         categorical,
         spec.drift.drift_share,
-        html_path,
     )
-    summary = DriftSummary(version, len(reference), len(current), results, str(html_path))
+    settings.lake.put(report_key, html)
+    summary = DriftSummary(version, len(reference), len(current), results, settings.lake.uri_of(report_key))
 
     interval = {"model_name": spec.name, "interval_start": start, "interval_end": end}
     tables.upsert(

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipelines.intervals import hours_between, interval_key, source_hour_file
-from pipelines.lake import Partition, atomic_write_bytes, file_sha256, hour_partition, write_partition
+from pipelines.lake import Lake, Partition, file_sha256, hour_partition, write_partition
 from pipelines.spec import ModelSpec
 
 
@@ -38,7 +38,7 @@ def read_source_events(spec: ModelSpec, path: Path) -> pd.DataFrame:
     return frame
 
 
-def ingest_hour(spec: ModelSpec, source_root: Path, lake: Path, hour: datetime) -> Partition:
+def ingest_hour(spec: ModelSpec, source_root: Path, lake: Lake, hour: datetime) -> Partition:
     source_file = source_hour_file(source_root / spec.source.events_path, hour)
     if not source_file.exists():
         raise SourceMissingError(
@@ -50,10 +50,10 @@ def ingest_hour(spec: ModelSpec, source_root: Path, lake: Path, hour: datetime) 
         "interval_start": hour.isoformat(),
         "source": {"uri": str(source_file), "sha256": file_sha256(source_file)},
     }
-    return write_partition(hour_partition(lake, spec.name, "raw", hour), frame, manifest)
+    return write_partition(lake, hour_partition(spec.name, "raw", hour), frame, manifest)
 
 
-def ingest(spec: ModelSpec, source_root: Path, lake: Path, start: datetime, end: datetime) -> list[Partition]:
+def ingest(spec: ModelSpec, source_root: Path, lake: Lake, start: datetime, end: datetime) -> list[Partition]:
     """Ingest every hour of [start, end). Re-running replaces the same partitions with the same bytes."""
     hours = hours_between(start, end)
     if not hours:
@@ -64,16 +64,16 @@ def ingest(spec: ModelSpec, source_root: Path, lake: Path, start: datetime, end:
 def snapshot_sha256(partitions: list[Partition]) -> str:
     """One fingerprint for a set of partitions (the data a run saw)."""
     digest = hashlib.sha256()
-    for partition in sorted(partitions, key=lambda p: str(p.path)):
+    for partition in sorted(partitions, key=lambda p: p.uri):
         digest.update(f"{partition.manifest['interval_start']}:{partition.sha256}\n".encode())
     return digest.hexdigest()
 
 
 def write_snapshot_manifest(
-    spec: ModelSpec, lake: Path, start: datetime, end: datetime, partitions: list[Partition]
-) -> Path:
-    """Name exactly the partitions (and their sha256) a run read, so its data URI resolves to that data."""
-    path = lake / spec.name / "snapshots" / f"{interval_key(start, end)}.json"
+    spec: ModelSpec, lake: Lake, start: datetime, end: datetime, partitions: list[Partition]
+) -> str:
+    """Name exactly the partitions (and their sha256) a run read; returns the URI of that list (the data URI)."""
+    key = f"{spec.name}/snapshots/{interval_key(start, end)}.json"
     manifest = {
         "model": spec.name,
         "interval_start": start.isoformat(),
@@ -81,9 +81,9 @@ def write_snapshot_manifest(
         "sha256": snapshot_sha256(partitions),
         "rows": sum(p.rows for p in partitions),
         "partitions": [
-            {"path": str(p.path), "interval_start": p.manifest["interval_start"], "rows": p.rows, "sha256": p.sha256}
-            for p in sorted(partitions, key=lambda p: str(p.path))
+            {"uri": p.uri, "interval_start": p.manifest["interval_start"], "rows": p.rows, "sha256": p.sha256}
+            for p in sorted(partitions, key=lambda p: p.uri)
         ],
     }
-    atomic_write_bytes(path, json.dumps(manifest, indent=2).encode())
-    return path
+    lake.put(key, json.dumps(manifest, indent=2).encode())
+    return lake.uri_of(key)

@@ -58,23 +58,21 @@ def ingest_labels(
     if not frames:
         return LabelIngestResult(0, 0, missing)
     frame = pd.concat(frames, ignore_index=True)
-    rows = [
+    rows = pd.DataFrame(
         {
             "model_name": spec.name,
-            "entity_id": entity,
-            "as_of": as_of.to_pydatetime(),
-            "label": float(label),
-            "arrived_at": arrived.to_pydatetime(),
+            "entity_id": frame[spec.entity_key].astype("string"),
+            "as_of": frame[spec.timestamp],
+            "label": frame[spec.label.column].astype("float64"),
+            "arrived_at": frame[spec.label.arrived_at_column],
         }
-        for entity, as_of, label, arrived in zip(
-            frame[spec.entity_key],
-            frame[spec.timestamp],
-            frame[spec.label.column],
-            frame[spec.label.arrived_at_column],
-            strict=True,
-        )
-    ]
-    tables.upsert(engine, tables.labels, rows, key=["model_name", "entity_id", "as_of"], update_when_changed=["label"])
+    )
+    # The latest delivery of a key wins within a batch (a corrected label comes later).
+    rows = rows.sort_values("arrived_at", kind="stable").drop_duplicates(["entity_id", "as_of"], keep="last")
+    # A label is known from its first arrival: a re-delivered file neither moves arrived_at nor rewrites it.
+    tables.merge_frame(
+        engine, tables.labels, rows, key=["model_name", "entity_id", "as_of"], update_when_changed=["label"]
+    )
     return LabelIngestResult(len(frames), len(rows), missing)
 
 

@@ -1,22 +1,27 @@
-"""The data lake: partitions of parquet files with a manifest, written atomically.
+"""The data lake: a local folder or an S3 prefix, holding partitions of parquet with a manifest.
 
-A partition is a folder holding `data.parquet` and `_manifest.json`. Both are written to a temp
-name and moved into place, the manifest last: a reader that trusts the manifest (and checks the
-sha256 it records) never sees half a file, and re-writing the same partition replaces it whole.
+A partition is a key prefix holding `data.parquet` and `_manifest.json`. Data goes first and the
+manifest last, each written whole (a local temp file moved into place; one S3 PUT, which S3 makes
+visible all at once): a reader that trusts the manifest, and checks the sha256 it records, never
+sees half a file, and re-writing a partition replaces it whole.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import uuid
-from dataclasses import dataclass
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+if TYPE_CHECKING:  # pandas is imported where partitions are read or written, not when DAGs are parsed
+    import pandas as pd
 
 DATA_FILE = "data.parquet"
 MANIFEST_FILE = "_manifest.json"
@@ -26,9 +31,156 @@ class PartitionError(RuntimeError):
     """A partition is missing, incomplete or does not match its manifest."""
 
 
+class LakeError(RuntimeError):
+    """The lake itself cannot be used (no such bucket, refused credentials, bad URI)."""
+
+
+class Lake(ABC):
+    """Where the lake's objects live. Keys are '/'-separated paths relative to the lake's root."""
+
+    @property
+    @abstractmethod
+    def uri(self) -> str: ...
+
+    @abstractmethod
+    def put(self, key: str, payload: bytes) -> None:
+        """Write one object whole: a reader sees the old bytes or the new, never a mix."""
+
+    @abstractmethod
+    def get(self, key: str) -> bytes:
+        """Read one object; FileNotFoundError (naming its URI) when it is not there."""
+
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    def uri_of(self, key: str) -> str:
+        return f"{self.uri.rstrip('/')}/{key}"
+
+
+@dataclass(frozen=True)
+class LocalLake(Lake):
+    root: Path
+
+    @property
+    def uri(self) -> str:
+        return self.root.resolve().as_uri()
+
+    def path_of(self, key: str) -> Path:
+        return self.root / key
+
+    def put(self, key: str, payload: bytes) -> None:
+        path = self.path_of(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            tmp.write_bytes(payload)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self.path_of(key).read_bytes()
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{self.uri_of(key)}: not in the lake") from None
+
+    def exists(self, key: str) -> bool:
+        return self.path_of(key).exists()
+
+    def uri_of(self, key: str) -> str:
+        return self.path_of(key).resolve().as_uri()
+
+
+@dataclass(frozen=True)
+class S3Options:
+    """How to reach S3 or MinIO. None means boto3's own default (environment, profile, instance role)."""
+
+    endpoint_url: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: str | None = field(default=None, repr=False)
+    session_token: str | None = field(default=None, repr=False)
+    region_name: str | None = None
+
+
+@dataclass(frozen=True)
+class S3Lake(Lake):
+    bucket: str
+    prefix: str
+    options: S3Options = field(default_factory=S3Options)
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    @cached_property
+    def client(self) -> Any:
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.options.endpoint_url,
+            aws_access_key_id=self.options.access_key_id,
+            aws_secret_access_key=self.options.secret_access_key,
+            aws_session_token=self.options.session_token,
+            region_name=self.options.region_name,
+        )
+
+    def _fail(self, exc: Any, key: str) -> LakeError:
+        code = exc.response.get("Error", {}).get("Code", "")
+        where = f"endpoint {self.options.endpoint_url}" if self.options.endpoint_url else "AWS"
+        if code == "NoSuchBucket":
+            return LakeError(f"{self.uri}: bucket '{self.bucket}' does not exist at {where}; create it first")
+        return LakeError(f"{self.uri_of(key)}: S3 refused the request at {where}: {code or exc}")
+
+    def put(self, key: str, payload: bytes) -> None:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=payload)
+        except ClientError as exc:
+            raise self._fail(exc, key) from exc
+
+    def get(self, key: str) -> bytes:
+        from botocore.exceptions import ClientError
+
+        try:
+            return bytes(self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read())
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in {"NoSuchKey", "404"}:
+                raise FileNotFoundError(f"{self.uri_of(key)}: not in the lake") from None
+            raise self._fail(exc, key) from exc
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in {"NoSuchKey", "404", "NotFound"}:
+                return False
+            raise self._fail(exc, key) from exc
+        return True
+
+
+def open_lake(uri: str | Path, s3: S3Options | None = None) -> Lake:
+    """`s3://bucket/prefix` is an S3 (or MinIO) lake; anything else is a local folder."""
+    text = str(uri)
+    if text.startswith("s3://"):
+        bucket, _, prefix = text.removeprefix("s3://").partition("/")
+        if not bucket:
+            raise LakeError(f"lake URI '{text}' names no bucket; expected s3://bucket/prefix")
+        return S3Lake(bucket, prefix.strip("/"), s3 or S3Options())
+    if "://" in text and not text.startswith("file://"):
+        raise LakeError(f"lake URI '{text}': only a local folder, file:// or s3:// is supported")
+    return LocalLake(Path(text.removeprefix("file://")))
+
+
 @dataclass(frozen=True)
 class Partition:
-    path: Path
+    uri: str
     manifest: dict[str, Any]
 
     @property
@@ -40,8 +192,8 @@ class Partition:
         return str(self.manifest["sha256"])
 
 
-def hour_partition(lake: Path, model: str, zone: str, hour: datetime) -> Path:
-    return lake / model / zone / f"dt={hour:%Y-%m-%d}" / f"hour={hour:%H}"
+def hour_partition(model: str, zone: str, hour: datetime) -> str:
+    return f"{model}/{zone}/dt={hour:%Y-%m-%d}/hour={hour:%H}"
 
 
 def file_sha256(path: Path) -> str:
@@ -52,52 +204,54 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_bytes(payload)
-    os.replace(tmp, path)
+def write_partition(lake: Lake, key: str, frame: pd.DataFrame, manifest: dict[str, Any]) -> Partition:
+    """Write data then manifest, each whole; the manifest gains rows, schema and sha256."""
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    payload = buffer.getvalue()
+    full_manifest = {
+        **manifest,
+        "rows": len(frame),
+        "schema": {column: str(dtype) for column, dtype in frame.dtypes.items()},
+        "sha256": hashlib.sha256(payload).hexdigest(),
+    }
+    lake.put(f"{key}/{DATA_FILE}", payload)
+    lake.put(f"{key}/{MANIFEST_FILE}", json.dumps(full_manifest, indent=2, sort_keys=True).encode())
+    return Partition(lake.uri_of(key), full_manifest)
 
 
-def write_partition(path: Path, frame: pd.DataFrame, manifest: dict[str, Any]) -> Partition:
-    """Write data then manifest, each atomically; the manifest gains rows, schema and sha256."""
-    path.mkdir(parents=True, exist_ok=True)
-    tmp = path / f".{DATA_FILE}.{uuid.uuid4().hex}.tmp"
+def _read_checked(lake: Lake, key: str) -> tuple[bytes, Partition]:
     try:
-        frame.to_parquet(tmp, index=False)
-        full_manifest = {
-            **manifest,
-            "rows": len(frame),
-            "schema": {column: str(dtype) for column, dtype in frame.dtypes.items()},
-            "sha256": file_sha256(tmp),
-        }
-        os.replace(tmp, path / DATA_FILE)
-    finally:
-        tmp.unlink(missing_ok=True)
-    atomic_write_bytes(path / MANIFEST_FILE, json.dumps(full_manifest, indent=2, sort_keys=True).encode())
-    return Partition(path, full_manifest)
-
-
-def open_partition(path: Path) -> Partition:
-    manifest_path = path / MANIFEST_FILE
-    if not manifest_path.exists():
-        raise PartitionError(f"{path}: no {MANIFEST_FILE}; the partition was never completely written")
-    manifest = json.loads(manifest_path.read_text())
-    if file_sha256(path / DATA_FILE) != manifest["sha256"]:
+        manifest = json.loads(lake.get(f"{key}/{MANIFEST_FILE}"))
+    except FileNotFoundError:
         raise PartitionError(
-            f"{path}: {DATA_FILE} does not match the sha256 in its manifest (interrupted re-write?); "
-            "re-run the ingest task for this interval"
+            f"{lake.uri_of(key)}: no {MANIFEST_FILE}; the partition was never completely written "
+            "(run the task that writes it for this interval)"
+        ) from None
+    payload = lake.get(f"{key}/{DATA_FILE}")
+    if hashlib.sha256(payload).hexdigest() != manifest["sha256"]:
+        raise PartitionError(
+            f"{lake.uri_of(key)}: {DATA_FILE} does not match the sha256 in its manifest (interrupted re-write?); "
+            "re-run the task that writes it for this interval"
         )
-    return Partition(path, manifest)
+    return payload, Partition(lake.uri_of(key), manifest)
 
 
-def read_partition(path: Path) -> tuple[pd.DataFrame, Partition]:
-    partition = open_partition(path)
-    return pd.read_parquet(path / DATA_FILE), partition
+def open_partition(lake: Lake, key: str) -> Partition:
+    return _read_checked(lake, key)[1]
 
 
-def read_hours(lake: Path, model: str, zone: str, hours: list[datetime]) -> pd.DataFrame:
+def read_partition(lake: Lake, key: str) -> tuple[pd.DataFrame, Partition]:
+    import pandas as pd
+
+    payload, partition = _read_checked(lake, key)
+    return pd.read_parquet(io.BytesIO(payload)), partition
+
+
+def read_hours(lake: Lake, model: str, zone: str, hours: list[datetime]) -> pd.DataFrame:
     """Concatenate the hourly partitions of one zone; a missing or incomplete one is an error."""
+    import pandas as pd
+
     if not hours:
         raise ValueError(f"{model}: no hours to read from the '{zone}' zone")
-    return pd.concat([read_partition(hour_partition(lake, model, zone, h))[0] for h in hours], ignore_index=True)
+    return pd.concat([read_partition(lake, hour_partition(model, zone, h))[0] for h in hours], ignore_index=True)

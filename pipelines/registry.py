@@ -73,6 +73,14 @@ def load_booster(settings: Settings, model_name: str, version: str) -> Any:
     return mlflow.xgboost.load_model(f"models:/{model_name}/{version}")
 
 
+def model_signature(settings: Settings, model_name: str, version: str) -> Any:
+    """The MLflow signature logged with a version (None for a model logged without one)."""
+    import mlflow
+
+    use_tracking(settings)
+    return mlflow.models.get_model_info(f"models:/{model_name}/{version}").signature
+
+
 def register_version(settings: Settings, model_name: str, run_id: str, model_uri: str, tags: dict[str, str]) -> str:
     """Register the run's model once and wait until it is READY.
 

@@ -1,8 +1,9 @@
 """Stage 5: score an interval with the champion and log every prediction.
 
 The scored inputs (exactly what the model saw, plus its score) are kept in the lake before the
-predictions are upserted, so a prediction can always be replayed. Re-scoring an interval with
-the same model changes no row.
+predictions are written, so any prediction can be replayed bit for bit. Each hour's predictions
+replace that hour's rows in one transaction: re-scoring an interval with the same model changes
+no row, and a retry after a failure between the lake write and the database write converges.
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from pathlib import Path
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,15 +20,16 @@ from sqlalchemy import Engine
 
 from pipelines import tables
 from pipelines.config import Settings
-from pipelines.features import contract_of, predict, unseen_category_counts
+from pipelines.features import ContractError, FeatureContract, contract_of, predict, unseen_category_counts
 from pipelines.intervals import hours_between
-from pipelines.lake import hour_partition, read_hours, read_partition, write_partition
-from pipelines.registry import champion_version, load_booster
+from pipelines.lake import MANIFEST_FILE, hour_partition, read_hours, read_partition, write_partition
+from pipelines.registry import champion_version, load_booster, model_signature
 from pipelines.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
 CHUNK_ROWS = 100_000
+NUMERIC_SIGNATURE_TYPES = {"double", "float", "long", "integer"}
 
 
 class NoChampionError(RuntimeError):
@@ -39,7 +41,8 @@ class ScoreResult:
     model_version: str
     rows: int
     unseen_categories: dict[str, int]
-    scored_paths: list[str]
+    scored_uris: list[str]
+    stale_rows_deleted: int
 
 
 def row_sha256(frame: pd.DataFrame, columns: list[str]) -> list[str]:
@@ -48,9 +51,47 @@ def row_sha256(frame: pd.DataFrame, columns: list[str]) -> list[str]:
     return [hashlib.sha256(value.encode()).hexdigest() for value in text]
 
 
-def score_hour(spec: ModelSpec, settings: Settings, booster: object, version: str, hour: datetime) -> pd.DataFrame:
+def check_inputs(frame: pd.DataFrame, signature: Any, model: str) -> None:
+    """The inputs must have every column of the model's MLflow signature, each of the type it was trained on."""
+    if signature is None or signature.inputs is None:
+        raise ContractError(f"{model} was logged without an input signature; retrain it with this pipeline")
+    for spec in signature.inputs.inputs:
+        name, expected = spec.name, str(spec.type.name)
+        if name not in frame.columns:
+            raise ContractError(f"{model}: input column '{name}' ({expected}) is missing from the data to score")
+        column = frame[name]
+        if column.isna().all():
+            continue  # an all-null column has no type to check; XGBoost treats it as missing
+        numeric = pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column)
+        textual = pd.api.types.is_string_dtype(column) or isinstance(column.dtype, pd.CategoricalDtype)
+        if (expected in NUMERIC_SIGNATURE_TYPES and not numeric) or (expected == "string" and not textual):
+            raise ContractError(
+                f"{model}: input column '{name}' changed type: the model was trained on {expected}, "
+                f"the data to score has {column.dtype}"
+            )
+
+
+def unseen_per_row(frame: pd.DataFrame, contract: FeatureContract) -> np.ndarray:
+    counts = np.zeros(len(frame), dtype="int64")
+    for column, categories in contract.categorical.items():
+        values = frame[column]
+        counts += (values.notna() & ~values.astype("string").isin(categories)).to_numpy(dtype=bool)
+    return counts
+
+
+def predict_chunked(booster: Any, contract: FeatureContract, frame: pd.DataFrame) -> np.ndarray:
+    if not len(frame):
+        return np.array([], dtype="float64")
+    chunks = [predict(booster, contract, frame.iloc[i : i + CHUNK_ROWS]) for i in range(0, len(frame), CHUNK_ROWS)]
+    return np.concatenate(chunks)
+
+
+def score_hour(
+    spec: ModelSpec, settings: Settings, booster: Any, signature: Any, version: str, hour: datetime
+) -> pd.DataFrame:
+    """The hour's raw rows with the model's score: exactly what the model saw and said."""
     contract = contract_of(booster)
-    frame, _ = read_partition(hour_partition(settings.lake, spec.name, "raw", hour))
+    frame, _ = read_partition(settings.lake, hour_partition(spec.name, "raw", hour))
     keyless = frame[spec.entity_key].isna() | frame[spec.timestamp].isna()
     if keyless.any():
         # Only reachable under validation policy 'warn': a prediction without its key cannot be logged.
@@ -63,18 +104,44 @@ def score_hour(spec: ModelSpec, settings: Settings, booster: object, version: st
             spec.timestamp,
         )
         frame = frame[~keyless]
-    scores = (
-        np.concatenate(
-            [predict(booster, contract, frame.iloc[i : i + CHUNK_ROWS]) for i in range(0, len(frame), CHUNK_ROWS)]
-        )
-        if len(frame)
-        else np.array([], dtype="float64")
-    )
-    scored = frame[[spec.entity_key, spec.timestamp, *contract.columns]].copy()
-    scored["score"] = scores
+    check_inputs(frame, signature, f"{spec.name} v{version}")
+    # The model's inputs and every feature of the spec, so a challenger with other features can replay them.
+    inputs = [c for c in dict.fromkeys([*contract.columns, *spec.features.all]) if c in frame.columns]
+    scored = frame[[spec.entity_key, spec.timestamp, *inputs]].copy()
+    scored["score"] = predict_chunked(booster, contract, frame)
     scored["model_version"] = version
     scored["features_sha256"] = row_sha256(frame, contract.columns)
-    return scored
+    scored["unseen_categories"] = unseen_per_row(frame, contract)
+    return scored.reset_index(drop=True)
+
+
+def prediction_rows(spec: ModelSpec, scored: pd.DataFrame, dag_run_id: str, scored_at: datetime) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "model_name": spec.name,
+            "entity_id": scored[spec.entity_key].astype("string"),
+            "as_of": scored[spec.timestamp],
+            "model_version": scored["model_version"],
+            "score": scored["score"].astype("float64"),
+            "features_sha256": scored["features_sha256"],
+            "dag_run_id": dag_run_id,
+            "scored_at": scored_at,
+            "unseen_categories": scored["unseen_categories"].astype("int64"),
+        }
+    )
+
+
+def write_predictions(engine: Engine, spec: ModelSpec, hour: datetime, rows: pd.DataFrame) -> int:
+    """The hour's predictions replace that hour's rows, in one transaction; returns stale rows deleted."""
+    p = tables.predictions
+    return tables.merge_frame(
+        engine,
+        p,
+        rows,
+        key=["model_name", "entity_id", "as_of"],
+        update_when_changed=["model_version", "score", "features_sha256", "unseen_categories"],
+        replaces=(p.c.model_name == spec.name) & (p.c.as_of >= hour) & (p.c.as_of < hour + timedelta(hours=1)),
+    )
 
 
 def score_interval(
@@ -84,52 +151,76 @@ def score_interval(
     if version is None:
         raise NoChampionError(f"{spec.name}: no version has the 'champion' alias; run {spec.name}__train first")
     booster = load_booster(settings, spec.name, version)
+    signature = model_signature(settings, spec.name, version)
     contract = contract_of(booster)
-    total, unseen, paths = 0, {c: 0 for c in contract.categorical}, []
+    total, deleted, unseen, uris = 0, 0, {c: 0 for c in contract.categorical}, []
     scored_at = datetime.now(UTC)
     for hour in hours_between(start, end):
-        scored = score_hour(spec, settings, booster, version, hour)
-        for column, count in unseen_category_counts(scored, contract).items():
+        scored = score_hour(spec, settings, booster, signature, version, hour)
+        hour_unseen = unseen_category_counts(scored, contract)
+        for column, count in hour_unseen.items():
             unseen[column] += count
-        # Lake first: if the database write fails, the retry rewrites the same file and upserts again.
+        # Lake first: if the database write fails, the retry rewrites the same file and merges again.
         partition = write_partition(
-            hour_partition(settings.lake, spec.name, "scored", hour),
+            settings.lake,
+            hour_partition(spec.name, "scored", hour),
             scored,
             {
                 "model": spec.name,
                 "model_version": version,
                 "interval_start": hour.isoformat(),
                 "dag_run_id": dag_run_id,
+                "contract_columns": contract.columns,
+                "unseen_categories": hour_unseen,
             },
         )
-        paths.append(str(partition.path))
-        rows = [
-            {
-                "model_name": spec.name,
-                "entity_id": entity,
-                "as_of": as_of.to_pydatetime(),
-                "model_version": version,
-                "score": float(score),
-                "features_sha256": sha,
-                "dag_run_id": dag_run_id,
-                "scored_at": scored_at,
-            }
-            for entity, as_of, score, sha in zip(
-                scored[spec.entity_key], scored[spec.timestamp], scored["score"], scored["features_sha256"], strict=True
-            )
-        ]
-        tables.upsert(
-            engine,
-            tables.predictions,
-            rows,
-            key=["model_name", "entity_id", "as_of"],
-            update_when_changed=["model_version", "score", "features_sha256"],
-        )
-        total += len(rows)
+        uris.append(partition.uri)
+        deleted += write_predictions(engine, spec, hour, prediction_rows(spec, scored, dag_run_id, scored_at))
+        total += len(scored)
     if any(unseen.values()):
         log.warning("%s: categories unseen in training (scored as missing): %s", spec.name, unseen)
-    return ScoreResult(version, total, unseen, paths)
+    if deleted:
+        log.warning("%s: %d logged prediction(s) no longer in the source were removed", spec.name, deleted)
+    return ScoreResult(version, total, unseen, uris, deleted)
 
 
-def read_scored(spec: ModelSpec, lake: Path, start: datetime, end: datetime) -> pd.DataFrame:
-    return read_hours(lake, spec.name, "scored", hours_between(start, end))
+def read_scored(spec: ModelSpec, settings: Settings, start: datetime, end: datetime) -> pd.DataFrame:
+    return read_hours(settings.lake, spec.name, "scored", hours_between(start, end))
+
+
+@dataclass(frozen=True)
+class Replay:
+    version: str
+    scores: pd.DataFrame  # entity_id, as_of, logged_version, logged_score, score
+    hours_replayed: int
+    hours_missing: list[str]
+
+
+def replay_logged_inputs(spec: ModelSpec, settings: Settings, version: str, hours: list[datetime]) -> Replay:
+    """Score the logged inputs of these hours with `version`: what it would have said in production.
+
+    Hours never scored (no partition in the lake's `scored` zone) are skipped and named.
+    """
+    booster = load_booster(settings, spec.name, version)
+    contract = contract_of(booster)
+    frames, missing = [], []
+    for hour in hours:
+        key = hour_partition(spec.name, "scored", hour)
+        if not settings.lake.exists(f"{key}/{MANIFEST_FILE}"):
+            missing.append(hour.isoformat())
+            continue
+        logged, _ = read_partition(settings.lake, key)
+        frames.append(
+            pd.DataFrame(
+                {
+                    "entity_id": logged[spec.entity_key].astype("string"),
+                    "as_of": logged[spec.timestamp],
+                    "logged_version": logged["model_version"].astype("string"),
+                    "logged_score": logged["score"],
+                    "score": predict_chunked(booster, contract, logged),
+                }
+            )
+        )
+    columns = ["entity_id", "as_of", "logged_version", "logged_score", "score"]
+    scores = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+    return Replay(version, scores, len(frames), missing)

@@ -103,6 +103,12 @@ class DriftSpec(_Strict):
 
 class BacktestSpec(_Strict):
     lookback_days: int = Field(default=7, ge=1, description="Cohorts (days of as_of) recomputed each run")
+    slices: list[str] = Field(
+        default_factory=list, description="Categorical features whose values get their own backtest metrics"
+    )
+    replay_intervals: int = Field(
+        default=48, ge=1, description="The challenger replays the logged inputs of this many latest matured hours"
+    )
 
 
 class ModelSpec(_Strict):
@@ -139,9 +145,10 @@ class ModelSpec(_Strict):
         clash = special & set(self.features.all)
         if clash:
             raise ValueError(f"key, timestamp or label column also listed as a feature: {sorted(clash)}")
-        unknown = [s for s in self.gate.slices if s not in self.features.categorical]
-        if unknown:
-            raise ValueError(f"gate.slices {unknown} must be listed in features.categorical")
+        for field_name, slices in (("gate.slices", self.gate.slices), ("backtest.slices", self.backtest.slices)):
+            unknown = [s for s in slices if s not in self.features.categorical]
+            if unknown:
+                raise ValueError(f"{field_name} {unknown} must be listed in features.categorical")
         return self
 
 

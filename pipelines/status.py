@@ -41,11 +41,19 @@ def model_status(settings: Settings, engine: Engine, model_name: str) -> dict[st
                 select(
                     tables.backtest_metrics.c.cohort,
                     tables.backtest_metrics.c.model_version,
+                    tables.backtest_metrics.c.scored_by,
                     tables.backtest_metrics.c.n,
                     tables.backtest_metrics.c.auc,
                 )
-                .where(tables.backtest_metrics.c.model_name == model_name)
-                .order_by(tables.backtest_metrics.c.cohort.desc())
+                .where(
+                    tables.backtest_metrics.c.model_name == model_name,
+                    tables.backtest_metrics.c.slice_column == "ALL",
+                )
+                .order_by(
+                    tables.backtest_metrics.c.cohort.desc(),
+                    tables.backtest_metrics.c.scored_by,
+                    tables.backtest_metrics.c.model_version,
+                )
                 .limit(5)
             ).mappings()
         ]
@@ -121,7 +129,9 @@ def format_status(report: dict[str, Any]) -> str:
         )
         for b in m["latest_backtest"]:
             auc = "n/a" if b["auc"] is None else f"{b['auc']:.3f}"
-            lines.append(f"  backtest cohort {b['cohort']} v{b['model_version']}: n={b['n']} auc={auc}")
+            lines.append(
+                f"  backtest cohort {b['cohort']} v{b['model_version']} ({b['scored_by']}): n={b['n']} auc={auc}"
+            )
         v = m["last_validation"]
         if v:
             verdict = "passed" if v["success"] else f"FAILED: {'; '.join(v['failed_expectations'])}"

@@ -2,30 +2,42 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Sequence
-from typing import Any
+from datetime import UTC
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     Boolean,
     Column,
+    ColumnElement,
+    Connection,
     DateTime,
     Engine,
     Float,
+    Index,
     Integer,
     MetaData,
     String,
     Table,
     Text,
     UniqueConstraint,
+    and_,
     create_engine,
+    delete,
     event,
+    exists,
     func,
     inspect,
     or_,
     select,
     text,
+    true,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+
+if TYPE_CHECKING:  # imported where frames are written: the DAG files import this module's constants
+    import pandas as pd
 
 metadata = MetaData()
 
@@ -40,6 +52,8 @@ predictions = Table(
     Column("features_sha256", String(64), nullable=False),
     Column("dag_run_id", String(250), nullable=False),
     Column("scored_at", DateTime(timezone=True), nullable=False),
+    # How many of the row's categorical inputs the model never saw in training (scored as missing).
+    Column("unseen_categories", Integer),
     UniqueConstraint("model_name", "entity_id", "as_of", name="uq_predictions_key"),
 )
 
@@ -60,6 +74,10 @@ backtest_metrics = Table(
     Column("model_name", String(64), nullable=False),
     Column("cohort", String(10), nullable=False),  # the as_of date, YYYY-MM-DD
     Column("model_version", String(32), nullable=False),
+    # logged: the scores the serving model gave; replay: a challenger scoring the same logged inputs
+    Column("scored_by", String(8), nullable=False),
+    Column("slice_column", String(128), nullable=False),  # ALL for the whole cohort
+    Column("slice_value", String(256), nullable=False),
     Column("n", Integer, nullable=False),
     Column("positives", Integer, nullable=False),
     Column("auc", Float),
@@ -68,7 +86,15 @@ backtest_metrics = Table(
     Column("mean_score", Float),
     Column("labels_as_of", DateTime(timezone=True), nullable=False),
     Column("dag_run_id", String(250), nullable=False),
-    UniqueConstraint("model_name", "cohort", "model_version", name="uq_backtest_key"),
+    UniqueConstraint(
+        "model_name",
+        "cohort",
+        "model_version",
+        "scored_by",
+        "slice_column",
+        "slice_value",
+        name="uq_backtest_metrics_key",
+    ),
 )
 
 validation_runs = Table(
@@ -157,9 +183,26 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+# Tables that only hold what a stage recomputes (backtest over its lookback): an older layout is
+# dropped and rebuilt rather than migrated; the next run fills it again.
+DERIVED_TABLES = {"backtest_metrics": backtest_metrics}
+
+
 def ensure_tables(engine: Engine) -> None:
+    _rebuild_changed_derived_tables(engine)
     metadata.create_all(engine)
     _add_new_nullable_columns(engine)
+
+
+def _rebuild_changed_derived_tables(engine: Engine) -> None:
+    present = inspect(engine)
+    for name, table in DERIVED_TABLES.items():
+        if not present.has_table(name):
+            continue
+        existing = {column["name"] for column in present.get_columns(name)}
+        if existing != {column.name for column in table.columns}:
+            with engine.begin() as connection:
+                connection.execute(text(f"DROP TABLE {name}"))
 
 
 def _add_new_nullable_columns(engine: Engine) -> None:
@@ -191,14 +234,7 @@ def upsert(
     if not rows:
         return
     key = list(key)
-    dialect = engine.dialect.name
-    if dialect == "postgresql":
-        insert = postgresql.insert
-    elif dialect == "sqlite":
-        insert = sqlite.insert  # type: ignore[assignment]
-    else:
-        raise ValueError(f"unsupported tables backend '{dialect}': use SQLite or PostgreSQL")
-    statement = insert(table)
+    statement = _dialect_insert(engine)(table)
     updated = [c.name for c in table.columns if c.name not in key and not c.primary_key]
     where = None
     if update_when_changed is not None:
@@ -209,6 +245,130 @@ def upsert(
     with engine.begin() as connection:
         for offset in range(0, len(rows), BATCH_ROWS):
             connection.execute(statement, list(rows[offset : offset + BATCH_ROWS]))
+
+
+def _dialect_insert(engine_or_connection: Engine | Connection) -> Any:
+    dialect = engine_or_connection.dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert
+    if dialect == "sqlite":
+        return sqlite.insert
+    raise ValueError(f"unsupported tables backend '{dialect}': use SQLite or PostgreSQL")
+
+
+def _python_columns(frame: pd.DataFrame) -> list[list[Any]]:
+    """Each column as a list of Python values (None for missing), the form DBAPI drivers take."""
+    import pandas as pd
+
+    columns = []
+    for name in frame.columns:
+        series = frame[name]
+        if isinstance(series.dtype, pd.DatetimeTZDtype):
+            # Plain datetimes in UTC (SQLite keeps a datetime's wall time); drivers dump these much
+            # faster than pandas Timestamps. NaT becomes None on the way through numpy.
+            wall = series.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy(dtype="datetime64[us]").astype(object)
+            columns.append([None if v is None else v.replace(tzinfo=UTC) for v in wall])
+        elif series.isna().any():
+            columns.append(series.astype(object).where(series.notna(), None).tolist())
+        else:
+            columns.append(series.tolist())
+    return columns
+
+
+def _load_stage(connection: Connection, stage: Table, frame: pd.DataFrame) -> None:
+    """Fill the staging table by the backend's bulk path: binary COPY on PostgreSQL, executemany on SQLite."""
+    names = [c.name for c in stage.columns]
+    quoted = ", ".join(f'"{c}"' for c in names)
+    values = _python_columns(frame[names])
+    if connection.dialect.name == "postgresql":
+        # Binary COPY needs each column's type: read them back from the table just created.
+        oids = connection.exec_driver_sql(
+            "SELECT atttypid::int FROM pg_attribute WHERE attrelid = %(table)s::regclass "
+            "AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            {"table": stage.name},
+        ).scalars()
+        raw = connection.connection.driver_connection
+        assert raw is not None
+        with raw.cursor() as cursor, cursor.copy(f'COPY "{stage.name}" ({quoted}) FROM STDIN (FORMAT BINARY)') as copy:
+            copy.set_types(list(oids))
+            for row in zip(*values, strict=True):
+                copy.write_row(row)
+        return
+    # SQLite: the column types' own bind processors (DateTime -> its text form), then one executemany.
+    for position, column in enumerate(stage.columns):
+        process = column.type.dialect_impl(connection.dialect).bind_processor(connection.dialect)
+        if process is not None:
+            values[position] = [process(v) for v in values[position]]
+    placeholders = ", ".join("?" for _ in names)
+    connection.exec_driver_sql(
+        f'INSERT INTO "{stage.name}" ({quoted}) VALUES ({placeholders})', list(zip(*values, strict=True))
+    )
+
+
+def merge_frame(
+    engine: Engine,
+    table: Table,
+    frame: pd.DataFrame,
+    key: Iterable[str],
+    update_when_changed: Iterable[str] | None = None,
+    replaces: ColumnElement[bool] | None = None,
+) -> int:
+    """Upsert a whole frame in one transaction through a staging table; returns rows deleted.
+
+    The frame is bulk-loaded into a temporary table (COPY on PostgreSQL, executemany on SQLite),
+    then merged with one INSERT ... SELECT ... ON CONFLICT. With `update_when_changed`, existing
+    rows are only rewritten when one of those columns differs, so a replay changes nothing. With
+    `replaces`, the frame is the complete content of that part of the table: its rows that are not
+    in the frame are deleted in the same transaction (a re-scored interval leaves no stale rows).
+    """
+    key = list(key)
+    columns = [c.name for c in table.columns if not c.primary_key]
+    missing = [c for c in columns if c not in frame.columns and not table.c[c].nullable]
+    if missing:
+        raise ValueError(f"{table.name}: rows lack required column(s) {missing}")
+    columns = [c for c in columns if c in frame.columns]
+    duplicated = frame.duplicated(subset=key, keep=False)
+    if duplicated.any():
+        sample = frame.loc[duplicated, key].head(3).to_dict("records")
+        raise ValueError(f"{table.name}: {int(duplicated.sum())} rows share a key {key}, e.g. {sample}")
+    insert = _dialect_insert(engine)
+    is_postgres = engine.dialect.name == "postgresql"
+    stage_options: dict[str, Any] = {"postgresql_on_commit": "DROP"} if is_postgres else {}
+    stage = Table(
+        f"stage_{table.name}_{uuid.uuid4().hex[:12]}",
+        MetaData(),
+        *[Column(c, table.c[c].type) for c in columns],
+        # Indexed on the key: the stale-row delete probes the stage once per row of the scope.
+        Index(f"ix_stage_{uuid.uuid4().hex[:12]}", *key),
+        prefixes=["TEMPORARY"],
+        **stage_options,
+    )
+    with engine.begin() as connection:
+        stage.create(connection)
+        try:
+            if len(frame):
+                _load_stage(connection, stage, frame)
+            # WHERE true: SQLite needs it to parse INSERT ... SELECT ... ON CONFLICT.
+            statement = insert(table).from_select(columns, select(*stage.c).where(true()))
+            updated = [c for c in columns if c not in key]
+            where = None
+            if update_when_changed is not None:
+                where = or_(*[table.c[c].is_distinct_from(statement.excluded[c]) for c in update_when_changed])
+            if updated:
+                statement = statement.on_conflict_do_update(
+                    index_elements=key, set_={c: statement.excluded[c] for c in updated}, where=where
+                )
+            else:
+                statement = statement.on_conflict_do_nothing(index_elements=key)
+            connection.execute(statement)
+            deleted = 0
+            if replaces is not None:
+                in_frame = exists().where(and_(*[stage.c[k] == table.c[k] for k in key]))
+                deleted = connection.execute(delete(table).where(replaces, ~in_frame)).rowcount
+        finally:
+            if not is_postgres:  # PostgreSQL drops it at commit or rollback
+                stage.drop(connection)
+    return int(deleted)
 
 
 def count_rows(engine: Engine, table: Table, model_name: str) -> int:

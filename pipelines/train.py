@@ -22,7 +22,7 @@ from pipelines.config import Settings
 from pipelines.features import CONTRACT_ATTRIBUTE, build_contract, predict, prepare_features
 from pipelines.intervals import hours_between
 from pipelines.labels import labels_known_at
-from pipelines.lake import read_hours
+from pipelines.lake import Lake, read_hours
 from pipelines.spec import ModelSpec, TrainingSpec
 from pipelines.tracking import experiment_id, use_tracking
 
@@ -44,7 +44,7 @@ class TrainingResult:
     lineage: dict[str, str]  # the tags of the run, carried onto the registered version
 
 
-def assemble_training_set(spec: ModelSpec, lake: Path, engine: Engine, start: datetime, end: datetime) -> pd.DataFrame:
+def assemble_training_set(spec: ModelSpec, lake: Lake, engine: Engine, start: datetime, end: datetime) -> pd.DataFrame:
     """Events of the window's ingested partitions joined with the labels known at `end`.
 
     Events whose labels have not arrived by `end` are left out: using them would need the future.

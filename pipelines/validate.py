@@ -20,7 +20,7 @@ from sqlalchemy import Engine
 from pipelines import tables
 from pipelines.config import REPO_ROOT, Settings
 from pipelines.intervals import hours_between, interval_key
-from pipelines.lake import atomic_write_bytes, read_hours
+from pipelines.lake import Lake, read_hours
 from pipelines.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -57,13 +57,13 @@ class ValidationOutcome:
     success: bool
     evaluated: int
     failed: list[FailedExpectation] = field(default_factory=list)
-    result_path: str = ""
+    result_uri: str = ""
     data_docs_path: str = ""
 
     def describe_failures(self) -> str:
         lines = [f"suite '{self.suite}': {len(self.failed)} of {self.evaluated} expectations failed"]
         lines += [f"  - {failure.describe()}" for failure in self.failed]
-        lines.append(f"  result: {self.result_path}")
+        lines.append(f"  result: {self.result_uri}")
         lines.append(f"  data docs: {self.data_docs_path}")
         return "\n".join(lines)
 
@@ -104,7 +104,7 @@ def _failures(result: dict[str, Any]) -> list[FailedExpectation]:
 
 
 def validate_frame(
-    frame: pd.DataFrame, suite: str, gx_root: Path, result_path: Path, run_name: str
+    frame: pd.DataFrame, suite: str, gx_root: Path, lake: Lake, result_key: str, run_name: str
 ) -> ValidationOutcome:
     """Run the suite through a GX checkpoint, keep the result JSON and refresh Data Docs."""
     import great_expectations as gx  # slow import (~20 s): only inside the task
@@ -140,7 +140,7 @@ def validate_frame(
     )
     suite_result = next(iter(checkpoint_result.run_results.values()))
     result = suite_result.to_json_dict()
-    atomic_write_bytes(result_path, json.dumps(result, indent=2, default=str).encode())
+    lake.put(result_key, json.dumps(result, indent=2, default=str).encode())
 
     docs = context.get_docs_sites_urls()
     return ValidationOutcome(
@@ -149,7 +149,7 @@ def validate_frame(
         success=bool(result["success"]),
         evaluated=len(result["results"]),
         failed=_failures(result),
-        result_path=str(result_path),
+        result_uri=lake.uri_of(result_key),
         data_docs_path=str(docs[0]["site_url"]) if docs else "",
     )
 
@@ -163,8 +163,8 @@ def validate_snapshot(
     """
     frame = read_hours(settings.lake, spec.name, "raw", hours_between(start, end))
     key = interval_key(start, end)
-    result_path = settings.lake / spec.name / "validation" / dag_id / f"{key}.json"
-    outcome = validate_frame(frame, spec.suite, settings.gx_root, result_path, run_name=f"{dag_id} {key}")
+    result_key = f"{spec.name}/validation/{dag_id}/{key}.json"
+    outcome = validate_frame(frame, spec.suite, settings.gx_root, settings.lake, result_key, f"{dag_id} {key}")
     tables.upsert(
         engine,
         tables.validation_runs,
@@ -178,13 +178,13 @@ def validate_snapshot(
                 "suite": spec.suite,
                 "success": outcome.success,
                 "failed_expectations": json.dumps([f.describe() for f in outcome.failed]),
-                "result_path": outcome.result_path,
+                "result_path": outcome.result_uri,
                 "validated_at": datetime.now(UTC),
             }
         ],
         key=["model_name", "dag_id", "interval_start", "interval_end"],
     )
-    log.info("validation result: %s; Data Docs: %s", outcome.result_path, outcome.data_docs_path)
+    log.info("validation result: %s; Data Docs: %s", outcome.result_uri, outcome.data_docs_path)
     if not outcome.success:
         if spec.validation_policy == "block":
             raise ValidationFailed(outcome)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -21,10 +23,43 @@ for variable in ("MLFLOW_TRACKING_URI", "PIPELINES_LAKE", "PIPELINES_SOURCE", "P
     os.environ.pop(variable, None)
 
 from pipelines.config import Settings, apply_airflow_environment, get_settings, migrate_airflow_db  # noqa: E402
+from pipelines.lake import S3Options  # noqa: E402
 
 apply_airflow_environment()
 
 POSTGRES_URL = os.environ.get("PIPELINES_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+@dataclass(frozen=True)
+class S3Endpoint:
+    url: str
+    options: S3Options
+
+    def new_bucket(self) -> str:
+        import boto3
+
+        name = f"lake-{uuid.uuid4().hex[:10]}"
+        boto3.client(
+            "s3",
+            endpoint_url=self.url,
+            aws_access_key_id=self.options.access_key_id,
+            aws_secret_access_key=self.options.secret_access_key,
+            region_name=self.options.region_name,
+        ).create_bucket(Bucket=name)
+        return name
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[S3Endpoint]:
+    """A real S3 HTTP endpoint: moto in server mode on a free local port, for this test session."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
+    yield S3Endpoint(url, S3Options(url, "testing-key", "testing-secret", None, "us-east-1"))
+    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -2,27 +2,36 @@
 
 One timeline, in order: the source holds four days; hour 2026-01-03 10:00 is corrupted by the
 generator's bad-data knob. Tests in this module run in file order and build on each other.
+
+The module runs twice: on the embedded defaults (a local lake, SQLite tables) and on the
+scale-out storage (the lake on S3, served by moto's server over HTTP, and the tables on the
+PostgreSQL server), both reached through Airflow connections as a deployment would.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, make_url, select
 
 from pipelines import tables
 from pipelines.config import REPO_ROOT, Settings
 from pipelines.demo_data import DemoConfig, write_source
-from pipelines.lake import hour_partition, open_partition
-from tests.conftest import module_home
+from pipelines.lake import hour_partition, open_lake, open_partition
+from tests.conftest import POSTGRES_URL, S3Endpoint, module_home
 
 UTC = UTC
 BAD_HOUR = datetime(2026, 1, 3, 10, tzinfo=UTC)
@@ -30,9 +39,53 @@ FIRST_NIGHT = datetime(2026, 1, 3, 2, tzinfo=UTC)  # train run: window [01-01 02
 SCORED_HOURS = [FIRST_NIGHT + timedelta(hours=h) for h in range(3)]  # 02:00, 03:00, 04:00
 
 
-@pytest.fixture(scope="module")
-def home(airflow_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    with module_home(tmp_path_factory.mktemp("chain")) as settings:
+@contextmanager
+def postgres_database() -> Iterator[str]:
+    """A database of its own on the PostgreSQL server, dropped afterwards."""
+    import psycopg
+
+    name = f"pipelines_chain_{uuid.uuid4().hex[:10]}"
+    admin = make_url(POSTGRES_URL).set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(admin, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(admin, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module", params=["local-sqlite", "s3-postgresql"])
+def home(
+    request: pytest.FixtureRequest, airflow_db: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Settings]:
+    root = tmp_path_factory.mktemp("chain")
+    with ExitStack() as stack:
+        settings = stack.enter_context(module_home(root))
+        if request.param == "s3-postgresql":
+            endpoint: S3Endpoint = request.getfixturevalue("s3_endpoint")
+            url = stack.enter_context(postgres_database())
+            patch = stack.enter_context(pytest.MonkeyPatch.context())
+            lake_uri = f"s3://{endpoint.new_bucket()}/lake"
+            patch.setenv("PIPELINES_LAKE", lake_uri)
+            # Tasks find their storage through Airflow connections, as in a deployment; the variable
+            # below still names the SQLite default, so a task that ignored the connection would miss.
+            patch.setenv(
+                "AIRFLOW_CONN_PIPELINES_TABLES", make_url(url).set(drivername="postgres").render_as_string(False)
+            )
+            patch.setenv(
+                "AIRFLOW_CONN_PIPELINES_LAKE",
+                json.dumps(
+                    {
+                        "conn_type": "aws",
+                        "login": endpoint.options.access_key_id,
+                        "password": endpoint.options.secret_access_key,
+                        "extra": {"endpoint_url": endpoint.url, "region_name": "us-east-1"},
+                    }
+                ),
+            )
+            # What the tests themselves read: the same storage, with the endpoint's credentials.
+            settings = replace(settings, lake=open_lake(lake_uri, endpoint.options), tables_url=url)
         write_source(
             settings.source / "demo_churn",
             DemoConfig(bad_hours=frozenset({BAD_HOUR})),
@@ -43,9 +96,10 @@ def home(airflow_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 
 @pytest.fixture(scope="module")
-def engine(home: Settings) -> Engine:
+def engine(home: Settings) -> Iterator[Engine]:
     engine = tables.make_engine(home.tables_url)
-    return engine
+    yield engine
+    engine.dispose()
 
 
 def run(dag_id: str, logical_date: datetime) -> Any:
@@ -116,37 +170,164 @@ def test_train_registers_a_champion_with_lineage(home: Settings, engine: Engine)
     assert sorted(moves) == [("challenger", "1"), ("champion", "1")]
 
 
+def lake_object(home: Settings, uri: str) -> bytes:
+    """Read an object the pipeline reported by URI, from whichever lake this module runs on."""
+    prefix = home.lake.uri_of("").rstrip("/") + "/"
+    assert uri.startswith(prefix), f"{uri} is not in the lake {prefix}"
+    return home.lake.get(uri.removeprefix(prefix))
+
+
+def per_hour_counts(engine: Engine) -> dict[str, int]:
+    p = tables.predictions
+    with engine.connect() as connection:
+        frame = pd.DataFrame(connection.execute(select(p.c.as_of)).all(), columns=["as_of"])
+    hours = pd.to_datetime(frame["as_of"], utc=True).dt.floor("h").dt.strftime("%H:%M")
+    return hours.value_counts().sort_index().to_dict()
+
+
+def demo_spec(home: Settings) -> Any:
+    from pipelines.spec import load_spec
+
+    return load_spec(home.specs_dir / "demo_churn.yaml")
+
+
 def test_scoring_logs_every_row_of_the_interval(home: Settings, engine: Engine) -> None:
     for hour in SCORED_HOURS:
         dag_run = run("demo_churn__score", hour + timedelta(hours=1))
         assert dag_run.state == "success", task_states(dag_run)
-    expected = sum(open_partition(hour_partition(home.lake, "demo_churn", "raw", h)).rows for h in SCORED_HOURS)
+    expected = sum(open_partition(home.lake, hour_partition("demo_churn", "raw", h)).rows for h in SCORED_HOURS)
     p = tables.predictions
     with engine.connect() as connection:
-        rows = connection.execute(select(p.c.model_version, p.c.as_of, p.c.score)).all()
+        rows = connection.execute(select(p.c.model_version, p.c.as_of, p.c.score, p.c.unseen_categories)).all()
     assert len(rows) == expected > 0
+    if engine.dialect.name == "postgresql":  # written through the Airflow connection, not the URL variable
+        assert tables.count_rows(tables.make_engine(os.environ["PIPELINES_TABLES_URL"]), p, "demo_churn") == 0
     assert {r.model_version for r in rows} == {"1"}
     assert all(0.0 <= r.score <= 1.0 for r in rows)
-    as_of = sorted(r.as_of for r in rows)
-    assert as_of[0] >= SCORED_HOURS[0].replace(tzinfo=None) and as_of[-1] < (
-        SCORED_HOURS[-1] + timedelta(hours=1)
-    ).replace(tzinfo=None)
+    assert {r.unseen_categories for r in rows} <= {0, 1, 2, 3}
+    as_of = pd.to_datetime(pd.Series([r.as_of for r in rows]), utc=True)
+    assert as_of.min() >= SCORED_HOURS[0] and as_of.max() < SCORED_HOURS[-1] + timedelta(hours=1)
     for hour in SCORED_HOURS:
-        assert open_partition(hour_partition(home.lake, "demo_churn", "scored", hour)).manifest["model_version"] == "1"
+        manifest = open_partition(home.lake, hour_partition("demo_churn", "scored", hour)).manifest
+        assert manifest["model_version"] == "1"
+        assert set(manifest["unseen_categories"]) == {"plan", "region", "payment_method"}
 
 
-def test_rescoring_an_interval_changes_nothing(home: Settings, engine: Engine) -> None:
-    hour = SCORED_HOURS[1]
-    scored = hour_partition(home.lake, "demo_churn", "scored", hour)
-    before, lake_before = predictions_digest(engine), open_partition(scored).sha256
-    dag_run = run("demo_churn__score", hour + timedelta(hours=1))
+def test_backfilling_three_intervals_again_changes_nothing(home: Settings, engine: Engine) -> None:
+    before, counts = predictions_digest(engine), per_hour_counts(engine)
+    lake_before = [open_partition(home.lake, hour_partition("demo_churn", "scored", h)).sha256 for h in SCORED_HOURS]
+    assert list(counts) == ["02:00", "03:00", "04:00"]
+    for hour in SCORED_HOURS:
+        dag_run = run("demo_churn__score", hour + timedelta(hours=1))
+        assert dag_run.state == "success", task_states(dag_run)
+        assert dag_run.run_id == f"manual__{hour + timedelta(hours=1):%Y-%m-%dT%H:%M:%S}+00:00"  # same run, re-run
+    assert per_hour_counts(engine) == counts
+    assert predictions_digest(engine) == before  # count and checksum of every column of every row
+    assert [
+        open_partition(home.lake, hour_partition("demo_churn", "scored", h)).sha256 for h in SCORED_HOURS
+    ] == lake_before
+
+
+def test_logged_inputs_replay_to_the_logged_scores_bit_for_bit(home: Settings, engine: Engine) -> None:
+    from pipelines.score import replay_logged_inputs
+
+    replay = replay_logged_inputs(demo_spec(home), home, "1", SCORED_HOURS)
+    assert replay.hours_replayed == 3 and not replay.hours_missing
+    assert (replay.scores["score"] == replay.scores["logged_score"]).all()
+    p = tables.predictions
+    with engine.connect() as connection:
+        logged = pd.DataFrame(
+            connection.execute(select(p.c.entity_id, p.c.as_of, p.c.score)).all(), columns=["entity_id", "as_of", "db"]
+        )
+    logged["as_of"] = pd.to_datetime(logged["as_of"], utc=True)
+    replayed = replay.scores.astype({"entity_id": str})
+    joined = replayed.merge(logged, on=["entity_id", "as_of"], validate="one_to_one")
+    assert len(joined) == len(logged) and (joined["score"] == joined["db"]).all()
+
+
+def test_scoring_refuses_inputs_that_break_the_signature(home: Settings) -> None:
+    from pipelines.features import ContractError
+    from pipelines.lake import read_partition
+    from pipelines.registry import model_signature
+    from pipelines.score import check_inputs
+
+    signature = model_signature(home, "demo_churn", "1")
+    frame, _ = read_partition(home.lake, hour_partition("demo_churn", "raw", SCORED_HOURS[0]))
+    check_inputs(frame, signature, "demo_churn v1")  # the real inputs pass
+    with pytest.raises(ContractError, match=r"input column 'support_calls' \(double\) is missing"):
+        check_inputs(frame.drop(columns=["support_calls"]), signature, "demo_churn v1")
+    changed = frame.assign(monthly_charges=frame["monthly_charges"].astype("string"))
+    with pytest.raises(ContractError, match=r"'monthly_charges' changed type: the model was trained on double"):
+        check_inputs(changed, signature, "demo_churn v1")
+    with pytest.raises(ContractError, match=r"'plan' changed type: the model was trained on string"):
+        check_inputs(frame.assign(plan=1.0), signature, "demo_churn v1")
+
+
+def fail_prediction_writes(engine: Engine) -> None:
+    """A real database failure between the lake write and the database write: a trigger refuses inserts."""
+    with engine.begin() as connection:
+        if engine.dialect.name == "sqlite":
+            connection.exec_driver_sql(
+                "CREATE TRIGGER refuse_predictions BEFORE INSERT ON predictions "
+                "BEGIN SELECT RAISE(ABORT, 'injected failure'); END"
+            )
+        else:
+            connection.exec_driver_sql(
+                "CREATE FUNCTION refuse_predictions() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN RAISE EXCEPTION 'injected failure'; END $$"
+            )
+            connection.exec_driver_sql(
+                "CREATE TRIGGER refuse_predictions BEFORE INSERT ON predictions "
+                "FOR EACH ROW EXECUTE FUNCTION refuse_predictions()"
+            )
+
+
+def allow_prediction_writes(engine: Engine) -> None:
+    with engine.begin() as connection:
+        if engine.dialect.name == "sqlite":
+            connection.exec_driver_sql("DROP TRIGGER refuse_predictions")
+        else:
+            connection.exec_driver_sql("DROP TRIGGER refuse_predictions ON predictions")
+            connection.exec_driver_sql("DROP FUNCTION refuse_predictions()")
+
+
+def test_a_failure_after_the_lake_write_then_a_retry_converges(home: Settings, engine: Engine) -> None:
+    hour = SCORED_HOURS[-1] + timedelta(hours=1)  # 05:00, never scored yet
+    key = hour_partition("demo_churn", "scored", hour)
+    before = predictions_digest(engine)
+    fail_prediction_writes(engine)
+    try:
+        dag_run = run("demo_churn__score", hour + timedelta(hours=1))
+    finally:
+        allow_prediction_writes(engine)
+    assert dag_run.state == "failed" and task_states(dag_run)["score"] == "failed"
+    assert open_partition(home.lake, key).rows > 0  # the lake holds the hour...
+    assert predictions_digest(engine) == before  # ...the database nothing of it, and nothing else moved
+
+    dag_run = run("demo_churn__score", hour + timedelta(hours=1))  # the retry
     assert dag_run.state == "success", task_states(dag_run)
-    assert dag_run.run_id == "manual__2026-01-03T04:00:00+00:00"  # the same run, re-run
-    assert predictions_digest(engine) == before
-    assert open_partition(scored).sha256 == lake_before
+    from pipelines.lake import read_partition
+
+    scored, partition = read_partition(home.lake, key)
+    p = tables.predictions
+    with engine.connect() as connection:
+        logged = pd.DataFrame(
+            connection.execute(
+                select(p.c.entity_id, p.c.as_of, p.c.score, p.c.features_sha256).where(p.c.as_of >= hour)
+            ).all(),
+            columns=["entity_id", "as_of", "score", "features_sha256"],
+        )
+    assert len(logged) == partition.rows == len(scored)
+    logged["as_of"] = pd.to_datetime(logged["as_of"], utc=True)
+    joined = scored.astype({"customer_id": str}).merge(
+        logged, left_on=["customer_id", "event_time"], right_on=["entity_id", "as_of"], validate="one_to_one"
+    )
+    assert len(joined) == len(scored)
+    assert (joined["score_x"] == joined["score_y"]).all()
+    assert (joined["features_sha256_x"] == joined["features_sha256_y"]).all()
 
 
-def test_bad_data_fails_validation_and_scores_nothing(engine: Engine) -> None:
+def test_bad_data_fails_validation_and_scores_nothing(home: Settings, engine: Engine) -> None:
     before = predictions_digest(engine)
     dag_run = run("demo_churn__score", BAD_HOUR + timedelta(hours=1))
     assert dag_run.state == "failed"
@@ -162,47 +343,105 @@ def test_bad_data_fails_validation_and_scores_nothing(engine: Engine) -> None:
     failed = " ".join(json.loads(row["failed_expectations"]))
     assert "expect_column_values_to_not_be_null on column 'customer_id'" in failed
     assert "monthly_charges" in failed and "-999.0" in failed and "platinum_legacy" in failed
-    assert Path(row["result_path"]).exists()
+    assert json.loads(lake_object(home, row["result_path"]))["success"] is False
 
 
-def test_drift_report_is_kept_and_summarised(engine: Engine) -> None:
+def test_drift_report_is_kept_and_summarised(home: Settings, engine: Engine) -> None:
     d = tables.drift_reports
     with engine.connect() as connection:
         reports = connection.execute(select(d)).mappings().all()
-    assert len(reports) == len(SCORED_HOURS)
+    assert len(reports) == len(SCORED_HOURS) + 1  # and the 05:00 hour, scored on retry
     for report in reports:
-        html = Path(report["report_path"])
-        assert html.exists() and html.stat().st_size > 10_000
+        assert len(lake_object(home, report["report_path"])) > 10_000
         assert report["columns"] == 8 and report["current_rows"] > 0 and report["reference_rows"] > 1000
     with engine.connect() as connection:
         per_column = connection.execute(select(tables.drift_metrics)).all()
-    assert len(per_column) == 8 * len(SCORED_HOURS)
+    assert len(per_column) == 8 * len(reports)
 
 
-def test_backtest_uses_matured_labels_only(engine: Engine) -> None:
-    # Backtest interval [01-03 03:30, 01-04 03:30): labels of the scored hours arrive 08:00..11:00 on 01-03.
-    dag_run = run("demo_churn__backtest", datetime(2026, 1, 4, 3, 30, tzinfo=UTC))
-    assert dag_run.state == "success", task_states(dag_run)
+BACKTEST_RUN = datetime(2026, 1, 4, 3, 30, tzinfo=UTC)  # interval [01-03 03:30, 01-04 03:30)
+
+
+def backtest_rows(engine: Engine) -> list[dict[str, Any]]:
     b = tables.backtest_metrics
     with engine.connect() as connection:
-        rows = connection.execute(select(b)).mappings().all()
+        return [dict(r) for r in connection.execute(select(b)).mappings()]
+
+
+def test_backtest_uses_matured_labels_only(home: Settings, engine: Engine) -> None:
+    # Labels of the scored hours (02:00..05:00 on 01-03) arrive 08:00..12:00 on 01-03.
+    dag_run = run("demo_churn__backtest", BACKTEST_RUN)
+    assert dag_run.state == "success", task_states(dag_run)
+    rows = backtest_rows(engine)
+    with engine.connect() as connection:
         predicted = connection.execute(select(tables.predictions.c.entity_id)).all()
-    assert [(r["cohort"], r["model_version"]) for r in rows] == [("2026-01-03", "1")]
-    assert rows[0]["n"] == len(predicted)
-    assert rows[0]["auc"] > 0.7
+    whole = [r for r in rows if r["slice_column"] == "ALL"]
+    assert [(r["cohort"], r["model_version"], r["scored_by"]) for r in whole] == [("2026-01-03", "1", "logged")]
+    assert whole[0]["n"] == len(predicted)
+    assert whole[0]["auc"] > 0.7
+    # Per slice (spec backtest.slices: plan, region): every row lands in exactly one value of each.
+    for column in ("plan", "region"):
+        values = [r for r in rows if r["slice_column"] == column]
+        assert len(values) >= 2 and sum(r["n"] for r in values) == whole[0]["n"]
+
+
+def test_backtest_keeps_a_plot_and_an_mlflow_run(home: Settings, engine: Engine) -> None:
+    from mlflow import MlflowClient
+
+    png = home.lake.get(f"demo_churn/reports/backtest/{BACKTEST_RUN:%Y-%m-%dT%H%M}.png")
+    assert png.startswith(b"\x89PNG") and len(png) > 5_000
+    client = MlflowClient()
+    runs = client.search_runs(
+        [client.get_experiment_by_name("pipelines/demo_churn").experiment_id], "tags.kind = 'backtest'"
+    )
+    assert len(runs) == 1
+    assert runs[0].data.metrics["logged.v1.auc"] > 0.7
+    whole = [r for r in backtest_rows(engine) if r["slice_column"] == "ALL"]
+    assert runs[0].data.metrics["logged.v1.n"] == whole[0]["n"]
+    artifacts = {a.path for a in client.list_artifacts(runs[0].info.run_id, "backtest")}
+    assert artifacts == {"backtest/backtest.png", "backtest/backtest_metrics.json"}
+
+
+def test_labels_and_backtest_rerun_change_nothing(home: Settings, engine: Engine) -> None:
+    with engine.connect() as connection:
+        labels_before = connection.execute(select(tables.labels).order_by(tables.labels.c.entity_id)).all()
+    metrics_before = backtest_rows(engine)
+    dag_run = run("demo_churn__backtest", BACKTEST_RUN)
+    assert dag_run.state == "success", task_states(dag_run)
+    with engine.connect() as connection:
+        assert connection.execute(select(tables.labels).order_by(tables.labels.c.entity_id)).all() == labels_before
+    assert backtest_rows(engine) == metrics_before
+    assert all(r.arrived_at is not None for r in labels_before)
 
 
 def test_backtest_has_no_look_ahead(home: Settings, engine: Engine) -> None:
     from pipelines.backtest import matured_predictions
-    from pipelines.spec import load_spec
 
-    spec = load_spec(home.specs_dir / "demo_churn.yaml")
+    spec = demo_spec(home)
     # Labels of the 02:00 hour arrive at 08:00: a backtest up to 08:00 knows none of them, one up to
     # 09:00 knows exactly that hour, though the labels table already holds later arrivals.
     assert matured_predictions(spec, engine, datetime(2026, 1, 3, 8, tzinfo=UTC)).empty
     early = matured_predictions(spec, engine, datetime(2026, 1, 3, 9, tzinfo=UTC))
     assert len(early) > 0
     assert early["as_of"].min() >= SCORED_HOURS[0] and early["as_of"].max() < SCORED_HOURS[1]
+
+
+def test_challenger_replays_the_logged_inputs_next_to_the_champion(home: Settings, engine: Engine) -> None:
+    # A dry-run training registers v2 as challenger and leaves v1 serving.
+    from pipelines.airflow_dags import run_in_process
+
+    dag_run = run_in_process("demo_churn__train", FIRST_NIGHT + timedelta(hours=1), run_conf={"dry_run": True})
+    assert dag_run.state == "success", task_states(dag_run)
+    assert champion(home) == "1"
+    dag_run = run("demo_churn__backtest", BACKTEST_RUN)
+    assert dag_run.state == "success", task_states(dag_run)
+    whole = {(r["model_version"], r["scored_by"]): r for r in backtest_rows(engine) if r["slice_column"] == "ALL"}
+    assert set(whole) == {("1", "logged"), ("2", "replay")}
+    # The challenger scored the very rows the champion scored (4 matured hours, fewer than replay_intervals).
+    assert whole[("2", "replay")]["n"] == whole[("1", "logged")]["n"]
+    assert whole[("2", "replay")]["auc"] > 0.7
+    replayed = [r for r in backtest_rows(engine) if r["scored_by"] == "replay" and r["slice_column"] == "plan"]
+    assert sum(r["n"] for r in replayed) == whole[("2", "replay")]["n"]
 
 
 def test_training_over_a_bad_window_is_blocked_and_keeps_the_champion(home: Settings, engine: Engine) -> None:
@@ -220,9 +459,14 @@ def test_status_cli_reports_the_state(home: Settings) -> None:
         text=True,
         cwd=REPO_ROOT,
         check=True,
+        env={**os.environ, "PIPELINES_TABLES_URL": home.tables_url},
     )
     model = json.loads(result.stdout)["models"][0]
     assert model["model"] == "demo_churn" and model["champion_version"] == "1"
-    assert model["predictions"] > 0 and model["labels"] > 0 and model["backtest_metrics"] == 1
+    assert model["predictions"] > 0 and model["labels"] > 0 and model["backtest_metrics"] > 2
+    assert {(b["model_version"], b["scored_by"]) for b in model["latest_backtest"]} == {
+        ("1", "logged"),
+        ("2", "replay"),
+    }
     assert model["last_validation"]["success"] is False  # the blocked training window
     assert model["last_drift_report"]["path"].endswith(".html")

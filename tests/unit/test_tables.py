@@ -3,10 +3,13 @@
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from uuid import uuid4
 
+import pandas as pd
 import pytest
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import IntegrityError
 
 from pipelines import tables
 from tests.conftest import POSTGRES_URL
@@ -79,3 +82,65 @@ def test_tables_from_an_older_version_gain_new_nullable_columns(tmp_path: Path) 
     with engine.connect() as connection:
         rows = connection.execute(select(tables.model_events.c.to_version, tables.model_events.c.details)).all()
     assert rows == [("1", None)]
+
+
+def prediction_frame(model: str, n: int, score: float, start: int = 0) -> pd.DataFrame:
+    rows = pd.DataFrame(prediction_rows(model, n + start, score)).iloc[start:]
+    rows["unseen_categories"] = 0
+    return rows.reset_index(drop=True)
+
+
+def in_hour(model: str) -> Any:
+    p = tables.predictions
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    return (p.c.model_name == model) & (p.c.as_of >= at) & (p.c.as_of < at + timedelta(hours=1))
+
+
+def test_merge_frame_bulk_path_matches_upsert_and_replays_to_nothing(engine: Engine) -> None:
+    model, twin = f"m_{uuid4().hex[:8]}", f"m_{uuid4().hex[:8]}"
+    key = ["model_name", "entity_id", "as_of"]
+    watch = ["model_version", "score", "features_sha256", "unseen_categories"]
+    frame = prediction_frame(model, 20_000, 0.25)
+    assert tables.merge_frame(engine, tables.predictions, frame, key, watch, replaces=in_hour(model)) == 0
+    # The bulk path (COPY / executemany into a staging table) stores exactly what the row-wise upsert stores.
+    tables.upsert(engine, tables.predictions, prediction_frame(twin, 20_000, 0.25).to_dict("records"), key, watch)
+    assert [r[1:] for r in snapshot(engine, model)] == [r[1:] for r in snapshot(engine, twin)]
+
+    before = snapshot(engine, model)
+    retry = frame.assign(dag_run_id="a-retry")
+    tables.merge_frame(engine, tables.predictions, retry, key, watch, replaces=in_hour(model))
+    assert snapshot(engine, model) == before  # not even dag_run_id moved: the rows did not change
+
+
+def test_merge_frame_replaces_its_scope_and_nothing_else(engine: Engine) -> None:
+    model = f"m_{uuid4().hex[:8]}"
+    key = ["model_name", "entity_id", "as_of"]
+    tables.merge_frame(engine, tables.predictions, prediction_frame(model, 100, 0.25), key, replaces=in_hour(model))
+    # The source of that hour was corrected: 10 rows fewer. They go, in the same transaction.
+    deleted = tables.merge_frame(
+        engine, tables.predictions, prediction_frame(model, 90, 0.5, start=10), key, replaces=in_hour(model)
+    )
+    rows = snapshot(engine, model)
+    assert deleted == 10 and len(rows) == 90 and {r[4] for r in rows} == {0.5}
+    assert rows[0][1] == "E10"
+
+
+def test_merge_frame_refuses_duplicate_keys_and_writes_nothing(engine: Engine) -> None:
+    model = f"m_{uuid4().hex[:8]}"
+    frame = prediction_frame(model, 10, 0.25)
+    frame = pd.concat([frame, frame.iloc[[3]]], ignore_index=True)
+    with pytest.raises(ValueError, match=r"2 rows share a key .*'entity_id': 'E3'"):
+        tables.merge_frame(engine, tables.predictions, frame, ["model_name", "entity_id", "as_of"])
+    assert tables.count_rows(engine, tables.predictions, model) == 0
+
+
+def test_merge_frame_failure_rolls_back_everything(engine: Engine) -> None:
+    model = f"m_{uuid4().hex[:8]}"
+    key = ["model_name", "entity_id", "as_of"]
+    tables.merge_frame(engine, tables.predictions, prediction_frame(model, 50, 0.25), key, replaces=in_hour(model))
+    before = snapshot(engine, model)
+    broken = prediction_frame(model, 40, 0.5)
+    broken.loc[7, "score"] = None  # NOT NULL: the merge fails after the stage was loaded
+    with pytest.raises(IntegrityError):
+        tables.merge_frame(engine, tables.predictions, broken, key, replaces=in_hour(model))
+    assert snapshot(engine, model) == before
