@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import pytest
 
@@ -131,10 +132,12 @@ def test_demo_leaves_a_full_status(stack: Stack) -> None:
     (model,) = stack.status["models"]
     assert model["champion_version"] == "2"  # the second training met the gate
     assert model["predictions"] > 0 and model["labels"] > 0 and model["backtest_metrics"] > 0
-    assert [(b["cohort"], b["model_version"]) for b in model["latest_backtest"]] == [("2026-01-03", "1")]
+    assert [(b["cohort"], b["model_version"], b["scored_by"]) for b in model["latest_backtest"]] == [
+        ("2026-01-03", "1", "logged")
+    ]
     assert model["latest_backtest"][0]["auc"] > 0.7
     assert model["last_validation"]["success"] is True
-    assert Path(model["last_drift_report"]["path"]).exists()
+    assert Path(urlparse(model["last_drift_report"]["path"]).path).exists()
     # The generator's drift knob moves exactly these columns from 05:00; the last report is at 08:00.
     assert sorted(model["last_drift_report"]["drifted_columns"]) == ["monthly_charges", "plan", "support_calls"]
 
