@@ -72,6 +72,7 @@ def run_context() -> RunContext:
 def permanent_failures() -> Iterator[None]:
     """Errors a retry cannot fix (bad data, broken contract, missing champion) fail the task at once."""
     from pipelines.features import ContractError
+    from pipelines.lake import LakeError
     from pipelines.promotion import StaleDecision
     from pipelines.registry import RegistrationError
     from pipelines.score import NoChampionError
@@ -83,6 +84,7 @@ def permanent_failures() -> Iterator[None]:
     except (
         ValidationFailed,
         ContractError,
+        LakeError,
         NoChampionError,
         NotEnoughDataError,
         RegistrationError,
@@ -283,11 +285,12 @@ def train_dag(spec: ModelSpec) -> DAG:
             from pipelines.promotion import register_challenger
 
             ctx = run_context()
+            settings = _settings()
             with permanent_failures():
                 return register_challenger(
                     spec,
-                    _settings(),
-                    _engine(),
+                    settings,
+                    _engine(settings),
                     trained["run_id"],
                     trained["model_uri"],
                     trained["lineage"],
@@ -300,11 +303,12 @@ def train_dag(spec: ModelSpec) -> DAG:
             from pipelines.promotion import gate_challenger
 
             ctx = run_context()
+            settings = _settings()
             with permanent_failures():
                 return gate_challenger(
                     spec,
-                    _settings(),
-                    _engine(),
+                    settings,
+                    _engine(settings),
                     version,
                     ctx.dag_id,
                     ctx.run_id,
@@ -319,9 +323,10 @@ def train_dag(spec: ModelSpec) -> DAG:
             from pipelines.promotion import apply_decision
 
             ctx = run_context()
+            settings = _settings()
             approval = get_current_context()["ti"].xcom_pull(task_ids="approve")
             with permanent_failures():
-                return apply_decision(_settings(), _engine(), decision, approval, ctx.run_id, ctx.actor)
+                return apply_decision(settings, _engine(settings), decision, approval, ctx.run_id, ctx.actor)
 
         # TaskFlow wiring passes XComArgs where the functions take dicts; Airflow resolves them at run time.
         ingested = ingest_window()
@@ -385,12 +390,15 @@ def score_dag(spec: ModelSpec) -> DAG:
             from pipelines.score import score_interval
 
             ctx = run_context()
+            settings = _settings()
             with permanent_failures():
-                result = score_interval(spec, _settings(), _engine(), ctx.start, ctx.end, ctx.run_id)
+                result = score_interval(spec, settings, _engine(settings), ctx.start, ctx.end, ctx.run_id)
             return {
                 "model_version": result.model_version,
                 "rows": result.rows,
                 "unseen_categories": result.unseen_categories,
+                "stale_rows_deleted": result.stale_rows_deleted,
+                "scored": result.scored_uris,
             }
 
         @task
@@ -398,8 +406,9 @@ def score_dag(spec: ModelSpec) -> DAG:
             from pipelines.drift import monitor_interval
 
             ctx = run_context()
+            settings = _settings()
             with permanent_failures():
-                summary = monitor_interval(spec, _settings(), _engine(), ctx.start, ctx.end, ctx.run_id)
+                summary = monitor_interval(spec, settings, _engine(settings), ctx.start, ctx.end, ctx.run_id)
             log.info("drift report: %s (drifted columns: %s)", summary.report_path, summary.drifted_columns or "none")
             return {
                 "report_path": summary.report_path,
@@ -494,11 +503,12 @@ def rollback_dag(spec: ModelSpec) -> DAG:
             from pipelines.registry import rollback as roll_back
 
             context = get_current_context()  # no data interval: a rollback is not about one
+            settings = _settings()
             dag_run, params = context["dag_run"], context["params"]
             version, reason = str(params["version"]).strip(), str(params["reason"])
             try:
                 moved = roll_back(
-                    _settings(), _engine(), spec.name, version, reason, dag_run.run_id, run_actor(dag_run)
+                    settings, _engine(settings), spec.name, version, reason, dag_run.run_id, run_actor(dag_run)
                 )
             except VersionNotServable as exc:
                 raise AirflowFailException(f"rollback refused, champion unchanged: {exc}") from exc
