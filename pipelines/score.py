@@ -104,6 +104,14 @@ def score_hour(
             spec.timestamp,
         )
         frame = frame[~keyless]
+    outside = (frame[spec.timestamp] < hour) | (frame[spec.timestamp] >= hour + timedelta(hours=1))
+    if outside.any():
+        # Each hour's predictions replace that hour's rows: a row filed under another hour would be
+        # deleted by that hour's re-scoring. The source must file events under their own hour.
+        raise ValueError(
+            f"{spec.name}: {int(outside.sum())} row(s) of the partition for {hour.isoformat()} have "
+            f"{spec.timestamp} outside that hour, e.g. {frame.loc[outside, spec.timestamp].head(3).tolist()}"
+        )
     check_inputs(frame, signature, f"{spec.name} v{version}")
     # The model's inputs and every feature of the spec, so a challenger with other features can replay them.
     inputs = [c for c in dict.fromkeys([*contract.columns, *spec.features.all]) if c in frame.columns]

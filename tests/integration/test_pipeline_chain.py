@@ -327,6 +327,20 @@ def test_a_failure_after_the_lake_write_then_a_retry_converges(home: Settings, e
     assert (joined["features_sha256_x"] == joined["features_sha256_y"]).all()
 
 
+def test_rows_filed_under_another_hour_are_refused(home: Settings, engine: Engine) -> None:
+    from pipelines.lake import read_partition, write_partition
+    from pipelines.score import score_interval
+
+    evening = datetime(2026, 1, 3, 20, tzinfo=UTC)
+    frame, _ = read_partition(home.lake, hour_partition("demo_churn", "raw", SCORED_HOURS[0]))
+    write_partition(home.lake, hour_partition("demo_churn", "raw", evening), frame, {"model": "demo_churn"})
+    before = predictions_digest(engine)
+    with pytest.raises(ValueError, match=rf"{len(frame)} row\(s\) of the partition for 2026-01-03T20:00:00\+00:00"):
+        score_interval(demo_spec(home), home, engine, evening, evening + timedelta(hours=1), "test")
+    assert predictions_digest(engine) == before
+    assert not home.lake.exists(f"{hour_partition('demo_churn', 'scored', evening)}/_manifest.json")
+
+
 def test_bad_data_fails_validation_and_scores_nothing(home: Settings, engine: Engine) -> None:
     before = predictions_digest(engine)
     dag_run = run("demo_churn__score", BAD_HOUR + timedelta(hours=1))
