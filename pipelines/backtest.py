@@ -5,8 +5,9 @@ backtest's interval are used (intervals are half-open), and only predictions who
 had passed by then: a backtest run for a past interval gives the same answer today as it did then.
 
 The challenger (when it is not the champion) is replayed on the logged inputs of the last
-`backtest.replay_intervals` matured hours, so it is judged on production traffic; its rows sit
-next to the serving model's in `backtest_metrics` with scored_by = 'replay'.
+`backtest.replay_intervals` matured hours after its training data ends, so it is judged on
+production traffic it never saw; its rows sit next to the serving model's in `backtest_metrics`
+with scored_by = 'replay'.
 """
 
 from __future__ import annotations
@@ -131,14 +132,22 @@ def cohort_metrics(frame: pd.DataFrame, slices: list[str], scored_by: str) -> li
 def replay_challenger(
     spec: ModelSpec, settings: Settings, frame: pd.DataFrame, challenger: str, end: datetime
 ) -> pd.DataFrame:
-    """The challenger's scores on the logged inputs of the last K matured hours, with their labels.
+    """The challenger's scores on the logged inputs of the last K matured hours new to it, with their labels.
 
     The replayed scores are kept in the lake (`<model>/replay/v<version>/...`) for the gate and for audit.
     """
     from pipelines.lake import write_partition
+    from pipelines.registry import fresh_from
     from pipelines.score import replay_logged_inputs
 
+    # Only rows the challenger was not fitted on: replaying its own training rows would flatter it.
+    since = fresh_from(settings, spec.name, challenger)
+    if since is not None:
+        frame = frame[frame["as_of"] >= pd.Timestamp(since)]
     hours = sorted(frame["as_of"].dt.floor("h").unique())[-spec.backtest.replay_intervals :]
+    if not hours:
+        log.warning("%s: no matured hour is newer than challenger v%s's training data yet", spec.name, challenger)
+        return frame.iloc[0:0].assign(model_version=challenger)
     replay = replay_logged_inputs(spec, settings, challenger, [h.to_pydatetime() for h in hours])
     if replay.hours_missing:
         log.warning("%s: replay skipped %d hour(s) never scored", spec.name, len(replay.hours_missing))

@@ -81,6 +81,14 @@ def model_signature(settings: Settings, model_name: str, version: str) -> Any:
     return mlflow.models.get_model_info(f"models:/{model_name}/{version}").signature
 
 
+def fresh_from(settings: Settings, model_name: str, version: str) -> datetime | None:
+    """Where the data a version was fitted on ends (its run's `trained_until` tag): later rows are new to it."""
+    client = mlflow_client(settings)
+    tags = client.get_run(client.get_model_version(model_name, version).run_id).data.tags
+    value = tags.get("trained_until") or tags.get("window_end")
+    return datetime.fromisoformat(value) if value else None
+
+
 def register_version(settings: Settings, model_name: str, run_id: str, model_uri: str, tags: dict[str, str]) -> str:
     """Register the run's model once and wait until it is READY.
 

@@ -7,6 +7,7 @@ LocalExecutor and its predictions land in the table.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -179,6 +180,62 @@ def test_scheduler_executes_a_run_triggered_through_the_api(stack: Stack) -> Non
         (rows,) = connection.execute("select count(*) from predictions where dag_run_id = ?", (RUN_ID,)).fetchone()
     manifest = json.loads((stack.home / "lake/demo_churn/raw/dt=2026-01-03/hour=11/_manifest.json").read_text())
     assert rows == manifest["rows"] > 0
+
+
+def predictions_per_hour(home: Path, day: str) -> tuple[dict[str, int], str]:
+    """Per-hour counts of a day's logged predictions, and a checksum of every column of every row."""
+    with sqlite3.connect(home / "tables.db") as connection:
+        rows = connection.execute(
+            "select * from predictions where as_of >= ? and as_of < date(?, '+1 day') order by entity_id, as_of",
+            (day, day),
+        ).fetchall()
+    counts: dict[str, int] = {}
+    for row in rows:
+        hour = str(row[2])[11:13]
+        counts[hour] = counts.get(hour, 0) + 1
+    return counts, hashlib.sha256(repr(rows).encode()).hexdigest()
+
+
+def test_backfilling_three_hours_twice_gives_the_same_rows(stack: Stack) -> None:
+    """Airflow's own backfill (REST API, executed by the scheduler) over three score intervals; the
+    second backfill re-runs the completed runs and must change no logged prediction."""
+    api = stack.airflow_url + "/api/v2"
+    token = request(
+        stack.airflow_url + "/auth/token", payload={"username": "admin", "password": stack.password}, method="POST"
+    )["access_token"]
+    request(f"{api}/dags/demo_churn__score", token, {"is_paused": False}, "PATCH")
+
+    def backfill(reprocess: str) -> dict[str, str]:
+        created = request(
+            f"{api}/backfills",
+            token,
+            {
+                "dag_id": "demo_churn__score",
+                "from_date": "2026-01-04T13:00:00Z",  # logical dates 13:00, 14:00, 15:00: intervals up to 16:00
+                "to_date": "2026-01-04T15:00:00Z",
+                "reprocess_behavior": reprocess,
+                "max_active_runs": 1,
+            },
+            "POST",
+        )
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and not request(f"{api}/backfills/{created['id']}", token)["completed_at"]:
+            time.sleep(5)
+        runs = request(f"{api}/dags/demo_churn__score/dagRuns?run_type=backfill&limit=100", token)["dag_runs"]
+        return {r["dag_run_id"]: r["state"] for r in runs}
+
+    first = backfill("none")
+    assert sorted(first.values()) == ["success"] * 3, first
+    counts, checksum = predictions_per_hour(stack.home, "2026-01-04")
+    for hour in ("13", "14", "15"):
+        manifest = json.loads(
+            (stack.home / f"lake/demo_churn/raw/dt=2026-01-04/hour={hour}/_manifest.json").read_text()
+        )
+        assert counts[hour] == manifest["rows"] > 0, hour
+
+    second = backfill("completed")
+    assert second == first  # the same three runs, re-run
+    assert predictions_per_hour(stack.home, "2026-01-04") == (counts, checksum)
 
 
 def test_promotion_waits_for_a_human_approval_through_the_api(stack: Stack) -> None:

@@ -456,6 +456,15 @@ def test_challenger_replays_the_logged_inputs_next_to_the_champion(home: Setting
     assert whole[("2", "replay")]["auc"] > 0.7
     replayed = [r for r in backtest_rows(engine) if r["scored_by"] == "replay" and r["slice_column"] == "plan"]
     assert sum(r["n"] for r in replayed) == whole[("2", "replay")]["n"]
+    # The replayed scores are kept in the lake, and only cover rows newer than v2's training data.
+    from pipelines.lake import read_partition
+    from pipelines.registry import fresh_from
+
+    scores, partition = read_partition(home.lake, "demo_churn/replay/v2/20251228T0330--20260104T0330")
+    assert partition.manifest["model_version"] == "2" and len(scores) >= whole[("2", "replay")]["n"]
+    since = fresh_from(home, "demo_churn", "2")
+    assert since is not None and datetime(2026, 1, 2, tzinfo=UTC) < since < SCORED_HOURS[0]
+    assert scores["as_of"].min() >= since
 
 
 def test_training_over_a_bad_window_is_blocked_and_keeps_the_champion(home: Settings, engine: Engine) -> None:
