@@ -8,7 +8,7 @@ from uuid import uuid4
 
 import pandas as pd
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, inspect, select
 from sqlalchemy.exc import IntegrityError
 
 from pipelines import tables
@@ -144,3 +144,23 @@ def test_merge_frame_failure_rolls_back_everything(engine: Engine) -> None:
     with pytest.raises(IntegrityError):
         tables.merge_frame(engine, tables.predictions, broken, key, replaces=in_hour(model))
     assert snapshot(engine, model) == before
+
+
+def test_backtest_metrics_of_an_older_layout_are_rebuilt(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as connection:  # backtest_metrics before slices and replay existed
+        connection.execute(
+            "CREATE TABLE backtest_metrics (model_name VARCHAR(64) NOT NULL, cohort VARCHAR(10) NOT NULL, "
+            "model_version VARCHAR(32) NOT NULL, n INTEGER NOT NULL, positives INTEGER NOT NULL, auc FLOAT, "
+            "logloss FLOAT, brier FLOAT, mean_score FLOAT, labels_as_of DATETIME NOT NULL, "
+            "dag_run_id VARCHAR(250) NOT NULL, UNIQUE (model_name, cohort, model_version))"
+        )
+        connection.execute(
+            "INSERT INTO backtest_metrics VALUES ('m', '2026-01-01', '1', 5, 1, 0.5, 0.6, 0.2, 0.3, '2026-01-02', 'r')"
+        )
+    engine = tables.make_engine(f"sqlite:///{path}")
+    columns = {c["name"] for c in inspect(engine).get_columns("backtest_metrics")}
+    assert {"scored_by", "slice_column", "slice_value"} <= columns
+    assert tables.count_rows(engine, tables.backtest_metrics, "m") == 0  # derived rows: the next backtest refills them
