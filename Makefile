@@ -26,6 +26,7 @@ up: install  ## Airflow (standalone) and the MLflow UI on the same home; Ctrl-C 
 bench: install  ## benchmarks under bench/, each prints its figures and conditions (never run by `make test`)
 	$(RUN) python bench/gate_bootstrap.py
 	$(RUN) python bench/prediction_writes.py
+	$(RUN) python bench/drift_report.py
 
 clean:
 	rm -rf .pipelines

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from airflow.providers.standard.operators.hitl import HITLOperator
-from airflow.sdk import DAG, Asset, CronDataIntervalTimetable, Param, get_current_context, task
+from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, CronDataIntervalTimetable, Param, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
 from pipelines.spec import ModelSpec, load_spec
@@ -39,6 +39,7 @@ class RunContext:
     end: datetime
     actor: str  # who made this run happen, for the model_events log
     params: dict[str, Any]
+    drift: dict[str, Any] | None  # the drift policy's request, when drift triggered this run
 
 
 def _utc(value: Any) -> datetime:
@@ -50,12 +51,33 @@ def run_actor(dag_run: Any) -> str:
     return f"airflow:{user}" if user else "airflow:scheduler"
 
 
+def asset_events(context: Any) -> list[dict[str, Any]]:
+    """The extras of the Asset events that triggered this run (none for scheduled or manual runs)."""
+    events = context.get("triggering_asset_events") or {}
+    return [dict(event.extra or {}) for _, asset_events_ in events.items() for event in asset_events_]
+
+
 def run_context() -> RunContext:
     context = get_current_context()
+    dag_run = context["dag_run"]
+    drift = [e for e in asset_events(context) if e.get("kind") == "drift"]
+    if drift:
+        # A drift-triggered run covers the data up to the drifted window, not the events' wall-clock times.
+        latest = max(drift, key=lambda e: str(e["window_end"]))
+        drifted_until = _utc(datetime.fromisoformat(str(latest["window_end"])))
+        return RunContext(
+            dag_run.dag_id,
+            dag_run.run_id,
+            "",
+            drifted_until - timedelta(hours=1),
+            drifted_until,
+            "airflow:drift",
+            dict(context.get("params") or {}),
+            latest,
+        )
     start, end = context.get("data_interval_start"), context.get("data_interval_end")
     if start is None or end is None:
         raise AirflowFailException("this task needs a data interval; trigger the DAG with a logical date")
-    dag_run = context["dag_run"]
     logical = context.get("logical_date")
     return RunContext(
         dag_run.dag_id,
@@ -65,7 +87,15 @@ def run_context() -> RunContext:
         _utc(end),
         run_actor(dag_run),
         dict(context.get("params") or {}),
+        None,
     )
+
+
+def run_trigger(ctx: RunContext) -> str:
+    """What started a run, for lineage: drift, the schedule, or a person."""
+    if ctx.drift:
+        return "drift"
+    return "schedule" if ctx.actor == "airflow:scheduler" else f"manual ({ctx.actor})"
 
 
 @contextmanager
@@ -209,13 +239,18 @@ TRAIN_PARAMS = {
 def train_dag(spec: ModelSpec) -> DAG:
     gate = spec.gate
     with DAG(
-        schedule=CronDataIntervalTimetable(spec.schedules.train, timezone="UTC"),
+        # Nightly, or as soon as the monitor finds persistent drift.
+        schedule=AssetOrTimeSchedule(
+            timetable=CronDataIntervalTimetable(spec.schedules.train, timezone="UTC"), assets=drift_asset(spec)
+        ),
         params=TRAIN_PARAMS,
         **_common_args(
             spec,
             "train",
             (
-                f"Nightly: ingest and validate the last {spec.training.window_days} day(s), train XGBoost "
+                f"Nightly, or when `{spec.name}__monitor` emits `{spec.name}__drift` (persistent drift; the MLflow "
+                f"run is then tagged trigger=drift with the reason and report): ingest and validate the last "
+                f"{spec.training.window_days} day(s), train XGBoost "
                 "(CUDA when usable), log to MLflow with lineage, register the version as `challenger`, then the "
                 f"gate (mode `{gate.mode}`): challenger and champion are scored on the challenger's fresh "
                 f"holdout, and `champion` moves only when the {gate.confidence:.0%} bootstrap interval of the "
@@ -269,7 +304,14 @@ def train_dag(spec: ModelSpec) -> DAG:
                         "validation_result": validated["result_uri"],
                         "git_sha": git_sha(),
                         "labels_rows": str(labelled["rows"]),
+                        "trigger": run_trigger(ctx),
                     }
+                    if ctx.drift:  # the drift policy asked for this training: say why, and where the report is
+                        tags |= {
+                            "drift_reason": str(ctx.drift["reason"]),
+                            "drift_report": str(ctx.drift["report"]),
+                            "drift_window_end": str(ctx.drift["window_end"]),
+                        }
                     result = train_model(spec, frame, settings, tags, ctx.params)
             return {
                 "run_id": result.run_id,
@@ -368,8 +410,9 @@ def score_dag(spec: ModelSpec) -> DAG:
             spec,
             "score",
             (
-                "Hourly: ingest the interval, validate it, score it with `models:/<name>@champion`, upsert "
-                "the predictions, keep the scored inputs in the lake, and write an Evidently drift report."
+                "Hourly: ingest the interval, validate it, check it against the champion's signature, score it "
+                "with `models:/<name>@champion`, keep the scored inputs in the lake and merge the predictions "
+                f"into the log. Emits the `{spec.name}__predictions` Asset, which runs `{spec.name}__monitor`."
             ),
         ),
     ) as dag:
@@ -393,6 +436,14 @@ def score_dag(spec: ModelSpec) -> DAG:
             settings = _settings()
             with permanent_failures():
                 result = score_interval(spec, settings, _engine(settings), ctx.start, ctx.end, ctx.run_id)
+            # The monitor DAG runs on this event and reads which interval to watch from it.
+            get_current_context()["outlet_events"][predictions_asset(spec)].extra = {
+                "kind": "predictions",
+                "interval_start": ctx.start.isoformat(),
+                "interval_end": ctx.end.isoformat(),
+                "model_version": result.model_version,
+                "rows": result.rows,
+            }
             return {
                 "model_version": result.model_version,
                 "rows": result.rows,
@@ -401,22 +452,119 @@ def score_dag(spec: ModelSpec) -> DAG:
                 "scored": result.scored_uris,
             }
 
+        score(validate_interval(ingest_interval()))  # type: ignore[arg-type]
+    return dag
+
+
+def drift_asset(spec: ModelSpec) -> Asset:
+    return Asset(name=f"{spec.name}__drift", uri=f"pipelines://{spec.name}/drift")
+
+
+MONITOR_PARAMS = {
+    "interval_start": Param(
+        None,
+        type=["null", "string"],
+        format="date-time",
+        description="Manual runs: the scored interval to monitor (runs triggered by scoring read it from the event)",
+    ),
+    "interval_end": Param(None, type=["null", "string"], format="date-time", description="Its end"),
+}
+
+
+def monitored_intervals(context: Any) -> list[tuple[datetime, datetime]]:
+    """The scored intervals this run watches: from the triggering predictions events, else from the params."""
+    events = [e for e in asset_events(context) if e.get("kind") == "predictions"]
+    if events:
+        pairs = {(str(e["interval_start"]), str(e["interval_end"])) for e in events}
+    else:
+        params = context.get("params") or {}
+        if not params.get("interval_start") or not params.get("interval_end"):
+            raise AirflowFailException("no predictions event triggered this run: give interval_start and interval_end")
+        pairs = {(str(params["interval_start"]), str(params["interval_end"]))}
+    return sorted((_utc(datetime.fromisoformat(a)), _utc(datetime.fromisoformat(b))) for a, b in pairs)
+
+
+def monitor_dag(spec: ModelSpec) -> DAG:
+    policy = spec.drift
+    with DAG(
+        schedule=[predictions_asset(spec)],
+        params=MONITOR_PARAMS,
+        **_common_args(
+            spec,
+            "monitor",
+            (
+                f"Runs on each `{spec.name}__predictions` event: an Evidently drift report (DataDriftPreset, and "
+                "prediction drift on the model's score) of the scored interval against the reference sample "
+                f"stored with the serving version, sampled to {policy.max_current_rows} rows; the HTML goes to the "
+                "lake, per-column results to `drift_metrics`. A window drifted when at least "
+                f"{policy.drift_share:.0%} of the feature columns did. When {policy.drifted_windows} of the last "
+                f"{policy.windows} windows drifted and no retraining happened in the last {policy.cooldown_hours} h, "
+                f"`request_retraining` emits `{spec.name}__drift`, which runs `{spec.name}__train`."
+            ),
+        ),
+    ) as dag:
+
         @task
-        def drift_report(scored: dict[str, Any]) -> dict[str, Any]:
+        def drift_report() -> list[dict[str, Any]]:
             from pipelines.drift import monitor_interval
 
-            ctx = run_context()
+            context = get_current_context()
             settings = _settings()
-            with permanent_failures():
-                summary = monitor_interval(spec, settings, _engine(settings), ctx.start, ctx.end, ctx.run_id)
-            log.info("drift report: %s (drifted columns: %s)", summary.report_path, summary.drifted_columns or "none")
-            return {
-                "report_path": summary.report_path,
-                "drift_share": summary.drift_share,
-                "drifted_columns": summary.drifted_columns,
-            }
+            engine = _engine(settings)
+            reports = []
+            for start, end in monitored_intervals(context):
+                with permanent_failures():
+                    summary = monitor_interval(spec, settings, engine, start, end, context["dag_run"].run_id)
+                log.info(
+                    "DRIFT report %s: %d of %d feature columns drifted (%s), prediction drift %s",
+                    summary.report_path,
+                    len(summary.drifted_columns),
+                    len(summary.features),
+                    ", ".join(summary.drifted_columns) or "none",
+                    summary.prediction_drift,
+                )
+                reports.append(
+                    {
+                        "interval_end": end.isoformat(),
+                        "report": summary.report_path,
+                        "drift_share": summary.drift_share,
+                        "drifted_columns": summary.drifted_columns,
+                        "prediction_drift": summary.prediction_drift,
+                    }
+                )
+            return reports
 
-        drift_report(score(validate_interval(ingest_interval())))  # type: ignore[arg-type]
+        @task.short_circuit
+        def drift_persists(reports: list[dict[str, Any]]) -> bool:
+            from pipelines.drift_policy import evaluate
+
+            settings = _settings()
+            window_end = max(datetime.fromisoformat(r["interval_end"]) for r in reports)
+            verdict = evaluate(spec, settings, _engine(settings), window_end)
+            log.info("DRIFT policy at %s: %s", verdict.window_end, verdict.reason)
+            return verdict.retrain
+
+        @task(outlets=[drift_asset(spec)])
+        def request_retraining(reports: list[dict[str, Any]]) -> dict[str, Any]:
+            from pipelines.drift_policy import record_trigger, stored_verdict
+
+            context = get_current_context()
+            settings = _settings()
+            engine = _engine(settings)
+            window_end = max(datetime.fromisoformat(r["interval_end"]) for r in reports)
+            request = record_trigger(
+                engine,
+                spec.name,
+                stored_verdict(engine, spec.name, window_end),
+                context["dag_run"].run_id,
+                run_actor(context["dag_run"]),
+            )
+            context["outlet_events"][drift_asset(spec)].extra = {**request, "kind": "drift"}
+            log.info("DRIFT retraining requested: %s (report %s)", request["reason"], request["report"])
+            return request
+
+        reports = drift_report()
+        drift_persists(reports) >> request_retraining(reports)  # type: ignore[arg-type]
     return dag
 
 
@@ -521,6 +669,7 @@ def rollback_dag(spec: ModelSpec) -> DAG:
 DAG_BUILDERS: dict[str, Callable[[ModelSpec], DAG]] = {
     "train": train_dag,
     "score": score_dag,
+    "monitor": monitor_dag,
     "backtest": backtest_dag,
     "rollback": rollback_dag,
 }

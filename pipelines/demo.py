@@ -1,8 +1,9 @@
 """`pipelines demo`: one model through its whole life inside Airflow, on the embedded defaults.
 
 Generates the demo source, then runs the real DAGs with `dag.test()` in order: nightly training,
-six hourly scoring runs (drift switched on halfway), a second training that meets the gate, and
-the daily backtest once the labels have arrived.
+six hourly scoring runs each followed by its drift monitor (drift switched on halfway, so the
+policy requests a retraining), a second training that meets the gate, and the daily backtest
+once the labels have arrived.
 """
 
 from __future__ import annotations
@@ -33,13 +34,17 @@ def write_demo_source(settings: Settings) -> int:
     return write_source(settings.source / MODEL, config, DEMO_START, DEMO_END)
 
 
-def run_dag(dag_id: str, logical_date: datetime) -> None:
+def run_dag(dag_id: str, logical_date: datetime, conf: dict[str, str] | None = None, when: str = "") -> None:
     from pipelines.airflow_dags import run_in_process
 
     started = time.perf_counter()
-    run = run_in_process(dag_id, logical_date)
+    # dag.test() has no scheduler to follow Asset events: an asset-scheduled DAG gets its interval as conf.
+    run = run_in_process(
+        dag_id, None if conf else logical_date, run_conf=conf, run_after=logical_date if conf else None
+    )
     print(
-        f"  {dag_id:<24} {logical_date:%Y-%m-%d %H:%M}  {run.state}  ({time.perf_counter() - started:.1f}s)", flush=True
+        f"  {dag_id:<24} {when or f'{logical_date:%Y-%m-%d %H:%M}'}  {run.state}  ({time.perf_counter() - started:.1f}s)",
+        flush=True,
     )
     if run.state != "success":
         raise RuntimeError(f"{dag_id} run for {logical_date} ended {run.state}; see the task logs above")
@@ -83,7 +88,10 @@ def main(reset: bool = False) -> int:
     first_night = datetime(2026, 1, 3, 2, tzinfo=UTC)
     run_dag(f"{MODEL}__train", first_night)
     for hour in range(6):
-        run_dag(f"{MODEL}__score", first_night + timedelta(hours=hour + 1))
+        start, end = first_night + timedelta(hours=hour), first_night + timedelta(hours=hour + 1)
+        run_dag(f"{MODEL}__score", end)
+        interval = {"interval_start": start.isoformat(), "interval_end": end.isoformat()}
+        run_dag(f"{MODEL}__monitor", end, interval, when=f"{start:%H:%M}-{end:%H:%M} drift")
     run_dag(f"{MODEL}__train", first_night + timedelta(days=1))
     run_dag(f"{MODEL}__backtest", datetime(2026, 1, 4, 3, 30, tzinfo=UTC))
     print(f"demo finished in {time.perf_counter() - began:.0f}s; see `pipelines status`", flush=True)

@@ -19,10 +19,14 @@ from sqlalchemy import Engine
 
 from pipelines import tables
 from pipelines.config import Settings
+from pipelines.features import contract_of, predict
 from pipelines.intervals import interval_key
+from pipelines.registry import load_booster
 from pipelines.score import read_scored
 from pipelines.spec import ModelSpec
 from pipelines.train import download_run_artifact
+
+PREDICTION_COLUMN = "model_score"  # the model's output, compared like a column: prediction drift
 
 
 @dataclass(frozen=True)
@@ -43,12 +47,22 @@ class DriftSummary:
     report_path: str
 
     @property
+    def features(self) -> list[ColumnDrift]:
+        return [c for c in self.columns if c.column != PREDICTION_COLUMN]
+
+    @property
     def drifted_columns(self) -> list[str]:
-        return [c.column for c in self.columns if c.drifted]
+        """Drifted feature columns (the prediction's own drift is reported apart)."""
+        return [c.column for c in self.features if c.drifted]
 
     @property
     def drift_share(self) -> float:
-        return len(self.drifted_columns) / len(self.columns) if self.columns else 0.0
+        return len(self.drifted_columns) / len(self.features) if self.features else 0.0
+
+    @property
+    def prediction_drift(self) -> bool | None:
+        found = [c.drifted for c in self.columns if c.column == PREDICTION_COLUMN]
+        return found[0] if found else None
 
 
 def column_results(snapshot: dict[str, Any]) -> list[ColumnDrift]:
@@ -100,6 +114,11 @@ def model_run_id(settings: Settings, model_name: str, version: str) -> str:
     return str(MlflowClient().get_model_version(model_name, version).run_id)
 
 
+def sample_current(current: pd.DataFrame, max_rows: int) -> pd.DataFrame:
+    """A seeded sample of at most max_rows: the report's time grows faster than linearly with rows."""
+    return current.sample(n=max_rows, random_state=0) if len(current) > max_rows else current
+
+
 def _as_categorical_text(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     frame = frame.copy()
     for column in columns:
@@ -118,10 +137,14 @@ def monitor_interval(
     reference = download_run_artifact(
         settings, model_run_id(settings, spec.name, version), "reference/reference.parquet"
     )
-    if len(current) > spec.drift.max_current_rows:
-        current = current.sample(n=spec.drift.max_current_rows, random_state=0)
+    # Prediction drift: what the model says on its reference sample against what it said in the interval.
+    booster = load_booster(settings, spec.name, version)
+    reference[PREDICTION_COLUMN] = predict(booster, contract_of(booster), reference)
+    current = current.rename(columns={"score": PREDICTION_COLUMN})
+    current = sample_current(current, spec.drift.max_current_rows)
 
-    numeric, categorical = list(spec.features.numeric), list(spec.features.categorical)
+    numeric = [*spec.features.numeric, PREDICTION_COLUMN]
+    categorical = list(spec.features.categorical)
     columns = [*numeric, *categorical]
     report_key = f"{spec.name}/reports/drift/{interval_key(start, end)}.html"
     results, html = run_report(
@@ -144,11 +167,12 @@ def monitor_interval(
                 "model_version": version,
                 "reference_rows": summary.reference_rows,
                 "current_rows": summary.current_rows,
-                "columns": len(results),
+                "columns": len(summary.features),
                 "drifted_columns": len(summary.drifted_columns),
                 "drift_share": summary.drift_share,
                 "dataset_drift": summary.drift_share >= spec.drift.drift_share,
                 "drifted_column_names": json.dumps(summary.drifted_columns),
+                "prediction_drift": summary.prediction_drift,
                 "report_path": summary.report_path,
                 "dag_run_id": dag_run_id,
                 "created_at": datetime.now(UTC),

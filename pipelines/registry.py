@@ -89,6 +89,17 @@ def fresh_from(settings: Settings, model_name: str, version: str) -> datetime | 
     return datetime.fromisoformat(value) if value else None
 
 
+def newest_training_end(settings: Settings, model_name: str) -> datetime | None:
+    """The training window end of the newest registered version (None before the first)."""
+    client = mlflow_client(settings)
+    versions = client.search_model_versions(f"name = '{model_name}'")
+    if not versions:
+        return None
+    newest = max(versions, key=lambda v: int(v.version))
+    value = client.get_run(newest.run_id).data.tags.get("window_end")
+    return datetime.fromisoformat(value) if value else None
+
+
 def register_version(settings: Settings, model_name: str, run_id: str, model_uri: str, tags: dict[str, str]) -> str:
     """Register the run's model once and wait until it is READY.
 

@@ -94,11 +94,28 @@ class GateSpec(_Strict):
 
 
 class DriftSpec(_Strict):
-    drift_share: float = Field(default=0.5, gt=0, le=1, description="Share of drifted columns that is dataset drift")
+    """When drift is real and persistent enough to retrain: see pipelines/drift_policy.py."""
+
+    drift_share: float = Field(
+        default=0.5, gt=0, le=1, description="A window drifted when at least this share of its feature columns did"
+    )
     reference_rows: int = Field(default=5000, ge=100, description="Training rows kept as the drift reference")
     max_current_rows: int = Field(
-        default=50_000, ge=100, description="Scored rows sampled per report; bounds report time"
+        default=50_000,
+        ge=100,
+        description="Scored rows sampled (seeded) per report: Evidently's time grows faster than linearly",
     )
+    windows: int = Field(default=6, ge=1, description="M: the policy looks at the last M monitored windows")
+    drifted_windows: int = Field(default=3, ge=1, description="N: retrain when N of the last M windows drifted")
+    cooldown_hours: int = Field(
+        default=24, ge=0, description="No drift-triggered retraining within this many hours of the previous one"
+    )
+
+    @model_validator(mode="after")
+    def _n_of_m(self) -> DriftSpec:
+        if self.drifted_windows > self.windows:
+            raise ValueError(f"drifted_windows ({self.drifted_windows}) cannot exceed windows ({self.windows})")
+        return self
 
 
 class BacktestSpec(_Strict):

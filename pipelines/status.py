@@ -96,6 +96,8 @@ def model_status(settings: Settings, engine: Engine, model_name: str) -> dict[st
             "interval_end": _iso(drift["interval_end"]),
             "drift_share": drift["drift_share"],
             "drifted_columns": json.loads(drift["drifted_column_names"]),
+            "prediction_drift": drift["prediction_drift"],
+            "verdict": json.loads(drift["verdict"]) if drift["verdict"] else None,
         },
     }
 
@@ -141,6 +143,9 @@ def format_status(report: dict[str, Any]) -> str:
             lines.append(
                 f"  last drift report (up to {d['interval_end']}): drifted columns {d['drifted_columns'] or 'none'}"
             )
+            if d["verdict"]:
+                action = "RETRAIN requested" if d["verdict"]["retrain"] else "no retraining"
+                lines.append(f"  drift verdict: {action}: {d['verdict']['reason']}")
             lines.append(f"    {d['path']}")
     lines += [f"\nspec error: {e}" for e in report["spec_errors"]]
     return "\n".join(lines)

@@ -127,6 +127,8 @@ drift_reports = Table(
     Column("drift_share", Float, nullable=False),
     Column("dataset_drift", Boolean, nullable=False),
     Column("drifted_column_names", Text, nullable=False),
+    Column("prediction_drift", Boolean),  # did the model's score distribution drift too
+    Column("verdict", Text),  # JSON: the drift policy's verdict at this window (pipelines/drift_policy.py)
     Column("report_path", Text, nullable=False),
     Column("dag_run_id", String(250), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),

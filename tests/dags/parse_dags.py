@@ -9,6 +9,15 @@ def seconds(duration: object) -> float:
     return duration.total_seconds() if hasattr(duration, "total_seconds") else float(duration)  # type: ignore[arg-type]
 
 
+def asset_names(condition: object) -> list[str]:
+    """The assets a schedule waits on (an Asset, or AssetAll/AssetAny of them)."""
+    if condition is None:
+        return []
+    if hasattr(condition, "objects"):
+        return sorted(name for inner in condition.objects for name in asset_names(inner))
+    return [condition.name]  # type: ignore[attr-defined]
+
+
 folder = sys.argv[1]
 started = time.perf_counter()
 from airflow.dag_processing.dagbag import DagBag  # noqa: E402
@@ -26,7 +35,9 @@ print(
                 dag_id: {
                     "fileloc": dag.fileloc,
                     "timetable": type(dag.timetable).__name__,
-                    "schedule": getattr(dag.timetable, "expression", None),
+                    "schedule": getattr(getattr(dag.timetable, "timetable", dag.timetable), "expression", None),
+                    "schedule_assets": asset_names(getattr(dag.timetable, "asset_condition", None)),
+                    "outlets": {t.task_id: [o.name for o in t.outlets] for t in dag.tasks if t.outlets},
                     "start_date_tz": str(dag.start_date.tzinfo) if dag.start_date and dag.start_date.tzinfo else None,
                     "catchup": dag.catchup,
                     "tags": sorted(dag.tags),

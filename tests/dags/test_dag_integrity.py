@@ -13,8 +13,15 @@ import pytest
 from pipelines.config import REPO_ROOT
 
 PARSER = Path(__file__).with_name("parse_dags.py")
-SCHEDULED = {"demo_churn__train", "demo_churn__score", "demo_churn__backtest"}
+SCHEDULED = {"demo_churn__train", "demo_churn__score", "demo_churn__backtest", "demo_churn__monitor"}
 EXPECTED = SCHEDULED | {"demo_churn__rollback"}
+TIMETABLES = {
+    "demo_churn__train": "AssetOrTimeSchedule",  # nightly, or when the drift policy asks
+    "demo_churn__score": "CronDataIntervalTimetable",
+    "demo_churn__backtest": "CronDataIntervalTimetable",
+    "demo_churn__monitor": "AssetTriggeredTimetable",  # on every predictions event
+    "demo_churn__rollback": "NullTimetable",
+}
 # Airflow kills a DAG file whose parse outlasts core.dagbag_import_timeout (30 s by default).
 AIRFLOW_IMPORT_TIMEOUT_S = 30
 
@@ -47,7 +54,7 @@ def test_dag_files_stay_thin(parsed: dict[str, Any]) -> None:
 @pytest.mark.parametrize("dag_id", sorted(EXPECTED))
 def test_dag_contract(parsed: dict[str, Any], dag_id: str) -> None:
     dag = parsed["dags"][dag_id]
-    assert dag["timetable"] == ("CronDataIntervalTimetable" if dag_id in SCHEDULED else "NullTimetable")
+    assert dag["timetable"] == TIMETABLES[dag_id]
     assert dag["start_date_tz"] is not None
     assert dag["catchup"] is False
     assert "pipelines" in dag["tags"] and "model:demo_churn" in dag["tags"]
@@ -78,7 +85,17 @@ def test_schedules_come_from_the_spec(parsed: dict[str, Any]) -> None:
         "xgboost_params",
     ]
     assert parsed["dags"]["demo_churn__rollback"]["params"] == ["reason", "version"]
+    assert parsed["dags"]["demo_churn__monitor"]["params"] == ["interval_end", "interval_start"]
     assert parsed["dags"]["demo_churn__rollback"]["schedule"] is None
+
+
+def test_assets_chain_scoring_monitoring_and_retraining(parsed: dict[str, Any]) -> None:
+    dags = parsed["dags"]
+    assert dags["demo_churn__score"]["outlets"] == {"score": ["demo_churn__predictions"]}
+    assert dags["demo_churn__monitor"]["schedule_assets"] == ["demo_churn__predictions"]
+    assert dags["demo_churn__monitor"]["tasks"] == ["drift_persists", "drift_report", "request_retraining"]
+    assert dags["demo_churn__monitor"]["outlets"] == {"request_retraining": ["demo_churn__drift"]}
+    assert dags["demo_churn__train"]["schedule_assets"] == ["demo_churn__drift"]
 
 
 def test_broken_spec_breaks_only_its_own_dags(tmp_path: Path) -> None:

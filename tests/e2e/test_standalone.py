@@ -141,6 +141,8 @@ def test_demo_leaves_a_full_status(stack: Stack) -> None:
     assert Path(urlparse(model["last_drift_report"]["path"]).path).exists()
     # The generator's drift knob moves exactly these columns from 05:00; the last report is at 08:00.
     assert sorted(model["last_drift_report"]["drifted_columns"]) == ["monthly_charges", "plan", "support_calls"]
+    # 05:00 and 06:00 drifted: the policy (2 of 4) asked for a retraining; 07:00 is held back by the cooldown.
+    assert model["last_drift_report"]["verdict"]["reason"].startswith("cooldown until 2026-01-04T07:00:00")
 
 
 def test_both_uis_answer(stack: Stack) -> None:
@@ -173,7 +175,6 @@ def test_scheduler_executes_a_run_triggered_through_the_api(stack: Stack) -> Non
         "ingest_interval": "success",
         "validate_interval": "success",
         "score": "success",
-        "drift_report": "success",
     }
 
     with sqlite3.connect(stack.home / "tables.db") as connection:
@@ -290,3 +291,72 @@ def test_promotion_waits_for_a_human_approval_through_the_api(stack: Stack) -> N
     last_move = [e for e in history if e["event"] == "alias_moved"][-1]
     assert (last_move["alias"], last_move["from_version"], last_move["to_version"]) == ("champion", "1", "3")
     assert last_move["actor"] == "airflow:admin" and last_move["dag_run_id"] == run_id
+
+
+def test_drift_that_persists_starts_exactly_one_training_that_records_it(stack: Stack) -> None:
+    """The whole chain under the scheduler: each score run's predictions Asset starts the monitor;
+    two drifted windows (the demo source drifts from 2026-01-03 05:00) make the policy emit the
+    `__drift` Asset, which starts one training whose MLflow run records why."""
+    from mlflow import MlflowClient
+
+    api = stack.airflow_url + "/api/v2"
+    token = request(
+        stack.airflow_url + "/auth/token", payload={"username": "admin", "password": stack.password}, method="POST"
+    )["access_token"]
+    for dag_id in ("demo_churn__score", "demo_churn__monitor", "demo_churn__train"):
+        request(f"{api}/dags/{dag_id}", token, {"is_paused": False}, "PATCH")
+
+    def wait_for(url: str, count: int) -> list[dict[str, Any]]:
+        deadline, runs = time.monotonic() + 600, []
+        while time.monotonic() < deadline and not (
+            len(runs) >= count and all(r["state"] in {"success", "failed"} for r in runs)
+        ):
+            time.sleep(5)
+            runs = request(url, token)["dag_runs"]
+        return list(runs)
+
+    # After the approval test's v3 (trained until 2026-01-04 03:00): two drifted hours, scored one after the other.
+    for hour in ("18", "19"):
+        run_id = f"e2e_drift_{hour}"
+        request(
+            f"{api}/dags/demo_churn__score/dagRuns",
+            token,
+            {"logical_date": f"2026-01-04T{int(hour) + 1:02d}:00:00Z", "dag_run_id": run_id},
+            "POST",
+        )
+        deadline, scored = time.monotonic() + 300, {"state": "queued"}
+        while time.monotonic() < deadline and scored["state"] not in {"success", "failed"}:
+            time.sleep(5)
+            scored = request(f"{api}/dags/demo_churn__score/dagRuns/{run_id}", token)
+        assert scored["state"] == "success", scored
+
+    monitors = wait_for(f"{api}/dags/demo_churn__monitor/dagRuns?run_type=asset_triggered", 1)
+    assert monitors and all(m["state"] == "success" for m in monitors), monitors
+    trainings = wait_for(f"{api}/dags/demo_churn__train/dagRuns?run_type=asset_triggered", 1)
+    assert len(trainings) == 1 and trainings[0]["state"] == "success", trainings
+
+    with sqlite3.connect(stack.home / "tables.db") as connection:
+        windows = connection.execute(
+            "select interval_start, dataset_drift from drift_reports where interval_start >= '2026-01-04 18:00' "
+            "order by interval_start"
+        ).fetchall()
+        requests = [
+            json.loads(details)
+            for (details,) in connection.execute("select details from model_events where event = 'drift_trigger'")
+        ]
+    assert [(start[:16], drifted) for start, drifted in windows] == [("2026-01-04 18:00", 1), ("2026-01-04 19:00", 1)]
+    # The demo's request (07:00 on 2026-01-03), then exactly one more. The monitor's first run also
+    # judged the hours scored while it was paused (its first run consumes every earlier predictions
+    # event), so it may fire at 19:00 or 20:00; the cooldown holds back the other.
+    demo, request_ = requests
+    assert demo["window_end"] == "2026-01-03T07:00:00+00:00"
+    assert request_["window_end"] in {"2026-01-04T19:00:00+00:00", "2026-01-04T20:00:00+00:00"}
+    assert request_["retrain"] and request_["windows_drifted"] >= 2
+
+    client = MlflowClient(tracking_uri=stack.mlflow_url)
+    experiment = client.get_experiment_by_name("pipelines/demo_churn")
+    (run,) = client.search_runs([experiment.experiment_id], "tags.trigger = 'drift'")
+    tags = run.data.tags
+    assert tags["dag_run_id"] == trainings[0]["dag_run_id"]
+    assert tags["drift_reason"] == request_["reason"] and tags["drift_report"] == request_["report_path"]
+    assert tags["window_end"] == tags["drift_window_end"] == request_["window_end"]

@@ -347,7 +347,7 @@ def test_bad_data_fails_validation_and_scores_nothing(home: Settings, engine: En
     assert dag_run.state == "failed"
     states = task_states(dag_run)
     assert states["validate_interval"] == "failed"
-    assert states["score"] == "upstream_failed" and states["drift_report"] == "upstream_failed"
+    assert states["score"] == "upstream_failed"
     assert predictions_digest(engine) == before
 
     v = tables.validation_runs
@@ -358,19 +358,6 @@ def test_bad_data_fails_validation_and_scores_nothing(home: Settings, engine: En
     assert "expect_column_values_to_not_be_null on column 'customer_id'" in failed
     assert "monthly_charges" in failed and "-999.0" in failed and "platinum_legacy" in failed
     assert json.loads(lake_object(home, row["result_path"]))["success"] is False
-
-
-def test_drift_report_is_kept_and_summarised(home: Settings, engine: Engine) -> None:
-    d = tables.drift_reports
-    with engine.connect() as connection:
-        reports = connection.execute(select(d)).mappings().all()
-    assert len(reports) == len(SCORED_HOURS) + 1  # and the 05:00 hour, scored on retry
-    for report in reports:
-        assert len(lake_object(home, report["report_path"])) > 10_000
-        assert report["columns"] == 8 and report["current_rows"] > 0 and report["reference_rows"] > 1000
-    with engine.connect() as connection:
-        per_column = connection.execute(select(tables.drift_metrics)).all()
-    assert len(per_column) == 8 * len(reports)
 
 
 BACKTEST_RUN = datetime(2026, 1, 4, 3, 30, tzinfo=UTC)  # interval [01-03 03:30, 01-04 03:30)
@@ -492,4 +479,3 @@ def test_status_cli_reports_the_state(home: Settings) -> None:
         ("2", "replay"),
     }
     assert model["last_validation"]["success"] is False  # the blocked training window
-    assert model["last_drift_report"]["path"].endswith(".html")

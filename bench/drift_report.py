@@ -1,0 +1,78 @@
+"""Evidently drift report time (DataDriftPreset over the demo's 8 features and the score) by rows.
+
+The monitor samples the scored interval down to `drift.max_current_rows` (seeded) before the
+report, because the preset's time grows faster than linearly with rows. This prints the time
+with and without that sample for 100k and 1M current rows against a 5k-row reference.
+
+    python bench/drift_report.py [--rows 100000 1000000] [--sample 50000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+
+from pipelines.demo_data import DemoConfig, generate_hour
+from pipelines.drift import PREDICTION_COLUMN, _as_categorical_text, run_report, sample_current
+
+NUMERIC = ["tenure_months", "monthly_charges", "support_calls", "days_since_last_login", "usage_minutes"]
+CATEGORICAL = ["plan", "region", "payment_method"]
+
+
+def rows_of(config: DemoConfig, start: datetime, rows: int) -> pd.DataFrame:
+    """Demo events hour after hour until `rows`, with a stand-in score column."""
+    frames, total, hour = [], 0, start
+    while total < rows:
+        frame = generate_hour(config, hour)
+        frames.append(frame)
+        total += len(frame)
+        hour += timedelta(hours=1)
+    frame = pd.concat(frames, ignore_index=True).head(rows)
+    frame[PREDICTION_COLUMN] = np.random.default_rng(0).random(len(frame))
+    return frame
+
+
+def report_seconds(reference: pd.DataFrame, current: pd.DataFrame) -> tuple[float, int]:
+    columns = [*NUMERIC, PREDICTION_COLUMN, *CATEGORICAL]
+    began = time.perf_counter()
+    results, _html = run_report(
+        _as_categorical_text(reference[columns], CATEGORICAL),
+        _as_categorical_text(current[columns], CATEGORICAL),
+        [*NUMERIC, PREDICTION_COLUMN],
+        CATEGORICAL,
+        0.3,
+    )
+    return time.perf_counter() - began, sum(c.drifted for c in results)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--sample", type=int, default=50_000, help="drift.max_current_rows (the demo spec's value)")
+    args = parser.parse_args()
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    reference = rows_of(DemoConfig(), start, 5000)
+    print(
+        f"drift report: DataDriftPreset, 8 features + score, 5,000 reference rows, {os.cpu_count()} CPU(s), "
+        f"Python {platform.python_version()}"
+    )
+    report_seconds(reference, reference)  # warm-up: imports and first-call costs are not the report's
+    for rows in args.rows:
+        current = rows_of(DemoConfig(drift_from=start), start + timedelta(days=10), rows)
+        sampled = sample_current(current, args.sample)
+        sampled_s, sampled_drifted = report_seconds(reference, sampled)
+        full_s, full_drifted = report_seconds(reference, current)
+        print(
+            f"{rows:>9,} current rows: sampled to {len(sampled):,}: {sampled_s:6.1f} s ({sampled_drifted} drifted)"
+            f" | all rows: {full_s:6.1f} s ({full_drifted} drifted)"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,211 @@
+"""Drift that acts, through real Airflow runs (`dag.test()`), real Evidently and the Airflow database.
+
+The source turns on the generator's drift knob at 2026-01-03 05:00 (it shifts monthly_charges,
+support_calls and plan). The champion is trained on the clean days before. Each scored hour is
+then monitored, in order: 02:00, 03:00, 04:00 are like the reference; 05:00 and 06:00 drift, and
+the policy (2 drifted of the last 4 windows) requests one retraining through the `__drift` Asset;
+07:00 drifts too, and the cooldown holds back a second request. Tests run in file order.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, select
+
+from pipelines import tables
+from pipelines.config import REPO_ROOT, Settings
+from pipelines.demo_data import DemoConfig, write_source
+from tests.conftest import module_home
+
+FIRST_NIGHT = datetime(2026, 1, 3, 2, tzinfo=UTC)
+DRIFT_FROM = datetime(2026, 1, 3, 5, tzinfo=UTC)
+HOURS = [FIRST_NIGHT + timedelta(hours=h) for h in range(6)]  # 02:00 .. 07:00
+SHIFTED = {"monthly_charges", "plan", "support_calls"}  # what the generator's drift knob moves
+
+
+@pytest.fixture(scope="module")
+def home(airflow_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    with module_home(tmp_path_factory.mktemp("drift")) as settings:
+        write_source(
+            settings.source / "demo_churn",
+            DemoConfig(drift_from=DRIFT_FROM),
+            datetime(2026, 1, 1, tzinfo=UTC),
+            datetime(2026, 1, 3, 12, tzinfo=UTC),
+        )
+        yield settings
+
+
+@pytest.fixture(scope="module")
+def engine(home: Settings) -> Iterator[Engine]:
+    engine = tables.make_engine(home.tables_url)
+    yield engine
+    engine.dispose()
+
+
+def states(dag_run: Any) -> dict[str, str]:
+    return {ti.task_id: str(ti.state) for ti in dag_run.get_task_instances()}
+
+
+def monitor(hour: datetime) -> Any:
+    """A monitor run for one scored hour, as the predictions Asset event would start it."""
+    from pipelines.airflow_dags import run_in_process
+
+    conf = {"interval_start": hour.isoformat(), "interval_end": (hour + timedelta(hours=1)).isoformat()}
+    return run_in_process("demo_churn__monitor", None, run_conf=conf, run_after=hour + timedelta(hours=1))
+
+
+def drift_events() -> list[dict[str, Any]]:
+    """The `demo_churn__drift` Asset events in Airflow's database, and whether the train DAG is queued."""
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = session.execute(
+            select(AssetEvent.extra, AssetEvent.source_dag_id, AssetEvent.source_task_id)
+            .join(AssetModel, AssetModel.id == AssetEvent.asset_id)
+            .where(AssetModel.name == "demo_churn__drift")
+        ).all()
+    return [{"extra": r.extra, "dag": r.source_dag_id, "task": r.source_task_id} for r in rows]
+
+
+def queued_train_runs() -> int:
+    """Asset-triggered runs the scheduler will create for the train DAG (what it consumes to start one)."""
+    from airflow.models.asset import AssetDagRunQueue
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        return len(
+            session.execute(select(AssetDagRunQueue).where(AssetDagRunQueue.target_dag_id == "demo_churn__train")).all()
+        )
+
+
+def set_train_paused(paused: bool) -> None:
+    from airflow.models.dag import DagModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        session.execute(
+            DagModel.__table__.update().where(DagModel.dag_id == "demo_churn__train").values(is_paused=paused)
+        )
+
+
+def verdict_at(engine: Engine, hour: datetime) -> dict[str, Any]:
+    d = tables.drift_reports
+    with engine.connect() as connection:
+        row = connection.execute(select(d.c.verdict).where(d.c.interval_start == hour)).scalar_one()
+    return dict(json.loads(row))
+
+
+def test_champion_trained_and_hours_scored(home: Settings) -> None:
+    from pipelines.airflow_dags import run_in_process
+
+    assert run_in_process("demo_churn__train", FIRST_NIGHT).state == "success"
+    set_train_paused(False)  # as in production: a paused DAG is not queued by Asset events
+    for hour in HOURS:
+        dag_run = run_in_process("demo_churn__score", hour + timedelta(hours=1))
+        assert dag_run.state == "success", states(dag_run)
+    assert drift_events() == [] and queued_train_runs() == 0
+
+
+def test_windows_like_the_reference_trigger_nothing(engine: Engine) -> None:
+    for hour in HOURS[:3]:
+        dag_run = monitor(hour)
+        assert dag_run.state == "success", states(dag_run)
+        assert states(dag_run) == {
+            "drift_report": "success",
+            "drift_persists": "success",
+            "request_retraining": "skipped",
+        }
+        verdict = verdict_at(engine, hour)
+        assert not verdict["retrain"] and verdict["windows_drifted"] == 0
+    d = tables.drift_reports
+    with engine.connect() as connection:
+        clean = connection.execute(select(d.c.dataset_drift, d.c.drifted_column_names)).all()
+    # No window drifted. A single column can cross its 5% test by chance (8 tests a window); never a shifted one.
+    assert [r.dataset_drift for r in clean] == [False] * 3
+    for row in clean:
+        flagged = set(json.loads(row.drifted_column_names))
+        assert len(flagged) <= 1 and not flagged & SHIFTED, flagged
+    assert drift_events() == [] and queued_train_runs() == 0
+
+
+def test_persistent_drift_requests_exactly_one_retraining(engine: Engine) -> None:
+    first = monitor(HOURS[3])  # 05:00: one drifted window is not yet persistent
+    assert states(first)["request_retraining"] == "skipped"
+    assert verdict_at(engine, HOURS[3])["windows_drifted"] == 1
+    second = monitor(HOURS[4])  # 06:00: two of the last four windows drifted
+    assert states(second)["request_retraining"] == "success", states(second)
+    verdict = verdict_at(engine, HOURS[4])
+    assert verdict["retrain"] and verdict["windows_drifted"] == 2 and verdict["windows_considered"] == 4
+
+    (event,) = drift_events()
+    assert (event["dag"], event["task"]) == ("demo_churn__monitor", "request_retraining")
+    assert event["extra"]["kind"] == "drift" and event["extra"]["window_end"] == "2026-01-03T07:00:00+00:00"
+    assert event["extra"]["report"].endswith("20260103T0600--20260103T0700.html")
+    assert "persistent drift: 2 of the last 4 window(s) drifted" in event["extra"]["reason"]
+    assert queued_train_runs() == 1  # the scheduler will start exactly one drift-triggered training
+
+    e = tables.model_events
+    with engine.connect() as connection:
+        triggers = connection.execute(select(e.c.reason).where(e.c.event == "drift_trigger")).all()
+    assert len(triggers) == 1
+
+
+def test_the_cooldown_holds_back_a_second_retraining(engine: Engine) -> None:
+    dag_run = monitor(HOURS[5])  # 07:00 drifts too, within 24 h of the request
+    assert states(dag_run)["request_retraining"] == "skipped"
+    verdict = verdict_at(engine, HOURS[5])
+    assert not verdict["retrain"] and verdict["reason"].startswith("cooldown until 2026-01-04T07:00:00+00:00")
+    again = monitor(HOURS[4])  # and re-running the window that fired does not fire twice
+    assert states(again)["request_retraining"] == "skipped"
+    assert "already requested" in verdict_at(engine, HOURS[4])["reason"]
+    assert len(drift_events()) == 1 and queued_train_runs() == 1
+    set_train_paused(True)
+
+
+def test_drift_table_names_the_shifted_columns_and_no_other(home: Settings, engine: Engine) -> None:
+    m = tables.drift_metrics
+    with engine.connect() as connection:
+        rows = connection.execute(select(m.c.interval_start, m.c.column_name, m.c.drifted)).all()
+    from pipelines.spec import load_spec
+
+    spec = load_spec(home.specs_dir / "demo_churn.yaml")
+    assert {r.column_name for r in rows} == {*spec.features.all, "model_score"}  # and the prediction's drift
+    for hour in HOURS:
+        drifted = {r.column_name for r in rows if r.interval_start.replace(tzinfo=UTC) == hour and r.drifted}
+        if hour >= DRIFT_FROM:
+            assert drifted - {"model_score"} == SHIFTED, hour
+        else:
+            assert len(drifted) <= 1 and not drifted & SHIFTED, hour  # at most chance, as above
+    d = tables.drift_reports
+    with engine.connect() as connection:
+        reports = connection.execute(select(d.c.report_path, d.c.current_rows, d.c.reference_rows)).all()
+    assert len(reports) == len(HOURS)
+    for report in reports:
+        key = report.report_path.removeprefix(home.lake.uri_of("").rstrip("/") + "/")
+        assert len(home.lake.get(key)) > 10_000 and report.current_rows > 0 and report.reference_rows > 1000
+
+
+def test_status_shows_the_last_drift_verdict(home: Settings) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "status", "--json"],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        check=True,
+    )
+    drift = json.loads(result.stdout)["models"][0]["last_drift_report"]
+    assert sorted(drift["drifted_columns"]) == sorted(SHIFTED)
+    assert drift["verdict"]["retrain"] is False and drift["verdict"]["reason"].startswith("cooldown until")
+    text = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "status"], capture_output=True, text=True, cwd=REPO_ROOT, check=True
+    ).stdout
+    assert "drift verdict: no retraining: cooldown until" in text
