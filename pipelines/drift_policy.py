@@ -128,7 +128,8 @@ def newest_training(settings: Settings, model_name: str, until: datetime) -> dat
 def evaluate(spec: ModelSpec, settings: Settings, engine: Engine, window_end: datetime) -> PolicyVerdict:
     """Judge the window ending at `window_end` (already monitored) and keep the verdict with its report."""
     policy = spec.drift
-    windows = recent_windows(engine, spec.name, window_end, limit=policy.windows + 1000)
+    # The last M windows are enough: those after the last retraining are a prefix of them.
+    windows = recent_windows(engine, spec.name, window_end, limit=policy.windows)
     if not windows or windows[0].interval_end != window_end:
         raise ValueError(
             f"{spec.name}: no drift report for the window ending {window_end.isoformat()}; monitor it first"
