@@ -2,9 +2,9 @@
 
 The monitor samples the scored interval down to `drift.max_current_rows` (seeded) before the
 report, because the preset's time grows faster than linearly with rows. This prints the time
-with and without that sample for 100k and 1M current rows against a 5k-row reference.
+with and without that sample for 100k and 1M current rows against the reference sample.
 
-    python bench/drift_report.py [--rows 100000 1000000] [--sample 50000]
+    python bench/drift_report.py [--rows 100000 1000000] [--sample 50000] [--reference 5000]
 """
 
 from __future__ import annotations
@@ -55,11 +55,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--sample", type=int, default=50_000, help="drift.max_current_rows (the demo spec's value)")
+    parser.add_argument("--reference", type=int, default=5000, help="drift.reference_rows (the default)")
     args = parser.parse_args()
     start = datetime(2026, 1, 1, tzinfo=UTC)
-    reference = rows_of(DemoConfig(), start, 5000)
+    reference = rows_of(DemoConfig(), start, args.reference)
     print(
-        f"drift report: DataDriftPreset, 8 features + score, 5,000 reference rows, {os.cpu_count()} CPU(s), "
+        f"drift report: DataDriftPreset, 8 features + score, {len(reference):,} reference rows, {os.cpu_count()} CPU(s), "
         f"Python {platform.python_version()}"
     )
     report_seconds(reference, reference)  # warm-up: imports and first-call costs are not the report's
