@@ -24,6 +24,7 @@ from pipelines import tables
 from pipelines.config import REPO_ROOT, Settings
 from pipelines.demo_data import DemoConfig, write_source
 from tests.conftest import module_home
+from tests.integration.conftest import status_report
 
 FIRST_NIGHT = datetime(2026, 1, 3, 2, tzinfo=UTC)
 DRIFT_FROM = datetime(2026, 1, 3, 5, tzinfo=UTC)
@@ -41,13 +42,6 @@ def home(airflow_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             datetime(2026, 1, 3, 12, tzinfo=UTC),
         )
         yield settings
-
-
-@pytest.fixture(scope="module")
-def engine(home: Settings) -> Iterator[Engine]:
-    engine = tables.make_engine(home.tables_url)
-    yield engine
-    engine.dispose()
 
 
 def states(dag_run: Any) -> dict[str, str]:
@@ -195,14 +189,7 @@ def test_drift_table_names_the_shifted_columns_and_no_other(home: Settings, engi
 
 
 def test_status_shows_the_last_drift_verdict(home: Settings) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "status", "--json"],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        check=True,
-    )
-    drift = json.loads(result.stdout)["models"][0]["last_drift_report"]
+    drift = status_report()["models"][0]["last_drift_report"]
     assert sorted(drift["drifted_columns"]) == sorted(SHIFTED)
     assert drift["verdict"]["retrain"] is False and drift["verdict"]["reason"].startswith("cooldown until")
     text = subprocess.run(

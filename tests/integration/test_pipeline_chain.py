@@ -13,8 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -28,10 +26,11 @@ import pytest
 from sqlalchemy import Engine, make_url, select
 
 from pipelines import tables
-from pipelines.config import REPO_ROOT, Settings
+from pipelines.config import Settings
 from pipelines.demo_data import DemoConfig, write_source
 from pipelines.lake import hour_partition, open_lake, open_partition
 from tests.conftest import POSTGRES_URL, S3Endpoint, module_home
+from tests.integration.conftest import status_report
 
 UTC = UTC
 BAD_HOUR = datetime(2026, 1, 3, 10, tzinfo=UTC)
@@ -93,13 +92,6 @@ def home(
             datetime(2026, 1, 4, 12, tzinfo=UTC),
         )
         yield settings
-
-
-@pytest.fixture(scope="module")
-def engine(home: Settings) -> Iterator[Engine]:
-    engine = tables.make_engine(home.tables_url)
-    yield engine
-    engine.dispose()
 
 
 def run(dag_id: str, logical_date: datetime) -> Any:
@@ -463,15 +455,7 @@ def test_training_over_a_bad_window_is_blocked_and_keeps_the_champion(home: Sett
 
 
 def test_status_cli_reports_the_state(home: Settings) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "status", "--json"],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        check=True,
-        env={**os.environ, "PIPELINES_TABLES_URL": home.tables_url},
-    )
-    model = json.loads(result.stdout)["models"][0]
+    model = status_report(home.tables_url)["models"][0]
     assert model["model"] == "demo_churn" and model["champion_version"] == "1"
     assert model["predictions"] > 0 and model["labels"] > 0 and model["backtest_metrics"] > 2
     assert {(b["model_version"], b["scored_by"]) for b in model["latest_backtest"]} == {

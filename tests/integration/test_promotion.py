@@ -61,11 +61,6 @@ def home(airflow_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         yield settings
 
 
-@pytest.fixture(scope="module")
-def engine(home: Settings) -> Engine:
-    return tables.make_engine(home.tables_url)
-
-
 def train(night: datetime, conf: dict[str, Any] | None = None, attempt: int = 0) -> Any:
     """A train DAG run for `night`; each `attempt` is a separate DAG run (logical date `attempt` minutes
     later, as a user triggers it in the UI) over the same night's window."""

@@ -1,0 +1,38 @@
+"""Fixtures shared by the integration modules; each module defines its own `home` (its storage)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine
+
+from pipelines import tables
+from pipelines.config import REPO_ROOT, Settings
+
+
+@pytest.fixture(scope="module")
+def engine(home: Settings) -> Iterator[Engine]:
+    """The tables of the module's home, on whichever backend it uses."""
+    engine = tables.make_engine(home.tables_url)
+    yield engine
+    engine.dispose()
+
+
+def status_report(tables_url: str | None = None) -> dict[str, Any]:
+    """`pipelines status --json`, run as a user runs it (a fresh process), on the given tables."""
+    env = {**os.environ, **({"PIPELINES_TABLES_URL": tables_url} if tables_url else {})}
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "status", "--json"],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        check=True,
+        env=env,
+    )
+    return dict(json.loads(result.stdout))
