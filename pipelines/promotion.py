@@ -26,6 +26,7 @@ from pipelines.registry import (
     CHALLENGER,
     CHAMPION,
     champion_version,
+    fresh_from,
     load_booster,
     mlflow_client,
     move_alias,
@@ -74,13 +75,6 @@ def recorded_decision(engine: Engine, model_name: str, version: str, dag_run_id:
     return None if details is None else dict(json.loads(details))
 
 
-def _seen_until(run: Any) -> pd.Timestamp | None:
-    """The end of the data a model was fitted (and early-stopped) on; rows from then on are fresh to it."""
-    tags = run.data.tags
-    value = tags.get("trained_until") or tags.get("window_end")
-    return pd.Timestamp(value) if value else None
-
-
 def _scores(settings: Settings, model_name: str, version: str, frame: pd.DataFrame) -> Any:
     booster = load_booster(settings, model_name, version)
     return predict(booster, contract_of(booster), frame)
@@ -98,8 +92,8 @@ def _judge_against_champion(
         scores = _scores(settings, spec.name, version, holdout)
         verdict = judge(gate, holdout, spec.label.column, scores, None)
         return verdict, {**used, "rows": len(holdout)}
-    client = mlflow_client(settings)
-    seen_until = _seen_until(client.get_run(client.get_model_version(spec.name, champion).run_id))
+    champion_seen = fresh_from(settings, spec.name, champion)
+    seen_until = None if champion_seen is None else pd.Timestamp(champion_seen)
     fresh = holdout if seen_until is None else holdout[holdout[ts] >= seen_until]
     used = {**used, "rows": len(fresh), "fresh_from": None if seen_until is None else seen_until.isoformat()}
     if len(fresh) < gate.min_holdout_rows:

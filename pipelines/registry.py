@@ -81,12 +81,16 @@ def model_signature(settings: Settings, model_name: str, version: str) -> Any:
     return mlflow.models.get_model_info(f"models:/{model_name}/{version}").signature
 
 
-def fresh_from(settings: Settings, model_name: str, version: str) -> datetime | None:
-    """Where the data a version was fitted on ends (its run's `trained_until` tag): later rows are new to it."""
-    client = mlflow_client(settings)
-    tags = client.get_run(client.get_model_version(model_name, version).run_id).data.tags
+def seen_until(tags: dict[str, str]) -> datetime | None:
+    """The end of the data a model was fitted (and early-stopped) on, from its run's tags; later rows are new to it."""
     value = tags.get("trained_until") or tags.get("window_end")
     return datetime.fromisoformat(value) if value else None
+
+
+def fresh_from(settings: Settings, model_name: str, version: str) -> datetime | None:
+    """Where the data a registered version was fitted on ends."""
+    client = mlflow_client(settings)
+    return seen_until(client.get_run(client.get_model_version(model_name, version).run_id).data.tags)
 
 
 def newest_training_end(settings: Settings, model_name: str) -> datetime | None:
