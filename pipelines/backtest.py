@@ -26,7 +26,6 @@ from sqlalchemy import Engine, and_, select
 from pipelines import tables
 from pipelines.config import Settings
 from pipelines.intervals import interval_key
-from pipelines.lake import MANIFEST_FILE, hour_partition, read_partition
 from pipelines.spec import ModelSpec
 from pipelines.train import binary_metrics
 
@@ -76,27 +75,30 @@ def matured_predictions(spec: ModelSpec, engine: Engine, end: datetime) -> pd.Da
     return frame
 
 
-def logged_slice_values(spec: ModelSpec, settings: Settings, frame: pd.DataFrame) -> pd.DataFrame:
-    """Add each slice column's logged value, read from the scored inputs kept in the lake."""
-    if not spec.backtest.slices or frame.empty:
-        return frame
-    parts, missing = [], 0
-    for hour in sorted(frame["as_of"].dt.floor("h").unique()):
-        key = hour_partition(spec.name, "scored", hour.to_pydatetime())
-        if not settings.lake.exists(f"{key}/{MANIFEST_FILE}"):
-            missing += 1
-            continue
-        logged, _ = read_partition(settings.lake, key)
-        parts.append(
-            logged[[spec.entity_key, spec.timestamp, *spec.backtest.slices]].rename(
-                columns={spec.entity_key: "entity_id", spec.timestamp: "as_of"}
-            )
+def logged_inputs_of(spec: ModelSpec, settings: Settings, frame: pd.DataFrame) -> pd.DataFrame:
+    """The logged inputs (the lake's scored partitions) of the hours of these predictions, read once."""
+    from pipelines.score import read_logged_inputs
+
+    hours = [h.to_pydatetime() for h in sorted(frame["as_of"].dt.floor("h").unique())]
+    logged = read_logged_inputs(spec, settings, hours)
+    if logged.hours_missing:
+        log.warning(
+            "%s: %d scored hour(s) missing from the lake: their rows count in ALL only and are not replayed",
+            spec.name,
+            len(logged.hours_missing),
         )
-    if missing:
-        log.warning("%s: %d scored hour(s) missing from the lake: their rows count in ALL only", spec.name, missing)
-    if not parts:
+    return logged.frame
+
+
+def with_slice_values(spec: ModelSpec, frame: pd.DataFrame, logged: pd.DataFrame) -> pd.DataFrame:
+    """Add each slice column's logged value to the predictions."""
+    if not spec.backtest.slices:
+        return frame
+    if logged.empty:
         return frame.assign(**{column: pd.NA for column in spec.backtest.slices})
-    inputs = pd.concat(parts, ignore_index=True)
+    inputs = logged[[spec.entity_key, spec.timestamp, *spec.backtest.slices]].rename(
+        columns={spec.entity_key: "entity_id", spec.timestamp: "as_of"}
+    )
     inputs["entity_id"] = inputs["entity_id"].astype(str)
     return frame.merge(inputs, on=["entity_id", "as_of"], how="left", validate="one_to_one")
 
@@ -130,7 +132,7 @@ def cohort_metrics(frame: pd.DataFrame, slices: list[str], scored_by: str) -> li
 
 
 def replay_challenger(
-    spec: ModelSpec, settings: Settings, frame: pd.DataFrame, challenger: str, end: datetime
+    spec: ModelSpec, settings: Settings, frame: pd.DataFrame, logged: pd.DataFrame, challenger: str, end: datetime
 ) -> pd.DataFrame:
     """The challenger's scores on the logged inputs of the last K matured hours new to it, with their labels.
 
@@ -148,10 +150,9 @@ def replay_challenger(
     if not hours:
         log.warning("%s: no matured hour is newer than challenger v%s's training data yet", spec.name, challenger)
         return frame.iloc[0:0].assign(model_version=challenger)
-    replay = replay_logged_inputs(spec, settings, challenger, [h.to_pydatetime() for h in hours])
-    if replay.hours_missing:
-        log.warning("%s: replay skipped %d hour(s) never scored", spec.name, len(replay.hours_missing))
-    scores = replay.scores.assign(entity_id=replay.scores["entity_id"].astype(str))
+    chosen = logged[logged[spec.timestamp].dt.floor("h").isin(hours)] if not logged.empty else logged
+    replayed = replay_logged_inputs(spec, settings, challenger, chosen)
+    scores = replayed.assign(entity_id=replayed["entity_id"].astype(str))
     labelled = frame.drop(columns=["model_version", "score"]).merge(
         scores[["entity_id", "as_of", "score"]], on=["entity_id", "as_of"], how="inner", validate="one_to_one"
     )
@@ -159,7 +160,7 @@ def replay_challenger(
     write_partition(
         settings.lake,
         f"{spec.name}/replay/v{challenger}/{interval_key(end - timedelta(days=spec.backtest.lookback_days), end)}",
-        replay.scores,
+        replayed,
         {"model": spec.name, "model_version": challenger, "hours": [h.isoformat() for h in hours]},
     )
     return labelled
@@ -255,11 +256,14 @@ def backtest(
     dag_run_id: str,
     challenger: str | None = None,
 ) -> BacktestResult:
-    frame = logged_slice_values(spec, settings, matured_predictions(spec, engine, end))
+    frame = matured_predictions(spec, engine, end)
+    needs_inputs = (spec.backtest.slices or challenger is not None) and not frame.empty
+    logged = logged_inputs_of(spec, settings, frame) if needs_inputs else pd.DataFrame()
+    frame = with_slice_values(spec, frame, logged)
     metrics = cohort_metrics(frame, spec.backtest.slices, LOGGED)
     replayed = pd.DataFrame()
     if challenger is not None and not frame.empty:
-        replayed = replay_challenger(spec, settings, frame, challenger, end)
+        replayed = replay_challenger(spec, settings, frame, logged, challenger, end)
         metrics += cohort_metrics(replayed, spec.backtest.slices, REPLAY)
     tables.merge_frame(
         engine,

@@ -66,13 +66,20 @@ def prepare_features(frame: pd.DataFrame, contract: FeatureContract) -> pd.DataF
     return prepared
 
 
+def unseen_categories(frame: pd.DataFrame, contract: FeatureContract) -> pd.DataFrame:
+    """Per row and categorical column: a non-null value the model never saw in training."""
+    return pd.DataFrame(
+        {
+            column: frame[column].notna() & ~frame[column].astype("string").isin(categories)
+            for column, categories in contract.categorical.items()
+        },
+        index=frame.index,
+    )
+
+
 def unseen_category_counts(frame: pd.DataFrame, contract: FeatureContract) -> dict[str, int]:
     """Per categorical column, how many non-null values the model never saw in training."""
-    counts = {}
-    for column, categories in contract.categorical.items():
-        present = frame[column].dropna().astype(str)
-        counts[column] = int((~present.isin(categories)).sum())
-    return counts
+    return {column: int(count) for column, count in unseen_categories(frame, contract).sum().items()}
 
 
 def predict(booster: Any, contract: FeatureContract, frame: pd.DataFrame) -> np.ndarray:

@@ -20,7 +20,14 @@ from sqlalchemy import Engine
 
 from pipelines import tables
 from pipelines.config import Settings
-from pipelines.features import ContractError, FeatureContract, contract_of, predict, unseen_category_counts
+from pipelines.features import (
+    ContractError,
+    FeatureContract,
+    contract_of,
+    predict,
+    unseen_categories,
+    unseen_category_counts,
+)
 from pipelines.intervals import hours_between
 from pipelines.lake import MANIFEST_FILE, hour_partition, read_hours, read_partition, write_partition
 from pipelines.registry import champion_version, load_booster, model_signature
@@ -71,14 +78,6 @@ def check_inputs(frame: pd.DataFrame, signature: Any, model: str) -> None:
             )
 
 
-def unseen_per_row(frame: pd.DataFrame, contract: FeatureContract) -> np.ndarray:
-    counts = np.zeros(len(frame), dtype="int64")
-    for column, categories in contract.categorical.items():
-        values = frame[column]
-        counts += (values.notna() & ~values.astype("string").isin(categories)).to_numpy(dtype=bool)
-    return counts
-
-
 def predict_chunked(booster: Any, contract: FeatureContract, frame: pd.DataFrame) -> np.ndarray:
     if not len(frame):
         return np.array([], dtype="float64")
@@ -119,7 +118,7 @@ def score_hour(
     scored["score"] = predict_chunked(booster, contract, frame)
     scored["model_version"] = version
     scored["features_sha256"] = row_sha256(frame, contract.columns)
-    scored["unseen_categories"] = unseen_per_row(frame, contract)
+    scored["unseen_categories"] = unseen_categories(frame, contract).sum(axis=1).to_numpy(dtype="int64")
     return scored.reset_index(drop=True)
 
 
@@ -197,38 +196,40 @@ def read_scored(spec: ModelSpec, settings: Settings, start: datetime, end: datet
 
 
 @dataclass(frozen=True)
-class Replay:
-    version: str
-    scores: pd.DataFrame  # entity_id, as_of, logged_version, logged_score, score
-    hours_replayed: int
-    hours_missing: list[str]
+class LoggedInputs:
+    frame: pd.DataFrame  # the scored partitions found, concatenated: inputs, score, model_version
+    hours_found: int
+    hours_missing: list[str]  # hours never scored: no partition in the lake's `scored` zone
 
 
-def replay_logged_inputs(spec: ModelSpec, settings: Settings, version: str, hours: list[datetime]) -> Replay:
-    """Score the logged inputs of these hours with `version`: what it would have said in production.
-
-    Hours never scored (no partition in the lake's `scored` zone) are skipped and named.
-    """
-    booster = load_booster(settings, spec.name, version)
-    contract = contract_of(booster)
+def read_logged_inputs(spec: ModelSpec, settings: Settings, hours: list[datetime]) -> LoggedInputs:
+    """What the serving model saw and said in these hours, as kept in the lake."""
     frames, missing = [], []
     for hour in hours:
         key = hour_partition(spec.name, "scored", hour)
         if not settings.lake.exists(f"{key}/{MANIFEST_FILE}"):
             missing.append(hour.isoformat())
             continue
-        logged, _ = read_partition(settings.lake, key)
-        frames.append(
-            pd.DataFrame(
-                {
-                    "entity_id": logged[spec.entity_key].astype("string"),
-                    "as_of": logged[spec.timestamp],
-                    "logged_version": logged["model_version"].astype("string"),
-                    "logged_score": logged["score"],
-                    "score": predict_chunked(booster, contract, logged),
-                }
-            )
-        )
+        frames.append(read_partition(settings.lake, key)[0])
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return LoggedInputs(frame, len(frames), missing)
+
+
+def replay_logged_inputs(spec: ModelSpec, settings: Settings, version: str, logged: pd.DataFrame) -> pd.DataFrame:
+    """Score logged inputs with `version`: what it would have said in production.
+
+    Columns: entity_id, as_of, logged_version, logged_score, score.
+    """
     columns = ["entity_id", "as_of", "logged_version", "logged_score", "score"]
-    scores = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
-    return Replay(version, scores, len(frames), missing)
+    if logged.empty:
+        return pd.DataFrame(columns=columns)
+    booster = load_booster(settings, spec.name, version)
+    return pd.DataFrame(
+        {
+            "entity_id": logged[spec.entity_key].astype("string"),
+            "as_of": logged[spec.timestamp],
+            "logged_version": logged["model_version"].astype("string"),
+            "logged_score": logged["score"],
+            "score": predict_chunked(booster, contract_of(booster), logged),
+        }
+    )

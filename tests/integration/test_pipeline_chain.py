@@ -221,18 +221,19 @@ def test_backfilling_three_intervals_again_changes_nothing(home: Settings, engin
 
 
 def test_logged_inputs_replay_to_the_logged_scores_bit_for_bit(home: Settings, engine: Engine) -> None:
-    from pipelines.score import replay_logged_inputs
+    from pipelines.score import read_logged_inputs, replay_logged_inputs
 
-    replay = replay_logged_inputs(demo_spec(home), home, "1", SCORED_HOURS)
-    assert replay.hours_replayed == 3 and not replay.hours_missing
-    assert (replay.scores["score"] == replay.scores["logged_score"]).all()
+    logged = read_logged_inputs(demo_spec(home), home, SCORED_HOURS)
+    assert logged.hours_found == 3 and not logged.hours_missing
+    scores = replay_logged_inputs(demo_spec(home), home, "1", logged.frame)
+    assert (scores["score"] == scores["logged_score"]).all()
     p = tables.predictions
     with engine.connect() as connection:
         logged = pd.DataFrame(
             connection.execute(select(p.c.entity_id, p.c.as_of, p.c.score)).all(), columns=["entity_id", "as_of", "db"]
         )
     logged["as_of"] = pd.to_datetime(logged["as_of"], utc=True)
-    replayed = replay.scores.astype({"entity_id": str})
+    replayed = scores.astype({"entity_id": str})
     joined = replayed.merge(logged, on=["entity_id", "as_of"], validate="one_to_one")
     assert len(joined) == len(logged) and (joined["score"] == joined["db"]).all()
 
