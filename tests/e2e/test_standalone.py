@@ -17,6 +17,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -59,8 +60,17 @@ def request(url: str, token: str | None = None, payload: dict[str, Any] | None =
     if token:
         headers["Authorization"] = f"Bearer {token}"
     data = json.dumps(payload).encode() if payload is not None else None
-    with urllib.request.urlopen(urllib.request.Request(url, data, headers, method=method), timeout=30) as response:
-        body = response.read().decode()
+    for attempt in range(6):
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, data, headers, method=method), timeout=30) as r:
+                body = r.read().decode()
+            break
+        except urllib.error.HTTPError as exc:
+            # 503 is Airflow's "database busy, try again" (e.g. a backfill while the scheduler holds
+            # the SQLite lock); anything else, or a sixth 503, is a real failure.
+            if exc.code != 503 or attempt == 5:
+                raise
+            time.sleep(2 * (attempt + 1))
     return json.loads(body) if body.startswith(("{", "[")) else body
 
 
