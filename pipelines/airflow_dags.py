@@ -162,9 +162,12 @@ def _settings() -> Any:
 
 
 def _engine(settings: Any = None) -> Any:
-    from pipelines.tables import make_engine
+    from pipelines.tables import SchemaError, make_engine
 
-    return make_engine((settings or _settings()).tables_url)
+    try:
+        return make_engine((settings or _settings()).tables_url)
+    except SchemaError as exc:  # a retry cannot migrate the tables: say what to run, once
+        raise AirflowFailException(str(exc)) from exc
 
 
 def _ingest(spec: ModelSpec, start: datetime, end: datetime) -> dict[str, Any]:

@@ -98,6 +98,22 @@ def _doctor(args: argparse.Namespace) -> int:
     return 1 if checkup.problems else 0
 
 
+def _db_upgrade(args: argparse.Namespace) -> int:
+    from sqlalchemy import make_url
+
+    from pipelines.tables import upgrade_schema
+
+    url = get_settings().tables_url
+    before, after = upgrade_schema(url)
+    where = make_url(url).render_as_string(hide_password=True)
+    print(
+        f"{where}: schema {before or 'unversioned'} -> {after}"
+        if before != after
+        else f"{where}: schema {after}, up to date"
+    )
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from pipelines.demo import main
 
@@ -140,6 +156,12 @@ def main(argv: list[str] | None = None) -> int:
         "doctor", help="check every alias resolves to a READY, loadable version with its run; non-zero if not"
     )
     doctor.set_defaults(func=_doctor)
+    db = commands.add_parser("db", help="the pipeline's tables")
+    db_commands = db.add_subparsers(dest="db_command", required=True)
+    upgrade = db_commands.add_parser(
+        "upgrade", help="migrate the tables (PIPELINES_TABLES_URL) to this code's schema; keeps every row"
+    )
+    upgrade.set_defaults(func=_db_upgrade)
     demo = commands.add_parser("demo", help="run the demo model end to end through Airflow")
     demo.add_argument("--reset", action="store_true", help="delete the pipelines home first")
     demo.set_defaults(func=_demo)

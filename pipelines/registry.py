@@ -7,6 +7,7 @@ the alias is not moved. `pipelines history MODEL` reads those rows back.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -65,20 +66,99 @@ def champion_version(settings: Settings, model_name: str) -> str | None:
     return alias_version(settings, model_name, CHAMPION)
 
 
-def load_booster(settings: Settings, model_name: str, version: str) -> Any:
-    """Load a registered version with the xgboost flavor (never pickle, never pyfunc)."""
-    import mlflow.xgboost
+# What a version's MLmodel may say, for us to load it: the booster class itself, stored as JSON or UBJ,
+# and no bundled code. Anything else is refused before a byte of the model is read.
+MODEL_SHA256_TAG = "model_sha256"  # the booster file's sha256, recorded at training time
+BOOSTER_CLASS = "xgboost.core.Booster"
+MODEL_FORMATS = ("json", "ubj")
 
-    use_tracking(settings)
-    return mlflow.xgboost.load_model(f"models:/{model_name}/{version}")
+
+class UnsafeModelError(VersionNotServable):
+    """A version whose MLmodel names code, a foreign class or format, or whose file is not the one trained."""
 
 
-def model_signature(settings: Settings, model_name: str, version: str) -> Any:
-    """The MLflow signature logged with a version (None for a model logged without one)."""
+@dataclass(frozen=True)
+class LoadedModel:
+    version: str
+    booster: Any  # xgboost.Booster, read from its file: no code from the artifact ran
+    signature: Any  # mlflow ModelSignature, or None for a model logged without one
+    sha256: str
+
+
+def booster_file_of(mlmodel: dict[str, Any], label: str) -> str:
+    """The booster file an MLmodel names, after refusing anything that would make loading run code."""
+    flavors = mlmodel.get("flavors")
+    if not isinstance(flavors, dict) or "xgboost" not in flavors:
+        raise UnsafeModelError(f"{label}: its MLmodel has no xgboost flavor; only XGBoost boosters are served")
+    with_code = sorted(name for name, conf in flavors.items() if isinstance(conf, dict) and conf.get("code"))
+    if with_code or mlmodel.get("code"):
+        raise UnsafeModelError(
+            f"{label}: its MLmodel bundles code (flavor(s) {with_code or ['<root>']} name a 'code' path); "
+            "models are loaded from their booster file only and bundled code is never imported"
+        )
+    flavor = flavors["xgboost"]
+    model_class = flavor.get("model_class", BOOSTER_CLASS)
+    if model_class != BOOSTER_CLASS:
+        raise UnsafeModelError(
+            f"{label}: its MLmodel names model_class '{model_class}'; only {BOOSTER_CLASS} is served"
+        )
+    data, model_format = str(flavor.get("data", "")), str(flavor.get("model_format", ""))
+    if model_format not in MODEL_FORMATS or "/" in data or "\\" in data or not data.endswith(f".{model_format}"):
+        raise UnsafeModelError(
+            f"{label}: its model file '{data}' (format '{model_format}') is not a JSON or UBJ booster file "
+            "in the model's folder; pickled or other formats are never loaded"
+        )
+    return data
+
+
+def load_model(settings: Settings, model_name: str, version: str) -> LoadedModel:
+    """A registered version's booster, read from its JSON/UBJ file after checking it is the file trained.
+
+    MLflow's own loaders honour the MLmodel's `code` and `model_class` fields, which lets whoever can
+    write to the registry run code in every worker; we read the MLmodel as YAML, refuse such fields,
+    check the file's sha256 against the `model_sha256` version tag and load it into `xgboost.Booster`.
+    """
+    import tempfile
+    from pathlib import Path
+
     import mlflow
+    import xgboost as xgb
+    import yaml
+    from mlflow.models.signature import ModelSignature
 
-    use_tracking(settings)
-    return mlflow.models.get_model_info(f"models:/{model_name}/{version}").signature
+    label = f"{model_name} v{version}"
+    client = mlflow_client(settings)
+    recorded = client.get_model_version(model_name, str(version)).tags.get(MODEL_SHA256_TAG)
+    base = f"models:/{model_name}/{version}"
+    with tempfile.TemporaryDirectory() as scratch:
+        mlmodel = yaml.safe_load(
+            Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{base}/MLmodel", dst_path=scratch)).read_bytes()
+        )
+        if not isinstance(mlmodel, dict):
+            raise UnsafeModelError(f"{label}: its MLmodel is not a mapping")
+        data = booster_file_of(mlmodel, label)
+        payload = Path(
+            mlflow.artifacts.download_artifacts(artifact_uri=f"{base}/{data}", dst_path=scratch)
+        ).read_bytes()
+    digest = hashlib.sha256(payload).hexdigest()
+    if not recorded:
+        raise UnsafeModelError(
+            f"{label}: no '{MODEL_SHA256_TAG}' tag recorded at training time, so its file cannot be trusted; "
+            "it was not registered by this pipeline: train a new version with the train DAG"
+        )
+    if digest != recorded:
+        raise UnsafeModelError(
+            f"{label}: its model file '{data}' has sha256 {digest}, not the {recorded} recorded at training "
+            "time: the file was changed after registration"
+        )
+    booster = xgb.Booster()
+    booster.load_model(bytearray(payload))
+    signature = ModelSignature.from_dict(mlmodel["signature"]) if mlmodel.get("signature") else None
+    return LoadedModel(str(version), booster, signature, digest)
+
+
+def load_booster(settings: Settings, model_name: str, version: str) -> Any:
+    return load_model(settings, model_name, version).booster
 
 
 def seen_until(tags: dict[str, str]) -> datetime | None:
@@ -177,7 +257,7 @@ def move_alias(
 
 
 def check_servable(settings: Settings, model_name: str, version: str) -> ServableVersion:
-    """The checks a version must pass before it serves: exists, READY, run alive, loads as xgboost."""
+    """The checks a version must pass before it serves: exists, READY, run alive, a safe booster file that loads."""
     from mlflow.exceptions import MlflowException
 
     from pipelines.features import contract_of
@@ -202,9 +282,11 @@ def check_servable(settings: Settings, model_name: str, version: str) -> Servabl
         raise VersionNotServable(f"{model_name} v{version}: its source run {model_version.run_id} is deleted")
     try:
         contract_of(load_booster(settings, model_name, str(version)))
+    except VersionNotServable:
+        raise
     except Exception as exc:  # any failure to load means it cannot serve; say why
         raise VersionNotServable(
-            f"{model_name} v{version} does not load with the xgboost flavor: {type(exc).__name__}: {exc}"
+            f"{model_name} v{version} does not load as an XGBoost booster: {type(exc).__name__}: {exc}"
         ) from exc
     return ServableVersion(str(version), model_version.run_id)
 

@@ -30,7 +30,7 @@ from pipelines.features import (
 )
 from pipelines.intervals import hours_between
 from pipelines.lake import MANIFEST_FILE, hour_partition, read_hours, read_partition, write_partition
-from pipelines.registry import champion_version, load_booster, model_signature
+from pipelines.registry import champion_version, load_booster, load_model
 from pipelines.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -157,8 +157,8 @@ def score_interval(
     version = champion_version(settings, spec.name)
     if version is None:
         raise NoChampionError(f"{spec.name}: no version has the 'champion' alias; run {spec.name}__train first")
-    booster = load_booster(settings, spec.name, version)
-    signature = model_signature(settings, spec.name, version)
+    model = load_model(settings, spec.name, version)
+    booster, signature = model.booster, model.signature
     contract = contract_of(booster)
     total, deleted, unseen, uris = 0, 0, {c: 0 for c in contract.categorical}, []
     scored_at = datetime.now(UTC)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import UTC
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
@@ -55,6 +56,19 @@ predictions = Table(
     # How many of the row's categorical inputs the model never saw in training (scored as missing).
     Column("unseen_categories", Integer),
     UniqueConstraint("model_name", "entity_id", "as_of", name="uq_predictions_key"),
+    Index("ix_predictions_as_of", "model_name", "as_of"),
+)
+
+# What served is never lost: a logged prediction that a later scoring replaces (another version, chosen
+# explicitly) is copied here, whole, in the same transaction, before it is replaced or removed.
+predictions_history = Table(
+    "predictions_history",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    *[Column(c.name, c.type, nullable=c.nullable) for c in predictions.columns],
+    Column("superseded_at", DateTime(timezone=True), nullable=False),
+    Column("superseded_by_run", String(250), nullable=False),
+    Index("ix_predictions_history_as_of", "model_name", "as_of"),
 )
 
 labels = Table(
@@ -65,7 +79,9 @@ labels = Table(
     Column("as_of", DateTime(timezone=True), nullable=False),
     Column("label", Float, nullable=False),
     Column("arrived_at", DateTime(timezone=True), nullable=False),
-    UniqueConstraint("model_name", "entity_id", "as_of", name="uq_labels_key"),
+    # Every delivery of a key is kept: the label as known at T is the latest one that arrived before T.
+    UniqueConstraint("model_name", "entity_id", "as_of", "arrived_at", name="uq_labels_delivery"),
+    Index("ix_labels_as_of", "model_name", "as_of"),
 )
 
 backtest_metrics = Table(
@@ -110,6 +126,10 @@ validation_runs = Table(
     Column("failed_expectations", Text, nullable=False),
     Column("result_path", Text, nullable=False),
     Column("validated_at", DateTime(timezone=True), nullable=False),
+    # Policy 'quarantine': rows checked, rows kept aside (and where), the rest went on.
+    Column("rows_checked", Integer),
+    Column("rows_quarantined", Integer),
+    Column("quarantine_uri", Text),
     UniqueConstraint("model_name", "dag_id", "interval_start", "interval_end", name="uq_validation_key"),
 )
 
@@ -176,47 +196,73 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def make_engine(url: str) -> Engine:
-    """The engine every stage uses; it creates any missing table, so callers never have to."""
+# Schema versions are Alembic revisions (pipelines/migrations); tasks only check the version.
+SCHEMA_VERSION_TABLE = "pipelines_schema_version"
+HEAD_REVISION = "0002"
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+class SchemaError(RuntimeError):
+    """The tables' schema is not the revision this code needs; `pipelines db upgrade` brings it there."""
+
+
+def _engine(url: str) -> Engine:
     engine = create_engine(url)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
-    ensure_tables(engine)
     return engine
 
 
-# Tables that only hold what a stage recomputes (backtest over its lookback): an older layout is
-# dropped and rebuilt rather than migrated; the next run fills it again.
-DERIVED_TABLES = {"backtest_metrics": backtest_metrics}
+def make_engine(url: str) -> Engine:
+    """The engine every stage uses, after checking the tables are at the schema revision this code needs."""
+    engine = _engine(url)
+    require_current_schema(engine)
+    return engine
 
 
-def ensure_tables(engine: Engine) -> None:
-    _rebuild_changed_derived_tables(engine)
-    metadata.create_all(engine)
-    _add_new_nullable_columns(engine)
+def schema_revision(engine: Engine) -> str | None:
+    """The Alembic revision the tables are at; None when they were never versioned (or do not exist)."""
+    if not inspect(engine).has_table(SCHEMA_VERSION_TABLE):
+        return None
+    with engine.connect() as connection:
+        return connection.execute(text(f"SELECT version_num FROM {SCHEMA_VERSION_TABLE}")).scalar_one_or_none()
 
 
-def _rebuild_changed_derived_tables(engine: Engine) -> None:
-    present = inspect(engine)
-    for name, table in DERIVED_TABLES.items():
-        if not present.has_table(name):
-            continue
-        existing = {column["name"] for column in present.get_columns(name)}
-        if existing != {column.name for column in table.columns}:
-            with engine.begin() as connection:
-                connection.execute(text(f"DROP TABLE {name}"))
+def require_current_schema(engine: Engine) -> None:
+    revision = schema_revision(engine)
+    if revision == HEAD_REVISION:
+        return
+    where = engine.url.render_as_string(hide_password=True)
+    if revision is None:
+        state = "predate schema versions" if inspect(engine).has_table("predictions") else "do not exist yet"
+    else:
+        state = f"are at schema revision {revision}, this code needs {HEAD_REVISION}"
+    raise SchemaError(
+        f"the pipeline's tables at {where} {state}: run `pipelines db upgrade` "
+        "(with PIPELINES_TABLES_URL pointing at this database)"
+    )
 
 
-def _add_new_nullable_columns(engine: Engine) -> None:
-    """Tables made by an older version lack columns added since; add them (only nullable ones are ever added)."""
-    present = inspect(engine)
-    for table in metadata.sorted_tables:
-        existing = {column["name"] for column in present.get_columns(table.name)}
-        for column in table.columns:
-            if column.name not in existing and column.nullable:
-                kind = column.type.compile(dialect=engine.dialect)
-                with engine.begin() as connection:
-                    connection.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
+def upgrade_schema(url: str) -> tuple[str | None, str]:
+    """Bring the tables to the head revision with Alembic; returns (revision before, revision after).
+
+    Tables made before schema versions existed are adopted by the first revision, which creates only
+    what is missing. No revision drops a table holding predictions, labels, events or metrics.
+    """
+    from alembic import command
+    from alembic.config import Config
+
+    engine = _engine(url)
+    try:
+        before = schema_revision(engine)
+        with engine.begin() as connection:
+            config = Config()
+            config.set_main_option("script_location", str(MIGRATIONS))
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+        return before, str(schema_revision(engine))
+    finally:
+        engine.dispose()
 
 
 def upsert(

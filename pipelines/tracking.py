@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 from pipelines.config import Settings
 
 
 def use_tracking(settings: Settings) -> None:
     import mlflow
+
+    # Artifact downloads print tqdm bars on stderr, which Airflow logs as ERROR lines in successful tasks.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
     settings.home.mkdir(parents=True, exist_ok=True)
     if settings.mlflow_tracking_uri.startswith("sqlite:///"):

@@ -23,6 +23,7 @@ from pipelines.features import CONTRACT_ATTRIBUTE, build_contract, predict, prep
 from pipelines.intervals import hours_between
 from pipelines.labels import labels_known_at
 from pipelines.lake import Lake, read_hours
+from pipelines.registry import MODEL_SHA256_TAG
 from pipelines.spec import ModelSpec, TrainingSpec
 from pipelines.tracking import experiment_id, use_tracking
 
@@ -221,6 +222,9 @@ def train_model(
                 # Explicit requirements: inference takes ~6 s, and we know exactly what serves this model.
                 pip_requirements=[f"xgboost=={xgb.__version__}", f"pandas=={pd.__version__}"],
             )
+        # Scorers refuse a file whose sha256 is not this one (pipelines.registry.load_model).
+        lineage[MODEL_SHA256_TAG] = logged_file_sha256(model_info.model_id, "model.json")
+        mlflow.set_tag(MODEL_SHA256_TAG, lineage[MODEL_SHA256_TAG])
         # Set last: a run with this tag holds a complete model, which a re-run of the DAG run reuses.
         mlflow.set_tag("model_uri", model_info.model_uri)
     log.info(
@@ -232,6 +236,18 @@ def train_model(
         {k: round(v, 4) for k, v in metrics.items() if k.startswith("holdout_")},
     )
     return TrainingResult(run.info.run_id, model_info.model_uri, device, best_iteration, metrics, sizes, lineage)
+
+
+def logged_file_sha256(model_id: str, file_name: str) -> str:
+    """The sha256 of a file of a logged model, as stored in the artifact store (what scorers will read)."""
+    import hashlib
+
+    import mlflow
+
+    location = mlflow.get_logged_model(model_id).artifact_location
+    with tempfile.TemporaryDirectory() as scratch:
+        path = mlflow.artifacts.download_artifacts(artifact_uri=f"{location}/{file_name}", dst_path=scratch)
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def previous_training(settings: Settings, spec: ModelSpec, dag_id: str, dag_run_id: str) -> TrainingResult | None:

@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 from pipelines.config import apply_airflow_environment, migrate_airflow_db
+from pipelines.tables import upgrade_schema
 
 PASSWORDS_FILE = "simple_auth_manager_passwords.json.generated"
 
@@ -54,6 +55,7 @@ def main(airflow_port: int = 8080, mlflow_port: int = 5000) -> int:
     logs = settings.home / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     migrate_airflow_db(settings)
+    upgrade_schema(settings.tables_url)  # the pipeline's own tables, at this code's schema
 
     bin_dir = Path(sys.executable).parent
     # `airflow standalone` starts its components as `airflow ...` from PATH: make it this environment's.

@@ -24,10 +24,28 @@ for variable in ("MLFLOW_TRACKING_URI", "PIPELINES_LAKE", "PIPELINES_SOURCE", "P
 
 from pipelines.config import Settings, apply_airflow_environment, get_settings, migrate_airflow_db  # noqa: E402
 from pipelines.lake import S3Options  # noqa: E402
+from pipelines.tables import upgrade_schema  # noqa: E402
 
 apply_airflow_environment()
 
 POSTGRES_URL = os.environ.get("PIPELINES_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+@contextmanager
+def postgres_database(prefix: str = "pipelines_test") -> Iterator[str]:
+    """A database of its own on the PostgreSQL server, dropped afterwards."""
+    import psycopg
+    from sqlalchemy import make_url
+
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin = make_url(POSTGRES_URL).set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(admin, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(admin, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @dataclass(frozen=True)
@@ -75,6 +93,7 @@ def fresh_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path
     monkeypatch.setenv("PIPELINES_LAKE", str(tmp_path / "lake"))
     monkeypatch.setenv("PIPELINES_SOURCE", str(tmp_path / "source"))
     monkeypatch.setenv("PIPELINES_TABLES_URL", f"sqlite:///{tmp_path / 'tables.db'}")
+    upgrade_schema(f"sqlite:///{tmp_path / 'tables.db'}")
     yield tmp_path
 
 
@@ -87,4 +106,5 @@ def module_home(root: Path) -> Iterator[Settings]:
         patch.setenv("PIPELINES_TABLES_URL", f"sqlite:///{root / 'tables.db'}")
         patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
         patch.setenv("PIPELINES_MLFLOW_ARTIFACTS", str(root / "artifacts"))
+        upgrade_schema(f"sqlite:///{root / 'tables.db'}")
         yield get_settings()

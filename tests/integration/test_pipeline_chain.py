@@ -13,9 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import uuid
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,29 +28,14 @@ from pipelines import tables
 from pipelines.config import Settings
 from pipelines.demo_data import DemoConfig, write_source
 from pipelines.lake import hour_partition, open_lake, open_partition
-from tests.conftest import POSTGRES_URL, S3Endpoint, module_home
+from pipelines.tables import upgrade_schema
+from tests.conftest import S3Endpoint, module_home, postgres_database
 from tests.integration.conftest import status_report
 
 UTC = UTC
 BAD_HOUR = datetime(2026, 1, 3, 10, tzinfo=UTC)
 FIRST_NIGHT = datetime(2026, 1, 3, 2, tzinfo=UTC)  # train run: window [01-01 02:00, 01-03 02:00)
 SCORED_HOURS = [FIRST_NIGHT + timedelta(hours=h) for h in range(3)]  # 02:00, 03:00, 04:00
-
-
-@contextmanager
-def postgres_database() -> Iterator[str]:
-    """A database of its own on the PostgreSQL server, dropped afterwards."""
-    import psycopg
-
-    name = f"pipelines_chain_{uuid.uuid4().hex[:10]}"
-    admin = make_url(POSTGRES_URL).set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(admin, autocommit=True) as connection:
-        connection.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with psycopg.connect(admin, autocommit=True) as connection:
-            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="module", params=["local-sqlite", "s3-postgresql"])
@@ -63,7 +47,8 @@ def home(
         settings = stack.enter_context(module_home(root))
         if request.param == "s3-postgresql":
             endpoint: S3Endpoint = request.getfixturevalue("s3_endpoint")
-            url = stack.enter_context(postgres_database())
+            url = stack.enter_context(postgres_database("pipelines_chain"))
+            upgrade_schema(url)
             patch = stack.enter_context(pytest.MonkeyPatch.context())
             lake_uri = f"s3://{endpoint.new_bucket()}/lake"
             patch.setenv("PIPELINES_LAKE", lake_uri)
@@ -241,10 +226,10 @@ def test_logged_inputs_replay_to_the_logged_scores_bit_for_bit(home: Settings, e
 def test_scoring_refuses_inputs_that_break_the_signature(home: Settings) -> None:
     from pipelines.features import ContractError
     from pipelines.lake import read_partition
-    from pipelines.registry import model_signature
+    from pipelines.registry import load_model
     from pipelines.score import check_inputs
 
-    signature = model_signature(home, "demo_churn", "1")
+    signature = load_model(home, "demo_churn", "1").signature
     frame, _ = read_partition(home.lake, hour_partition("demo_churn", "raw", SCORED_HOURS[0]))
     check_inputs(frame, signature, "demo_churn v1")  # the real inputs pass
     with pytest.raises(ContractError, match=r"input column 'support_calls' \(double\) is missing"):

@@ -8,16 +8,27 @@ from uuid import uuid4
 
 import pandas as pd
 import pytest
-from sqlalchemy import Engine, inspect, select
+from sqlalchemy import Engine, select
 from sqlalchemy.exc import IntegrityError
 
 from pipelines import tables
-from tests.conftest import POSTGRES_URL
+from tests.conftest import postgres_database
+
+
+@pytest.fixture(scope="module")
+def postgres_url() -> Iterator[str]:
+    with postgres_database("pipelines_tables") as url:
+        tables.upgrade_schema(url)
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    url = f"sqlite:///{tmp_path / 't.db'}" if request.param == "sqlite" else POSTGRES_URL
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 't.db'}"
+        tables.upgrade_schema(url)
+    else:
+        url = request.getfixturevalue("postgres_url")
     engine = tables.make_engine(url)
     yield engine
     engine.dispose()
@@ -63,25 +74,6 @@ def test_upsert_replay_changes_nothing_and_new_score_updates(engine: Engine) -> 
     after = snapshot(engine, model)
     assert len(after) == 25_000
     assert sum(1 for row in after if row[4] == 0.75) == 10
-
-
-def test_tables_from_an_older_version_gain_new_nullable_columns(tmp_path: Path) -> None:
-    import sqlite3
-
-    path = tmp_path / "old.db"
-    with sqlite3.connect(path) as connection:  # model_events as it was before `details` existed
-        connection.execute(
-            "CREATE TABLE model_events (id INTEGER PRIMARY KEY, model_name VARCHAR(64) NOT NULL, event VARCHAR(32) "
-            "NOT NULL, alias VARCHAR(32), from_version VARCHAR(32), to_version VARCHAR(32), reason TEXT NOT NULL, "
-            "dag_run_id VARCHAR(250), actor VARCHAR(128) NOT NULL, at DATETIME NOT NULL)"
-        )
-        connection.execute(
-            "INSERT INTO model_events VALUES (1, 'm', 'alias_moved', 'champion', NULL, '1', 'r', NULL, 'a', '2026-01-01')"
-        )
-    engine = tables.make_engine(f"sqlite:///{path}")
-    with engine.connect() as connection:
-        rows = connection.execute(select(tables.model_events.c.to_version, tables.model_events.c.details)).all()
-    assert rows == [("1", None)]
 
 
 def prediction_frame(model: str, n: int, score: float, start: int = 0) -> pd.DataFrame:
@@ -144,23 +136,3 @@ def test_merge_frame_failure_rolls_back_everything(engine: Engine) -> None:
     with pytest.raises(IntegrityError):
         tables.merge_frame(engine, tables.predictions, broken, key, replaces=in_hour(model))
     assert snapshot(engine, model) == before
-
-
-def test_backtest_metrics_of_an_older_layout_are_rebuilt(tmp_path: Path) -> None:
-    import sqlite3
-
-    path = tmp_path / "old.db"
-    with sqlite3.connect(path) as connection:  # backtest_metrics before slices and replay existed
-        connection.execute(
-            "CREATE TABLE backtest_metrics (model_name VARCHAR(64) NOT NULL, cohort VARCHAR(10) NOT NULL, "
-            "model_version VARCHAR(32) NOT NULL, n INTEGER NOT NULL, positives INTEGER NOT NULL, auc FLOAT, "
-            "logloss FLOAT, brier FLOAT, mean_score FLOAT, labels_as_of DATETIME NOT NULL, "
-            "dag_run_id VARCHAR(250) NOT NULL, UNIQUE (model_name, cohort, model_version))"
-        )
-        connection.execute(
-            "INSERT INTO backtest_metrics VALUES ('m', '2026-01-01', '1', 5, 1, 0.5, 0.6, 0.2, 0.3, '2026-01-02', 'r')"
-        )
-    engine = tables.make_engine(f"sqlite:///{path}")
-    columns = {c["name"] for c in inspect(engine).get_columns("backtest_metrics")}
-    assert {"scored_by", "slice_column", "slice_value"} <= columns
-    assert tables.count_rows(engine, tables.backtest_metrics, "m") == 0  # derived rows: the next backtest refills them
