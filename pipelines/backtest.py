@@ -26,6 +26,7 @@ from sqlalchemy import Engine, and_, select
 from pipelines import tables
 from pipelines.config import Settings
 from pipelines.intervals import interval_key
+from pipelines.labels import labels_as_known
 from pipelines.spec import ModelSpec
 from pipelines.train import binary_metrics
 
@@ -48,23 +49,14 @@ class BacktestResult:
 
 
 def matured_predictions(spec: ModelSpec, engine: Engine, end: datetime) -> pd.DataFrame:
-    p, lab = tables.predictions, tables.labels
+    p = tables.predictions
     since = end - timedelta(days=spec.backtest.lookback_days)
     matured_before = end - timedelta(hours=spec.label.delay_hours)
+    known = labels_as_known(spec.name, end, since, matured_before)  # each label as it was known at `end`
     query = (
-        select(p.c.entity_id, p.c.as_of, p.c.model_version, p.c.score, lab.c.label)
-        .select_from(
-            p.join(
-                lab,
-                and_(lab.c.model_name == p.c.model_name, lab.c.entity_id == p.c.entity_id, lab.c.as_of == p.c.as_of),
-            )
-        )
-        .where(
-            p.c.model_name == spec.name,
-            p.c.as_of >= since,
-            p.c.as_of < matured_before,
-            lab.c.arrived_at < end,
-        )
+        select(p.c.entity_id, p.c.as_of, p.c.model_version, p.c.score, known.c.label)
+        .select_from(p.join(known, and_(known.c.entity_id == p.c.entity_id, known.c.as_of == p.c.as_of)))
+        .where(p.c.model_name == spec.name, p.c.as_of >= since, p.c.as_of < matured_before)
     )
     with engine.connect() as connection:
         frame = pd.DataFrame(

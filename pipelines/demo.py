@@ -95,6 +95,6 @@ def main(reset: bool = False) -> int:
         interval = {"interval_start": start.isoformat(), "interval_end": end.isoformat()}
         run_dag(f"{MODEL}__monitor", end, interval, when=f"{start:%H:%M}-{end:%H:%M} drift")
     run_dag(f"{MODEL}__train", first_night + timedelta(days=1))
-    run_dag(f"{MODEL}__backtest", datetime(2026, 1, 4, 3, 30, tzinfo=UTC))
+    run_dag(f"{MODEL}__backtest", datetime(2026, 1, 4, 4, tzinfo=UTC))
     print(f"demo finished in {time.perf_counter() - began:.0f}s; see `pipelines status`", flush=True)
     return 0

@@ -7,12 +7,17 @@ from pathlib import Path
 
 
 def hours_between(start: datetime, end: datetime) -> list[datetime]:
-    """The hour starts in [start, end); both ends must be timezone-aware."""
+    """The hour starts in [start, end). Both ends must be timezone-aware and on whole hours: an
+    interval that cut an hour would read part of it or drop it, and neither may happen silently."""
     if start.tzinfo is None or end.tzinfo is None:
         raise ValueError("interval bounds must be timezone-aware")
-    first = start.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-    if first < start:
-        first += timedelta(hours=1)
+    for name, bound in (("start", start), ("end", end)):
+        if bound.astimezone(UTC) != bound.astimezone(UTC).replace(minute=0, second=0, microsecond=0):
+            raise ValueError(
+                f"interval [{start.isoformat()}, {end.isoformat()}) does not {name} on a whole hour: tasks read "
+                "whole hourly partitions; give the DAG a schedule at minute 0"
+            )
+    first = start.astimezone(UTC)
     count = int((end - first).total_seconds() // 3600)
     return [first + timedelta(hours=i) for i in range(max(count, 0))]
 

@@ -1,4 +1,9 @@
-"""Labels arrive after the prediction (the spec's delay). They are upserted into the labels table."""
+"""Labels arrive after the prediction (the spec's delay), and may be corrected later.
+
+Every delivery of a label is kept with its `arrived_at`: the label of a key as known at time T is
+the latest delivery that arrived before T, whatever order the files were ingested in. So a
+backtest as of T gives the same answer forever, and a correction counts from its arrival on.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, Subquery, and_, func, select
 
 from pipelines import tables
 from pipelines.intervals import hours_between, source_hour_file
@@ -37,6 +42,7 @@ def read_label_file(spec: ModelSpec, path: Path) -> pd.DataFrame:
         bad = frame.loc[labels.isna() | ~labels.isin([0, 1]), spec.label.column].head(5).tolist()
         raise ValueError(f"{path}: column '{spec.label.column}' must be 0 or 1, found e.g. {bad}")
     frame[spec.label.column] = labels
+    frame["_file"] = str(path)
     return frame.dropna(subset=[spec.entity_key])
 
 
@@ -67,27 +73,64 @@ def ingest_labels(
             "arrived_at": frame[spec.label.arrived_at_column],
         }
     )
-    # The latest delivery of a key wins within a batch (a corrected label comes later).
-    rows = rows.sort_values("arrived_at", kind="stable").drop_duplicates(["entity_id", "as_of"], keep="last")
-    # A label is known from its first arrival: a re-delivered file neither moves arrived_at nor rewrites it.
+    delivery = ["entity_id", "as_of", "arrived_at"]
+    rows = rows.drop_duplicates()  # the same delivery in two files is one delivery
+    clashing = rows.duplicated(delivery, keep=False)
+    if clashing.any():
+        sample = frame.loc[clashing[clashing].index, [spec.entity_key, spec.timestamp, spec.label.column, "_file"]]
+        raise ValueError(
+            f"{spec.name}: {int(clashing.sum())} label rows give different labels for the same key and arrival "
+            f"time; which one holds is ambiguous, e.g. {sample.head(4).to_dict('records')}"
+        )
+    # Every delivery is kept; a re-delivered file adds nothing, and one that changes a recorded delivery fails.
     tables.merge_frame(
-        engine, tables.labels, rows, key=["model_name", "entity_id", "as_of"], update_when_changed=["label"]
+        engine,
+        tables.labels,
+        rows,
+        key=["model_name", "entity_id", "as_of", "arrived_at"],
+        refuse_changed=["label"],
     )
     return LabelIngestResult(len(frames), len(rows), missing)
+
+
+def labels_as_known(model_name: str, known_at: datetime, as_of_from: datetime, as_of_to: datetime) -> Subquery:
+    """Per key with as_of in [as_of_from, as_of_to): the latest delivery that arrived before `known_at`."""
+    t = tables.labels
+    latest = (
+        select(t.c.entity_id, t.c.as_of, func.max(t.c.arrived_at).label("arrived_at"))
+        .where(
+            t.c.model_name == model_name,
+            t.c.as_of >= as_of_from,
+            t.c.as_of < as_of_to,
+            t.c.arrived_at < known_at,
+        )
+        .group_by(t.c.entity_id, t.c.as_of)
+        .subquery()
+    )
+    return (
+        select(t.c.entity_id, t.c.as_of, t.c.label, t.c.arrived_at)
+        .join(
+            latest,
+            and_(
+                t.c.model_name == model_name,
+                t.c.entity_id == latest.c.entity_id,
+                t.c.as_of == latest.c.as_of,
+                t.c.arrived_at == latest.c.arrived_at,
+            ),
+        )
+        .subquery("known_labels")
+    )
 
 
 def labels_known_at(
     engine: Engine, model_name: str, as_of_from: datetime, as_of_to: datetime, known_at: datetime
 ) -> pd.DataFrame:
-    """Labels for events in [as_of_from, as_of_to) that had arrived before `known_at` (no look-ahead)."""
-    t = tables.labels
-    query = select(t.c.entity_id, t.c.as_of, t.c.label).where(
-        t.c.model_name == model_name,
-        t.c.as_of >= as_of_from,
-        t.c.as_of < as_of_to,
-        t.c.arrived_at < known_at,
-    )
+    """Labels for events in [as_of_from, as_of_to) as known at `known_at` (no look-ahead)."""
+    known = labels_as_known(model_name, known_at, as_of_from, as_of_to)
     with engine.connect() as connection:
-        frame = pd.DataFrame(connection.execute(query).all(), columns=["entity_id", "as_of", "label"])
+        frame = pd.DataFrame(
+            connection.execute(select(known.c.entity_id, known.c.as_of, known.c.label)).all(),
+            columns=["entity_id", "as_of", "label"],
+        )
     frame["as_of"] = pd.to_datetime(frame["as_of"], utc=True)
     return frame

@@ -49,9 +49,28 @@ class FeatureSpec(_Strict):
 
 
 class ScheduleSpec(_Strict):
+    """Cron expressions (UTC). Each must fire on whole hours: a task reads exactly the hourly
+    partitions its interval covers, and an interval that starts mid-hour would cut one in two."""
+
     train: str = "0 2 * * *"
     score: str = "0 * * * *"
-    backtest: str = "30 3 * * *"
+    backtest: str = "0 4 * * *"
+
+    @field_validator("train", "score", "backtest")
+    @classmethod
+    def _whole_hours(cls, value: str) -> str:
+        from croniter import croniter
+
+        if not croniter.is_valid(value):
+            raise ValueError(f"'{value}' is not a valid cron expression (five fields: minute hour day month weekday)")
+        fires = croniter(value, datetime(2026, 1, 1, tzinfo=UTC))
+        partial = [at for at in (fires.get_next(datetime) for _ in range(500)) if at.minute or at.second]
+        if partial:
+            raise ValueError(
+                f"'{value}' fires at {partial[0]:%H:%M}, inside an hour: intervals must start and end on whole "
+                "hours, the partitions tasks read (use minute 0, e.g. '0 4 * * *')"
+            )
+        return value
 
 
 class TrainingSpec(_Strict):

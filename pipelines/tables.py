@@ -360,6 +360,7 @@ def merge_frame(
     key: Iterable[str],
     update_when_changed: Iterable[str] | None = None,
     replaces: ColumnElement[bool] | None = None,
+    refuse_changed: Iterable[str] | None = None,
 ) -> int:
     """Upsert a whole frame in one transaction through a staging table; returns rows deleted.
 
@@ -368,6 +369,8 @@ def merge_frame(
     rows are only rewritten when one of those columns differs, so a replay changes nothing. With
     `replaces`, the frame is the complete content of that part of the table: its rows that are not
     in the frame are deleted in the same transaction (a re-scored interval leaves no stale rows).
+    With `refuse_changed`, the table is a record: a row whose key is stored with other values in
+    those columns fails the whole merge (RecordConflict), and existing rows are never updated.
     """
     key = list(key)
     columns = [c.name for c in table.columns if not c.primary_key]
@@ -396,9 +399,11 @@ def merge_frame(
         try:
             if len(frame):
                 _load_stage(connection, stage, frame)
+            if refuse_changed is not None:
+                _refuse_rewrites(connection, table, stage, key, list(refuse_changed))
             # WHERE true: SQLite needs it to parse INSERT ... SELECT ... ON CONFLICT.
             statement = insert(table).from_select(columns, select(*stage.c).where(true()))
-            updated = [c for c in columns if c not in key]
+            updated = [] if refuse_changed is not None else [c for c in columns if c not in key]
             where = None
             if update_when_changed is not None:
                 where = or_(*[table.c[c].is_distinct_from(statement.excluded[c]) for c in update_when_changed])
@@ -417,6 +422,27 @@ def merge_frame(
             if not is_postgres:  # PostgreSQL drops it at commit or rollback
                 stage.drop(connection)
     return int(deleted)
+
+
+class RecordConflict(ValueError):
+    """A write would change values already recorded under the same key; the record is never rewritten."""
+
+
+def _refuse_rewrites(connection: Connection, table: Table, stage: Table, key: list[str], watched: list[str]) -> None:
+    same_key = and_(*[stage.c[k] == table.c[k] for k in key])
+    differs = or_(*[table.c[c].is_distinct_from(stage.c[c]) for c in watched])
+    clashes = connection.execute(
+        select(*[table.c[k] for k in key], *[table.c[c] for c in watched], *[stage.c[c].label(f"new_{c}") for c in watched])
+        .select_from(stage.join(table, same_key))
+        .where(differs)
+        .limit(3)
+    ).mappings()
+    samples = [dict(row) for row in clashes]
+    if samples:
+        raise RecordConflict(
+            f"{table.name}: rows already recorded under the same key {key} with other {watched} "
+            f"(recorded vs new), e.g. {samples}; a recorded row is never rewritten"
+        )
 
 
 def count_rows(engine: Engine, table: Table, model_name: str) -> int:

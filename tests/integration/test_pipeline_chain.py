@@ -338,7 +338,7 @@ def test_bad_data_fails_validation_and_scores_nothing(home: Settings, engine: En
     assert json.loads(lake_object(home, row["result_path"]))["success"] is False
 
 
-BACKTEST_RUN = datetime(2026, 1, 4, 3, 30, tzinfo=UTC)  # interval [01-03 03:30, 01-04 03:30)
+BACKTEST_RUN = datetime(2026, 1, 4, 4, tzinfo=UTC)  # interval [01-03 04:00, 01-04 04:00)
 
 
 def backtest_rows(engine: Engine) -> list[dict[str, Any]]:
@@ -425,7 +425,7 @@ def test_challenger_replays_the_logged_inputs_next_to_the_champion(home: Setting
     from pipelines.lake import read_partition
     from pipelines.registry import fresh_from
 
-    scores, partition = read_partition(home.lake, "demo_churn/replay/v2/20251228T0330--20260104T0330")
+    scores, partition = read_partition(home.lake, "demo_churn/replay/v2/20251228T0400--20260104T0400")
     assert partition.manifest["model_version"] == "2" and len(scores) >= whole[("2", "replay")]["n"]
     since = fresh_from(home, "demo_churn", "2")
     assert since is not None and datetime(2026, 1, 2, tzinfo=UTC) < since < SCORED_HOURS[0]

@@ -56,3 +56,36 @@ def test_invalid_yaml_is_reported(tmp_path: Path) -> None:
     path.write_text("name: [unclosed\n")
     with pytest.raises(SpecError, match="not valid YAML"):
         load_spec(path)
+
+
+@pytest.mark.parametrize(
+    ("field", "cron", "message"),
+    [
+        ("backtest", "30 3 * * *", r"field 'schedules.backtest': .*'30 3 \* \* \*' fires at 03:30, inside an hour"),
+        ("score", "*/15 * * * *", r"field 'schedules.score': .*fires at 00:15, inside an hour"),
+        ("train", "0 2 * *", r"field 'schedules.train': .*'0 2 \* \*' is not a valid cron expression"),
+        ("train", "0 25 * * *", r"field 'schedules.train': .*is not a valid cron expression"),
+    ],
+)
+def test_schedules_that_cut_partitions_are_refused(tmp_path: Path, field: str, cron: str, message: str) -> None:
+    path = write_spec(tmp_path, "demo_churn", schedules={field: cron})
+    with pytest.raises(SpecError, match=message):
+        load_spec(path)
+
+
+def test_whole_hour_schedules_are_accepted(tmp_path: Path) -> None:
+    path = write_spec(tmp_path, "demo_churn", schedules={"score": "0 */3 * * *", "backtest": "0 4 * * 1"})
+    assert load_spec(path).schedules.backtest == "0 4 * * 1"
+
+
+def test_an_interval_that_cuts_an_hour_is_refused_not_trimmed() -> None:
+    from datetime import UTC, datetime
+
+    from pipelines.intervals import hours_between
+
+    with pytest.raises(ValueError, match=r"does not start on a whole hour"):
+        hours_between(datetime(2026, 1, 3, 3, 30, tzinfo=UTC), datetime(2026, 1, 4, 4, tzinfo=UTC))
+    with pytest.raises(ValueError, match=r"does not end on a whole hour"):
+        hours_between(datetime(2026, 1, 3, 4, tzinfo=UTC), datetime(2026, 1, 4, 3, 30, tzinfo=UTC))
+    hours = hours_between(datetime(2026, 1, 3, 4, tzinfo=UTC), datetime(2026, 1, 4, 4, tzinfo=UTC))
+    assert len(hours) == 24 and hours[0].hour == 4 and hours[-1].hour == 3

@@ -1,8 +1,6 @@
 """Upserts on both backends we support: SQLite (embedded default) and the PostgreSQL on this machine."""
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
@@ -12,26 +10,6 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import IntegrityError
 
 from pipelines import tables
-from tests.conftest import postgres_database
-
-
-@pytest.fixture(scope="module")
-def postgres_url() -> Iterator[str]:
-    with postgres_database("pipelines_tables") as url:
-        tables.upgrade_schema(url)
-        yield url
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 't.db'}"
-        tables.upgrade_schema(url)
-    else:
-        url = request.getfixturevalue("postgres_url")
-    engine = tables.make_engine(url)
-    yield engine
-    engine.dispose()
 
 
 def prediction_rows(model: str, n: int, score: float) -> list[dict[str, object]]:

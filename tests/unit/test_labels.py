@@ -1,0 +1,83 @@
+"""Label history on both backends: every delivery is kept; the label as known at T is the latest
+delivery that arrived before T, whatever order the files are ingested in."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from uuid import uuid4
+
+import pandas as pd
+import pytest
+from sqlalchemy import Engine
+
+from pipelines import tables
+from pipelines.config import REPO_ROOT
+from pipelines.intervals import source_hour_file
+from pipelines.labels import ingest_labels, labels_known_at
+from pipelines.spec import ModelSpec, load_spec
+
+EVENT = datetime(2026, 1, 3, 2, 15, tzinfo=UTC)
+FIRST = datetime(2026, 1, 3, 8, tzinfo=UTC)  # the original delivery's hour
+LATER = datetime(2026, 1, 4, 9, tzinfo=UTC)  # the correction's hour
+
+
+def spec_named(name: str) -> ModelSpec:
+    return load_spec(REPO_ROOT / "dags" / "models" / "demo_churn.yaml").model_copy(update={"name": name})
+
+
+def write_labels(root: Path, spec: ModelSpec, hour: datetime, labels: dict[str, int]) -> Path:
+    path = source_hour_file(root / spec.source.labels_path, hour)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(
+        {
+            "customer_id": list(labels),
+            "event_time": EVENT.isoformat(),
+            "churned": list(labels.values()),
+            "arrived_at": (hour + timedelta(minutes=10)).isoformat(),
+        }
+    ).to_csv(path, index=False)
+    return path
+
+
+def known(engine: Engine, spec: ModelSpec, at: datetime) -> dict[str, float]:
+    frame = labels_known_at(engine, spec.name, EVENT - timedelta(hours=1), EVENT + timedelta(hours=1), at)
+    return dict(zip(frame["entity_id"], frame["label"], strict=True))
+
+
+@pytest.mark.parametrize("order", ["original first", "correction first"])
+def test_a_correction_counts_from_its_arrival_and_survives_a_reingest(
+    engine: Engine, tmp_path: Path, order: str
+) -> None:
+    spec = spec_named(f"m_{uuid4().hex[:8]}")
+    write_labels(tmp_path, spec, FIRST, {"C000001": 1, "C000002": 0})
+    write_labels(tmp_path, spec, LATER, {"C000001": 0})  # C000001 was not a churner after all
+    days = [(FIRST, FIRST + timedelta(hours=1)), (LATER, LATER + timedelta(hours=1))]
+    for start, end in days if order == "original first" else days[::-1]:
+        ingest_labels(spec, tmp_path, engine, start, end)
+    ingest_labels(spec, tmp_path, engine, *days[0])  # the original file read again (a re-run, a training)
+
+    assert tables.count_rows(engine, tables.labels, spec.name) == 3  # both deliveries of C000001, kept
+    assert known(engine, spec, FIRST) == {}  # nothing had arrived yet
+    assert known(engine, spec, LATER) == {"C000001": 1.0, "C000002": 0.0}  # as known before the correction
+    assert known(engine, spec, LATER + timedelta(hours=1)) == {"C000001": 0.0, "C000002": 0.0}
+
+
+def test_a_file_that_changes_a_recorded_delivery_is_refused(engine: Engine, tmp_path: Path) -> None:
+    spec = spec_named(f"m_{uuid4().hex[:8]}")
+    write_labels(tmp_path, spec, FIRST, {"C000001": 1})
+    ingest_labels(spec, tmp_path, engine, FIRST, FIRST + timedelta(hours=1))
+    write_labels(tmp_path, spec, FIRST, {"C000001": 0})  # the same delivery, rewritten in place
+    with pytest.raises(tables.RecordConflict, match=r"labels: rows already recorded .*'label': 1.0.*'new_label': 0.0"):
+        ingest_labels(spec, tmp_path, engine, FIRST, FIRST + timedelta(hours=1))
+    assert known(engine, spec, LATER) == {"C000001": 1.0}
+
+
+def test_two_labels_for_one_delivery_are_ambiguous(engine: Engine, tmp_path: Path) -> None:
+    spec = spec_named(f"m_{uuid4().hex[:8]}")
+    path = write_labels(tmp_path, spec, FIRST, {"C000001": 1})
+    frame = pd.read_csv(path)
+    pd.concat([frame, frame.assign(churned=0)]).to_csv(path, index=False)
+    with pytest.raises(ValueError, match=rf"2 label rows give different labels .*{path}"):
+        ingest_labels(spec, tmp_path, engine, FIRST, FIRST + timedelta(hours=1))
+    assert tables.count_rows(engine, tables.labels, spec.name) == 0
