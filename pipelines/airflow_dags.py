@@ -174,26 +174,31 @@ def _ingest(spec: ModelSpec, start: datetime, end: datetime) -> dict[str, Any]:
     from pipelines.ingest import ingest, snapshot_sha256, write_snapshot_manifest
 
     settings = _settings()
-    partitions = ingest(spec, settings.source, settings.lake, start, end)
+    staged = ingest(spec, settings.source, settings.lake, start, end)
     return {
-        "partitions": len(partitions),
-        "rows": sum(p.rows for p in partitions),
-        "data_sha256": snapshot_sha256(partitions),
-        "data_uri": write_snapshot_manifest(spec, settings.lake, start, end, partitions),
+        "partitions": len(staged),
+        "rows": sum(int(d["rows"]) for d in staged),
+        "data_sha256": snapshot_sha256(staged),
+        "data_uri": write_snapshot_manifest(spec, settings.lake, start, end, staged),
+        "staged": staged,  # validated, then published, by the next task
     }
 
 
-def _validate(spec: ModelSpec, ctx: RunContext, start: datetime) -> dict[str, Any]:
-    from pipelines.validate import validate_snapshot
+def _validate(spec: ModelSpec, ctx: RunContext, start: datetime, ingested: dict[str, Any]) -> dict[str, Any]:
+    from pipelines.validate import validate_and_publish
 
     settings = _settings()
-    outcome = validate_snapshot(spec, settings, _engine(settings), start, ctx.end, ctx.dag_id, ctx.run_id)
+    outcome = validate_and_publish(
+        spec, settings, _engine(settings), ingested["staged"], start, ctx.end, ctx.dag_id, ctx.run_id
+    )
     return {
         "suite": spec.suite,
         "suite_sha256": outcome.suite_sha256,
         "success": outcome.success,
         "result_uri": outcome.result_uri,
         "data_docs": outcome.data_docs_path,
+        "rows_checked": outcome.rows_checked,
+        "rows_quarantined": outcome.rows_quarantined,
     }
 
 
@@ -274,7 +279,7 @@ def train_dag(spec: ModelSpec) -> DAG:
         def validate_window(ingested: dict[str, Any]) -> dict[str, Any]:
             ctx = run_context()
             with permanent_failures():
-                return _validate(spec, ctx, spec.training_window(ctx.end)[0])
+                return _validate(spec, ctx, spec.training_window(ctx.end)[0], ingested)
 
         @task
         def ingest_labels_window() -> dict[str, Any]:
@@ -429,7 +434,7 @@ def score_dag(spec: ModelSpec) -> DAG:
         def validate_interval(ingested: dict[str, Any]) -> dict[str, Any]:
             ctx = run_context()
             with permanent_failures():
-                return _validate(spec, ctx, ctx.start)
+                return _validate(spec, ctx, ctx.start, ingested)
 
         @task(outlets=[predictions_asset(spec)])
         def score(validated: dict[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,7 @@
-"""Stage 1: copy one interval of the source into the lake, typed, as one partition per hour."""
+"""Stage 1: stage one interval of the source in the lake, typed, one delivery per hour.
+
+Nothing is published here: `pipelines.validate` publishes a delivery once it passed its suite.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +9,12 @@ import hashlib
 import json
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from pipelines.intervals import hours_between, interval_key, source_hour_file
-from pipelines.lake import Lake, Partition, file_sha256, hour_partition, write_partition
+from pipelines.lake import Lake, file_sha256, hour_partition, stage
 from pipelines.spec import ModelSpec
 
 
@@ -38,7 +42,8 @@ def read_source_events(spec: ModelSpec, path: Path) -> pd.DataFrame:
     return frame
 
 
-def ingest_hour(spec: ModelSpec, source_root: Path, lake: Lake, hour: datetime) -> Partition:
+def stage_hour(spec: ModelSpec, source_root: Path, lake: Lake, hour: datetime) -> dict[str, Any]:
+    """Read the hour's source file into a staged object; the published partition is not touched."""
     source_file = source_hour_file(source_root / spec.source.events_path, hour)
     if not source_file.exists():
         raise SourceMissingError(
@@ -48,41 +53,56 @@ def ingest_hour(spec: ModelSpec, source_root: Path, lake: Lake, hour: datetime) 
     manifest = {
         "model": spec.name,
         "interval_start": hour.isoformat(),
+        "partition": hour_partition(spec.name, "raw", hour),
         "source": {"uri": str(source_file), "sha256": file_sha256(source_file)},
     }
-    return write_partition(lake, hour_partition(spec.name, "raw", hour), frame, manifest)
+    return stage(lake, spec.name, frame, manifest)
 
 
-def ingest(spec: ModelSpec, source_root: Path, lake: Lake, start: datetime, end: datetime) -> list[Partition]:
-    """Ingest every hour of [start, end). Re-running replaces the same partitions with the same bytes."""
+def ingest(spec: ModelSpec, source_root: Path, lake: Lake, start: datetime, end: datetime) -> list[dict[str, Any]]:
+    """Stage every hour of [start, end): the deliveries validation will check before publishing them.
+
+    Re-running stages the same objects again (same content, same sha256).
+    """
     hours = hours_between(start, end)
     if not hours:
         raise ValueError(f"{spec.name}: empty interval [{start}, {end})")
-    return [ingest_hour(spec, source_root, lake, hour) for hour in hours]
+    return [stage_hour(spec, source_root, lake, hour) for hour in hours]
 
 
-def snapshot_sha256(partitions: list[Partition]) -> str:
-    """One fingerprint for a set of partitions (the data a run saw)."""
+def snapshot_sha256(deliveries: list[dict[str, Any]]) -> str:
+    """One fingerprint for a set of deliveries (the data a run saw)."""
     digest = hashlib.sha256()
-    for partition in sorted(partitions, key=lambda p: p.uri):
-        digest.update(f"{partition.manifest['interval_start']}:{partition.sha256}\n".encode())
+    for delivery in sorted(deliveries, key=lambda d: str(d["interval_start"])):
+        digest.update(f"{delivery['interval_start']}:{delivery['sha256']}\n".encode())
     return digest.hexdigest()
 
 
 def write_snapshot_manifest(
-    spec: ModelSpec, lake: Lake, start: datetime, end: datetime, partitions: list[Partition]
+    spec: ModelSpec, lake: Lake, start: datetime, end: datetime, deliveries: list[dict[str, Any]]
 ) -> str:
-    """Name exactly the partitions (and their sha256) a run read; returns the URI of that list (the data URI)."""
+    """Name exactly the objects (and their sha256) a run read; returns the URI of that list (the data URI).
+
+    Objects are never replaced, so the snapshot can be re-read bit for bit whatever is published later.
+    """
     key = f"{spec.name}/snapshots/{interval_key(start, end)}.json"
+    ordered = sorted(deliveries, key=lambda d: str(d["interval_start"]))
     manifest = {
         "model": spec.name,
         "interval_start": start.isoformat(),
         "interval_end": end.isoformat(),
-        "sha256": snapshot_sha256(partitions),
-        "rows": sum(p.rows for p in partitions),
+        "sha256": snapshot_sha256(deliveries),
+        "rows": sum(int(d["rows"]) for d in deliveries),
         "partitions": [
-            {"uri": p.uri, "interval_start": p.manifest["interval_start"], "rows": p.rows, "sha256": p.sha256}
-            for p in sorted(partitions, key=lambda p: p.uri)
+            {
+                "uri": lake.uri_of(str(d["data"])),
+                "data": d["data"],
+                "partition": d["partition"],
+                "interval_start": d["interval_start"],
+                "rows": d["rows"],
+                "sha256": d["sha256"],
+            }
+            for d in ordered
         ],
     }
     lake.put(key, json.dumps(manifest, indent=2).encode())

@@ -1,9 +1,13 @@
 """The data lake: a local folder or an S3 prefix, holding partitions of parquet with a manifest.
 
-A partition is a key prefix holding `data.parquet` and `_manifest.json`. Data goes first and the
-manifest last, each written whole (a local temp file moved into place; one S3 PUT, which S3 makes
-visible all at once): a reader that trusts the manifest, and checks the sha256 it records, never
-sees half a file, and re-writing a partition replaces it whole.
+Data is stored by content: `<model>/objects/<sha256>.parquet`, written once and never replaced,
+so every delivery the pipeline ever staged stays readable by its sha256. A partition is a key
+prefix holding only `_manifest.json`, which names its object (`data`) and that object's sha256.
+Publishing a partition writes its manifest, whole (a local temp file moved into place; one S3 PUT,
+which S3 makes visible all at once): a reader that trusts the manifest and checks the sha256 never
+sees half a partition, and re-publishing moves the partition to another object without losing
+the one it pointed to. (Partitions written before objects existed keep `data.parquet` beside
+their manifest; readers still find it.)
 """
 
 from __future__ import annotations
@@ -204,20 +208,51 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_partition(lake: Lake, key: str, frame: pd.DataFrame, manifest: dict[str, Any]) -> Partition:
-    """Write data then manifest, each whole; the manifest gains rows, schema and sha256."""
+def object_key(model: str, sha256: str) -> str:
+    return f"{model}/objects/{sha256}.parquet"
+
+
+def stage(lake: Lake, model: str, frame: pd.DataFrame, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Store a frame as an object by its content; returns its manifest (rows, schema, sha256, data)
+    without publishing it anywhere: no partition changes until `publish`."""
     buffer = io.BytesIO()
     frame.to_parquet(buffer, index=False)
     payload = buffer.getvalue()
-    full_manifest = {
+    sha256 = hashlib.sha256(payload).hexdigest()
+    key = object_key(model, sha256)
+    if not lake.exists(key):  # the same content is the same object: never rewritten
+        lake.put(key, payload)
+    return {
         **manifest,
         "rows": len(frame),
         "schema": {column: str(dtype) for column, dtype in frame.dtypes.items()},
-        "sha256": hashlib.sha256(payload).hexdigest(),
+        "sha256": sha256,
+        "data": key,
     }
-    lake.put(f"{key}/{DATA_FILE}", payload)
-    lake.put(f"{key}/{MANIFEST_FILE}", json.dumps(full_manifest, indent=2, sort_keys=True).encode())
-    return Partition(lake.uri_of(key), full_manifest)
+
+
+def publish(lake: Lake, key: str, manifest: dict[str, Any]) -> Partition:
+    """Make a staged object the content of partition `key` (its manifest, written whole)."""
+    payload = json.dumps(manifest, indent=2, sort_keys=True).encode()
+    manifest_key = f"{key}/{MANIFEST_FILE}"
+    if not (lake.exists(manifest_key) and lake.get(manifest_key) == payload):
+        lake.put(manifest_key, payload)
+    return Partition(lake.uri_of(key), manifest)
+
+
+def write_partition(lake: Lake, key: str, frame: pd.DataFrame, manifest: dict[str, Any]) -> Partition:
+    """Stage the frame and publish it as partition `key` (keys start with the model's name)."""
+    return publish(lake, key, stage(lake, key.split("/", 1)[0], frame, manifest))
+
+
+def read_object(lake: Lake, manifest: dict[str, Any], where: str) -> pd.DataFrame:
+    """The frame a manifest names, after checking its sha256."""
+    import pandas as pd
+
+    payload = lake.get(str(manifest["data"]))
+    if hashlib.sha256(payload).hexdigest() != manifest["sha256"]:
+        raise PartitionError(f"{lake.uri_of(str(manifest['data']))}: does not match the sha256 recorded in {where}")
+    return pd.read_parquet(io.BytesIO(payload))
 
 
 def _read_checked(lake: Lake, key: str) -> tuple[bytes, Partition]:
@@ -228,10 +263,15 @@ def _read_checked(lake: Lake, key: str) -> tuple[bytes, Partition]:
             f"{lake.uri_of(key)}: no {MANIFEST_FILE}; the partition was never completely written "
             "(run the task that writes it for this interval)"
         ) from None
-    payload = lake.get(f"{key}/{DATA_FILE}")
+    except json.JSONDecodeError as exc:
+        raise PartitionError(
+            f"{lake.uri_of(key)}/{MANIFEST_FILE}: not valid JSON ({exc}); the manifest is damaged"
+        ) from exc
+    data = str(manifest.get("data") or f"{key}/{DATA_FILE}")
+    payload = lake.get(data)
     if hashlib.sha256(payload).hexdigest() != manifest["sha256"]:
         raise PartitionError(
-            f"{lake.uri_of(key)}: {DATA_FILE} does not match the sha256 in its manifest (interrupted re-write?); "
+            f"{lake.uri_of(data)} does not match the sha256 in the manifest of {lake.uri_of(key)}; "
             "re-run the task that writes it for this interval"
         )
     return payload, Partition(lake.uri_of(key), manifest)

@@ -158,7 +158,11 @@ class ModelSpec(_Strict):
     label: LabelSpec
     features: FeatureSpec
     suite: str
-    validation_policy: Literal["block", "warn"] = "block"
+    validation_policy: Literal["block", "warn", "quarantine"] = Field(
+        default="block",
+        description="block: a failing delivery is not published and the run fails; warn: published anyway; "
+        "quarantine: rows breaking a row-level expectation are kept aside, the rest published",
+    )
     schedules: ScheduleSpec = Field(default_factory=ScheduleSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     gate: GateSpec = Field(default_factory=GateSpec)

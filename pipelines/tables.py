@@ -432,7 +432,9 @@ def _refuse_rewrites(connection: Connection, table: Table, stage: Table, key: li
     same_key = and_(*[stage.c[k] == table.c[k] for k in key])
     differs = or_(*[table.c[c].is_distinct_from(stage.c[c]) for c in watched])
     clashes = connection.execute(
-        select(*[table.c[k] for k in key], *[table.c[c] for c in watched], *[stage.c[c].label(f"new_{c}") for c in watched])
+        select(
+            *[table.c[k] for k in key], *[table.c[c] for c in watched], *[stage.c[c].label(f"new_{c}") for c in watched]
+        )
         .select_from(stage.join(table, same_key))
         .where(differs)
         .limit(3)

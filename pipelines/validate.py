@@ -1,7 +1,11 @@
-"""Stage 2: validate a snapshot with a GX Core checkpoint against expectations/<suite>.json.
+"""Stage 2: validate staged deliveries with a GX Core checkpoint against expectations/<suite>.json,
+then publish them. Validate, then publish: a delivery that fails never replaces a good partition.
 
-The result JSON is kept in the lake and Data Docs are rebuilt under the GX project folder.
-`ValidationFailed` names each failed expectation and sample offending values.
+Policies: `block` fails and keeps the deliveries in the quarantine zone with their result; `warn`
+publishes anyway; `quarantine` splits off the rows that broke a row-level expectation (kept in the
+quarantine zone) and publishes the rest, recording both counts. The result JSON is kept in the lake
+and Data Docs are rebuilt under the GX project folder. `ValidationFailed` names each failed
+expectation and sample offending values.
 """
 
 from __future__ import annotations
@@ -9,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,8 +23,8 @@ from sqlalchemy import Engine
 
 from pipelines import tables
 from pipelines.config import REPO_ROOT, Settings
-from pipelines.intervals import hours_between, interval_key
-from pipelines.lake import Lake, read_hours
+from pipelines.intervals import interval_key
+from pipelines.lake import Lake, publish, read_object, write_partition
 from pipelines.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -42,6 +46,7 @@ class FailedExpectation:
     column: str | None
     unexpected_count: int | None
     samples: list[Any]
+    rows: list[int] | None = None  # positions of the offending rows, for row-level expectations
 
     def describe(self) -> str:
         where = f" on column '{self.column}'" if self.column else ""
@@ -59,6 +64,9 @@ class ValidationOutcome:
     failed: list[FailedExpectation] = field(default_factory=list)
     result_uri: str = ""
     data_docs_path: str = ""
+    rows_checked: int = 0
+    rows_quarantined: int = 0
+    quarantine_uris: list[str] = field(default_factory=list)
 
     def describe_failures(self) -> str:
         lines = [f"suite '{self.suite}': {len(self.failed)} of {self.evaluated} expectations failed"]
@@ -91,20 +99,31 @@ def _failures(result: dict[str, Any]) -> list[FailedExpectation]:
         samples = details.get("partial_unexpected_list") or []
         if not samples and "observed_value" in details:
             samples = [details["observed_value"]]
+        if not isinstance(samples, list):
+            samples = [samples]
+        rows = details.get("unexpected_index_list")
         failures.append(
             FailedExpectation(
                 expectation=config["type"],
                 column=config["kwargs"].get("column")
                 or (",".join(config["kwargs"]["column_list"]) if "column_list" in config["kwargs"] else None),
                 unexpected_count=details.get("unexpected_count"),
-                samples=[None if pd.isna(s) else s for s in samples[:5]] if isinstance(samples, list) else [samples],
+                samples=[None if pd.api.types.is_scalar(s) and pd.isna(s) else s for s in samples[:5]],
+                rows=[int(r) for r in rows]
+                if isinstance(rows, list) and all(isinstance(r, int) for r in rows)
+                else None,
             )
         )
     return failures
 
 
 def validate_frame(
-    frame: pd.DataFrame, suite: str, gx_root: Path, lake: Lake, result_key: str, run_name: str
+    frame: pd.DataFrame,
+    suite: str,
+    gx_root: Path,
+    lake: Lake,
+    result_key: str,
+    run_name: str,
 ) -> ValidationOutcome:
     """Run the suite through a GX checkpoint, keep the result JSON and refresh Data Docs."""
     import great_expectations as gx  # slow import (~20 s): only inside the task
@@ -132,7 +151,8 @@ def validate_frame(
             name=f"{suite}_checkpoint",
             validation_definitions=[validation],
             actions=[gx.checkpoint.UpdateDataDocsAction(name="update_data_docs")],
-            result_format={"result_format": "SUMMARY", "partial_unexpected_count": 5},
+            # COMPLETE lists each offending row's index: only deliveries holding one are held back.
+            result_format={"result_format": "COMPLETE", "partial_unexpected_count": 5},
         )
     )
     checkpoint_result = checkpoint.run(
@@ -154,17 +174,136 @@ def validate_frame(
     )
 
 
-def validate_snapshot(
-    spec: ModelSpec, settings: Settings, engine: Engine, start: datetime, end: datetime, dag_id: str, dag_run_id: str
-) -> ValidationOutcome:
-    """Validate the raw partitions of [start, end), record the outcome, then apply the spec's policy.
+def quarantine_key(model: str, hour: datetime, delivery_sha256: str) -> str:
+    return f"{model}/quarantine/dt={hour:%Y-%m-%d}/hour={hour:%H}/{delivery_sha256}"
 
-    Policy 'block' raises ValidationFailed (nothing downstream runs); 'warn' logs and goes on.
+
+def _hour(delivery: dict[str, Any]) -> datetime:
+    return datetime.fromisoformat(str(delivery["interval_start"]))
+
+
+def _split_bad_rows(
+    spec: ModelSpec,
+    lake: Lake,
+    deliveries: list[dict[str, Any]],
+    frames: list[pd.DataFrame],
+    outcome: ValidationOutcome,
+    bad: set[int],
+) -> tuple[int, list[str]]:
+    """Policy 'quarantine': publish each delivery's good rows, keep its bad rows in the quarantine zone."""
+    quarantined, uris, offset = 0, [], 0
+    for delivery, frame in zip(deliveries, frames, strict=True):
+        positions = pd.Index(range(offset, offset + len(frame)))
+        offset += len(frame)
+        is_bad = positions.isin(list(bad))
+        base = {key: delivery[key] for key in ("model", "interval_start", "source")}
+        if is_bad.any():
+            part = write_partition(
+                lake,
+                quarantine_key(spec.name, _hour(delivery), delivery["sha256"]),
+                frame[is_bad].reset_index(drop=True),
+                {**base, "delivery_sha256": delivery["sha256"], "validation_result": outcome.result_uri},
+            )
+            quarantined += part.rows
+            uris.append(part.uri)
+        write_partition(
+            lake,
+            str(delivery["partition"]),
+            frame[~is_bad].reset_index(drop=True),
+            {
+                **base,
+                "partition": delivery["partition"],
+                "delivery_sha256": delivery["sha256"],
+                "quarantined_rows": int(is_bad.sum()),
+            },
+        )
+    return quarantined, uris
+
+
+def _keep_failed_deliveries(
+    spec: ModelSpec,
+    lake: Lake,
+    deliveries: list[dict[str, Any]],
+    frames: list[pd.DataFrame],
+    outcome: ValidationOutcome,
+    bad: set[int] | None,
+) -> tuple[int, list[str]]:
+    """Policy 'block': each delivery holding an offending row goes to the quarantine zone whole, with the
+    result; the others passed and are published. `bad` None (a table-level fault) fails every delivery."""
+    quarantined, uris, offset = 0, [], 0
+    for delivery, frame in zip(deliveries, frames, strict=True):
+        positions = range(offset, offset + len(frame))
+        offset += len(frame)
+        if bad is not None and bad.isdisjoint(positions):
+            publish(lake, str(delivery["partition"]), delivery)
+            continue
+        record = {**delivery, "validation_result": outcome.result_uri, "failed": [f.describe() for f in outcome.failed]}
+        uris.append(publish(lake, quarantine_key(spec.name, _hour(delivery), delivery["sha256"]), record).uri)
+        quarantined += len(frame)
+    return quarantined, uris
+
+
+def validate_and_publish(
+    spec: ModelSpec,
+    settings: Settings,
+    engine: Engine,
+    deliveries: list[dict[str, Any]],
+    start: datetime,
+    end: datetime,
+    dag_id: str,
+    dag_run_id: str,
+) -> ValidationOutcome:
+    """Validate the staged deliveries of [start, end) as one batch, record the outcome, apply the spec's policy.
+
+    Only what passes is published as the current partitions; a delivery that fails under 'block'
+    raises ValidationFailed and leaves the published partitions as they were.
     """
-    frame = read_hours(settings.lake, spec.name, "raw", hours_between(start, end))
+    frames = [read_object(settings.lake, d, f"the staged delivery of {d['interval_start']}") for d in deliveries]
+    frame = pd.concat(frames, ignore_index=True)
     key = interval_key(start, end)
     result_key = f"{spec.name}/validation/{dag_id}/{key}.json"
+    policy = spec.validation_policy
     outcome = validate_frame(frame, spec.suite, settings.gx_root, settings.lake, result_key, f"{dag_id} {key}")
+    outcome = replace(outcome, rows_checked=len(frame))
+    table_level = [f for f in outcome.failed if f.rows is None]
+    bad = None if table_level else {row for failure in outcome.failed for row in failure.rows or []}
+    if outcome.success or policy == "warn":
+        for delivery in deliveries:
+            publish(settings.lake, str(delivery["partition"]), delivery)
+    elif policy == "quarantine" and bad is not None:
+        quarantined, uris = _split_bad_rows(spec, settings.lake, deliveries, frames, outcome, bad)
+        outcome = replace(outcome, rows_quarantined=quarantined, quarantine_uris=uris)
+    else:  # block, or quarantine of a fault no row split can fix (a missing column, too few rows)
+        quarantined, uris = _keep_failed_deliveries(spec, settings.lake, deliveries, frames, outcome, bad)
+        outcome = replace(outcome, rows_quarantined=quarantined, quarantine_uris=uris)
+    record_validation(spec, engine, outcome, start, end, dag_id, dag_run_id)
+    log.info("validation result: %s; Data Docs: %s", outcome.result_uri, outcome.data_docs_path)
+    if outcome.success:
+        return outcome
+    if policy == "warn":
+        log.warning("validation policy 'warn': published despite failures\n%s", outcome.describe_failures())
+    elif policy == "quarantine" and bad is not None:
+        log.warning(
+            "validation policy 'quarantine': %d of %d rows kept aside in %s, the rest published\n%s",
+            outcome.rows_quarantined,
+            outcome.rows_checked,
+            ", ".join(outcome.quarantine_uris),
+            outcome.describe_failures(),
+        )
+    else:
+        raise ValidationFailed(outcome)
+    return outcome
+
+
+def record_validation(
+    spec: ModelSpec,
+    engine: Engine,
+    outcome: ValidationOutcome,
+    start: datetime,
+    end: datetime,
+    dag_id: str,
+    dag_run_id: str,
+) -> None:
     tables.upsert(
         engine,
         tables.validation_runs,
@@ -180,13 +319,10 @@ def validate_snapshot(
                 "failed_expectations": json.dumps([f.describe() for f in outcome.failed]),
                 "result_path": outcome.result_uri,
                 "validated_at": datetime.now(UTC),
+                "rows_checked": outcome.rows_checked,
+                "rows_quarantined": outcome.rows_quarantined,
+                "quarantine_uri": json.dumps(outcome.quarantine_uris) if outcome.quarantine_uris else None,
             }
         ],
         key=["model_name", "dag_id", "interval_start", "interval_end"],
     )
-    log.info("validation result: %s; Data Docs: %s", outcome.result_uri, outcome.data_docs_path)
-    if not outcome.success:
-        if spec.validation_policy == "block":
-            raise ValidationFailed(outcome)
-        log.warning("validation policy 'warn': continuing despite failures\n%s", outcome.describe_failures())
-    return outcome

@@ -13,7 +13,9 @@ from pipelines.lake import (
     LakeError,
     LocalLake,
     PartitionError,
+    object_key,
     open_lake,
+    read_object,
     read_partition,
     write_partition,
 )
@@ -41,13 +43,38 @@ def test_partition_round_trip_and_manifest(lake: Lake) -> None:
     assert partition.uri == lake.uri_of("m/raw/p")
     read, _ = read_partition(lake, "m/raw/p")
     pd.testing.assert_frame_equal(read, frame)
-    assert lake.exists(f"m/raw/p/{DATA_FILE}") and lake.exists(f"m/raw/p/{MANIFEST_FILE}")
+    # The data is stored by content, the partition is its manifest naming it.
+    assert partition.manifest["data"] == object_key("m", partition.sha256) and lake.exists(partition.manifest["data"])
+    assert lake.exists(f"m/raw/p/{MANIFEST_FILE}") and not lake.exists(f"m/raw/p/{DATA_FILE}")
     assert not lake.exists("m/raw/other/_manifest.json")
 
 
+def test_republishing_keeps_the_object_the_partition_named(lake: Lake) -> None:
+    first = write_partition(lake, "m/raw/p", pd.DataFrame({"a": [1.0]}), {})
+    second = write_partition(lake, "m/raw/p", pd.DataFrame({"a": [2.0]}), {})
+    assert read_partition(lake, "m/raw/p")[0]["a"].tolist() == [2.0]
+    assert read_object(lake, first.manifest, "the first manifest")["a"].tolist() == [1.0]  # readable by sha256
+    assert first.sha256 != second.sha256
+
+
+def test_a_partition_of_the_earlier_layout_is_still_read(lake: Lake) -> None:
+    import hashlib
+    import io
+    import json
+
+    buffer = io.BytesIO()
+    pd.DataFrame({"a": [3]}).to_parquet(buffer, index=False)
+    lake.put(f"m/raw/old/{DATA_FILE}", buffer.getvalue())
+    lake.put(
+        f"m/raw/old/{MANIFEST_FILE}",
+        json.dumps({"rows": 1, "sha256": hashlib.sha256(buffer.getvalue()).hexdigest()}).encode(),
+    )
+    assert read_partition(lake, "m/raw/old")[0]["a"].tolist() == [3]
+
+
 def test_tampered_partition_is_detected(lake: Lake) -> None:
-    write_partition(lake, "p", pd.DataFrame({"a": [1]}), {})
-    lake.put(f"p/{DATA_FILE}", b"not the bytes the manifest describes")
+    partition = write_partition(lake, "p", pd.DataFrame({"a": [1]}), {})
+    lake.put(partition.manifest["data"], b"not the bytes the manifest describes")
     with pytest.raises(PartitionError, match="does not match the sha256"):
         read_partition(lake, "p")
 
@@ -63,7 +90,7 @@ def test_s3_lake_keys_live_under_its_prefix(s3_endpoint: S3Endpoint) -> None:
 
     bucket = s3_endpoint.new_bucket()
     lake = open_lake(f"s3://{bucket}/team/lake/", s3_endpoint.options)
-    write_partition(lake, "m/raw/dt=2026-01-02/hour=10", pd.DataFrame({"a": [1]}), {})
+    partition = write_partition(lake, "m/raw/dt=2026-01-02/hour=10", pd.DataFrame({"a": [1]}), {})
     client = boto3.client(
         "s3",
         endpoint_url=s3_endpoint.url,
@@ -73,8 +100,8 @@ def test_s3_lake_keys_live_under_its_prefix(s3_endpoint: S3Endpoint) -> None:
     )
     keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"])
     assert keys == [
+        f"team/lake/m/objects/{partition.sha256}.parquet",
         "team/lake/m/raw/dt=2026-01-02/hour=10/_manifest.json",
-        "team/lake/m/raw/dt=2026-01-02/hour=10/data.parquet",
     ]
     assert lake.uri_of("x") == f"s3://{bucket}/team/lake/x"
 
@@ -89,18 +116,19 @@ def test_missing_bucket_and_bad_uri_are_named(s3_endpoint: S3Endpoint) -> None:
         open_lake("s3:///x")
 
 
-def test_ingest_is_idempotent_and_typed(tmp_path: Path) -> None:
+def test_ingest_stages_typed_deliveries_and_publishes_nothing(tmp_path: Path) -> None:
     spec = load_spec(DEMO_SPEC)
     lake = LocalLake(tmp_path / "lake")
     write_source(tmp_path / "source" / "demo_churn", DemoConfig(), START, START + timedelta(hours=2))
     first = ingest(spec, tmp_path / "source", lake, START, START + timedelta(hours=2))
     second = ingest(spec, tmp_path / "source", lake, START, START + timedelta(hours=2))
-    assert len(first) == 2
-    assert [p.manifest for p in first] == [p.manifest for p in second]
-    frame, partition = read_partition(lake, "demo_churn/raw/dt=2026-01-02/hour=10")
+    assert len(first) == 2 and first == second  # the same source stages the same objects
+    assert not lake.exists(f"demo_churn/raw/dt=2026-01-02/hour=10/{MANIFEST_FILE}")  # validation publishes
+    frame = read_object(lake, first[0], "the staged delivery")
     assert str(frame["event_time"].dtype) == "datetime64[ns, UTC]"
     assert frame["monthly_charges"].dtype == "float64"
-    assert partition.manifest["source"]["uri"].endswith("hour=10.csv")
+    assert first[0]["source"]["uri"].endswith("hour=10.csv")
+    assert first[0]["partition"] == "demo_churn/raw/dt=2026-01-02/hour=10"
     assert not list((tmp_path / "lake").rglob("*.tmp"))
 
 
