@@ -411,16 +411,29 @@ def approval_task(spec: ModelSpec) -> HITLOperator:
     )
 
 
+SCORE_PARAMS = {
+    "rescore_with": Param(
+        None,
+        type=["null", "string"],
+        description="Leave empty: an hour already scored is scored again by the version that served it, and its "
+        "logged predictions never change. 'champion' or a version number: replace them with that version's "
+        "scores (the replaced rows are kept in predictions_history).",
+    ),
+}
+
+
 def score_dag(spec: ModelSpec) -> DAG:
     with DAG(
         schedule=CronDataIntervalTimetable(spec.schedules.score, timezone="UTC"),
+        params=SCORE_PARAMS,
         **_common_args(
             spec,
             "score",
             (
-                "Hourly: ingest the interval, validate it, check it against the champion's signature, score it "
-                "with `models:/<name>@champion`, keep the scored inputs in the lake and merge the predictions "
-                f"into the log. Emits the `{spec.name}__predictions` Asset, which runs `{spec.name}__monitor`."
+                "Hourly: stage the interval, validate it and publish it, check it against the champion's signature, "
+                "score it with `models:/<name>@champion` (an hour scored before: with the version that served it, "
+                "unless the `rescore_with` param says otherwise), keep the scored inputs in the lake, append the predictions "
+                f"to the log. Emits the `{spec.name}__predictions` Asset, which runs `{spec.name}__monitor`."
             ),
         ),
     ) as dag:
@@ -443,7 +456,15 @@ def score_dag(spec: ModelSpec) -> DAG:
             ctx = run_context()
             settings = _settings()
             with permanent_failures():
-                result = score_interval(spec, settings, _engine(settings), ctx.start, ctx.end, ctx.run_id)
+                result = score_interval(
+                    spec,
+                    settings,
+                    _engine(settings),
+                    ctx.start,
+                    ctx.end,
+                    ctx.run_id,
+                    rescore_with=str(ctx.params["rescore_with"]).strip() if ctx.params.get("rescore_with") else None,
+                )
             # The monitor DAG runs on this event and reads which interval to watch from it.
             get_current_context()["outlet_events"][predictions_asset(spec)].extra = {
                 "kind": "predictions",

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
 from pipelines import tables
 from pipelines.config import Settings
@@ -126,9 +126,32 @@ def _as_categorical_text(frame: pd.DataFrame, columns: list[str]) -> pd.DataFram
     return frame
 
 
+def recorded_summary(engine: Engine, model_name: str, start: datetime, end: datetime) -> DriftSummary | None:
+    """The report already recorded for this window, read back (None if it was never monitored)."""
+    d, m = tables.drift_reports, tables.drift_metrics
+    window = (d.c.model_name == model_name, d.c.interval_start == start, d.c.interval_end == end)
+    with engine.connect() as connection:
+        report = connection.execute(select(d).where(*window)).mappings().first()
+        if report is None:
+            return None
+        rows = connection.execute(
+            select(m).where(m.c.model_name == model_name, m.c.interval_start == start, m.c.interval_end == end)
+        ).mappings()
+        columns = [
+            ColumnDrift(r["column_name"], r["stattest"], r["drift_score"], r["threshold"], r["drifted"]) for r in rows
+        ]
+    return DriftSummary(
+        report["model_version"], report["reference_rows"], report["current_rows"], columns, report["report_path"]
+    )
+
+
 def monitor_interval(
     spec: ModelSpec, settings: Settings, engine: Engine, start: datetime, end: datetime, dag_run_id: str
 ) -> DriftSummary:
+    """The drift report of a scored window; one already recorded is read back, never recomputed over."""
+    recorded = recorded_summary(engine, spec.name, start, end)
+    if recorded is not None:
+        return recorded
     current = read_scored(spec, settings, start, end)
     versions = sorted(current["model_version"].unique())
     if len(versions) != 1:

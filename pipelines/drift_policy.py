@@ -10,7 +10,7 @@ re-running a past window reaches the same verdict.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -126,7 +126,18 @@ def newest_training(settings: Settings, model_name: str, until: datetime) -> dat
 
 
 def evaluate(spec: ModelSpec, settings: Settings, engine: Engine, window_end: datetime) -> PolicyVerdict:
-    """Judge the window ending at `window_end` (already monitored) and keep the verdict with its report."""
+    """Judge the window ending at `window_end` (already monitored) and keep the verdict with its report.
+
+    A window judged before keeps its recorded verdict: a re-run or a late run reads it back, never
+    decides again over it (a retraining it requested is not requested twice).
+    """
+    recorded = recorded_verdict(engine, spec.name, window_end)
+    if recorded is not None:
+        if recorded.retrain and last_trigger(engine, spec.name, window_end) == window_end:
+            return replace(
+                recorded, retrain=False, reason=f"retraining was already requested for this window: {recorded.reason}"
+            )
+        return recorded
     policy = spec.drift
     # The last M windows are enough: those after the last retraining are a prefix of them.
     windows = recent_windows(engine, spec.name, window_end, limit=policy.windows)
@@ -144,23 +155,29 @@ def evaluate(spec: ModelSpec, settings: Settings, engine: Engine, window_end: da
     return verdict
 
 
-def stored_verdict(engine: Engine, model_name: str, window_end: datetime) -> PolicyVerdict:
+def recorded_verdict(engine: Engine, model_name: str, window_end: datetime) -> PolicyVerdict | None:
     d = tables.drift_reports
     with engine.connect() as connection:
         stored = connection.execute(
             select(d.c.verdict).where(d.c.model_name == model_name, d.c.interval_end == window_end)
         ).scalar_one_or_none()
-    if stored is None:
+    return None if stored is None else PolicyVerdict(**json.loads(stored))
+
+
+def stored_verdict(engine: Engine, model_name: str, window_end: datetime) -> PolicyVerdict:
+    verdict = recorded_verdict(engine, model_name, window_end)
+    if verdict is None:
         raise ValueError(f"{model_name}: no policy verdict for the window ending {window_end.isoformat()}")
-    return PolicyVerdict(**json.loads(stored))
+    return verdict
 
 
 def record_verdict(engine: Engine, model_name: str, window_end: datetime, verdict: PolicyVerdict) -> None:
+    """Keep the verdict with its window's report; a verdict already recorded is never replaced."""
     d = tables.drift_reports
     with engine.begin() as connection:
         connection.execute(
             d.update()
-            .where(d.c.model_name == model_name, d.c.interval_end == window_end)
+            .where(d.c.model_name == model_name, d.c.interval_end == window_end, d.c.verdict.is_(None))
             .values(verdict=verdict.to_json())
         )
 

@@ -1,9 +1,12 @@
 """Stage 5: score an interval with the champion and log every prediction.
 
 The scored inputs (exactly what the model saw, plus its score) are kept in the lake before the
-predictions are written, so any prediction can be replayed bit for bit. Each hour's predictions
-replace that hour's rows in one transaction: re-scoring an interval with the same model changes
-no row, and a retry after a failure between the lake write and the database write converges.
+predictions are written, so any prediction can be replayed bit for bit. The log keeps what
+served: re-running an hour scores it with the version that served it first, so nothing changes
+and a retry after a failure between the lake write and the database write converges. Late rows
+of an hour are added; a scoring that would change or remove a logged prediction is refused,
+unless the run chooses another version explicitly (`rescore_with`): then the replaced rows move
+to `predictions_history` and the lake keeps the earlier scored partition, so nothing is lost.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
 from pipelines import tables
 from pipelines.config import Settings
@@ -29,9 +32,18 @@ from pipelines.features import (
     unseen_category_counts,
 )
 from pipelines.intervals import hours_between
-from pipelines.lake import MANIFEST_FILE, hour_partition, read_hours, read_partition, write_partition
-from pipelines.registry import champion_version, load_booster, load_model
+from pipelines.lake import (
+    MANIFEST_FILE,
+    hour_partition,
+    open_partition,
+    publish,
+    read_hours,
+    read_partition,
+    stage,
+)
+from pipelines.registry import LoadedModel, champion_version, load_booster, load_model
 from pipelines.spec import ModelSpec
+from pipelines.tables import RecordConflict
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +150,11 @@ def prediction_rows(spec: ModelSpec, scored: pd.DataFrame, dag_run_id: str, scor
     )
 
 
-def write_predictions(engine: Engine, spec: ModelSpec, hour: datetime, rows: pd.DataFrame) -> int:
-    """The hour's predictions replace that hour's rows, in one transaction; returns stale rows deleted."""
+def write_predictions(engine: Engine, spec: ModelSpec, hour: datetime, rows: pd.DataFrame, dag_run_id: str) -> int:
+    """The hour's predictions replace that hour's rows, in one transaction; returns rows removed.
+
+    Every row updated or removed is first copied to predictions_history.
+    """
     p = tables.predictions
     return tables.merge_frame(
         engine,
@@ -148,29 +163,114 @@ def write_predictions(engine: Engine, spec: ModelSpec, hour: datetime, rows: pd.
         key=["model_name", "entity_id", "as_of"],
         update_when_changed=["model_version", "score", "features_sha256", "unseen_categories"],
         replaces=(p.c.model_name == spec.name) & (p.c.as_of >= hour) & (p.c.as_of < hour + timedelta(hours=1)),
+        history=(tables.predictions_history, {"superseded_at": datetime.now(UTC), "superseded_by_run": dag_run_id}),
     )
 
 
+def served_version(spec: ModelSpec, settings: Settings, engine: Engine, hour: datetime) -> str | None:
+    """The version whose predictions of this hour are logged (None for an hour never scored)."""
+    key = hour_partition(spec.name, "scored", hour)
+    if settings.lake.exists(f"{key}/{MANIFEST_FILE}"):
+        return str(open_partition(settings.lake, key).manifest["model_version"])
+    p = tables.predictions
+    with engine.connect() as connection:
+        versions = (
+            connection.execute(
+                select(p.c.model_version)
+                .where(p.c.model_name == spec.name, p.c.as_of >= hour, p.c.as_of < hour + timedelta(hours=1))
+                .distinct()
+            )
+            .scalars()
+            .all()
+        )
+    if len(versions) > 1:
+        raise ValueError(
+            f"{spec.name}: the hour {hour.isoformat()} is logged under several versions {sorted(versions)}"
+        )
+    return versions[0] if versions else None
+
+
+def rewritten_rows(spec: ModelSpec, before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
+    """Logged predictions that `after` would change or drop (new keys are additions, not rewrites)."""
+    key = [spec.entity_key, spec.timestamp]
+    watched = ["model_version", "score", "features_sha256"]
+    joined = before[[*key, *watched]].merge(after[[*key, *watched]], on=key, how="left", suffixes=("", "_new"))
+    changed = joined["score_new"].isna() | (
+        joined[watched].to_numpy() != joined[[f"{c}_new" for c in watched]].to_numpy()
+    ).any(axis=1)
+    return joined.loc[changed, [*key, "model_version", "score", "score_new"]]
+
+
+def _resolve(settings: Settings, spec: ModelSpec, choice: str) -> str:
+    """`rescore_with` names 'champion' or a registered version."""
+    if choice == "champion":
+        version = champion_version(settings, spec.name)
+        if version is None:
+            raise NoChampionError(f"{spec.name}: no version has the 'champion' alias; run {spec.name}__train first")
+        return version
+    return choice
+
+
 def score_interval(
-    spec: ModelSpec, settings: Settings, engine: Engine, start: datetime, end: datetime, dag_run_id: str
+    spec: ModelSpec,
+    settings: Settings,
+    engine: Engine,
+    start: datetime,
+    end: datetime,
+    dag_run_id: str,
+    rescore_with: str | None = None,
 ) -> ScoreResult:
-    version = champion_version(settings, spec.name)
-    if version is None:
-        raise NoChampionError(f"{spec.name}: no version has the 'champion' alias; run {spec.name}__train first")
-    model = load_model(settings, spec.name, version)
-    booster, signature = model.booster, model.signature
-    contract = contract_of(booster)
-    total, deleted, unseen, uris = 0, 0, {c: 0 for c in contract.categorical}, []
+    """Score each hour of [start, end): a new hour with the champion, a scored one with the version that served it.
+
+    `rescore_with` ('champion' or a version) is the explicit choice to score every hour with that
+    version, replacing what served (kept in predictions_history and the lake's scored_history).
+    """
+    models: dict[str, LoadedModel] = {}
+    total, deleted, uris, versions = 0, 0, [], []
+    unseen: dict[str, int] = {}
     scored_at = datetime.now(UTC)
     for hour in hours_between(start, end):
-        scored = score_hour(spec, settings, booster, signature, version, hour)
-        hour_unseen = unseen_category_counts(scored, contract)
-        for column, count in hour_unseen.items():
-            unseen[column] += count
-        # Lake first: if the database write fails, the retry rewrites the same file and merges again.
-        partition = write_partition(
+        served = served_version(spec, settings, engine, hour)
+        version = _resolve(settings, spec, rescore_with or "champion") if rescore_with or served is None else served
+        if version not in models:
+            models[version] = load_model(settings, spec.name, version)
+        model = models[version]
+        scored = score_hour(spec, settings, model.booster, model.signature, version, hour)
+        key = hour_partition(spec.name, "scored", hour)
+        previous = None
+        if served is not None and settings.lake.exists(f"{key}/{MANIFEST_FILE}"):
+            before, previous = read_partition(settings.lake, key)
+            rewritten = rewritten_rows(spec, before, scored)
+            if len(rewritten) and not rescore_with:
+                raise RecordConflict(
+                    f"{spec.name}: scoring {hour.isoformat()} again would change or remove {len(rewritten)} "
+                    f"prediction(s) logged by v{served} (its inputs changed since), e.g. "
+                    f"{rewritten.head(3).to_dict('records')}; the log keeps what served. To replace them, trigger "
+                    f"{spec.name}__score for this interval with the param rescore_with ('champion' or a version): "
+                    "the replaced rows are kept in predictions_history"
+                )
+            if len(rewritten):
+                # The earlier scored partition stays readable: its manifest moves to the history zone.
+                publish(
+                    settings.lake,
+                    f"{spec.name}/scored_history/dt={hour:%Y-%m-%d}/hour={hour:%H}/{previous.sha256}",
+                    previous.manifest,
+                )
+                log.warning(
+                    "%s: %s re-scored with v%s by explicit choice; %d prediction(s) of v%s moved to predictions_history",
+                    spec.name,
+                    hour.isoformat(),
+                    version,
+                    len(rewritten),
+                    served,
+                )
+        contract = contract_of(model.booster)
+        for column, count in unseen_category_counts(scored, contract).items():
+            unseen[column] = unseen.get(column, 0) + count
+        # Lake first: if the database write fails, the retry publishes the same object and merges again.
+        staged = stage(
             settings.lake,
-            hour_partition(spec.name, "scored", hour),
+            spec.name,
             scored,
             {
                 "model": spec.name,
@@ -178,17 +278,24 @@ def score_interval(
                 "interval_start": hour.isoformat(),
                 "dag_run_id": dag_run_id,
                 "contract_columns": contract.columns,
-                "unseen_categories": hour_unseen,
+                "unseen_categories": unseen_category_counts(scored, contract),
             },
         )
-        uris.append(partition.uri)
-        deleted += write_predictions(engine, spec, hour, prediction_rows(spec, scored, dag_run_id, scored_at))
+        if previous is None or previous.sha256 != staged["sha256"]:  # a re-run of the same scores changes nothing
+            publish(settings.lake, key, staged)
+        uris.append(settings.lake.uri_of(key))
+        deleted += write_predictions(
+            engine, spec, hour, prediction_rows(spec, scored, dag_run_id, scored_at), dag_run_id
+        )
         total += len(scored)
+        versions.append(version)
     if any(unseen.values()):
         log.warning("%s: categories unseen in training (scored as missing): %s", spec.name, unseen)
     if deleted:
-        log.warning("%s: %d logged prediction(s) no longer in the source were removed", spec.name, deleted)
-    return ScoreResult(version, total, unseen, uris, deleted)
+        log.warning(
+            "%s: %d logged prediction(s) no longer in the source moved to predictions_history", spec.name, deleted
+        )
+    return ScoreResult(",".join(dict.fromkeys(versions)), total, unseen, uris, deleted)
 
 
 def read_scored(spec: ModelSpec, settings: Settings, start: datetime, end: datetime) -> pd.DataFrame:

@@ -30,6 +30,7 @@ from sqlalchemy import (
     exists,
     func,
     inspect,
+    literal,
     or_,
     select,
     text,
@@ -361,6 +362,7 @@ def merge_frame(
     update_when_changed: Iterable[str] | None = None,
     replaces: ColumnElement[bool] | None = None,
     refuse_changed: Iterable[str] | None = None,
+    history: tuple[Table, dict[str, Any]] | None = None,
 ) -> int:
     """Upsert a whole frame in one transaction through a staging table; returns rows deleted.
 
@@ -371,6 +373,8 @@ def merge_frame(
     in the frame are deleted in the same transaction (a re-scored interval leaves no stale rows).
     With `refuse_changed`, the table is a record: a row whose key is stored with other values in
     those columns fails the whole merge (RecordConflict), and existing rows are never updated.
+    With `history` (a table and the values of its extra columns), every row that the merge updates
+    or deletes is first copied there whole, in the same transaction: nothing vanishes.
     """
     key = list(key)
     columns = [c.name for c in table.columns if not c.primary_key]
@@ -401,6 +405,8 @@ def merge_frame(
                 _load_stage(connection, stage, frame)
             if refuse_changed is not None:
                 _refuse_rewrites(connection, table, stage, key, list(refuse_changed))
+            if history is not None:
+                _keep_replaced_rows(connection, table, stage, key, update_when_changed, replaces, history)
             # WHERE true: SQLite needs it to parse INSERT ... SELECT ... ON CONFLICT.
             statement = insert(table).from_select(columns, select(*stage.c).where(true()))
             updated = [] if refuse_changed is not None else [c for c in columns if c not in key]
@@ -422,6 +428,30 @@ def merge_frame(
             if not is_postgres:  # PostgreSQL drops it at commit or rollback
                 stage.drop(connection)
     return int(deleted)
+
+
+def _keep_replaced_rows(
+    connection: Connection,
+    table: Table,
+    stage: Table,
+    key: list[str],
+    watched: Iterable[str] | None,
+    replaces: ColumnElement[bool] | None,
+    history: tuple[Table, dict[str, Any]],
+) -> None:
+    """Copy into the history table every row the merge is about to update (watched values differ) or delete."""
+    target, extra = history
+    same_key = [stage.c[k] == table.c[k] for k in key]
+    watched = list(watched or [c.name for c in stage.columns if c.name not in key])
+    unchanged = exists().where(*same_key, *[~table.c[c].is_distinct_from(stage.c[c]) for c in watched])
+    updated = exists().where(*same_key, or_(*[table.c[c].is_distinct_from(stage.c[c]) for c in watched]))
+    # In the replaced scope, every row the frame does not hold unchanged; elsewhere only updated rows.
+    replaced = and_(replaces, ~unchanged) if replaces is not None else updated
+    columns = [c.name for c in table.columns if c.name in target.c]
+    extras = [literal(value, type_=target.c[name].type).label(name) for name, value in extra.items()]
+    connection.execute(
+        target.insert().from_select([*columns, *extra], select(*[table.c[c] for c in columns], *extras).where(replaced))
+    )
 
 
 class RecordConflict(ValueError):

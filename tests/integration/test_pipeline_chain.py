@@ -22,7 +22,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from sqlalchemy import Engine, make_url, select
+from sqlalchemy import Engine, func, make_url, select
 
 from pipelines import tables
 from pipelines.config import Settings
@@ -449,3 +449,178 @@ def test_status_cli_reports_the_state(home: Settings) -> None:
         ("2", "replay"),
     }
     assert model["last_validation"]["success"] is False  # the blocked training window
+
+
+def xcom(dag_run: Any, task_id: str) -> Any:
+    """What a task of a finished DAG run returned, from Airflow's own database."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        row = session.scalars(
+            XComModel.get_many(run_id=dag_run.run_id, dag_ids=dag_run.dag_id, task_ids=task_id, key="return_value")
+        ).one()
+        return XComModel.deserialize_value(row)
+
+
+def test_a_bad_delivery_is_kept_aside_and_every_snapshot_stays_readable(home: Settings, engine: Engine) -> None:
+    from mlflow import MlflowClient
+
+    from pipelines.lake import read_object
+
+    hour = SCORED_HOURS[0]  # published, scored, and named by the training snapshots
+    key = hour_partition("demo_churn", "raw", hour)
+    published = home.lake.get(f"{key}/_manifest.json")
+    source = home.source / "demo_churn" / "events" / f"dt={hour:%Y-%m-%d}" / f"hour={hour:%H}.csv"
+    original = source.read_bytes()
+    frame = pd.read_csv(source, dtype=str)
+    frame.loc[:4, "plan"] = "platinum_legacy"  # a re-delivery with five bad rows
+    frame.to_csv(source, index=False)
+    before = predictions_digest(engine)
+    try:
+        dag_run = run("demo_churn__score", hour + timedelta(hours=1))
+    finally:
+        source.write_bytes(original)
+    assert dag_run.state == "failed" and task_states(dag_run)["validate_interval"] == "failed"
+    assert home.lake.get(f"{key}/_manifest.json") == published  # the good partition is still the current one
+    assert predictions_digest(engine) == before
+
+    v = tables.validation_runs
+    with engine.connect() as connection:
+        row = (
+            connection.execute(select(v).where(v.c.interval_start == hour, v.c.dag_id == "demo_churn__score"))
+            .mappings()
+            .one()
+        )
+    assert row["success"] is False and row["rows_checked"] == row["rows_quarantined"] == len(frame)
+    (quarantined,) = json.loads(row["quarantine_uri"])
+    kept = json.loads(lake_object(home, f"{quarantined}/_manifest.json"))
+    assert kept["validation_result"] == row["result_path"] and kept["sha256"] != json.loads(published)["sha256"]
+    assert (read_object(home.lake, kept, "the quarantined delivery")["plan"] == "platinum_legacy").sum() == 5
+
+    # Every snapshot a registered version was trained on re-reads bit for bit.
+    snapshots = {v.tags["data_uri"] for v in MlflowClient().search_model_versions("name = 'demo_churn'")}
+    for uri in snapshots:
+        for part in json.loads(lake_object(home, uri))["partitions"]:
+            payload = home.lake.get(part["data"])
+            assert hashlib.sha256(payload).hexdigest() == part["sha256"], part
+
+
+def test_after_a_promotion_a_rerun_keeps_what_served(home: Settings, engine: Engine) -> None:
+    from pipelines.airflow_dags import run_in_process
+    from pipelines.registry import CHAMPION, move_alias
+
+    def scored_manifests() -> list[bytes]:
+        return [home.lake.get(f"{hour_partition('demo_churn', 'scored', h)}/_manifest.json") for h in SCORED_HOURS]
+
+    move_alias(home, engine, "demo_churn", CHAMPION, "2", "test: v2 promoted", None, "test")
+    try:
+        before, lake_before = predictions_digest(engine), scored_manifests()
+        for hour in SCORED_HOURS:
+            dag_run = run("demo_churn__score", hour + timedelta(hours=1))
+            assert dag_run.state == "success", task_states(dag_run)
+            assert xcom(dag_run, "score")["model_version"] == "1"  # the version that served, not the champion
+        assert predictions_digest(engine) == before and scored_manifests() == lake_before
+
+        # Re-scoring with the champion is an explicit choice; v1's rows move to the history, whole.
+        hour = SCORED_HOURS[0]
+        logical = hour + timedelta(hours=1)
+        rescore = run_in_process(
+            "demo_churn__score", logical, {"rescore_with": "champion"}, logical + timedelta(minutes=5)
+        )
+        assert rescore.state == "success", task_states(rescore)
+        p, h = tables.predictions, tables.predictions_history
+        in_hour = (p.c.as_of >= hour) & (p.c.as_of < logical)
+        with engine.connect() as connection:
+            now = connection.execute(
+                select(p.c.model_version, func.count()).where(in_hour).group_by(p.c.model_version)
+            ).all()
+            kept = connection.execute(
+                select(h.c.model_version, h.c.superseded_by_run, func.count())
+                .where(h.c.as_of >= hour, h.c.as_of < logical)
+                .group_by(h.c.model_version, h.c.superseded_by_run)
+            ).all()
+        rows = open_partition(home.lake, hour_partition("demo_churn", "raw", hour)).rows
+        assert now == [("2", rows)] and kept == [("1", rescore.run_id, rows)]
+        earlier = json.loads(lake_before[0])
+        assert home.lake.exists(
+            f"demo_churn/scored_history/dt={hour:%Y-%m-%d}/hour={hour:%H}/{earlier['sha256']}/_manifest.json"
+        )
+        assert home.lake.exists(earlier["data"])  # v1's scored inputs are still readable
+
+        after = predictions_digest(engine), tables.count_rows(engine, h, "demo_churn")
+        again = run_in_process(
+            "demo_churn__score", logical, {"rescore_with": "champion"}, logical + timedelta(minutes=5)
+        )
+        assert (
+            again.state == "success"
+            and (predictions_digest(engine), tables.count_rows(engine, h, "demo_churn")) == after
+        )
+    finally:
+        move_alias(home, engine, "demo_churn", CHAMPION, "1", "test: back to v1", None, "test")
+
+
+NEXT_BACKTEST = BACKTEST_RUN + timedelta(days=1)
+
+
+def test_consecutive_backtests_read_every_label_file_exactly_once(home: Settings, engine: Engine) -> None:
+    first = run("demo_churn__backtest", BACKTEST_RUN)
+    second = run("demo_churn__backtest", NEXT_BACKTEST)
+    assert first.state == second.state == "success"
+    on_disk = [
+        path
+        for path in (home.source / "demo_churn" / "labels").rglob("hour=*.csv")
+        if BACKTEST_RUN - timedelta(days=1)
+        <= datetime.strptime(f"{path.parent.name[3:]} {path.stem[5:]}", "%Y-%m-%d %H").replace(tzinfo=UTC)
+        < NEXT_BACKTEST
+    ]
+    read = [xcom(dag_run, "ingest_labels")["files_read"] for dag_run in (first, second)]
+    assert sum(read) == len(on_disk) > 24  # the 03:00 file of each day too
+
+
+def test_a_label_correction_counts_from_its_arrival_and_survives_a_reingest(home: Settings, engine: Engine) -> None:
+    from pipelines.backtest import matured_predictions
+
+    spec = demo_spec(home)
+    target = matured_predictions(spec, engine, BACKTEST_RUN).iloc[0]
+
+    def first_cohort() -> list[dict[str, Any]]:
+        return [r for r in backtest_rows(engine) if r["cohort"] == "2026-01-03" and r["scored_by"] == "logged"]
+
+    assert run("demo_churn__backtest", BACKTEST_RUN).state == "success"
+    as_of_backtest = first_cohort()
+    arrival = NEXT_BACKTEST + timedelta(hours=2)  # inside the next day's backtest interval
+    path = home.source / "demo_churn" / "labels" / f"dt={arrival:%Y-%m-%d}" / f"hour={arrival:%H}.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(
+        {
+            "customer_id": [target["entity_id"]],
+            "event_time": [target["as_of"].isoformat()],
+            "churned": [1 - int(target["label"])],
+            "arrived_at": [(arrival + timedelta(minutes=10)).isoformat()],
+        }
+    ).to_csv(path, index=False)
+    third = NEXT_BACKTEST + timedelta(days=1)
+    assert run("demo_churn__backtest", third).state == "success"  # ingests the correction
+    assert run("demo_churn__backtest", BACKTEST_RUN).state == "success"  # re-reads the original files
+
+    lab = tables.labels
+    with engine.connect() as connection:
+        deliveries = connection.execute(
+            select(lab.c.label).where(
+                lab.c.entity_id == target["entity_id"], lab.c.as_of == target["as_of"].to_pydatetime()
+            )
+        ).all()
+    assert sorted(d.label for d in deliveries) == [0.0, 1.0]  # both kept
+
+    def label_known_at(end: datetime) -> float:
+        frame = matured_predictions(spec, engine, end)
+        return float(
+            frame.loc[(frame["entity_id"] == target["entity_id"]) & (frame["as_of"] == target["as_of"]), "label"].iloc[
+                0
+            ]
+        )
+
+    assert label_known_at(BACKTEST_RUN) == target["label"]  # the backtest as of then is unchanged
+    assert label_known_at(third) == 1 - target["label"]  # the correction counts from its arrival
+    assert first_cohort() == as_of_backtest  # its metrics too: a backtest as of T is reproducible

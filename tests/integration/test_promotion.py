@@ -280,3 +280,96 @@ def test_doctor_passes_then_fails_on_a_broken_alias(home: Settings) -> None:
     client.set_registered_model_alias(MODEL, "champion", "3")  # moved behind the pipeline's back
     drifted = cli("doctor")
     assert drifted.returncode == 1 and "moved outside the pipeline" in drifted.stdout
+
+
+def craft_version(home: Settings, tmp: Path, mlmodel_changes: dict[str, Any], model_bytes: bytes | None = None) -> str:
+    """A version as someone with write access to the registry could register it: v2's files, its
+    recorded sha256 tag copied over, an MLmodel saying what the caller wants, and a bundled module
+    that writes `tmp/marker` when imported."""
+    import mlflow
+    import yaml
+    from mlflow import MlflowClient
+
+    from pipelines.registry import MODEL_SHA256_TAG
+    from pipelines.tracking import experiment_id
+
+    client = MlflowClient()
+    folder = Path(mlflow.artifacts.download_artifacts(f"models:/{MODEL}/2", dst_path=str(tmp / "v2")))
+    (folder / "code").mkdir()
+    (folder / "code" / "evil_booster.py").write_text(
+        f"import pathlib\npathlib.Path({str(tmp / 'marker')!r}).write_text('ran')\nfrom xgboost import Booster\n"
+    )
+    if model_bytes is not None:
+        (folder / "model.json").write_bytes(model_bytes)
+    mlmodel = yaml.safe_load((folder / "MLmodel").read_text())
+    mlmodel["flavors"]["xgboost"].update(mlmodel_changes)
+    (folder / "MLmodel").write_text(yaml.safe_dump(mlmodel))
+    with mlflow.start_run(experiment_id=experiment_id(home, MODEL)) as run:
+        mlflow.log_artifacts(str(folder), artifact_path="model")
+    version = mlflow.register_model(f"runs:/{run.info.run_id}/model", MODEL)
+    recorded = client.get_model_version(MODEL, "2").tags[MODEL_SHA256_TAG]
+    client.set_model_version_tag(MODEL, version.version, MODEL_SHA256_TAG, recorded)
+    return str(version.version)
+
+
+def test_a_version_with_bundled_code_never_runs_it(home: Settings, engine: Engine, tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    from pipelines.airflow_dags import run_in_process
+
+    crafted = craft_version(home, tmp_path, {"code": "code", "model_class": "evil_booster.Booster"})
+    marker = tmp_path / "marker"
+    # The crafted entry is a live attack: MLflow's own loader imports the bundled module.
+    subprocess.run(
+        [sys.executable, "-c", f"import mlflow.xgboost; mlflow.xgboost.load_model('models:/{MODEL}/{crafted}')"],
+        env={**os.environ, "MLFLOW_TRACKING_URI": home.mlflow_tracking_uri},
+        capture_output=True,
+        timeout=300,
+        check=True,
+    )
+    assert marker.read_text() == "ran"
+    marker.unlink()
+
+    client = MlflowClient()
+    client.set_registered_model_alias(MODEL, "champion", "1")
+    refused = cli("rollback", MODEL, crafted)
+    assert refused.returncode == 1 and "champion unchanged" in refused.stderr
+    assert f"demo_churn v{crafted}: its MLmodel bundles code" in refused.stderr
+    dag_run = run_in_process(f"{MODEL}__rollback", None, run_conf={"version": crafted}, run_after=datetime.now(UTC))
+    assert dag_run.state == "failed" and aliases(home)[0] == "1"
+
+    client.set_registered_model_alias(MODEL, "champion", crafted)  # written straight into the registry
+    scored = run_in_process(f"{MODEL}__score", datetime(2026, 1, 4, 5, tzinfo=UTC))
+    assert scored.state == "failed" and states(scored)["score"] == "failed"
+    doctor = cli("doctor")
+    assert doctor.returncode == 1
+    assert f"demo_churn@champion -> v{crafted}: demo_churn v{crafted}: its MLmodel bundles code" in doctor.stdout
+    assert not marker.exists()  # score, rollback (CLI and DAG) and doctor imported nothing
+    p = tables.predictions
+    with engine.connect() as connection:
+        assert connection.execute(select(func.count()).where(p.c.model_version == crafted)).scalar_one() == 0
+    client.set_registered_model_alias(MODEL, "champion", "1")
+
+
+@pytest.mark.parametrize(
+    ("changes", "tamper", "reason"),
+    [
+        ({"model_class": "os.PathLike"}, False, "names model_class 'os.PathLike'; only xgboost.core.Booster"),
+        ({"data": "model.pkl", "model_format": "pickle"}, False, "is not a JSON or UBJ booster file"),
+        ({}, True, "the file was changed after registration"),
+    ],
+)
+def test_foreign_classes_formats_and_changed_files_are_refused(
+    home: Settings, tmp_path: Path, changes: dict[str, Any], tamper: bool, reason: str
+) -> None:
+    import mlflow
+
+    from pipelines.registry import UnsafeModelError, load_model
+
+    original = Path(mlflow.artifacts.download_artifacts(f"models:/{MODEL}/2/model.json", dst_path=str(tmp_path)))
+    model_bytes = original.read_bytes().replace(b'"num_trees":"', b'"num_trees" :"') if tamper else None
+    assert model_bytes != original.read_bytes() or not tamper
+    crafted = craft_version(home, tmp_path, changes, model_bytes)
+    with pytest.raises(UnsafeModelError, match=reason):
+        load_model(home, MODEL, crafted)
+    assert not (tmp_path / "marker").exists()

@@ -114,3 +114,43 @@ def test_merge_frame_failure_rolls_back_everything(engine: Engine) -> None:
     with pytest.raises(IntegrityError):
         tables.merge_frame(engine, tables.predictions, broken, key, replaces=in_hour(model))
     assert snapshot(engine, model) == before
+
+
+def test_merge_frame_keeps_every_replaced_row_in_the_history(engine: Engine) -> None:
+    model = f"m_{uuid4().hex[:8]}"
+    key = ["model_name", "entity_id", "as_of"]
+    watch = ["model_version", "score", "features_sha256", "unseen_categories"]
+    h = tables.predictions_history
+    at = datetime(2026, 1, 2, tzinfo=UTC)
+    history = (h, {"superseded_at": at, "superseded_by_run": "run-2"})
+    first = prediction_frame(model, 100, 0.25)
+    tables.merge_frame(engine, tables.predictions, first, key, watch, replaces=in_hour(model), history=history)
+    assert tables.count_rows(engine, h, model) == 0  # nothing replaced yet
+    second = prediction_frame(model, 90, 0.5, start=10)  # 90 rows re-scored, 10 gone from the source
+    second.loc[:39, "score"] = 0.25  # 40 of them unchanged
+    deleted = tables.merge_frame(
+        engine, tables.predictions, second, key, watch, replaces=in_hour(model), history=history
+    )
+    assert deleted == 10
+    with engine.connect() as connection:
+        kept = connection.execute(
+            select(h.c.entity_id, h.c.score, h.c.superseded_by_run).where(h.c.model_name == model)
+        ).all()
+    # The 10 removed and the 50 changed rows, as they were; the 40 unchanged rows are not history.
+    assert len(kept) == 60 and {r.score for r in kept} == {0.25} and {r.superseded_by_run for r in kept} == {"run-2"}
+    assert {r.entity_id for r in kept} == {f"E{i}" for i in [*range(10), *range(50, 100)]}
+    tables.merge_frame(engine, tables.predictions, second, key, watch, replaces=in_hour(model), history=history)
+    assert tables.count_rows(engine, h, model) == 60  # the same merge again replaces nothing
+
+
+def test_a_record_is_never_rewritten(engine: Engine) -> None:
+    model = f"m_{uuid4().hex[:8]}"
+    key = ["model_name", "entity_id", "as_of"]
+    tables.merge_frame(engine, tables.predictions, prediction_frame(model, 10, 0.25), key, refuse_changed=["score"])
+    before = snapshot(engine, model)
+    more = prediction_frame(model, 12, 0.25).assign(dag_run_id="other")  # two new rows, ten the same scores
+    tables.merge_frame(engine, tables.predictions, more, key, refuse_changed=["score"])
+    assert set(before) < set(snapshot(engine, model)) and tables.count_rows(engine, tables.predictions, model) == 12
+    with pytest.raises(tables.RecordConflict, match=r"'score': 0.25.*'new_score': 0.5"):
+        tables.merge_frame(engine, tables.predictions, prediction_frame(model, 12, 0.5), key, refuse_changed=["score"])
+    assert set(before) < set(snapshot(engine, model))
