@@ -88,9 +88,11 @@ def main() -> None:
         f"pandas {pd.__version__}"
     )
     with tempfile.TemporaryDirectory() as scratch:
+        tables.upgrade_schema(f"sqlite:///{Path(scratch) / 'bench.db'}")
         sqlite = tables.make_engine(f"sqlite:///{Path(scratch) / 'bench.db'}")
         bench_backend("sqlite", sqlite, args.rows)
         sqlite.dispose()
+    tables.upgrade_schema(args.postgres)  # the bench database at this code's schema (keeps its rows)
     postgres = tables.make_engine(args.postgres)
     bench_backend("postgresql", postgres, args.rows)
     postgres.dispose()

@@ -19,6 +19,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import pandas as pd
 import pytest
@@ -151,7 +152,7 @@ def lake_object(home: Settings, uri: str) -> bytes:
     """Read an object the pipeline reported by URI, from whichever lake this module runs on."""
     prefix = home.lake.uri_of("").rstrip("/") + "/"
     assert uri.startswith(prefix), f"{uri} is not in the lake {prefix}"
-    return home.lake.get(uri.removeprefix(prefix))
+    return home.lake.get(unquote(uri.removeprefix(prefix)))  # a file:// URI escapes '=' in dt=…/hour=…
 
 
 def per_hour_counts(engine: Engine) -> dict[str, int]:
