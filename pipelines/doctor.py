@@ -42,7 +42,9 @@ def check_model(settings: Settings, engine: Engine, model_name: str, checkup: Ch
                 f"move it with `pipelines rollback {model_name} VERSION` so the move is recorded"
             )
             continue
-        checkup.ok.append(f"{model_name}@{alias} -> v{version}: READY, run {servable.run_id} present, loads as xgboost")
+        checkup.ok.append(
+            f"{model_name}@{alias} -> v{version}: READY, run {servable.run_id} present, booster file safe and as trained"
+        )
 
 
 def doctor(settings: Settings, engine: Engine, model_names: list[str]) -> Checkup:
