@@ -182,20 +182,39 @@ def _hour(delivery: dict[str, Any]) -> datetime:
     return datetime.fromisoformat(str(delivery["interval_start"]))
 
 
+# One staged delivery, its rows, and their positions in the batch the suite checked.
+Staged = tuple[dict[str, Any], pd.DataFrame, range]
+
+
+def _batch(lake: Lake, deliveries: list[dict[str, Any]]) -> list[Staged]:
+    batch, offset = [], 0
+    for delivery in deliveries:
+        frame = read_object(lake, delivery, f"the staged delivery of {delivery['interval_start']}")
+        batch.append((delivery, frame, range(offset, offset + len(frame))))
+        offset += len(frame)
+    return batch
+
+
+def _column_mismatches(batch: list[Staged]) -> list[FailedExpectation]:
+    """Deliveries lacking a column other deliveries of the batch have: concatenated, the gap would be
+    filled with nulls that a nullable column's expectations accept. No row split can fix this."""
+    union = list(dict.fromkeys(column for _, frame, _ in batch for column in frame.columns))
+    faults = []
+    for delivery, frame, _ in batch:
+        missing = [column for column in union if column not in frame.columns]
+        if missing:
+            where = delivery.get("source", {}).get("uri") or delivery["interval_start"]
+            faults.append(FailedExpectation("columns_present_in_every_delivery", ",".join(missing), None, [str(where)]))
+    return faults
+
+
 def _split_bad_rows(
-    spec: ModelSpec,
-    lake: Lake,
-    deliveries: list[dict[str, Any]],
-    frames: list[pd.DataFrame],
-    outcome: ValidationOutcome,
-    bad: set[int],
+    spec: ModelSpec, lake: Lake, batch: list[Staged], outcome: ValidationOutcome, bad: set[int]
 ) -> tuple[int, list[str]]:
     """Policy 'quarantine': publish each delivery's good rows, keep its bad rows in the quarantine zone."""
-    quarantined, uris, offset = 0, [], 0
-    for delivery, frame in zip(deliveries, frames, strict=True):
-        positions = pd.Index(range(offset, offset + len(frame)))
-        offset += len(frame)
-        is_bad = positions.isin(list(bad))
+    quarantined, uris = 0, []
+    for delivery, frame, positions in batch:
+        is_bad = pd.Index(positions).isin(list(bad))
         base = {key: delivery[key] for key in ("model", "interval_start", "source")}
         if is_bad.any():
             part = write_partition(
@@ -221,19 +240,12 @@ def _split_bad_rows(
 
 
 def _keep_failed_deliveries(
-    spec: ModelSpec,
-    lake: Lake,
-    deliveries: list[dict[str, Any]],
-    frames: list[pd.DataFrame],
-    outcome: ValidationOutcome,
-    bad: set[int] | None,
+    spec: ModelSpec, lake: Lake, batch: list[Staged], outcome: ValidationOutcome, bad: set[int] | None
 ) -> tuple[int, list[str]]:
     """Policy 'block': each delivery holding an offending row goes to the quarantine zone whole, with the
     result; the others passed and are published. `bad` None (a table-level fault) fails every delivery."""
-    quarantined, uris, offset = 0, [], 0
-    for delivery, frame in zip(deliveries, frames, strict=True):
-        positions = range(offset, offset + len(frame))
-        offset += len(frame)
+    quarantined, uris = 0, []
+    for delivery, frame, positions in batch:
         if bad is not None and bad.isdisjoint(positions):
             publish(lake, str(delivery["partition"]), delivery)
             continue
@@ -258,23 +270,26 @@ def validate_and_publish(
     Only what passes is published as the current partitions; a delivery that fails under 'block'
     raises ValidationFailed and leaves the published partitions as they were.
     """
-    frames = [read_object(settings.lake, d, f"the staged delivery of {d['interval_start']}") for d in deliveries]
-    frame = pd.concat(frames, ignore_index=True)
+    batch = _batch(settings.lake, deliveries)
+    frame = pd.concat([rows for _, rows, _ in batch], ignore_index=True)
     key = interval_key(start, end)
     result_key = f"{spec.name}/validation/{dag_id}/{key}.json"
     policy = spec.validation_policy
     outcome = validate_frame(frame, spec.suite, settings.gx_root, settings.lake, result_key, f"{dag_id} {key}")
-    outcome = replace(outcome, rows_checked=len(frame))
+    faults = _column_mismatches(batch)
+    outcome = replace(
+        outcome, rows_checked=len(frame), success=outcome.success and not faults, failed=[*faults, *outcome.failed]
+    )
     table_level = [f for f in outcome.failed if f.rows is None]
     bad = None if table_level else {row for failure in outcome.failed for row in failure.rows or []}
     if outcome.success or policy == "warn":
         for delivery in deliveries:
             publish(settings.lake, str(delivery["partition"]), delivery)
     elif policy == "quarantine" and bad is not None:
-        quarantined, uris = _split_bad_rows(spec, settings.lake, deliveries, frames, outcome, bad)
+        quarantined, uris = _split_bad_rows(spec, settings.lake, batch, outcome, bad)
         outcome = replace(outcome, rows_quarantined=quarantined, quarantine_uris=uris)
     else:  # block, or quarantine of a fault no row split can fix (a missing column, too few rows)
-        quarantined, uris = _keep_failed_deliveries(spec, settings.lake, deliveries, frames, outcome, bad)
+        quarantined, uris = _keep_failed_deliveries(spec, settings.lake, batch, outcome, bad)
         outcome = replace(outcome, rows_quarantined=quarantined, quarantine_uris=uris)
     record_validation(spec, engine, outcome, start, end, dag_id, dag_run_id)
     log.info("validation result: %s; Data Docs: %s", outcome.result_uri, outcome.data_docs_path)
