@@ -175,7 +175,13 @@ def main(argv: list[str] | None = None) -> int:
     airflow.add_argument("airflow_args", nargs=argparse.REMAINDER)
     airflow.set_defaults(func=_airflow)
     args = parser.parse_args(argv)
-    return int(args.func(args))
+    from pipelines.tables import SchemaError
+
+    try:
+        return int(args.func(args))
+    except SchemaError as exc:  # the tables are not at this code's schema: say what to run, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -186,6 +186,16 @@ def test_upgrading_the_schema_of_0fc3fec_keeps_every_row(url: str) -> None:
 def test_an_empty_database_is_refused_until_upgraded(url: str) -> None:
     with pytest.raises(tables.SchemaError, match=r"do not exist yet: run `pipelines db upgrade`"):
         tables.make_engine(url)
+    status = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "status"],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env={**os.environ, "PIPELINES_TABLES_URL": url},
+        timeout=120,
+    )
+    assert status.returncode == 2 and "do not exist yet: run `pipelines db upgrade`" in status.stderr
+    assert "Traceback" not in status.stderr
     assert tables.upgrade_schema(url) == (None, tables.HEAD_REVISION)
     engine = tables.make_engine(url)
     assert schema_differences(engine) == []
