@@ -265,7 +265,8 @@ def score_interval(
                     served,
                 )
         contract = contract_of(model.booster)
-        for column, count in unseen_category_counts(scored, contract).items():
+        hour_unseen = unseen_category_counts(scored, contract)
+        for column, count in hour_unseen.items():
             unseen[column] = unseen.get(column, 0) + count
         # Lake first: if the database write fails, the retry publishes the same object and merges again.
         staged = stage(
@@ -278,7 +279,7 @@ def score_interval(
                 "interval_start": hour.isoformat(),
                 "dag_run_id": dag_run_id,
                 "contract_columns": contract.columns,
-                "unseen_categories": unseen_category_counts(scored, contract),
+                "unseen_categories": hour_unseen,
             },
         )
         if previous is None or previous.sha256 != staged["sha256"]:  # a re-run of the same scores changes nothing
