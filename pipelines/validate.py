@@ -23,6 +23,7 @@ from sqlalchemy import Engine
 
 from pipelines import tables
 from pipelines.config import REPO_ROOT, Settings
+from pipelines.ingest import snapshot_sha256
 from pipelines.intervals import interval_key
 from pipelines.lake import Lake, publish, read_object, write_partition
 from pipelines.spec import ModelSpec
@@ -273,7 +274,9 @@ def validate_and_publish(
     batch = _batch(settings.lake, deliveries)
     frame = pd.concat([rows for _, rows, _ in batch], ignore_index=True)
     key = interval_key(start, end)
-    result_key = f"{spec.name}/validation/{dag_id}/{key}.json"
+    # One result per batch content: a later delivery of the interval never overwrites the result a
+    # quarantined delivery points to, and the same batch validated again lands on the same key.
+    result_key = f"{spec.name}/validation/{dag_id}/{key}-{snapshot_sha256(deliveries)[:16]}.json"
     policy = spec.validation_policy
     outcome = validate_frame(frame, spec.suite, settings.gx_root, settings.lake, result_key, f"{dag_id} {key}")
     faults = _column_mismatches(batch)
