@@ -86,6 +86,26 @@ def _rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def _adopt(args: argparse.Namespace) -> int:
+    import getpass
+
+    from pipelines.registry import VersionNotServable, adopt_version
+
+    if not _known_model(args.model):
+        return 2
+    try:
+        digest = adopt_version(
+            get_settings(), _engine(), args.model, args.version, args.reason, f"cli:{getpass.getuser()}"
+        )
+    except VersionNotServable as exc:
+        print(f"not adopted: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"{args.model} v{args.version}: booster file sha256 {digest} recorded; it is checked on every load from now on"
+    )
+    return 0
+
+
 def _doctor(args: argparse.Namespace) -> int:
     from pipelines.doctor import doctor
 
@@ -152,6 +172,15 @@ def main(argv: list[str] | None = None) -> int:
     rollback.add_argument("version")
     rollback.add_argument("--reason", default="manual rollback", help="why, for the history")
     rollback.set_defaults(func=_rollback)
+    adopt = commands.add_parser(
+        "adopt-model",
+        help="record the booster file's sha256 of a version registered before this release, after checking it "
+        "bundles no code and is a JSON/UBJ booster",
+    )
+    adopt.add_argument("model")
+    adopt.add_argument("version")
+    adopt.add_argument("--reason", default="adopted: registered before sha256 checks", help="why, for the history")
+    adopt.set_defaults(func=_adopt)
     doctor = commands.add_parser(
         "doctor", help="check every alias resolves to a READY, loadable version with its run; non-zero if not"
     )

@@ -181,42 +181,44 @@ def monitor_interval(
     summary = DriftSummary(version, len(reference), len(current), results, settings.lake.uri_of(report_key))
 
     interval = {"model_name": spec.name, "interval_start": start, "interval_end": end}
-    tables.upsert(
-        engine,
-        tables.drift_reports,
-        [
-            {
-                **interval,
-                "model_version": version,
-                "reference_rows": summary.reference_rows,
-                "current_rows": summary.current_rows,
-                "columns": len(summary.features),
-                "drifted_columns": len(summary.drifted_columns),
-                "drift_share": summary.drift_share,
-                "dataset_drift": summary.drift_share >= spec.drift.drift_share,
-                "drifted_column_names": json.dumps(summary.drifted_columns),
-                "prediction_drift": summary.prediction_drift,
-                "report_path": summary.report_path,
-                "dag_run_id": dag_run_id,
-                "created_at": datetime.now(UTC),
-            }
-        ],
-        key=["model_name", "interval_start", "interval_end"],
-    )
-    tables.upsert(
-        engine,
-        tables.drift_metrics,
-        [
-            {
-                **interval,
-                "column_name": c.column,
-                "stattest": c.stattest,
-                "drift_score": c.score,
-                "threshold": c.threshold,
-                "drifted": c.drifted,
-            }
-            for c in results
-        ],
-        key=["model_name", "interval_start", "interval_end", "column_name"],
-    )
+    # The report and its per-column results are one record: written together or not at all.
+    with engine.begin() as connection:
+        tables.upsert(
+            connection,
+            tables.drift_reports,
+            [
+                {
+                    **interval,
+                    "model_version": version,
+                    "reference_rows": summary.reference_rows,
+                    "current_rows": summary.current_rows,
+                    "columns": len(summary.features),
+                    "drifted_columns": len(summary.drifted_columns),
+                    "drift_share": summary.drift_share,
+                    "dataset_drift": summary.drift_share >= spec.drift.drift_share,
+                    "drifted_column_names": json.dumps(summary.drifted_columns),
+                    "prediction_drift": summary.prediction_drift,
+                    "report_path": summary.report_path,
+                    "dag_run_id": dag_run_id,
+                    "created_at": datetime.now(UTC),
+                }
+            ],
+            key=["model_name", "interval_start", "interval_end"],
+        )
+        tables.upsert(
+            connection,
+            tables.drift_metrics,
+            [
+                {
+                    **interval,
+                    "column_name": c.column,
+                    "stattest": c.stattest,
+                    "drift_score": c.score,
+                    "threshold": c.threshold,
+                    "drifted": c.drifted,
+                }
+                for c in results
+            ],
+            key=["model_name", "interval_start", "interval_end", "column_name"],
+        )
     return summary

@@ -85,13 +85,15 @@ def write_snapshot_manifest(
 
     Objects are never replaced, so the snapshot can be re-read bit for bit whatever is published later.
     """
-    key = f"{spec.name}/snapshots/{interval_key(start, end)}.json"
+    fingerprint = snapshot_sha256(deliveries)
+    # Named by content: a later run over the same window with other deliveries writes a list of its own.
+    key = f"{spec.name}/snapshots/{interval_key(start, end)}-{fingerprint[:16]}.json"
     ordered = sorted(deliveries, key=lambda d: str(d["interval_start"]))
     manifest = {
         "model": spec.name,
         "interval_start": start.isoformat(),
         "interval_end": end.isoformat(),
-        "sha256": snapshot_sha256(deliveries),
+        "sha256": fingerprint,
         "rows": sum(int(d["rows"]) for d in deliveries),
         "partitions": [
             {

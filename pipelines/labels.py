@@ -35,6 +35,10 @@ def read_label_file(spec: ModelSpec, path: Path) -> pd.DataFrame:
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise ValueError(f"{path}: label file lacks column(s) {missing}")
+    for column in (spec.entity_key, spec.timestamp, spec.label.arrived_at_column):
+        if frame[column].isna().any():
+            rows = [int(i) + 2 for i in frame.index[frame[column].isna()][:5]]  # +2: header, 1-based lines
+            raise ValueError(f"{path}: column '{column}' is empty on line(s) {rows}; every label needs it")
     for column in (spec.timestamp, spec.label.arrived_at_column):
         frame[column] = pd.to_datetime(frame[column], utc=True, format="ISO8601")
     labels = pd.to_numeric(frame[spec.label.column], errors="coerce")
@@ -43,7 +47,7 @@ def read_label_file(spec: ModelSpec, path: Path) -> pd.DataFrame:
         raise ValueError(f"{path}: column '{spec.label.column}' must be 0 or 1, found e.g. {bad}")
     frame[spec.label.column] = labels
     frame["_file"] = str(path)
-    return frame.dropna(subset=[spec.entity_key])
+    return frame
 
 
 def ingest_labels(
@@ -83,13 +87,24 @@ def ingest_labels(
             f"time; which one holds is ambiguous, e.g. {sample.head(4).to_dict('records')}"
         )
     # Every delivery is kept; a re-delivered file adds nothing, and one that changes a recorded delivery fails.
-    tables.merge_frame(
-        engine,
-        tables.labels,
-        rows,
-        key=["model_name", "entity_id", "as_of", "arrived_at"],
-        refuse_changed=["label"],
-    )
+    try:
+        tables.merge_frame(
+            engine,
+            tables.labels,
+            rows,
+            key=["model_name", "entity_id", "as_of", "arrived_at"],
+            refuse_changed=["label"],
+        )
+    except tables.RecordConflict as exc:
+        keys = {(str(s["entity_id"]), pd.Timestamp(s["as_of"]).tz_localize(None)) for s in exc.samples}
+        at_fault = frame[
+            [
+                (str(e), pd.Timestamp(t).tz_localize(None)) in keys
+                for e, t in zip(frame[spec.entity_key], frame[spec.timestamp], strict=True)
+            ]
+        ]
+        files = sorted(set(at_fault["_file"]))
+        raise tables.RecordConflict(f"{exc}; the new label(s) come from {files}", exc.samples) from exc
     return LabelIngestResult(len(frames), len(rows), missing)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,9 +25,11 @@ from pipelines.registry import (
     APPROVE,
     CHALLENGER,
     CHAMPION,
+    VersionNotServable,
     champion_version,
     fresh_from,
     load_booster,
+    load_model,
     mlflow_client,
     move_alias,
     record_event,
@@ -114,6 +116,15 @@ def _judge_against_champion(
     return verdict, used
 
 
+def serving_problem(settings: Settings, model_name: str, version: str | None) -> str | None:
+    """Why a version cannot serve (its file refused or unreadable), or None when it can."""
+    try:
+        load_model(settings, model_name, str(version))
+    except VersionNotServable as exc:
+        return str(exc)
+    return None
+
+
 def planned_action(promote: bool, mode: str) -> str:
     if not promote:
         return "keep_champion"
@@ -144,7 +155,13 @@ def gate_challenger(
     holdout = download_run_artifact(settings, run_id, "holdout/holdout.parquet")
     holdout[spec.timestamp] = pd.to_datetime(holdout[spec.timestamp], utc=True)
     champion = champion_version(settings, spec.name)
-    verdict, used = _judge_against_champion(spec, settings, version, champion, holdout)
+    unservable = serving_problem(settings, spec.name, champion) if champion not in (None, version) else None
+    # A champion that cannot serve (scoring refuses it too) is no yardstick: judge the challenger alone.
+    verdict, used = _judge_against_champion(spec, settings, version, None if unservable else champion, holdout)
+    if unservable:
+        verdict = replace(
+            verdict, reason=f"champion v{champion} cannot serve ({unservable}); judged alone: {verdict.reason}"
+        )
     # A run's params can only make the spec's mode more cautious: dry_run > manual > enabled.
     mode = spec.gate.mode
     if dry_run:

@@ -85,12 +85,12 @@ class LoadedModel:
     sha256: str
 
 
-def booster_file_of(mlmodel: dict[str, Any], label: str) -> str:
+def booster_file_of(mlmodel: Any, label: str) -> str:
     """The booster file an MLmodel names, after refusing anything that would make loading run code."""
-    flavors = mlmodel.get("flavors")
-    if not isinstance(flavors, dict) or "xgboost" not in flavors:
+    flavors = mlmodel.get("flavors") if isinstance(mlmodel, dict) else None
+    if not isinstance(flavors, dict) or not isinstance(flavors.get("xgboost"), dict):
         raise UnsafeModelError(f"{label}: its MLmodel has no xgboost flavor; only XGBoost boosters are served")
-    with_code = sorted(name for name, conf in flavors.items() if isinstance(conf, dict) and conf.get("code"))
+    with_code = sorted(name for name, conf in flavors.items() if not isinstance(conf, dict) or conf.get("code"))
     if with_code or mlmodel.get("code"):
         raise UnsafeModelError(
             f"{label}: its MLmodel bundles code (flavor(s) {with_code or ['<root>']} name a 'code' path); "
@@ -111,6 +111,53 @@ def booster_file_of(mlmodel: dict[str, Any], label: str) -> str:
     return data
 
 
+def read_booster_file(settings: Settings, model_name: str, version: str) -> tuple[dict[str, Any], str, bytes]:
+    """A version's MLmodel (as data), the name of its booster file, and that file's bytes; nothing is imported."""
+    import tempfile
+    from pathlib import Path
+
+    import mlflow
+    import yaml
+    from mlflow.exceptions import MlflowException
+
+    label = f"{model_name} v{version}"
+    base = f"models:/{model_name}/{version}"
+    with tempfile.TemporaryDirectory() as scratch:
+        try:
+            text = Path(
+                mlflow.artifacts.download_artifacts(artifact_uri=f"{base}/MLmodel", dst_path=scratch)
+            ).read_bytes()
+        except (MlflowException, OSError) as exc:
+            raise VersionNotServable(f"{label}: its MLmodel cannot be read from the registry: {exc}") from exc
+        try:
+            mlmodel = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise UnsafeModelError(f"{label}: its MLmodel is not plain YAML: {exc}") from exc
+        if not isinstance(mlmodel, dict):
+            raise UnsafeModelError(f"{label}: its MLmodel is not a mapping")
+        data = booster_file_of(mlmodel, label)
+        try:
+            payload = Path(
+                mlflow.artifacts.download_artifacts(artifact_uri=f"{base}/{data}", dst_path=scratch)
+            ).read_bytes()
+        except (MlflowException, OSError) as exc:
+            raise VersionNotServable(
+                f"{label}: its model file '{data}' cannot be read from the registry: {exc}"
+            ) from exc
+    return mlmodel, data, payload
+
+
+def _booster(payload: bytes, label: str) -> Any:
+    import xgboost as xgb
+
+    booster = xgb.Booster()
+    try:
+        booster.load_model(bytearray(payload))
+    except xgb.core.XGBoostError as exc:
+        raise UnsafeModelError(f"{label}: its model file is not an XGBoost booster: {exc}") from exc
+    return booster
+
+
 def load_model(settings: Settings, model_name: str, version: str) -> LoadedModel:
     """A registered version's booster, read from its JSON/UBJ file after checking it is the file trained.
 
@@ -118,43 +165,76 @@ def load_model(settings: Settings, model_name: str, version: str) -> LoadedModel
     write to the registry run code in every worker; we read the MLmodel as YAML, refuse such fields,
     check the file's sha256 against the `model_sha256` version tag and load it into `xgboost.Booster`.
     """
-    import tempfile
-    from pathlib import Path
-
-    import mlflow
-    import xgboost as xgb
-    import yaml
     from mlflow.models.signature import ModelSignature
 
     label = f"{model_name} v{version}"
-    client = mlflow_client(settings)
-    recorded = client.get_model_version(model_name, str(version)).tags.get(MODEL_SHA256_TAG)
-    base = f"models:/{model_name}/{version}"
-    with tempfile.TemporaryDirectory() as scratch:
-        mlmodel = yaml.safe_load(
-            Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{base}/MLmodel", dst_path=scratch)).read_bytes()
-        )
-        if not isinstance(mlmodel, dict):
-            raise UnsafeModelError(f"{label}: its MLmodel is not a mapping")
-        data = booster_file_of(mlmodel, label)
-        payload = Path(
-            mlflow.artifacts.download_artifacts(artifact_uri=f"{base}/{data}", dst_path=scratch)
-        ).read_bytes()
+    recorded = _model_version(settings, model_name, version).tags.get(MODEL_SHA256_TAG)
+    mlmodel, data, payload = read_booster_file(settings, model_name, version)
     digest = hashlib.sha256(payload).hexdigest()
     if not recorded:
         raise UnsafeModelError(
-            f"{label}: no '{MODEL_SHA256_TAG}' tag recorded at training time, so its file cannot be trusted; "
-            "it was not registered by this pipeline: train a new version with the train DAG"
+            f"{label}: no '{MODEL_SHA256_TAG}' tag, so its file cannot be checked (versions registered before this "
+            f"release, or outside the pipeline, have none). If you trust its file, record it with "
+            f"`pipelines adopt-model {model_name} {version}`; otherwise roll back to a checked version or train a new one"
         )
     if digest != recorded:
         raise UnsafeModelError(
             f"{label}: its model file '{data}' has sha256 {digest}, not the {recorded} recorded at training "
             "time: the file was changed after registration"
         )
-    booster = xgb.Booster()
-    booster.load_model(bytearray(payload))
-    signature = ModelSignature.from_dict(mlmodel["signature"]) if mlmodel.get("signature") else None
-    return LoadedModel(str(version), booster, signature, digest)
+    try:
+        signature = ModelSignature.from_dict(mlmodel["signature"]) if mlmodel.get("signature") else None
+    except Exception as exc:  # a malformed signature: whatever the parser raises, name the version
+        raise UnsafeModelError(f"{label}: its MLmodel's signature cannot be read: {exc}") from exc
+    return LoadedModel(str(version), _booster(payload, label), signature, digest)
+
+
+def _model_version(settings: Settings, model_name: str, version: str) -> Any:
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow_client(settings)
+    try:
+        return client.get_model_version(model_name, str(version))
+    except MlflowException as exc:
+        known = sorted(int(v.version) for v in client.search_model_versions(f"name = '{model_name}'"))
+        raise VersionNotServable(
+            f"{model_name} has no version '{version}' (registered versions: {known or 'none'})"
+        ) from exc
+
+
+def adopt_version(settings: Settings, engine: Engine, model_name: str, version: str, reason: str, actor: str) -> str:
+    """Record the sha256 of a version registered without one (before this release), after the same
+    checks a scorer makes; from then on its file is checked like any other. Returns the sha256."""
+    from pipelines.features import contract_of
+
+    label = f"{model_name} v{version}"
+    recorded = _model_version(settings, model_name, version).tags.get(MODEL_SHA256_TAG)
+    _, data, payload = read_booster_file(settings, model_name, version)
+    digest = hashlib.sha256(payload).hexdigest()
+    if recorded == digest:
+        return digest
+    if recorded:
+        raise UnsafeModelError(
+            f"{label}: its model file '{data}' has sha256 {digest}, not the {recorded} recorded at training "
+            "time: the file was changed after registration and is not adopted"
+        )
+    try:
+        contract_of(_booster(payload, label))
+    except ValueError as exc:
+        raise UnsafeModelError(f"{label}: {exc}") from exc
+    with engine.begin() as connection:
+        record_event(
+            connection,
+            model_name,
+            "model_adopted",
+            reason,
+            None,
+            actor,
+            to_version=str(version),
+            details={"sha256": digest},
+        )
+        mlflow_client(settings).set_model_version_tag(model_name, str(version), MODEL_SHA256_TAG, digest)
+    return digest
 
 
 def load_booster(settings: Settings, model_name: str, version: str) -> Any:
@@ -263,13 +343,7 @@ def check_servable(settings: Settings, model_name: str, version: str) -> Servabl
     from pipelines.features import contract_of
 
     client = mlflow_client(settings)
-    try:
-        model_version = client.get_model_version(model_name, str(version))
-    except MlflowException as exc:
-        known = sorted(int(v.version) for v in client.search_model_versions(f"name = '{model_name}'"))
-        raise VersionNotServable(
-            f"{model_name} has no version '{version}' (registered versions: {known or 'none'})"
-        ) from exc
+    model_version = _model_version(settings, model_name, version)
     if model_version.status != "READY":
         raise VersionNotServable(f"{model_name} v{version} is {model_version.status}, not READY")
     try:

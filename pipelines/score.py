@@ -33,6 +33,7 @@ from pipelines.features import (
 )
 from pipelines.intervals import hours_between
 from pipelines.lake import (
+    DATA_FILE,
     MANIFEST_FILE,
     hour_partition,
     open_partition,
@@ -194,7 +195,9 @@ def rewritten_rows(spec: ModelSpec, before: pd.DataFrame, after: pd.DataFrame) -
     """Logged predictions that `after` would change or drop (new keys are additions, not rewrites)."""
     key = [spec.entity_key, spec.timestamp]
     watched = ["model_version", "score", "features_sha256"]
-    joined = before[[*key, *watched]].merge(after[[*key, *watched]], on=key, how="left", suffixes=("", "_new"))
+    types = {spec.entity_key: "string", spec.timestamp: "datetime64[ns, UTC]"}
+    before, after = (f[[*key, *watched]].astype(types) for f in (before, after))
+    joined = before.merge(after, on=key, how="left", suffixes=("", "_new"))
     changed = joined["score_new"].isna() | (
         joined[watched].to_numpy() != joined[[f"{c}_new" for c in watched]].to_numpy()
     ).any(axis=1)
@@ -202,13 +205,30 @@ def rewritten_rows(spec: ModelSpec, before: pd.DataFrame, after: pd.DataFrame) -
 
 
 def _resolve(settings: Settings, spec: ModelSpec, choice: str) -> str:
-    """`rescore_with` names 'champion' or a registered version."""
+    """`rescore_with` names 'champion' or a registered version number."""
     if choice == "champion":
         version = champion_version(settings, spec.name)
         if version is None:
             raise NoChampionError(f"{spec.name}: no version has the 'champion' alias; run {spec.name}__train first")
         return version
+    if not choice.isdigit():
+        raise ValueError(f"{spec.name}: param rescore_with is '{choice}'; give 'champion' or a version number, e.g. 2")
     return choice
+
+
+def logged_predictions(spec: ModelSpec, engine: Engine, hour: datetime) -> pd.DataFrame:
+    """The hour's rows of the prediction log, under the scored frame's column names."""
+    p = tables.predictions
+    query = select(p.c.entity_id, p.c.as_of, p.c.model_version, p.c.score, p.c.features_sha256).where(
+        p.c.model_name == spec.name, p.c.as_of >= hour, p.c.as_of < hour + timedelta(hours=1)
+    )
+    with engine.connect() as connection:
+        frame = pd.DataFrame(
+            connection.execute(query).all(),
+            columns=[spec.entity_key, spec.timestamp, "model_version", "score", "features_sha256"],
+        )
+    frame[spec.timestamp] = pd.to_datetime(frame[spec.timestamp], utc=True)
+    return frame
 
 
 def score_interval(
@@ -238,8 +258,11 @@ def score_interval(
         scored = score_hour(spec, settings, model.booster, model.signature, version, hour)
         key = hour_partition(spec.name, "scored", hour)
         previous = None
-        if served is not None and settings.lake.exists(f"{key}/{MANIFEST_FILE}"):
-            before, previous = read_partition(settings.lake, key)
+        if served is not None:
+            if settings.lake.exists(f"{key}/{MANIFEST_FILE}"):
+                before, previous = read_partition(settings.lake, key)
+            else:  # the lake lost the hour (moved, expired): the log itself says what served
+                before = logged_predictions(spec, engine, hour)
             rewritten = rewritten_rows(spec, before, scored)
             if len(rewritten) and not rescore_with:
                 raise RecordConflict(
@@ -249,12 +272,13 @@ def score_interval(
                     f"{spec.name}__score for this interval with the param rescore_with ('champion' or a version): "
                     "the replaced rows are kept in predictions_history"
                 )
-            if len(rewritten):
-                # The earlier scored partition stays readable: its manifest moves to the history zone.
+            if len(rewritten) and previous is not None:
+                # The earlier scored partition stays readable: its manifest moves to the history zone
+                # (a partition of the earlier layout keeps its data file beside the manifest it had).
                 publish(
                     settings.lake,
                     f"{spec.name}/scored_history/dt={hour:%Y-%m-%d}/hour={hour:%H}/{previous.sha256}",
-                    previous.manifest,
+                    {"data": f"{key}/{DATA_FILE}", **previous.manifest},
                 )
                 log.warning(
                     "%s: %s re-scored with v%s by explicit choice; %d prediction(s) of v%s moved to predictions_history",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
+from contextlib import nullcontext
 from datetime import UTC
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,6 +32,7 @@ from sqlalchemy import (
     func,
     inspect,
     literal,
+    make_url,
     or_,
     select,
     text,
@@ -253,6 +255,9 @@ def upgrade_schema(url: str) -> tuple[str | None, str]:
     from alembic import command
     from alembic.config import Config
 
+    location = make_url(url)
+    if location.get_backend_name() == "sqlite" and location.database:
+        Path(location.database).parent.mkdir(parents=True, exist_ok=True)  # a new home has no folder yet
     engine = _engine(url)
     try:
         before = schema_revision(engine)
@@ -267,7 +272,7 @@ def upgrade_schema(url: str) -> tuple[str | None, str]:
 
 
 def upsert(
-    engine: Engine,
+    engine: Engine | Connection,
     table: Table,
     rows: Sequence[dict[str, Any]],
     key: Iterable[str],
@@ -278,7 +283,8 @@ def upsert(
     With `update_when_changed`, an existing row is only rewritten when one of those columns
     differs, so replaying the same rows leaves the table byte-for-byte unchanged. Rows go in
     batches of BATCH_ROWS through the driver's executemany (sqlite3's C loop, psycopg's pipeline
-    mode) inside one transaction, never as one statement per Python call.
+    mode) inside one transaction (the caller's, when given a connection), never as one statement per
+    Python call.
     """
     if not rows:
         return
@@ -291,7 +297,7 @@ def upsert(
     statement = statement.on_conflict_do_update(
         index_elements=key, set_={name: statement.excluded[name] for name in updated}, where=where
     )
-    with engine.begin() as connection:
+    with engine.begin() if isinstance(engine, Engine) else nullcontext(engine) as connection:
         for offset in range(0, len(rows), BATCH_ROWS):
             connection.execute(statement, list(rows[offset : offset + BATCH_ROWS]))
 
@@ -457,6 +463,10 @@ def _keep_replaced_rows(
 class RecordConflict(ValueError):
     """A write would change values already recorded under the same key; the record is never rewritten."""
 
+    def __init__(self, message: str, samples: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.samples = samples or []  # the recorded rows at stake (key and values), for a caller to name
+
 
 def _refuse_rewrites(connection: Connection, table: Table, stage: Table, key: list[str], watched: list[str]) -> None:
     same_key = and_(*[stage.c[k] == table.c[k] for k in key])
@@ -473,7 +483,8 @@ def _refuse_rewrites(connection: Connection, table: Table, stage: Table, key: li
     if samples:
         raise RecordConflict(
             f"{table.name}: rows already recorded under the same key {key} with other {watched} "
-            f"(recorded vs new), e.g. {samples}; a recorded row is never rewritten"
+            f"(recorded vs new), e.g. {samples}; a recorded row is never rewritten",
+            samples,
         )
 
 

@@ -561,6 +561,26 @@ def test_after_a_promotion_a_rerun_keeps_what_served(home: Settings, engine: Eng
         move_alias(home, engine, "demo_churn", CHAMPION, "1", "test: back to v1", None, "test")
 
 
+def test_a_lake_that_lost_the_hour_still_cannot_rewrite_the_log(home: Settings, engine: Engine, tmp_path: Path) -> None:
+    from pipelines.lake import read_partition, write_partition
+    from pipelines.score import score_interval
+    from pipelines.tables import RecordConflict
+
+    hour = SCORED_HOURS[1]
+    raw, _ = read_partition(home.lake, hour_partition("demo_churn", "raw", hour))
+    moved = replace(home, lake=open_lake(tmp_path / "new-lake"))  # a new PIPELINES_LAKE: no scored partitions
+    write_partition(moved.lake, hour_partition("demo_churn", "raw", hour), raw, {"model": "demo_churn"})
+    before = predictions_digest(engine), tables.count_rows(engine, tables.predictions_history, "demo_churn")
+    score_interval(demo_spec(home), moved, engine, hour, hour + timedelta(hours=1), "moved")  # the same rows: fine
+    changed = raw.assign(monthly_charges=raw["monthly_charges"].where(raw.index != 0, 9_999.0))
+    write_partition(moved.lake, hour_partition("demo_churn", "raw", hour), changed, {"model": "demo_churn"})
+    with pytest.raises(RecordConflict, match=r"would change or remove 1 prediction\(s\) logged by v1"):
+        score_interval(demo_spec(home), moved, engine, hour, hour + timedelta(hours=1), "moved")
+    with pytest.raises(ValueError, match=r"param rescore_with is 'v2'; give 'champion' or a version number"):
+        score_interval(demo_spec(home), moved, engine, hour, hour + timedelta(hours=1), "moved", rescore_with="v2")
+    assert (predictions_digest(engine), tables.count_rows(engine, tables.predictions_history, "demo_churn")) == before
+
+
 NEXT_BACKTEST = BACKTEST_RUN + timedelta(days=1)
 
 

@@ -282,7 +282,9 @@ def test_doctor_passes_then_fails_on_a_broken_alias(home: Settings) -> None:
     assert drifted.returncode == 1 and "moved outside the pipeline" in drifted.stdout
 
 
-def craft_version(home: Settings, tmp: Path, mlmodel_changes: dict[str, Any], model_bytes: bytes | None = None) -> str:
+def craft_version(
+    home: Settings, tmp: Path, mlmodel_changes: dict[str, Any], model_bytes: bytes | None = None, tag: bool = True
+) -> str:
     """A version as someone with write access to the registry could register it: v2's files, its
     recorded sha256 tag copied over, an MLmodel saying what the caller wants, and a bundled module
     that writes `tmp/marker` when imported."""
@@ -307,8 +309,9 @@ def craft_version(home: Settings, tmp: Path, mlmodel_changes: dict[str, Any], mo
     with mlflow.start_run(experiment_id=experiment_id(home, MODEL)) as run:
         mlflow.log_artifacts(str(folder), artifact_path="model")
     version = mlflow.register_model(f"runs:/{run.info.run_id}/model", MODEL)
-    recorded = client.get_model_version(MODEL, "2").tags[MODEL_SHA256_TAG]
-    client.set_model_version_tag(MODEL, version.version, MODEL_SHA256_TAG, recorded)
+    if tag:
+        recorded = client.get_model_version(MODEL, "2").tags[MODEL_SHA256_TAG]
+        client.set_model_version_tag(MODEL, version.version, MODEL_SHA256_TAG, recorded)
     return str(version.version)
 
 
@@ -373,3 +376,39 @@ def test_foreign_classes_formats_and_changed_files_are_refused(
     with pytest.raises(UnsafeModelError, match=reason):
         load_model(home, MODEL, crafted)
     assert not (tmp_path / "marker").exists()
+
+
+def test_a_champion_from_before_sha256_checks_is_replaced_by_the_gate_or_adopted(
+    home: Settings, engine: Engine, tmp_path: Path
+) -> None:
+    """Versions registered before this release have no model_sha256 tag: scoring refuses them and says
+    what to do; the gate does not let such a champion block every challenger; adopt-model records it."""
+    from mlflow import MlflowClient
+
+    from pipelines.registry import MODEL_SHA256_TAG, UnsafeModelError, load_model, move_alias
+
+    old = craft_version(home, tmp_path, {}, tag=False)  # v2's very files, registered without the tag
+    with pytest.raises(UnsafeModelError, match=rf"no 'model_sha256' tag.*`pipelines adopt-model {MODEL} {old}`"):
+        load_model(home, MODEL, old)
+    move_alias(home, engine, MODEL, "champion", old, "test: a champion from the previous release", None, "test")
+
+    dag_run = train(SECOND_NIGHT, attempt=7)
+    assert dag_run.state == "success", states(dag_run)
+    new = aliases(home)[1]
+    decision = decision_of(str(new))
+    assert decision["champion_version"] == old and decision["action"] == "promote"
+    assert decision["reason"].startswith(f"champion v{old} cannot serve (demo_churn v{old}: no 'model_sha256' tag")
+    assert aliases(home)[0] == new
+
+    adopted = cli("adopt-model", MODEL, old, "--reason", "test: checked by hand")
+    assert adopted.returncode == 0, adopted.stderr
+    version = MlflowClient().get_model_version(MODEL, old)
+    assert version.tags[MODEL_SHA256_TAG] == MlflowClient().get_model_version(MODEL, "2").tags[MODEL_SHA256_TAG]
+    assert load_model(home, MODEL, old).booster is not None
+    assert events(engine, "model_adopted")[-1]["to_version"] == old
+
+    (tmp_path / "second").mkdir()
+    with_code = craft_version(home, tmp_path / "second", {"code": "code"}, tag=False)
+    refused = cli("adopt-model", MODEL, with_code)
+    assert refused.returncode == 1 and "bundles code" in refused.stderr
+    assert MODEL_SHA256_TAG not in MlflowClient().get_model_version(MODEL, with_code).tags

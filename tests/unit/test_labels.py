@@ -67,8 +67,11 @@ def test_a_file_that_changes_a_recorded_delivery_is_refused(engine: Engine, tmp_
     spec = spec_named(f"m_{uuid4().hex[:8]}")
     write_labels(tmp_path, spec, FIRST, {"C000001": 1})
     ingest_labels(spec, tmp_path, engine, FIRST, FIRST + timedelta(hours=1))
-    write_labels(tmp_path, spec, FIRST, {"C000001": 0})  # the same delivery, rewritten in place
-    with pytest.raises(tables.RecordConflict, match=r"labels: rows already recorded .*'label': 1.0.*'new_label': 0.0"):
+    path = write_labels(tmp_path, spec, FIRST, {"C000001": 0})  # the same delivery, rewritten in place
+    with pytest.raises(
+        tables.RecordConflict,
+        match=rf"labels: rows already recorded .*'label': 1.0.*'new_label': 0.0.*come from \['{path}'\]",
+    ):
         ingest_labels(spec, tmp_path, engine, FIRST, FIRST + timedelta(hours=1))
     assert known(engine, spec, LATER) == {"C000001": 1.0}
 
@@ -79,5 +82,16 @@ def test_two_labels_for_one_delivery_are_ambiguous(engine: Engine, tmp_path: Pat
     frame = pd.read_csv(path)
     pd.concat([frame, frame.assign(churned=0)]).to_csv(path, index=False)
     with pytest.raises(ValueError, match=rf"2 label rows give different labels .*{path}"):
+        ingest_labels(spec, tmp_path, engine, FIRST, FIRST + timedelta(hours=1))
+    assert tables.count_rows(engine, tables.labels, spec.name) == 0
+
+
+def test_a_label_without_its_arrival_time_names_file_and_line(engine: Engine, tmp_path: Path) -> None:
+    spec = spec_named(f"m_{uuid4().hex[:8]}")
+    path = write_labels(tmp_path, spec, FIRST, {"C000001": 1, "C000002": 0})
+    frame = pd.read_csv(path)
+    frame.loc[1, "arrived_at"] = None
+    frame.to_csv(path, index=False)
+    with pytest.raises(ValueError, match=rf"{path}: column 'arrived_at' is empty on line\(s\) \[3\]"):
         ingest_labels(spec, tmp_path, engine, FIRST, FIRST + timedelta(hours=1))
     assert tables.count_rows(engine, tables.labels, spec.name) == 0

@@ -1,7 +1,8 @@
 """A record you can trust: every label delivery kept, a history of replaced predictions, quarantine counts.
 
 - labels: unique per delivery (model, entity, as_of, arrived_at) instead of per key, so a
-  correction is kept beside the original; existing rows stay as their first delivery.
+  correction is kept beside the original. Rows from before hold one delivery per key: the last one
+  ingested (that code overwrote corrections); re-reading the older files adds the others back.
 - predictions_history: what a chosen re-scoring replaced, never lost.
 - indexes on (model_name, as_of) for per-interval reads.
 - validation_runs: rows checked and quarantined, and where the quarantined rows are.
