@@ -8,6 +8,7 @@ cost grows faster than linearly with rows.
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,6 +26,8 @@ from pipelines.registry import load_booster
 from pipelines.score import read_scored
 from pipelines.spec import ModelSpec
 from pipelines.train import download_run_artifact
+
+log = logging.getLogger(__name__)
 
 PREDICTION_COLUMN = "model_score"  # the model's output, compared like a column: prediction drift
 
@@ -145,41 +148,10 @@ def recorded_summary(engine: Engine, model_name: str, start: datetime, end: date
     )
 
 
-def monitor_interval(
-    spec: ModelSpec, settings: Settings, engine: Engine, start: datetime, end: datetime, dag_run_id: str
-) -> DriftSummary:
-    """The drift report of a scored window; one already recorded is read back, never recomputed over."""
-    recorded = recorded_summary(engine, spec.name, start, end)
-    if recorded is not None:
-        return recorded
-    current = read_scored(spec, settings, start, end)
-    versions = sorted(current["model_version"].unique())
-    if len(versions) != 1:
-        raise ValueError(f"{spec.name}: interval was scored by several versions {versions}; re-score it first")
-    version = str(versions[0])
-    reference = download_run_artifact(
-        settings, model_run_id(settings, spec.name, version), "reference/reference.parquet"
-    )
-    # Prediction drift: what the model says on its reference sample against what it said in the interval.
-    booster = load_booster(settings, spec.name, version)
-    reference[PREDICTION_COLUMN] = predict(booster, contract_of(booster), reference)
-    current = current.rename(columns={"score": PREDICTION_COLUMN})
-    current = sample_current(current, spec.drift.max_current_rows)
-
-    numeric = [*spec.features.numeric, PREDICTION_COLUMN]
-    categorical = list(spec.features.categorical)
-    columns = [*numeric, *categorical]
-    report_key = f"{spec.name}/reports/drift/{interval_key(start, end)}.html"
-    results, html = run_report(
-        _as_categorical_text(reference[columns], categorical),
-        _as_categorical_text(current[columns], categorical),
-        numeric,
-        categorical,
-        spec.drift.drift_share,
-    )
-    settings.lake.put(report_key, html)
-    summary = DriftSummary(version, len(reference), len(current), results, settings.lake.uri_of(report_key))
-
+def record_summary(
+    spec: ModelSpec, engine: Engine, start: datetime, end: datetime, summary: DriftSummary, dag_run_id: str
+) -> None:
+    version = summary.model_version
     interval = {"model_name": spec.name, "interval_start": start, "interval_end": end}
     # The report and its per-column results are one record: written together or not at all.
     with engine.begin() as connection:
@@ -217,8 +189,63 @@ def monitor_interval(
                     "threshold": c.threshold,
                     "drifted": c.drifted,
                 }
-                for c in results
+                for c in summary.columns
             ],
             key=["model_name", "interval_start", "interval_end", "column_name"],
         )
+
+
+def monitor_interval(
+    spec: ModelSpec, settings: Settings, engine: Engine, start: datetime, end: datetime, dag_run_id: str
+) -> DriftSummary:
+    """The drift report of a scored window; one already recorded is read back, never recomputed over."""
+    recorded = recorded_summary(engine, spec.name, start, end)
+    if recorded is not None:
+        return recorded
+    current, versions = read_scored(spec, settings, start, end)
+    if len(versions) != 1:
+        raise ValueError(
+            f"{spec.name}: the hours of [{start.isoformat()}, {end.isoformat()}) were scored by versions {versions} "
+            "(see their scored manifests); one report compares one version with its reference: monitor each hour alone"
+        )
+    version = versions[0]
+    if current.empty:  # a quiet window: nothing to compare, and nothing drifted
+        log.info("%s: no scored rows in [%s, %s): drift not measured", spec.name, start.isoformat(), end.isoformat())
+        summary = DriftSummary(version, 0, 0, [], "")
+        record_summary(spec, engine, start, end, summary, dag_run_id)
+        return summary
+    reference = download_run_artifact(
+        settings, model_run_id(settings, spec.name, version), "reference/reference.parquet"
+    )
+    # Prediction drift: what the model says on its reference sample against what it said in the interval.
+    booster = load_booster(settings, spec.name, version)
+    reference[PREDICTION_COLUMN] = predict(booster, contract_of(booster), reference)
+    current = current.rename(columns={"score": PREDICTION_COLUMN})
+    current = sample_current(current, spec.drift.max_current_rows)
+
+    # A column with no value on either side has no distribution to compare (Evidently refuses it).
+    empty = [c for c in [*spec.features.all] if current[c].isna().all() or reference[c].isna().all()]
+    if empty:
+        log.warning(
+            "%s: column(s) %s have no values in [%s, %s) or in the reference: not tested for drift",
+            spec.name,
+            empty,
+            start.isoformat(),
+            end.isoformat(),
+        )
+    numeric = [*(c for c in spec.features.numeric if c not in empty), PREDICTION_COLUMN]
+    categorical = [c for c in spec.features.categorical if c not in empty]
+    columns = [*numeric, *categorical]
+    report_key = f"{spec.name}/reports/drift/{interval_key(start, end)}.html"
+    results, html = run_report(
+        _as_categorical_text(reference[columns], categorical),
+        _as_categorical_text(current[columns], categorical),
+        numeric,
+        categorical,
+        spec.drift.drift_share,
+    )
+    settings.lake.put(report_key, html)
+    summary = DriftSummary(version, len(reference), len(current), results, settings.lake.uri_of(report_key))
+
+    record_summary(spec, engine, start, end, summary, dag_run_id)
     return summary

@@ -38,7 +38,6 @@ from pipelines.lake import (
     hour_partition,
     open_partition,
     publish,
-    read_hours,
     read_partition,
     stage,
 )
@@ -331,8 +330,13 @@ def score_interval(
     return ScoreResult(",".join(dict.fromkeys(versions)), total, unseen, uris, deleted)
 
 
-def read_scored(spec: ModelSpec, settings: Settings, start: datetime, end: datetime) -> pd.DataFrame:
-    return read_hours(settings.lake, spec.name, "scored", hours_between(start, end))
+def read_scored(spec: ModelSpec, settings: Settings, start: datetime, end: datetime) -> tuple[pd.DataFrame, list[str]]:
+    """The scored rows of [start, end), and the versions that scored its hours (an empty hour names one too)."""
+    parts = [read_partition(settings.lake, hour_partition(spec.name, "scored", h)) for h in hours_between(start, end)]
+    if not parts:
+        raise ValueError(f"{spec.name}: no hours to read in [{start.isoformat()}, {end.isoformat()})")
+    versions = sorted({str(partition.manifest["model_version"]) for _, partition in parts})
+    return pd.concat([frame for frame, _ in parts], ignore_index=True), versions
 
 
 @dataclass(frozen=True)

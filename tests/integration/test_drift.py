@@ -201,3 +201,30 @@ def test_status_shows_the_last_drift_verdict(home: Settings) -> None:
         [sys.executable, "-m", "pipelines.cli", "status"], capture_output=True, text=True, cwd=REPO_ROOT, check=True
     ).stdout
     assert "drift verdict: no retraining: cooldown until" in text
+
+
+def test_a_quiet_window_and_an_all_null_column_pass_through_the_monitor(home: Settings, engine: Engine) -> None:
+    import numpy as np
+
+    from pipelines.lake import hour_partition, read_partition, write_partition
+
+    scored, _ = read_partition(home.lake, hour_partition("demo_churn", "scored", HOURS[0]))
+    quiet, sparse = datetime(2026, 1, 3, 20, tzinfo=UTC), datetime(2026, 1, 3, 21, tzinfo=UTC)
+    for hour, frame in ((quiet, scored.iloc[0:0]), (sparse, scored.assign(support_calls=np.nan))):
+        manifest = {"model": "demo_churn", "model_version": "1", "interval_start": hour.isoformat()}
+        write_partition(home.lake, hour_partition("demo_churn", "scored", hour), frame, manifest)
+        dag_run = monitor(hour)
+        assert dag_run.state == "success", states(dag_run)
+        assert states(dag_run)["request_retraining"] == "skipped"  # inside the cooldown either way
+    d, m = tables.drift_reports, tables.drift_metrics
+    with engine.connect() as connection:
+        reports = {
+            r.interval_start.replace(tzinfo=UTC): r
+            for r in connection.execute(select(d).where(d.c.interval_start >= quiet)).all()
+        }
+        tested = {
+            r.column_name for r in connection.execute(select(m.c.column_name).where(m.c.interval_start == sparse))
+        }
+    assert reports[quiet].current_rows == 0 and not reports[quiet].dataset_drift and reports[quiet].columns == 0
+    assert reports[sparse].current_rows == len(scored) and reports[sparse].columns == 7  # 8 features, one empty
+    assert "support_calls" not in tested and "monthly_charges" in tested
