@@ -134,6 +134,45 @@ def _db_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    import time
+    from datetime import datetime
+
+    from pipelines.config import apply_airflow_environment, migrate_airflow_db
+    from pipelines.runs import planned_runs
+    from pipelines.spec import load_spec
+
+    model, _, kind = args.dag_id.rpartition("__")
+    if not _known_model(model):
+        return 2
+    spec = load_spec(get_settings().specs_dir / f"{model}.yaml")
+    try:
+        runs = planned_runs(spec, kind, datetime.fromisoformat(args.start), datetime.fromisoformat(args.end))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not runs:
+        print(f"{args.dag_id}: no whole interval of its schedule lies in [{args.start}, {args.end})", file=sys.stderr)
+        return 2
+    settings = apply_airflow_environment()
+    migrate_airflow_db(settings)
+    from pipelines.airflow_dags import run_in_process
+
+    for run in runs:
+        started = time.perf_counter()
+        conf = run.conf
+        dag_run = run_in_process(run.dag_id, None if conf else run.end, run_conf=conf, run_after=run.end)
+        took = time.perf_counter() - started
+        print(
+            f"{run.dag_id}  {run.start:%Y-%m-%d %H:%M} .. {run.end:%Y-%m-%d %H:%M}  {dag_run.state}  ({took:.1f}s)",
+            flush=True,
+        )
+        if dag_run.state != "success":
+            print(f"{run.dag_id} failed for [{run.start}, {run.end}); later intervals were not run", file=sys.stderr)
+            return 1
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from pipelines.demo import main
 
@@ -191,6 +230,13 @@ def main(argv: list[str] | None = None) -> int:
         "upgrade", help="migrate the tables (PIPELINES_TABLES_URL) to this code's schema; keeps every row"
     )
     upgrade.set_defaults(func=_db_upgrade)
+    run = commands.add_parser(
+        "run", help="run a model's DAG in process over every whole interval of its schedule in [--start, --end)"
+    )
+    run.add_argument("dag_id", help="e.g. demo_churn__score (train, score, monitor, backtest)")
+    run.add_argument("--start", required=True, help="ISO time with zone, e.g. 2026-01-03T02:00Z")
+    run.add_argument("--end", required=True, help="ISO time with zone, e.g. 2026-01-03T06:00Z")
+    run.set_defaults(func=_run)
     demo = commands.add_parser("demo", help="run the demo model end to end through Airflow")
     demo.add_argument("--reset", action="store_true", help="delete the pipelines home first")
     demo.set_defaults(func=_demo)

@@ -645,3 +645,41 @@ def test_a_label_correction_counts_from_its_arrival_and_survives_a_reingest(home
     assert label_known_at(BACKTEST_RUN) == target["label"]  # the backtest as of then is unchanged
     assert label_known_at(third) == 1 - target["label"]  # the correction counts from its arrival
     assert first_cohort() == as_of_backtest  # its metrics too: a backtest as of T is reproducible
+
+
+def test_an_hour_with_no_rows_is_scored_as_empty(home: Settings, engine: Engine) -> None:
+    from pipelines.lake import read_partition, write_partition
+    from pipelines.score import score_interval
+
+    quiet = datetime(2026, 1, 3, 22, tzinfo=UTC)
+    raw, _ = read_partition(home.lake, hour_partition("demo_churn", "raw", SCORED_HOURS[0]))
+    write_partition(home.lake, hour_partition("demo_churn", "raw", quiet), raw.iloc[0:0], {"model": "demo_churn"})
+    before = predictions_digest(engine)
+    result = score_interval(demo_spec(home), home, engine, quiet, quiet + timedelta(hours=1), "quiet")
+    assert result.rows == 0 and result.model_version == "1"
+    scored = open_partition(home.lake, hour_partition("demo_churn", "scored", quiet))
+    assert scored.rows == 0 and scored.manifest["model_version"] == "1"
+    assert predictions_digest(engine) == before
+
+
+def test_pipelines_run_reruns_a_range_of_intervals(home: Settings, engine: Engine) -> None:
+    import subprocess
+    import sys
+
+    from pipelines.config import REPO_ROOT
+
+    before = predictions_digest(engine)
+    start, end = SCORED_HOURS[0].isoformat(), (SCORED_HOURS[-1] + timedelta(hours=1)).isoformat()
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "run", "demo_churn__score", "--start", start, "--end", end],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line for line in result.stdout.splitlines() if line.startswith("demo_churn__score")]
+    assert [line.split()[1:5] for line in lines] == [
+        ["2026-01-03", f"{h:%H:%M}", "..", "2026-01-03"] for h in SCORED_HOURS
+    ] and all("success" in line for line in lines)
+    assert predictions_digest(engine) == before  # the same intervals again: the log keeps what served
