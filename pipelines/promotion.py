@@ -25,10 +25,10 @@ from pipelines.registry import (
     APPROVE,
     CHALLENGER,
     CHAMPION,
+    LoadedModel,
     VersionNotServable,
     champion_version,
     fresh_from,
-    load_booster,
     load_model,
     mlflow_client,
     move_alias,
@@ -77,52 +77,54 @@ def recorded_decision(engine: Engine, model_name: str, version: str, dag_run_id:
     return None if details is None else dict(json.loads(details))
 
 
-def _scores(settings: Settings, model_name: str, version: str, frame: pd.DataFrame) -> Any:
-    booster = load_booster(settings, model_name, version)
-    return predict(booster, contract_of(booster), frame)
+def _scores(model: LoadedModel, frame: pd.DataFrame) -> Any:
+    return predict(model.booster, contract_of(model.booster), frame)
 
 
 def _judge_against_champion(
-    spec: ModelSpec, settings: Settings, version: str, champion: str | None, holdout: pd.DataFrame
+    spec: ModelSpec, settings: Settings, challenger: LoadedModel, champion: LoadedModel | None, holdout: pd.DataFrame
 ) -> tuple[Verdict, dict[str, Any]]:
     """The verdict and what it was based on (the holdout actually used)."""
     gate, ts = spec.gate, spec.timestamp
     used = {"rows_offered": len(holdout), "fresh_from": None}
-    if champion == version:
-        return Verdict(False, "already champion (a re-run of the training that promoted it)", None, []), used
     if champion is None:
-        scores = _scores(settings, spec.name, version, holdout)
-        verdict = judge(gate, holdout, spec.label.column, scores, None)
+        verdict = judge(gate, holdout, spec.label.column, _scores(challenger, holdout), None)
         return verdict, {**used, "rows": len(holdout)}
-    champion_seen = fresh_from(settings, spec.name, champion)
+    champion_seen = fresh_from(settings, spec.name, champion.version)
     seen_until = None if champion_seen is None else pd.Timestamp(champion_seen)
     fresh = holdout if seen_until is None else holdout[holdout[ts] >= seen_until]
     used = {**used, "rows": len(fresh), "fresh_from": None if seen_until is None else seen_until.isoformat()}
     if len(fresh) < gate.min_holdout_rows:
         reason = (
-            f"only {len(fresh)} holdout rows are newer than champion v{champion}'s training data "
+            f"only {len(fresh)} holdout rows are newer than champion v{champion.version}'s training data "
             f"(from {seen_until}); need gate.min_holdout_rows={gate.min_holdout_rows} for a fair comparison"
         )
         return Verdict(False, reason, None, []), used
     fresh = bounded_holdout(fresh, gate.max_holdout_rows, gate.seed)
     used["rows"] = len(fresh)
-    verdict = judge(
-        gate,
-        fresh,
-        spec.label.column,
-        _scores(settings, spec.name, version, fresh),
-        _scores(settings, spec.name, champion, fresh),
-    )
+    verdict = judge(gate, fresh, spec.label.column, _scores(challenger, fresh), _scores(champion, fresh))
     return verdict, used
 
 
-def serving_problem(settings: Settings, model_name: str, version: str | None) -> str | None:
-    """Why a version cannot serve (its file refused or unreadable), or None when it can."""
+def _verdict(
+    spec: ModelSpec, settings: Settings, version: str, champion: str | None, holdout: pd.DataFrame
+) -> tuple[Verdict, dict[str, Any]]:
+    """Challenger `version` judged against `champion`, each model loaded once."""
+    if champion == version:
+        used = {"rows_offered": len(holdout), "fresh_from": None}
+        return Verdict(False, "already champion (a re-run of the training that promoted it)", None, []), used
+    challenger = load_model(settings, spec.name, version)
+    if champion is None:
+        return _judge_against_champion(spec, settings, challenger, None, holdout)
     try:
-        load_model(settings, model_name, str(version))
+        champion_model = load_model(settings, spec.name, champion)
     except VersionNotServable as exc:
-        return str(exc)
-    return None
+        # A champion that cannot serve (scoring refuses it too) is no yardstick: judge the challenger alone.
+        verdict, used = _judge_against_champion(spec, settings, challenger, None, holdout)
+        return replace(
+            verdict, reason=f"champion v{champion} cannot serve ({exc}); judged alone: {verdict.reason}"
+        ), used
+    return _judge_against_champion(spec, settings, challenger, champion_model, holdout)
 
 
 def planned_action(promote: bool, mode: str) -> str:
@@ -155,13 +157,7 @@ def gate_challenger(
     holdout = download_run_artifact(settings, run_id, "holdout/holdout.parquet")
     holdout[spec.timestamp] = pd.to_datetime(holdout[spec.timestamp], utc=True)
     champion = champion_version(settings, spec.name)
-    unservable = serving_problem(settings, spec.name, champion) if champion not in (None, version) else None
-    # A champion that cannot serve (scoring refuses it too) is no yardstick: judge the challenger alone.
-    verdict, used = _judge_against_champion(spec, settings, version, None if unservable else champion, holdout)
-    if unservable:
-        verdict = replace(
-            verdict, reason=f"champion v{champion} cannot serve ({unservable}); judged alone: {verdict.reason}"
-        )
+    verdict, used = _verdict(spec, settings, version, champion, holdout)
     # A run's params can only make the spec's mode more cautious: dry_run > manual > enabled.
     mode = spec.gate.mode
     if dry_run:

@@ -35,8 +35,8 @@ from pipelines.intervals import hours_between
 from pipelines.lake import (
     DATA_FILE,
     MANIFEST_FILE,
+    Partition,
     hour_partition,
-    open_partition,
     publish,
     read_partition,
     stage,
@@ -175,27 +175,24 @@ def write_predictions(engine: Engine, spec: ModelSpec, hour: datetime, rows: pd.
     )
 
 
-def served_version(spec: ModelSpec, settings: Settings, engine: Engine, hour: datetime) -> str | None:
-    """The version whose predictions of this hour are logged (None for an hour never scored)."""
+@dataclass(frozen=True)
+class ServedHour:
+    version: str
+    scores: pd.DataFrame  # what was logged: the lake's scored partition, else the log's own rows
+    partition: Partition | None  # the scored partition, when the lake still has it
+
+
+def served_hour(spec: ModelSpec, settings: Settings, engine: Engine, hour: datetime) -> ServedHour | None:
+    """What served this hour, read once (None for an hour never scored)."""
     key = hour_partition(spec.name, "scored", hour)
     if settings.lake.exists(f"{key}/{MANIFEST_FILE}"):
-        return str(open_partition(settings.lake, key).manifest["model_version"])
-    p = tables.predictions
-    with engine.connect() as connection:
-        versions = (
-            connection.execute(
-                select(p.c.model_version)
-                .where(p.c.model_name == spec.name, p.c.as_of >= hour, p.c.as_of < hour + timedelta(hours=1))
-                .distinct()
-            )
-            .scalars()
-            .all()
-        )
+        frame, partition = read_partition(settings.lake, key)
+        return ServedHour(str(partition.manifest["model_version"]), frame, partition)
+    logged = logged_predictions(spec, engine, hour)  # the lake lost the hour (moved, expired): the log says
+    versions = sorted(set(logged["model_version"]))
     if len(versions) > 1:
-        raise ValueError(
-            f"{spec.name}: the hour {hour.isoformat()} is logged under several versions {sorted(versions)}"
-        )
-    return versions[0] if versions else None
+        raise ValueError(f"{spec.name}: the hour {hour.isoformat()} is logged under several versions {versions}")
+    return ServedHour(versions[0], logged, None) if versions else None
 
 
 def rewritten_rows(spec: ModelSpec, before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
@@ -257,24 +254,23 @@ def score_interval(
     unseen: dict[str, int] = {}
     scored_at = datetime.now(UTC)
     for hour in hours_between(start, end):
-        served = served_version(spec, settings, engine, hour)
-        version = _resolve(settings, spec, rescore_with or "champion") if rescore_with or served is None else served
+        served = served_hour(spec, settings, engine, hour)
+        if rescore_with or served is None:
+            version = _resolve(settings, spec, rescore_with or "champion")
+        else:
+            version = served.version
         if version not in models:
             models[version] = load_model(settings, spec.name, version)
         model = models[version]
         scored = score_hour(spec, settings, model.booster, model.signature, version, hour)
         key = hour_partition(spec.name, "scored", hour)
-        previous = None
+        previous = None if served is None else served.partition
         if served is not None:
-            if settings.lake.exists(f"{key}/{MANIFEST_FILE}"):
-                before, previous = read_partition(settings.lake, key)
-            else:  # the lake lost the hour (moved, expired): the log itself says what served
-                before = logged_predictions(spec, engine, hour)
-            rewritten = rewritten_rows(spec, before, scored)
+            rewritten = rewritten_rows(spec, served.scores, scored)
             if len(rewritten) and not rescore_with:
                 raise RecordConflict(
                     f"{spec.name}: scoring {hour.isoformat()} again would change or remove {len(rewritten)} "
-                    f"prediction(s) logged by v{served} (its inputs changed since), e.g. "
+                    f"prediction(s) logged by v{served.version} (its inputs changed since), e.g. "
                     f"{rewritten.head(3).to_dict('records')}; the log keeps what served. To replace them, trigger "
                     f"{spec.name}__score for this interval with the param rescore_with ('champion' or a version): "
                     "the replaced rows are kept in predictions_history"
@@ -293,7 +289,7 @@ def score_interval(
                     hour.isoformat(),
                     version,
                     len(rewritten),
-                    served,
+                    served.version,
                 )
         contract = contract_of(model.booster)
         hour_unseen = unseen_category_counts(scored, contract)

@@ -450,9 +450,9 @@ def _keep_replaced_rows(
     same_key = [stage.c[k] == table.c[k] for k in key]
     watched = list(watched or [c.name for c in stage.columns if c.name not in key])
     unchanged = exists().where(*same_key, *[~table.c[c].is_distinct_from(stage.c[c]) for c in watched])
-    updated = exists().where(*same_key, or_(*[table.c[c].is_distinct_from(stage.c[c]) for c in watched]))
+    in_frame = exists().where(*same_key)
     # In the replaced scope, every row the frame does not hold unchanged; elsewhere only updated rows.
-    replaced = and_(replaces, ~unchanged) if replaces is not None else updated
+    replaced = and_(replaces if replaces is not None else in_frame, ~unchanged)
     columns = [c.name for c in table.columns if c.name in target.c]
     extras = [literal(value, type_=target.c[name].type).label(name) for name, value in extra.items()]
     connection.execute(

@@ -19,7 +19,7 @@ from pipelines.demo_data import DemoConfig, write_source
 from pipelines.ingest import ingest
 from pipelines.lake import hour_partition, open_partition, read_object, read_partition
 from pipelines.spec import ModelSpec, load_spec
-from pipelines.validate import ValidationFailed, validate_and_publish
+from pipelines.validate import ValidationFailed, ValidationOutcome, validate_and_publish
 from tests.conftest import module_home, postgres_database
 
 START = datetime(2026, 1, 2, 10, tzinfo=UTC)
@@ -58,7 +58,7 @@ def spoil(home: Settings, hour: datetime, rows: int) -> None:
     frame.to_csv(path, index=False)
 
 
-def stage_and_validate(spec: ModelSpec, home: Settings, engine: Engine) -> object:
+def stage_and_validate(spec: ModelSpec, home: Settings, engine: Engine) -> ValidationOutcome:
     staged = ingest(spec, home.source, home.lake, START, START + timedelta(hours=2))
     return validate_and_publish(spec, home, engine, staged, START, START + timedelta(hours=2), "d", "r")
 
@@ -77,7 +77,7 @@ def test_quarantine_keeps_bad_rows_aside_and_publishes_the_rest(home: Settings, 
     assert "platinum_legacy" not in set(kept["plan"]) and len(kept) == len(source) - 3
     assert published.manifest["quarantined_rows"] == 3 and len(clean) > 0
     row = validation_row(engine)
-    assert row["success"] is False and row["rows_quarantined"] == 3 == outcome.rows_quarantined  # type: ignore[attr-defined]
+    assert row["success"] is False and row["rows_quarantined"] == 3 == outcome.rows_quarantined
     assert row["rows_checked"] == len(clean) + len(source)
     (uri,) = json.loads(str(row["quarantine_uri"]))
     key = uri.removeprefix(home.lake.uri_of("").rstrip("/") + "/").replace("%3D", "=")
