@@ -6,6 +6,6 @@ the DAGs of its own file, with an import error naming the spec file and field.
 
 from pathlib import Path
 
-from pipelines.airflow_dags import model_dags
+from pipelines.airflow.dags import model_dags
 
 globals().update(model_dags(Path(__file__).parent / "models" / f"{Path(__file__).stem}.yaml"))

@@ -7,21 +7,34 @@ import json
 import sys
 from typing import Any
 
-from pipelines.config import get_settings
+from pipelines.config import Settings, get_settings
+
+
+def _settings() -> Settings:
+    """The storage tasks use: the same Airflow connections, else the embedded defaults (said on stderr)."""
+    from sqlalchemy import make_url
+
+    from pipelines.airflow.connections import cli_settings
+
+    settings = cli_settings()
+    tables = make_url(settings.tables_url).render_as_string(hide_password=True)
+    print(f"tables: {tables} (from {settings.tables_from}); lake: {settings.lake.uri}", file=sys.stderr)
+    return settings
+
+
+def _engine(settings: Settings, read_only: bool = True) -> Any:
+    from pipelines.tables import make_engine
+
+    return make_engine(settings.tables_url, read_only=read_only)
 
 
 def _status(args: argparse.Namespace) -> int:
     from pipelines.status import format_status, status
 
-    report = status(get_settings())
+    settings = _settings()
+    report = status(settings, _engine(settings))
     print(json.dumps(report, indent=2, default=str) if args.json else format_status(report))
     return 1 if report["spec_errors"] else 0
-
-
-def _engine() -> Any:
-    from pipelines.tables import make_engine
-
-    return make_engine(get_settings().tables_url)
 
 
 def _model_names() -> list[str]:
@@ -43,12 +56,31 @@ def _known_model(name: str) -> bool:
     return False
 
 
+def event_summary(event: dict[str, Any]) -> str:
+    """One event of `pipelines history`, in words; a version is shown only where the event has one."""
+    before = "-" if event["from_version"] is None else f"v{event['from_version']}"
+    kind, to = event["event"], event["to_version"]
+    details = json.loads(event["details"]) if event["details"] else {}
+    if kind == "alias_moved":
+        return f"{event['alias']}: {before} -> v{to}"
+    if kind == "gate_decision":
+        return f"gate: v{to} vs champion {before}: {details.get('action', '?')}"
+    if kind == "approval":
+        return f"approval of v{to}: {event['reason']}"
+    if kind == "drift_trigger":
+        return f"drift: retraining requested for the window ending {details.get('window_end', '?')}"
+    if kind == "model_adopted":
+        return f"adopted v{to}"
+    return kind if to is None else f"{kind}: v{to}"
+
+
 def _history(args: argparse.Namespace) -> int:
     from pipelines.registry import history
 
     if not _known_model(args.model):
         return 2
-    events = history(_engine(), args.model)
+    settings = _settings()
+    events = history(_engine(settings), args.model)
     if args.json:
         print(json.dumps(events, indent=2, default=str))
         return 0
@@ -56,15 +88,7 @@ def _history(args: argparse.Namespace) -> int:
         print(f"{args.model}: no events recorded yet")
     for e in events:
         at = e["at"].strftime("%Y-%m-%dT%H:%M:%SZ")
-        before = "-" if e["from_version"] is None else f"v{e['from_version']}"
-        if e["event"] == "alias_moved":
-            what = f"{e['alias']}: {before} -> v{e['to_version']}"
-        elif e["event"] == "gate_decision":
-            verdict = json.loads(e["details"])["action"] if e["details"] else "?"
-            what = f"gate: v{e['to_version']} vs champion {before}: {verdict}"
-        else:
-            what = f"{e['event']}: v{e['to_version']} over {before}"
-        print(f"{at}  {what:<48} {e['actor']:<22} {e['dag_run_id'] or '-'}  {e['reason']}")
+        print(f"{at}  {event_summary(e):<48} {e['actor']:<22} {e['dag_run_id'] or '-'}  {e['reason']}")
     return 0
 
 
@@ -75,9 +99,10 @@ def _rollback(args: argparse.Namespace) -> int:
 
     if not _known_model(args.model):
         return 2
+    settings = _settings()
     try:
         moved = rollback(
-            get_settings(), _engine(), args.model, args.version, args.reason, None, f"cli:{getpass.getuser()}"
+            settings, _engine(settings, False), args.model, args.version, args.reason, None, f"cli:{getpass.getuser()}"
         )
     except VersionNotServable as exc:
         print(f"rollback refused, champion unchanged: {exc}", file=sys.stderr)
@@ -93,9 +118,10 @@ def _adopt(args: argparse.Namespace) -> int:
 
     if not _known_model(args.model):
         return 2
+    settings = _settings()
     try:
         digest = adopt_version(
-            get_settings(), _engine(), args.model, args.version, args.reason, f"cli:{getpass.getuser()}"
+            settings, _engine(settings, False), args.model, args.version, args.reason, f"cli:{getpass.getuser()}"
         )
     except VersionNotServable as exc:
         print(f"not adopted: {exc}", file=sys.stderr)
@@ -109,7 +135,8 @@ def _adopt(args: argparse.Namespace) -> int:
 def _doctor(args: argparse.Namespace) -> int:
     from pipelines.doctor import doctor
 
-    checkup = doctor(get_settings(), _engine(), _model_names())
+    settings = _settings()
+    checkup = doctor(settings, _engine(settings), _model_names())
     for line in checkup.ok:
         print(f"ok       {line}")
     for line in checkup.problems:
@@ -123,7 +150,7 @@ def _db_upgrade(args: argparse.Namespace) -> int:
 
     from pipelines.tables import upgrade_schema
 
-    url = get_settings().tables_url
+    url = _settings().tables_url
     before, after = upgrade_schema(url)
     where = make_url(url).render_as_string(hide_password=True)
     print(
@@ -148,15 +175,15 @@ def _run(args: argparse.Namespace) -> int:
     spec = load_spec(get_settings().specs_dir / f"{model}.yaml")
     try:
         runs = planned_runs(spec, kind, datetime.fromisoformat(args.start), datetime.fromisoformat(args.end))
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except ValueError as exc:  # a date fromisoformat cannot read
+        print(f"error: --start/--end: {exc}", file=sys.stderr)
         return 2
     if not runs:
         print(f"{args.dag_id}: no whole interval of its schedule lies in [{args.start}, {args.end})", file=sys.stderr)
         return 2
     settings = apply_airflow_environment()
     migrate_airflow_db(settings)
-    from pipelines.airflow_dags import run_in_process
+    from pipelines.airflow.dags import run_in_process
 
     for run in runs:
         started = time.perf_counter()
@@ -250,11 +277,11 @@ def main(argv: list[str] | None = None) -> int:
     airflow.add_argument("airflow_args", nargs=argparse.REMAINDER)
     airflow.set_defaults(func=_airflow)
     args = parser.parse_args(argv)
-    from pipelines.tables import SchemaError
+    from pipelines.errors import PipelineError
 
     try:
         return int(args.func(args))
-    except SchemaError as exc:  # the tables are not at this code's schema: say what to run, no traceback
+    except PipelineError as exc:  # the message names what is at fault and what to do: no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import URL
 
+from pipelines.errors import ConfigError
 from pipelines.lake import Lake, S3Options, open_lake
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -27,6 +29,8 @@ class Settings:
     mlflow_tracking_uri: str
     mlflow_artifacts: Path
     gx_root: Path
+    tables_from: str = "the embedded default"  # where tables_url came from, for the CLI to say
+    lake_credentials_from: str = "the environment (boto3's default chain)"
 
     @property
     def airflow_home(self) -> Path:
@@ -36,6 +40,7 @@ class Settings:
 def get_settings() -> Settings:
     """Read settings from the environment; every value has an embedded default under PIPELINES_HOME."""
     home = Path(os.environ.get("PIPELINES_HOME", REPO_ROOT / ".pipelines")).resolve()
+    tables_from = "PIPELINES_TABLES_URL" if os.environ.get("PIPELINES_TABLES_URL") else "the embedded default"
     return Settings(
         home=home,
         lake=open_lake(os.environ.get("PIPELINES_LAKE", str(home / "lake"))),
@@ -45,10 +50,11 @@ def get_settings() -> Settings:
         mlflow_tracking_uri=os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"),
         mlflow_artifacts=Path(os.environ.get("PIPELINES_MLFLOW_ARTIFACTS", home / "mlflow" / "artifacts")),
         gx_root=home / "gx",
+        tables_from=tables_from,
     )
 
 
-# The Airflow connections a task reads its storage from, when they are defined (see airflow_dags).
+# The Airflow connections tasks and the CLI read storage from, when they are defined.
 TABLES_CONN_ID = os.environ.get("PIPELINES_TABLES_CONN_ID", "pipelines_tables")
 LAKE_CONN_ID = os.environ.get("PIPELINES_LAKE_CONN_ID", "pipelines_lake")
 
@@ -72,7 +78,7 @@ def tables_url_from_connection(conn: ConnectionFields) -> str:
     kind = conn.conn_type.lower()
     if kind in {"postgres", "postgresql"}:
         if not conn.host or not conn.schema:
-            raise ValueError(
+            raise ConfigError(
                 f"Airflow connection '{conn.conn_id}': a postgres connection needs host and schema (the database)"
             )
         url = URL.create(
@@ -87,9 +93,9 @@ def tables_url_from_connection(conn: ConnectionFields) -> str:
         return url.render_as_string(hide_password=False)
     if kind == "sqlite":
         if not conn.host:
-            raise ValueError(f"Airflow connection '{conn.conn_id}': a sqlite connection needs host (the file path)")
+            raise ConfigError(f"Airflow connection '{conn.conn_id}': a sqlite connection needs host (the file path)")
         return f"sqlite:///{conn.host}"
-    raise ValueError(
+    raise ConfigError(
         f"Airflow connection '{conn.conn_id}' has type '{conn.conn_type}'; the tables need 'postgres' or 'sqlite'"
     )
 
@@ -101,7 +107,7 @@ def s3_options_from_connection(conn: ConnectionFields) -> S3Options:
     extra `endpoint_url` (or `service_config.s3.endpoint_url`), `region_name`, `aws_session_token`.
     """
     if conn.conn_type.lower() not in {"aws", "s3"}:
-        raise ValueError(f"Airflow connection '{conn.conn_id}' has type '{conn.conn_type}'; the lake needs 'aws'")
+        raise ConfigError(f"Airflow connection '{conn.conn_id}' has type '{conn.conn_type}'; the lake needs 'aws'")
     extra = conn.extra or {}
     s3_config = extra.get("service_config", {}).get("s3", {})
     return S3Options(
@@ -118,9 +124,22 @@ def with_connections(settings: Settings, tables: ConnectionFields | None, lake: 
     changes: dict[str, Any] = {}
     if tables is not None:
         changes["tables_url"] = tables_url_from_connection(tables)
+        changes["tables_from"] = f"Airflow connection '{tables.conn_id}'"
     if lake is not None:
         changes["lake"] = open_lake(settings.lake.uri, s3_options_from_connection(lake))
+        changes["lake_credentials_from"] = f"Airflow connection '{lake.conn_id}'"
     return replace(settings, **changes)
+
+
+def settings_from_connections(get_connection: Callable[[str], ConnectionFields | None]) -> Settings:
+    """Settings whose storage comes from the Airflow connections `get_connection` finds, as tasks read it.
+
+    `pipelines_tables` (postgres) gives the tables URL; `pipelines_lake` (aws) gives the S3 or MinIO
+    credentials and endpoint for an `s3://` PIPELINES_LAKE. Without them, the embedded defaults apply.
+    """
+    settings = get_settings()
+    lake_conn = get_connection(LAKE_CONN_ID) if settings.lake.uri.startswith("s3://") else None
+    return with_connections(settings, get_connection(TABLES_CONN_ID), lake_conn)
 
 
 def airflow_environment(settings: Settings) -> dict[str, str]:

@@ -36,7 +36,7 @@ def write_demo_source(settings: Settings) -> int:
 
 
 def run_dag(dag_id: str, logical_date: datetime, conf: dict[str, str] | None = None, when: str = "") -> None:
-    from pipelines.airflow_dags import run_in_process
+    from pipelines.airflow.dags import run_in_process
 
     started = time.perf_counter()
     # dag.test() has no scheduler to follow Asset events: an asset-scheduled DAG gets its interval as conf.

@@ -20,6 +20,7 @@ from sqlalchemy import Engine, select
 
 from pipelines import tables
 from pipelines.config import Settings
+from pipelines.errors import PermanentError
 from pipelines.features import contract_of, predict
 from pipelines.intervals import interval_key
 from pipelines.registry import load_booster
@@ -92,12 +93,22 @@ def run_report(
     categorical: list[str],
     drift_share: float,
 ) -> tuple[list[ColumnDrift], bytes]:
-    """Per-column drift results and the report's HTML."""
+    """Per-column drift results and the report's HTML.
+
+    The preset covers the features only, so the report's headline ("k of n columns drifted") is the
+    count the log, `drift_reports` and status give; the model's score, when present, is judged by a
+    metric of its own (prediction drift) next to it.
+    """
     from evidently import DataDefinition, Dataset, Report  # slow import: only inside the task
+    from evidently.metrics import ValueDrift
     from evidently.presets import DataDriftPreset
 
+    features = [c for c in [*numeric, *categorical] if c != PREDICTION_COLUMN]
+    metrics: list[Any] = [DataDriftPreset(columns=features, drift_share=drift_share)]
+    if PREDICTION_COLUMN in numeric:
+        metrics.append(ValueDrift(column=PREDICTION_COLUMN))
     definition = DataDefinition(numerical_columns=numeric, categorical_columns=categorical)
-    snapshot = Report([DataDriftPreset(drift_share=drift_share)]).run(
+    snapshot = Report(metrics).run(
         current_data=Dataset.from_pandas(current, data_definition=definition),
         reference_data=Dataset.from_pandas(reference, data_definition=definition),
     )
@@ -204,7 +215,7 @@ def monitor_interval(
         return recorded
     current, versions = read_scored(spec, settings, start, end)
     if len(versions) != 1:
-        raise ValueError(
+        raise PermanentError(
             f"{spec.name}: the hours of [{start.isoformat()}, {end.isoformat()}) were scored by versions {versions} "
             "(see their scored manifests); one report compares one version with its reference: monitor each hour alone"
         )
@@ -215,7 +226,7 @@ def monitor_interval(
         record_summary(spec, engine, start, end, summary, dag_run_id)
         return summary
     reference = download_run_artifact(
-        settings, model_run_id(settings, spec.name, version), "reference/reference.parquet"
+        settings, model_run_id(settings, spec.name, version), "reference/reference.parquet", f"{spec.name} v{version}"
     )
     # Prediction drift: what the model says on its reference sample against what it said in the interval.
     booster = load_booster(settings, spec.name, version)

@@ -18,6 +18,7 @@ from sqlalchemy import Engine, select
 
 from pipelines import tables
 from pipelines.config import Settings
+from pipelines.errors import PermanentError
 from pipelines.spec import DriftSpec, ModelSpec
 
 DRIFT_TRIGGER = "drift_trigger"  # model_events.event of a retraining the policy requested
@@ -56,7 +57,7 @@ def decide(
     of retrainings while nightly ones go on as scheduled.
     """
     if not windows:
-        raise ValueError("the drift policy needs at least the window being judged")
+        raise PermanentError("the drift policy needs at least the window being judged")
     latest = windows[0]
     counted_from = max((t for t in (last_retrain, last_request) if t is not None), default=None)
     since = [w for w in windows if counted_from is None or w.interval_end > counted_from][: policy.windows]
@@ -142,7 +143,7 @@ def evaluate(spec: ModelSpec, settings: Settings, engine: Engine, window_end: da
     # The last M windows are enough: those after the last retraining are a prefix of them.
     windows = recent_windows(engine, spec.name, window_end, limit=policy.windows)
     if not windows or windows[0].interval_end != window_end:
-        raise ValueError(
+        raise PermanentError(
             f"{spec.name}: no drift report for the window ending {window_end.isoformat()}; monitor it first"
         )
     verdict = decide(
@@ -167,7 +168,7 @@ def recorded_verdict(engine: Engine, model_name: str, window_end: datetime) -> P
 def stored_verdict(engine: Engine, model_name: str, window_end: datetime) -> PolicyVerdict:
     verdict = recorded_verdict(engine, model_name, window_end)
     if verdict is None:
-        raise ValueError(f"{model_name}: no policy verdict for the window ending {window_end.isoformat()}")
+        raise PermanentError(f"{model_name}: no policy verdict for the window ending {window_end.isoformat()}")
     return verdict
 
 

@@ -15,13 +15,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipelines.errors import ContractError
 from pipelines.spec import ModelSpec
 
 CONTRACT_ATTRIBUTE = "pipelines_contract"
-
-
-class ContractError(ValueError):
-    """Input data does not match the model's feature contract."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +41,12 @@ class FeatureContract:
 
 
 def build_contract(spec: ModelSpec, training_frame: pd.DataFrame) -> FeatureContract:
+    missing = [column for column in spec.features.all if column not in training_frame.columns]
+    if missing:
+        raise ContractError(
+            f"{spec.name}: the training data lacks feature column(s) {missing} that the spec's features list; "
+            "add them to the source, or remove them from the spec"
+        )
     categories = {
         column: sorted(str(v) for v in training_frame[column].dropna().unique()) for column in spec.features.categorical
     }
@@ -92,5 +95,5 @@ def predict(booster: Any, contract: FeatureContract, frame: pd.DataFrame) -> np.
 def contract_of(booster: Any) -> FeatureContract:
     payload = booster.attr(CONTRACT_ATTRIBUTE)
     if payload is None:
-        raise ValueError(f"model has no '{CONTRACT_ATTRIBUTE}' attribute: it was not trained by this pipeline")
+        raise ContractError(f"model has no '{CONTRACT_ATTRIBUTE}' attribute: it was not trained by this pipeline")
     return FeatureContract.from_json(payload)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from pipelines.errors import BadDataError, SpecError
 from pipelines.spec import GateSpec
 
 HIGHER_IS_BETTER = {"auc": True, "logloss": False, "brier": False, "rmse": False}
@@ -66,7 +67,7 @@ def weighted_metric(metric: str, labels: np.ndarray, scores: np.ndarray, weights
         return np.sqrt(mean) if metric == "rmse" else mean
     if metric == "auc":
         return _weighted_auc(labels, scores, weights)
-    raise ValueError(f"unknown gate metric '{metric}'; use one of {sorted(HIGHER_IS_BETTER)}")
+    raise SpecError(f"unknown gate metric '{metric}'; use one of {sorted(HIGHER_IS_BETTER)}")
 
 
 def _weighted_auc(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -121,11 +122,11 @@ def bootstrap_improvement(
     values = np.concatenate(diffs)
     values = values[~np.isnan(values)]  # a resample with a single class has no AUC
     if len(values) == 0:
-        raise ValueError(f"'{metric}' is undefined on every resample of the holdout (a single class?)")
+        raise BadDataError(f"'{metric}' is undefined on every resample of the holdout (a single class?)")
     tail = (1 - confidence) / 2 * 100
     point_challenger, point_champion = metric_value(metric, labels, challenger), metric_value(metric, labels, champion)
     if point_challenger is None or point_champion is None:
-        raise ValueError(f"'{metric}' is undefined on the holdout (a single class?)")
+        raise BadDataError(f"'{metric}' is undefined on the holdout (a single class?)")
     return Interval(
         point=improvement(metric, point_challenger, point_champion),
         lower=float(np.percentile(values, tail)),

@@ -13,23 +13,38 @@ from typing import Any
 
 import pandas as pd
 
+from pipelines.errors import BadDataError, PermanentError, SourceNotReady
 from pipelines.intervals import hours_between, interval_key, source_hour_file
 from pipelines.lake import Lake, file_sha256, hour_partition, stage
 from pipelines.spec import ModelSpec
 
 
-class SourceMissingError(FileNotFoundError):
+class SourceMissingError(SourceNotReady):
     """The source has not delivered a file for an interval (yet)."""
 
 
 def read_source_events(spec: ModelSpec, path: Path) -> pd.DataFrame:
     """Read one source file and give every spec'd column its type; unparseable values are an error."""
-    frame = pd.read_csv(path, dtype=str, keep_default_na=True)
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=True)
+    except pd.errors.EmptyDataError as exc:
+        raise BadDataError(
+            f"{path}: the file is empty (no header line); an hour without events needs the header line alone"
+        ) from exc
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise BadDataError(f"{path}: not a readable CSV file: {exc}") from exc
     for column in [spec.entity_key, *spec.features.categorical]:
         if column in frame:
             frame[column] = frame[column].astype("string")
     if spec.timestamp in frame:
-        frame[spec.timestamp] = pd.to_datetime(frame[spec.timestamp], utc=True, format="ISO8601")
+        times = pd.to_datetime(frame[spec.timestamp], utc=True, format="ISO8601", errors="coerce")
+        unparseable = frame[spec.timestamp].notna() & times.isna()
+        if unparseable.any():
+            samples = frame.loc[unparseable, spec.timestamp].head(5).tolist()
+            raise BadDataError(
+                f"{path}: column '{spec.timestamp}' has values that are not ISO 8601 times, e.g. {samples}"
+            )
+        frame[spec.timestamp] = times
     for column in spec.features.numeric:
         if column not in frame:
             continue
@@ -37,7 +52,7 @@ def read_source_events(spec: ModelSpec, path: Path) -> pd.DataFrame:
         unparseable = frame[column].notna() & numbers.isna()
         if unparseable.any():
             samples = frame.loc[unparseable, column].head(5).tolist()
-            raise ValueError(f"{path}: column '{column}' has non-numeric values, e.g. {samples}")
+            raise BadDataError(f"{path}: column '{column}' has non-numeric values, e.g. {samples}")
         frame[column] = numbers.astype("float64")
     return frame
 
@@ -66,7 +81,7 @@ def ingest(spec: ModelSpec, source_root: Path, lake: Lake, start: datetime, end:
     """
     hours = hours_between(start, end)
     if not hours:
-        raise ValueError(f"{spec.name}: empty interval [{start}, {end})")
+        raise PermanentError(f"{spec.name}: empty interval [{start}, {end})")
     return [stage_hour(spec, source_root, lake, hour) for hour in hours]
 
 

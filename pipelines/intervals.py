@@ -5,15 +5,17 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from pipelines.errors import PermanentError
+
 
 def hours_between(start: datetime, end: datetime) -> list[datetime]:
     """The hour starts in [start, end). Both ends must be timezone-aware and on whole hours: an
     interval that cut an hour would read part of it or drop it, and neither may happen silently."""
     if start.tzinfo is None or end.tzinfo is None:
-        raise ValueError("interval bounds must be timezone-aware")
+        raise PermanentError("interval bounds must be timezone-aware")
     for name, bound in (("start", start), ("end", end)):
         if bound.astimezone(UTC) != bound.astimezone(UTC).replace(minute=0, second=0, microsecond=0):
-            raise ValueError(
+            raise PermanentError(
                 f"interval [{start.isoformat()}, {end.isoformat()}) does not {name} on a whole hour: tasks read "
                 "whole hourly partitions; give the DAG a schedule at minute 0"
             )

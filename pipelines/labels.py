@@ -16,6 +16,7 @@ import pandas as pd
 from sqlalchemy import Engine, Subquery, and_, func, select
 
 from pipelines import tables
+from pipelines.errors import BadDataError
 from pipelines.intervals import hours_between, source_hour_file
 from pipelines.spec import ModelSpec
 
@@ -30,21 +31,30 @@ class LabelIngestResult:
 
 
 def read_label_file(spec: ModelSpec, path: Path) -> pd.DataFrame:
-    frame = pd.read_csv(path, dtype={spec.entity_key: "string"})
+    try:
+        frame = pd.read_csv(path, dtype={spec.entity_key: "string"})
+    except pd.errors.EmptyDataError as exc:
+        raise BadDataError(f"{path}: the label file is empty (no header line)") from exc
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise BadDataError(f"{path}: not a readable CSV file: {exc}") from exc
     required = [spec.entity_key, spec.timestamp, spec.label.column, spec.label.arrived_at_column]
     missing = [c for c in required if c not in frame.columns]
     if missing:
-        raise ValueError(f"{path}: label file lacks column(s) {missing}")
+        raise BadDataError(f"{path}: label file lacks column(s) {missing}")
     for column in (spec.entity_key, spec.timestamp, spec.label.arrived_at_column):
         if frame[column].isna().any():
             rows = [int(i) + 2 for i in frame.index[frame[column].isna()][:5]]  # +2: header, 1-based lines
-            raise ValueError(f"{path}: column '{column}' is empty on line(s) {rows}; every label needs it")
+            raise BadDataError(f"{path}: column '{column}' is empty on line(s) {rows}; every label needs it")
     for column in (spec.timestamp, spec.label.arrived_at_column):
-        frame[column] = pd.to_datetime(frame[column], utc=True, format="ISO8601")
+        times = pd.to_datetime(frame[column], utc=True, format="ISO8601", errors="coerce")
+        if times.isna().any():
+            rows = [int(i) + 2 for i in frame.index[times.isna()][:5]]
+            raise BadDataError(f"{path}: column '{column}' is not an ISO 8601 time on line(s) {rows}")
+        frame[column] = times
     labels = pd.to_numeric(frame[spec.label.column], errors="coerce")
     if labels.isna().any() or not labels.isin([0, 1]).all():
         bad = frame.loc[labels.isna() | ~labels.isin([0, 1]), spec.label.column].head(5).tolist()
-        raise ValueError(f"{path}: column '{spec.label.column}' must be 0 or 1, found e.g. {bad}")
+        raise BadDataError(f"{path}: column '{spec.label.column}' must be 0 or 1, found e.g. {bad}")
     frame[spec.label.column] = labels
     frame["_file"] = str(path)
     return frame
@@ -82,7 +92,7 @@ def ingest_labels(
     clashing = rows.duplicated(delivery, keep=False)
     if clashing.any():
         sample = frame.loc[clashing[clashing].index, [spec.entity_key, spec.timestamp, spec.label.column, "_file"]]
-        raise ValueError(
+        raise BadDataError(
             f"{spec.name}: {int(clashing.sum())} label rows give different labels for the same key and arrival "
             f"time; which one holds is ambiguous, e.g. {sample.head(4).to_dict('records')}"
         )

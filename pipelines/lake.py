@@ -24,6 +24,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipelines.errors import BadDataError, PermanentError
+
 if TYPE_CHECKING:  # pandas is imported where partitions are read or written, not when DAGs are parsed
     import pandas as pd
 
@@ -31,11 +33,11 @@ DATA_FILE = "data.parquet"
 MANIFEST_FILE = "_manifest.json"
 
 
-class PartitionError(RuntimeError):
+class PartitionError(BadDataError):
     """A partition is missing, incomplete or does not match its manifest."""
 
 
-class LakeError(RuntimeError):
+class LakeError(PermanentError):
     """The lake itself cannot be used (no such bucket, refused credentials, bad URI)."""
 
 
@@ -293,5 +295,5 @@ def read_hours(lake: Lake, model: str, zone: str, hours: list[datetime]) -> pd.D
     import pandas as pd
 
     if not hours:
-        raise ValueError(f"{model}: no hours to read from the '{zone}' zone")
+        raise PermanentError(f"{model}: no hours to read from the '{zone}' zone")
     return pd.concat([read_partition(lake, hour_partition(model, zone, h))[0] for h in hours], ignore_index=True)

@@ -19,6 +19,7 @@ from sqlalchemy import Engine, select
 
 from pipelines import tables
 from pipelines.config import Settings
+from pipelines.errors import PermanentError
 from pipelines.features import contract_of, predict
 from pipelines.gate import HIGHER_IS_BETTER, Verdict, bounded_holdout, judge
 from pipelines.registry import (
@@ -41,7 +42,7 @@ from pipelines.train import download_run_artifact
 log = logging.getLogger(__name__)
 
 
-class StaleDecision(RuntimeError):
+class StaleDecision(PermanentError):
     """The champion moved between the gate's decision and the promotion; the decision no longer holds."""
 
 
@@ -154,7 +155,7 @@ def gate_challenger(
 
     client = mlflow_client(settings)
     run_id = client.get_model_version(spec.name, version).run_id
-    holdout = download_run_artifact(settings, run_id, "holdout/holdout.parquet")
+    holdout = download_run_artifact(settings, run_id, "holdout/holdout.parquet", f"{spec.name} v{version}")
     holdout[spec.timestamp] = pd.to_datetime(holdout[spec.timestamp], utc=True)
     champion = champion_version(settings, spec.name)
     verdict, used = _verdict(spec, settings, version, champion, holdout)
@@ -222,7 +223,7 @@ def apply_decision(
     model, version, action = decision["model"], decision["challenger_version"], decision["action"]
     if action == "await_approval":
         if approval is None:
-            raise ValueError(f"{model} v{version} needs an approval in manual mode, but none was given")
+            raise PermanentError(f"{model} v{version} needs an approval in manual mode, but none was given")
         # No responder means the response timeout took the default (keep the champion).
         responder = (approval.get("responded_by_user") or {}).get("name")
         approver = f"airflow:{responder}" if responder else "airflow:timeout"

@@ -19,6 +19,7 @@ from sqlalchemy import Engine, insert, select
 
 from pipelines import tables
 from pipelines.config import Settings
+from pipelines.errors import ContractError, PermanentError, VersionRefused
 from pipelines.tracking import use_tracking
 
 log = logging.getLogger(__name__)
@@ -30,11 +31,11 @@ REGISTRATION_TIMEOUT_S = 300
 APPROVE, KEEP = "Promote to champion", "Keep the champion"
 
 
-class RegistrationError(RuntimeError):
+class RegistrationError(PermanentError):
     """The model version could not be registered or never became READY."""
 
 
-class VersionNotServable(ValueError):
+class VersionNotServable(VersionRefused):
     """A version cannot serve: missing, not READY, its run is gone, or it does not load as xgboost."""
 
 
@@ -220,7 +221,7 @@ def adopt_version(settings: Settings, engine: Engine, model_name: str, version: 
         )
     try:
         contract_of(_booster(payload, label))
-    except ValueError as exc:
+    except ContractError as exc:
         raise UnsafeModelError(f"{label}: {exc}") from exc
     with engine.begin() as connection:
         record_event(

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 
+from pipelines.errors import PermanentError
 from pipelines.spec import ModelSpec
 
 SCHEDULED_KINDS = ("train", "score", "monitor", "backtest")
@@ -35,9 +36,9 @@ def planned_runs(spec: ModelSpec, kind: str, start: datetime, end: datetime) -> 
     from croniter import croniter
 
     if kind not in SCHEDULED_KINDS:
-        raise ValueError(f"{spec.name}__{kind} has no schedule to run over a range; use one of {SCHEDULED_KINDS}")
+        raise PermanentError(f"{spec.name}__{kind} has no schedule to run over a range; use one of {SCHEDULED_KINDS}")
     if start.tzinfo is None or end.tzinfo is None or end <= start:
-        raise ValueError(f"the range [{start}, {end}) must be non-empty, with time zones (e.g. 2026-01-03T00:00Z)")
+        raise PermanentError(f"the range [{start}, {end}) must be non-empty, with time zones (e.g. 2026-01-03T00:00Z)")
     cron = spec.schedules.score if kind == "monitor" else getattr(spec.schedules, kind)
     fires = croniter(cron, start.astimezone(UTC) - timedelta(microseconds=1))
     ends: list[datetime] = []

@@ -23,6 +23,7 @@ from sqlalchemy import Engine, select
 
 from pipelines import tables
 from pipelines.config import Settings
+from pipelines.errors import BadDataError, PermanentError, VersionRefused
 from pipelines.features import (
     ContractError,
     FeatureContract,
@@ -51,7 +52,7 @@ CHUNK_ROWS = 100_000
 NUMERIC_SIGNATURE_TYPES = {"double", "float", "long", "integer"}
 
 
-class NoChampionError(RuntimeError):
+class NoChampionError(VersionRefused):
     """Scoring needs a champion; run the train DAG first (or roll back to a version)."""
 
 
@@ -127,7 +128,7 @@ def score_hour(
     if outside.any():
         # Each hour's predictions replace that hour's rows: a row filed under another hour would be
         # deleted by that hour's re-scoring. The source must file events under their own hour.
-        raise ValueError(
+        raise BadDataError(
             f"{spec.name}: {int(outside.sum())} row(s) of the partition for {hour.isoformat()} have "
             f"{spec.timestamp} outside that hour, e.g. {frame.loc[outside, spec.timestamp].head(3).tolist()}"
         )
@@ -191,7 +192,7 @@ def served_hour(spec: ModelSpec, settings: Settings, engine: Engine, hour: datet
     logged = logged_predictions(spec, engine, hour)  # the lake lost the hour (moved, expired): the log says
     versions = sorted(set(logged["model_version"]))
     if len(versions) > 1:
-        raise ValueError(f"{spec.name}: the hour {hour.isoformat()} is logged under several versions {versions}")
+        raise BadDataError(f"{spec.name}: the hour {hour.isoformat()} is logged under several versions {versions}")
     return ServedHour(versions[0], logged, None) if versions else None
 
 
@@ -216,7 +217,9 @@ def _resolve(settings: Settings, spec: ModelSpec, choice: str) -> str:
             raise NoChampionError(f"{spec.name}: no version has the 'champion' alias; run {spec.name}__train first")
         return version
     if not choice.isdigit():
-        raise ValueError(f"{spec.name}: param rescore_with is '{choice}'; give 'champion' or a version number, e.g. 2")
+        raise PermanentError(
+            f"{spec.name}: param rescore_with is '{choice}'; give 'champion' or a version number, e.g. 2"
+        )
     return choice
 
 
@@ -330,7 +333,7 @@ def read_scored(spec: ModelSpec, settings: Settings, start: datetime, end: datet
     """The scored rows of [start, end), and the versions that scored its hours (an empty hour names one too)."""
     parts = [read_partition(settings.lake, hour_partition(spec.name, "scored", h)) for h in hours_between(start, end)]
     if not parts:
-        raise ValueError(f"{spec.name}: no hours to read in [{start.isoformat()}, {end.isoformat()})")
+        raise PermanentError(f"{spec.name}: no hours to read in [{start.isoformat()}, {end.isoformat()})")
     versions = sorted({str(partition.manifest["model_version"]) for _, partition in parts})
     return pd.concat([frame for frame, _ in parts], ignore_index=True), versions
 

@@ -2,26 +2,39 @@
 
 from __future__ import annotations
 
+import json
+import re
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Literal
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-
-class SpecError(ValueError):
-    """A model spec file is missing, unreadable or invalid."""
+from pipelines.errors import SpecError
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+EXPECTATIONS_DIR = Path(__file__).resolve().parents[1] / "expectations"
+
+
 class SourceSpec(_Strict):
     kind: Literal["local_files"] = "local_files"
     events_path: str = Field(description="Folder under the source root holding dt=YYYY-MM-DD/hour=HH.csv files")
     labels_path: str = Field(description="Folder under the source root holding label files by arrival hour")
+
+    @field_validator("events_path", "labels_path")
+    @classmethod
+    def _under_source_root(cls, value: str) -> str:
+        path = PurePosixPath(value)
+        if not value.strip() or path.is_absolute() or PureWindowsPath(value).is_absolute() or ".." in path.parts:
+            raise ValueError(
+                f"'{value}' must be a relative folder under the source root (PIPELINES_SOURCE), without '..'"
+            )
+        return value
 
 
 class LabelSpec(_Strict):
@@ -157,7 +170,7 @@ class ModelSpec(_Strict):
     timestamp: str
     label: LabelSpec
     features: FeatureSpec
-    suite: str
+    suite: str = Field(description="The expectation suite: expectations/<suite>.json")
     validation_policy: Literal["block", "warn", "quarantine"] = Field(
         default="block",
         description="block: a failing delivery is not published and the run fails; warn: published anyway; "
@@ -178,6 +191,15 @@ class ModelSpec(_Strict):
     def _tz_aware(cls, value: datetime) -> datetime:
         # A naive start date is ambiguous; we read it as UTC rather than the machine's zone.
         return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+    @field_validator("suite")
+    @classmethod
+    def _suite_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", value) or ".." in value:
+            raise ValueError(
+                f"'{value}' must be a suite name (letters, digits, '_', '-', '.'), the file expectations/<suite>.json"
+            )
+        return value
 
     @model_validator(mode="after")
     def _columns_distinct(self) -> ModelSpec:
@@ -212,7 +234,52 @@ def load_spec(path: Path | str) -> ModelSpec:
         raise SpecError(f"{path}: invalid model spec: {problems}") from exc
     if spec.name != path.stem:
         raise SpecError(f"{path}: field 'name' is '{spec.name}' but the file is named '{path.stem}.yaml'")
+    check_suite(spec, path)
     return spec
+
+
+def suite_columns(suite: dict[str, Any]) -> set[str]:
+    """The columns a suite knows: its table-level column set or list, else every column it checks."""
+    table: set[str] = set()
+    named: set[str] = set()
+    for expectation in suite.get("expectations") or []:
+        kwargs = expectation.get("kwargs") or {}
+        if expectation.get("type") in {
+            "expect_table_columns_to_match_set",
+            "expect_table_columns_to_match_ordered_list",
+        }:
+            table |= set(kwargs.get("column_set") or kwargs.get("column_list") or [])
+        named |= {kwargs["column"]} if isinstance(kwargs.get("column"), str) else set()
+        named |= set(kwargs.get("column_list") or [])
+    return table or named
+
+
+def check_suite(spec: ModelSpec, path: Path) -> None:
+    """The spec's suite exists, is JSON, and knows every column the spec reads from the source."""
+    suite_path = EXPECTATIONS_DIR / f"{spec.suite}.json"
+    try:
+        suite = json.loads(suite_path.read_text())
+    except FileNotFoundError as exc:
+        raise SpecError(f"{path}: field 'suite': '{spec.suite}' has no file {suite_path}") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SpecError(f"{path}: field 'suite': {suite_path} is not valid JSON: {exc}") from exc
+    if not isinstance(suite, dict):
+        raise SpecError(f"{path}: field 'suite': {suite_path} is not a suite (a JSON object with 'expectations')")
+    known = suite_columns(suite)
+    needed = {
+        "entity_key": [spec.entity_key],
+        "timestamp": [spec.timestamp],
+        "features.numeric": spec.features.numeric,
+        "features.categorical": spec.features.categorical,
+    }
+    unknown = [
+        f"{field} {[c for c in columns if c not in known]}" for field, columns in needed.items() if set(columns) - known
+    ]
+    if unknown:
+        raise SpecError(
+            f"{path}: {'; '.join(unknown)} not among the columns of suite '{spec.suite}' ({suite_path}): "
+            "every column the model reads must be validated; add it to the suite or fix the name"
+        )
 
 
 def spec_paths(specs_dir: Path) -> list[Path]:

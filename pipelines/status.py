@@ -95,6 +95,7 @@ def model_status(settings: Settings, engine: Engine, model_name: str) -> dict[st
             "path": drift["report_path"],
             "interval_end": _iso(drift["interval_end"]),
             "drift_share": drift["drift_share"],
+            "columns": drift["columns"],
             "drifted_columns": json.loads(drift["drifted_column_names"]),
             "prediction_drift": drift["prediction_drift"],
             "verdict": json.loads(drift["verdict"]) if drift["verdict"] else None,
@@ -102,8 +103,9 @@ def model_status(settings: Settings, engine: Engine, model_name: str) -> dict[st
     }
 
 
-def status(settings: Settings) -> dict[str, Any]:
-    engine = tables.make_engine(settings.tables_url)
+def status(settings: Settings, engine: Engine) -> dict[str, Any]:
+    from sqlalchemy import make_url
+
     models, errors = [], []
     for path in spec_paths(settings.specs_dir):
         try:
@@ -112,11 +114,21 @@ def status(settings: Settings) -> dict[str, Any]:
             errors.append(str(exc))
             continue
         models.append(model_status(settings, engine, spec.name))
-    return {"home": str(settings.home), "models": models, "spec_errors": errors}
+    storage = {
+        "tables": make_url(settings.tables_url).render_as_string(hide_password=True),
+        "tables_from": settings.tables_from,
+        "lake": settings.lake.uri,
+    }
+    return {"home": str(settings.home), "storage": storage, "models": models, "spec_errors": errors}
 
 
 def format_status(report: dict[str, Any]) -> str:
-    lines = [f"pipelines home: {report['home']}"]
+    storage = report["storage"]
+    lines = [
+        f"pipelines home: {report['home']}",
+        f"tables: {storage['tables']} (from {storage['tables_from']})",
+        f"lake: {storage['lake']}",
+    ]
     for m in report["models"]:
         lines.append(f"\nmodel {m['model']}")
         since = f" since {m['champion_since']}" if m["champion_since"] else ""
@@ -141,7 +153,8 @@ def format_status(report: dict[str, Any]) -> str:
         d = m["last_drift_report"]
         if d:
             lines.append(
-                f"  last drift report (up to {d['interval_end']}): drifted columns {d['drifted_columns'] or 'none'}"
+                f"  last drift report (up to {d['interval_end']}): {len(d['drifted_columns'])} of {d['columns']} "
+                f"feature columns drifted ({d['drift_share']:.3f}): {', '.join(d['drifted_columns']) or 'none'}"
             )
             if d["verdict"]:
                 action = "RETRAIN requested" if d["verdict"]["retrain"] else "no retraining"

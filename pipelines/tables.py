@@ -40,6 +40,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
+from pipelines.errors import BadDataError, ConfigError, PermanentError
+
 if TYPE_CHECKING:  # imported where frames are written: the DAG files import this module's constants
     import pandas as pd
 
@@ -199,26 +201,46 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _sqlite_read_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA busy_timeout=30000")  # setting WAL would write to the file: a reader leaves it
+    cursor.close()
+
+
 # Schema versions are Alembic revisions (pipelines/migrations); tasks only check the version.
 SCHEMA_VERSION_TABLE = "pipelines_schema_version"
 HEAD_REVISION = "0002"
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-class SchemaError(RuntimeError):
+class SchemaError(PermanentError):
     """The tables' schema is not the revision this code needs; `pipelines db upgrade` brings it there."""
 
 
-def _engine(url: str) -> Engine:
-    engine = create_engine(url)
-    if engine.dialect.name == "sqlite":
-        event.listen(engine, "connect", _sqlite_pragmas)
-    return engine
+def _engine(url: str, read_only: bool = False) -> Engine:
+    if not read_only:
+        engine = create_engine(url)
+        if engine.dialect.name == "sqlite":
+            event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    location = make_url(url)
+    if location.get_backend_name() == "sqlite":
+        # SQLite's read-only mode: works on a file the user may not write, and cannot change it.
+        path = Path(location.database or "").resolve()
+        if not path.exists():
+            raise SchemaError(f"the pipeline's tables at {url} do not exist yet: run `pipelines db upgrade`")
+        engine = create_engine(f"sqlite:///file:{path}?mode=ro&uri=true")
+        event.listen(engine, "connect", _sqlite_read_pragmas)
+        return engine
+    return create_engine(url, connect_args={"options": "-c default_transaction_read_only=on"})
 
 
-def make_engine(url: str) -> Engine:
-    """The engine every stage uses, after checking the tables are at the schema revision this code needs."""
-    engine = _engine(url)
+def make_engine(url: str, read_only: bool = False) -> Engine:
+    """The engine every stage uses, after checking the tables are at the schema revision this code needs.
+
+    read_only: for commands that only look (status, history, doctor); the database refuses any write.
+    """
+    engine = _engine(url, read_only)
     require_current_schema(engine)
     return engine
 
@@ -308,7 +330,7 @@ def _dialect_insert(engine_or_connection: Engine | Connection) -> Any:
         return postgresql.insert
     if dialect == "sqlite":
         return sqlite.insert
-    raise ValueError(f"unsupported tables backend '{dialect}': use SQLite or PostgreSQL")
+    raise ConfigError(f"unsupported tables backend '{dialect}': use SQLite or PostgreSQL")
 
 
 def _python_columns(frame: pd.DataFrame) -> list[list[Any]]:
@@ -386,12 +408,12 @@ def merge_frame(
     columns = [c.name for c in table.columns if not c.primary_key]
     missing = [c for c in columns if c not in frame.columns and not table.c[c].nullable]
     if missing:
-        raise ValueError(f"{table.name}: rows lack required column(s) {missing}")
+        raise BadDataError(f"{table.name}: rows lack required column(s) {missing}")
     columns = [c for c in columns if c in frame.columns]
     duplicated = frame.duplicated(subset=key, keep=False)
     if duplicated.any():
         sample = frame.loc[duplicated, key].head(3).to_dict("records")
-        raise ValueError(f"{table.name}: {int(duplicated.sum())} rows share a key {key}, e.g. {sample}")
+        raise BadDataError(f"{table.name}: {int(duplicated.sum())} rows share a key {key}, e.g. {sample}")
     insert = _dialect_insert(engine)
     is_postgres = engine.dialect.name == "postgresql"
     stage_options: dict[str, Any] = {"postgresql_on_commit": "DROP"} if is_postgres else {}
@@ -460,7 +482,7 @@ def _keep_replaced_rows(
     )
 
 
-class RecordConflict(ValueError):
+class RecordConflict(BadDataError):
     """A write would change values already recorded under the same key; the record is never rewritten."""
 
     def __init__(self, message: str, samples: list[dict[str, Any]] | None = None) -> None:

@@ -19,6 +19,7 @@ import pandas as pd
 from sqlalchemy import Engine
 
 from pipelines.config import Settings
+from pipelines.errors import BadDataError, VersionRefused
 from pipelines.features import CONTRACT_ATTRIBUTE, build_contract, predict, prepare_features
 from pipelines.intervals import hours_between
 from pipelines.labels import labels_known_at
@@ -30,7 +31,7 @@ from pipelines.tracking import experiment_id, use_tracking
 log = logging.getLogger(__name__)
 
 
-class NotEnoughDataError(RuntimeError):
+class NotEnoughDataError(BadDataError):
     """The training window holds too few labelled rows to train or to evaluate."""
 
 
@@ -291,10 +292,18 @@ def previous_training(settings: Settings, spec: ModelSpec, dag_id: str, dag_run_
     return None
 
 
-def download_run_artifact(settings: Settings, run_id: str, artifact: str) -> pd.DataFrame:
+def download_run_artifact(settings: Settings, run_id: str, artifact: str, owner: str) -> pd.DataFrame:
+    """A parquet artifact a training run logged; `owner` (model and version) names it in the error."""
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     use_tracking(settings)
     with tempfile.TemporaryDirectory() as scratch:
-        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=scratch)
-        return pd.read_parquet(local)
+        try:
+            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=scratch)
+            return pd.read_parquet(local)
+        except (MlflowException, OSError, ValueError) as exc:  # ValueError: pyarrow cannot read what is there
+            raise VersionRefused(
+                f"{owner}: the artifact '{artifact}' of its MLflow run {run_id} is missing or unreadable "
+                f"({type(exc).__name__}: {exc}); retrain, or roll back to a version whose run is intact"
+            ) from exc

@@ -22,18 +22,17 @@ import pandas as pd
 from sqlalchemy import Engine
 
 from pipelines import tables
-from pipelines.config import REPO_ROOT, Settings
+from pipelines.config import Settings
+from pipelines.errors import BadDataError, SpecError
 from pipelines.ingest import snapshot_sha256
 from pipelines.intervals import interval_key
 from pipelines.lake import Lake, publish, read_object, write_partition
-from pipelines.spec import ModelSpec
+from pipelines.spec import EXPECTATIONS_DIR, ModelSpec
 
 log = logging.getLogger(__name__)
 
-EXPECTATIONS_DIR = REPO_ROOT / "expectations"
 
-
-class ValidationFailed(RuntimeError):
+class ValidationFailed(BadDataError):
     """The data broke its suite; the message lists each failed expectation."""
 
     def __init__(self, outcome: ValidationOutcome) -> None:
@@ -68,10 +67,12 @@ class ValidationOutcome:
     rows_checked: int = 0
     rows_quarantined: int = 0
     quarantine_uris: list[str] = field(default_factory=list)
+    held_back: list[str] = field(default_factory=list)  # the source files of the deliveries not published
 
     def describe_failures(self) -> str:
         lines = [f"suite '{self.suite}': {len(self.failed)} of {self.evaluated} expectations failed"]
         lines += [f"  - {failure.describe()}" for failure in self.failed]
+        lines += [f"  held back: {source}" for source in self.held_back]
         lines.append(f"  result: {self.result_uri}")
         lines.append(f"  data docs: {self.data_docs_path}")
         return "\n".join(lines)
@@ -85,7 +86,7 @@ def load_suite_definition(suite: str) -> tuple[dict[str, Any], str]:
     """The suite as a dict plus the sha256 of its file (for lineage)."""
     path = suite_file(suite)
     if not path.exists():
-        raise FileNotFoundError(f"expectation suite '{suite}' not found: expected {path}")
+        raise SpecError(f"expectation suite '{suite}' not found: expected {path}")
     raw = path.read_bytes()
     return json.loads(raw), hashlib.sha256(raw).hexdigest()
 
@@ -98,7 +99,12 @@ def _failures(result: dict[str, Any]) -> list[FailedExpectation]:
         config = item["expectation_config"]
         details = item.get("result") or {}
         samples = details.get("partial_unexpected_list") or []
-        if not samples and "observed_value" in details:
+        mismatched = (details.get("details") or {}).get("mismatched")
+        if isinstance(mismatched, dict):  # a table's column set: say which are missing and which unexpected
+            samples = [
+                f"{kind} {sorted(mismatched[kind])}" for kind in ("missing", "unexpected") if mismatched.get(kind)
+            ]
+        elif not samples and "observed_value" in details:
             samples = [details["observed_value"]]
         if not isinstance(samples, list):
             samples = [samples]
@@ -130,7 +136,11 @@ def validate_frame(
     import great_expectations as gx  # slow import (~20 s): only inside the task
 
     definition, suite_sha = load_suite_definition(suite)
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
     context = gx.get_context(mode="file", project_root_dir=str(gx_root))
+    # tqdm writes to stderr, which Airflow logs as ERROR lines in a task that succeeded.
+    context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
     gx_suite = context.suites.add_or_update(gx.ExpectationSuite(**definition))
 
     source = context.data_sources.add_or_update_pandas(name="pipelines")
@@ -293,7 +303,12 @@ def validate_and_publish(
         outcome = replace(outcome, rows_quarantined=quarantined, quarantine_uris=uris)
     else:  # block, or quarantine of a fault no row split can fix (a missing column, too few rows)
         quarantined, uris = _keep_failed_deliveries(spec, settings.lake, batch, outcome, bad)
-        outcome = replace(outcome, rows_quarantined=quarantined, quarantine_uris=uris)
+        held_back = [
+            str(d.get("source", {}).get("uri") or d["interval_start"])
+            for d, _, positions in batch
+            if bad is None or not bad.isdisjoint(positions)
+        ]
+        outcome = replace(outcome, rows_quarantined=quarantined, quarantine_uris=uris, held_back=held_back)
     record_validation(spec, engine, outcome, start, end, dag_id, dag_run_id)
     log.info("validation result: %s; Data Docs: %s", outcome.result_uri, outcome.data_docs_path)
     if outcome.success:

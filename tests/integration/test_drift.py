@@ -50,7 +50,7 @@ def states(dag_run: Any) -> dict[str, str]:
 
 def monitor(hour: datetime) -> Any:
     """A monitor run for one scored hour, as the predictions Asset event would start it."""
-    from pipelines.airflow_dags import run_in_process
+    from pipelines.airflow.dags import run_in_process
 
     conf = {"interval_start": hour.isoformat(), "interval_end": (hour + timedelta(hours=1)).isoformat()}
     return run_in_process("demo_churn__monitor", None, run_conf=conf, run_after=hour + timedelta(hours=1))
@@ -99,7 +99,7 @@ def verdict_at(engine: Engine, hour: datetime) -> dict[str, Any]:
 
 
 def test_champion_trained_and_hours_scored(home: Settings) -> None:
-    from pipelines.airflow_dags import run_in_process
+    from pipelines.airflow.dags import run_in_process
 
     assert run_in_process("demo_churn__train", FIRST_NIGHT).state == "success"
     set_train_paused(False)  # as in production: a paused DAG is not queued by Asset events

@@ -28,6 +28,7 @@ from sqlalchemy import Engine, func, make_url, select
 from pipelines import tables
 from pipelines.config import Settings
 from pipelines.demo_data import DemoConfig, write_source
+from pipelines.errors import BadDataError, PermanentError
 from pipelines.lake import hour_partition, open_lake, open_partition
 from pipelines.tables import upgrade_schema
 from tests.conftest import S3Endpoint, module_home, postgres_database
@@ -81,7 +82,7 @@ def home(
 
 
 def run(dag_id: str, logical_date: datetime) -> Any:
-    from pipelines.airflow_dags import run_in_process
+    from pipelines.airflow.dags import run_in_process
 
     return run_in_process(dag_id, logical_date)
 
@@ -314,7 +315,7 @@ def test_rows_filed_under_another_hour_are_refused(home: Settings, engine: Engin
     frame, _ = read_partition(home.lake, hour_partition("demo_churn", "raw", SCORED_HOURS[0]))
     write_partition(home.lake, hour_partition("demo_churn", "raw", evening), frame, {"model": "demo_churn"})
     before = predictions_digest(engine)
-    with pytest.raises(ValueError, match=rf"{len(frame)} row\(s\) of the partition for 2026-01-03T20:00:00\+00:00"):
+    with pytest.raises(BadDataError, match=rf"{len(frame)} row\(s\) of the partition for 2026-01-03T20:00:00\+00:00"):
         score_interval(demo_spec(home), home, engine, evening, evening + timedelta(hours=1), "test")
     assert predictions_digest(engine) == before
     assert not home.lake.exists(f"{hour_partition('demo_churn', 'scored', evening)}/_manifest.json")
@@ -408,7 +409,7 @@ def test_backtest_has_no_look_ahead(home: Settings, engine: Engine) -> None:
 
 def test_challenger_replays_the_logged_inputs_next_to_the_champion(home: Settings, engine: Engine) -> None:
     # A dry-run training registers v2 as challenger and leaves v1 serving.
-    from pipelines.airflow_dags import run_in_process
+    from pipelines.airflow.dags import run_in_process
 
     dag_run = run_in_process("demo_churn__train", FIRST_NIGHT + timedelta(hours=1), run_conf={"dry_run": True})
     assert dag_run.state == "success", task_states(dag_run)
@@ -508,7 +509,7 @@ def test_a_bad_delivery_is_kept_aside_and_every_snapshot_stays_readable(home: Se
 
 
 def test_after_a_promotion_a_rerun_keeps_what_served(home: Settings, engine: Engine) -> None:
-    from pipelines.airflow_dags import run_in_process
+    from pipelines.airflow.dags import run_in_process
     from pipelines.registry import CHAMPION, move_alias
 
     def scored_manifests() -> list[bytes]:
@@ -576,7 +577,7 @@ def test_a_lake_that_lost_the_hour_still_cannot_rewrite_the_log(home: Settings, 
     write_partition(moved.lake, hour_partition("demo_churn", "raw", hour), changed, {"model": "demo_churn"})
     with pytest.raises(RecordConflict, match=r"would change or remove 1 prediction\(s\) logged by v1"):
         score_interval(demo_spec(home), moved, engine, hour, hour + timedelta(hours=1), "moved")
-    with pytest.raises(ValueError, match=r"param rescore_with is 'v2'; give 'champion' or a version number"):
+    with pytest.raises(PermanentError, match=r"param rescore_with is 'v2'; give 'champion' or a version number"):
         score_interval(demo_spec(home), moved, engine, hour, hour + timedelta(hours=1), "moved", rescore_with="v2")
     assert (predictions_digest(engine), tables.count_rows(engine, tables.predictions_history, "demo_churn")) == before
 

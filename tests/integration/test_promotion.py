@@ -64,7 +64,7 @@ def home(airflow_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 def train(night: datetime, conf: dict[str, Any] | None = None, attempt: int = 0) -> Any:
     """A train DAG run for `night`; each `attempt` is a separate DAG run (logical date `attempt` minutes
     later, as a user triggers it in the UI) over the same night's window."""
-    from pipelines.airflow_dags import run_in_process
+    from pipelines.airflow.dags import run_in_process
 
     return run_in_process(f"{MODEL}__train", night + timedelta(minutes=attempt), run_conf=conf)
 
@@ -178,7 +178,7 @@ def test_training_killed_midway_leaves_both_aliases(home: Settings, engine: Engi
     run_id = f"manual__{(night + timedelta(minutes=attempt)).isoformat()}"
     code = (
         "from datetime import datetime, timedelta\n"
-        "from pipelines.airflow_dags import run_in_process\n"
+        "from pipelines.airflow.dags import run_in_process\n"
         f"night = datetime.fromisoformat('{night.isoformat()}')\n"
         f"run_in_process('{MODEL}__train', night + timedelta(minutes={attempt}))\n"
     )
@@ -204,7 +204,7 @@ def test_training_killed_midway_leaves_both_aliases(home: Settings, engine: Engi
 
 
 def test_rollback_to_a_missing_version_fails_and_changes_nothing(home: Settings, engine: Engine) -> None:
-    from pipelines.airflow_dags import run_in_process
+    from pipelines.airflow.dags import run_in_process
 
     before = len(events(engine))
     dag_run = run_in_process(f"{MODEL}__rollback", None, run_conf={"version": "99"}, run_after=datetime.now(UTC))
@@ -216,7 +216,7 @@ def test_rollback_to_a_missing_version_fails_and_changes_nothing(home: Settings,
 
 
 def test_rollback_is_served_by_the_next_scoring_run(home: Settings, engine: Engine) -> None:
-    from pipelines.airflow_dags import run_in_process
+    from pipelines.airflow.dags import run_in_process
 
     dag_run = run_in_process(
         f"{MODEL}__rollback", None, run_conf={"version": "1", "reason": "v2 misbehaves"}, run_after=datetime.now(UTC)
@@ -318,7 +318,7 @@ def craft_version(
 def test_a_version_with_bundled_code_never_runs_it(home: Settings, engine: Engine, tmp_path: Path) -> None:
     from mlflow import MlflowClient
 
-    from pipelines.airflow_dags import run_in_process
+    from pipelines.airflow.dags import run_in_process
 
     crafted = craft_version(home, tmp_path, {"code": "code", "model_class": "evil_booster.Booster"})
     marker = tmp_path / "marker"

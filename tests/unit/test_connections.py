@@ -11,6 +11,7 @@ from pipelines.config import (
     tables_url_from_connection,
     with_connections,
 )
+from pipelines.errors import ConfigError
 from pipelines.lake import LocalLake, S3Lake
 
 
@@ -20,9 +21,11 @@ def test_postgres_connection_gives_a_psycopg_url_with_escaped_password() -> None
 
 
 def test_bad_tables_connections_are_named() -> None:
-    with pytest.raises(ValueError, match="'pipelines_tables' has type 'mysql'; the tables need 'postgres' or 'sqlite'"):
+    with pytest.raises(
+        ConfigError, match="'pipelines_tables' has type 'mysql'; the tables need 'postgres' or 'sqlite'"
+    ):
         tables_url_from_connection(ConnectionFields("pipelines_tables", "mysql", "h"))
-    with pytest.raises(ValueError, match="needs host and schema"):
+    with pytest.raises(ConfigError, match="needs host and schema"):
         tables_url_from_connection(ConnectionFields("pipelines_tables", "postgres", "h"))
 
 
@@ -42,7 +45,7 @@ def test_aws_connection_gives_credentials_endpoint_and_region() -> None:
         "eu-west-1",
     )
     assert "secret" not in repr(options)  # credentials stay out of logs
-    with pytest.raises(ValueError, match="the lake needs 'aws'"):
+    with pytest.raises(ConfigError, match="the lake needs 'aws'"):
         s3_options_from_connection(ConnectionFields("pipelines_lake", "postgres"))
 
 

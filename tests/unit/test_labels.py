@@ -13,6 +13,7 @@ from sqlalchemy import Engine
 
 from pipelines import tables
 from pipelines.config import REPO_ROOT
+from pipelines.errors import BadDataError
 from pipelines.intervals import source_hour_file
 from pipelines.labels import ingest_labels, labels_known_at
 from pipelines.spec import ModelSpec, load_spec
@@ -81,7 +82,7 @@ def test_two_labels_for_one_delivery_are_ambiguous(engine: Engine, tmp_path: Pat
     path = write_labels(tmp_path, spec, FIRST, {"C000001": 1})
     frame = pd.read_csv(path)
     pd.concat([frame, frame.assign(churned=0)]).to_csv(path, index=False)
-    with pytest.raises(ValueError, match=rf"2 label rows give different labels .*{path}"):
+    with pytest.raises(BadDataError, match=rf"2 label rows give different labels .*{path}"):
         ingest_labels(spec, tmp_path, engine, FIRST, FIRST + timedelta(hours=1))
     assert tables.count_rows(engine, tables.labels, spec.name) == 0
 
@@ -92,6 +93,6 @@ def test_a_label_without_its_arrival_time_names_file_and_line(engine: Engine, tm
     frame = pd.read_csv(path)
     frame.loc[1, "arrived_at"] = None
     frame.to_csv(path, index=False)
-    with pytest.raises(ValueError, match=rf"{path}: column 'arrived_at' is empty on line\(s\) \[3\]"):
+    with pytest.raises(BadDataError, match=rf"{path}: column 'arrived_at' is empty on line\(s\) \[3\]"):
         ingest_labels(spec, tmp_path, engine, FIRST, FIRST + timedelta(hours=1))
     assert tables.count_rows(engine, tables.labels, spec.name) == 0

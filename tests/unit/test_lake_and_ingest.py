@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from pipelines.demo_data import DemoConfig, write_source
+from pipelines.errors import BadDataError
 from pipelines.ingest import SourceMissingError, ingest
 from pipelines.lake import (
     DATA_FILE,
@@ -145,5 +146,5 @@ def test_unparseable_number_is_an_error(tmp_path: Path) -> None:
     frame = pd.read_csv(path, dtype=str)
     frame.loc[3, "monthly_charges"] = "twelve"
     frame.to_csv(path, index=False)
-    with pytest.raises(ValueError, match=r"'monthly_charges' has non-numeric values, e.g. \['twelve'\]"):
+    with pytest.raises(BadDataError, match=r"'monthly_charges' has non-numeric values, e.g. \['twelve'\]"):
         ingest(spec, tmp_path / "source", LocalLake(tmp_path / "lake"), START, START + timedelta(hours=1))

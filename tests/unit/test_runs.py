@@ -4,6 +4,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from pipelines.errors import PermanentError
 from pipelines.runs import planned_runs
 from pipelines.spec import load_spec
 from tests.unit.test_spec import DEMO_SPEC
@@ -32,7 +33,7 @@ def test_the_monitor_follows_the_score_schedule_with_its_interval_as_params() ->
 
 
 def test_a_dag_without_a_schedule_or_a_bad_range_is_refused() -> None:
-    with pytest.raises(ValueError, match="demo_churn__rollback has no schedule"):
+    with pytest.raises(PermanentError, match="demo_churn__rollback has no schedule"):
         planned_runs(load_spec(DEMO_SPEC), "rollback", at(3, 2), at(3, 3))
-    with pytest.raises(ValueError, match="must be non-empty, with time zones"):
+    with pytest.raises(PermanentError, match="must be non-empty, with time zones"):
         planned_runs(load_spec(DEMO_SPEC), "score", at(3, 3), at(3, 2))

@@ -4,6 +4,7 @@ import pytest
 import yaml
 
 from pipelines.config import REPO_ROOT
+from pipelines.errors import PermanentError
 from pipelines.spec import SpecError, load_spec
 
 DEMO_SPEC = REPO_ROOT / "dags" / "models" / "demo_churn.yaml"
@@ -83,9 +84,9 @@ def test_an_interval_that_cuts_an_hour_is_refused_not_trimmed() -> None:
 
     from pipelines.intervals import hours_between
 
-    with pytest.raises(ValueError, match=r"does not start on a whole hour"):
+    with pytest.raises(PermanentError, match=r"does not start on a whole hour"):
         hours_between(datetime(2026, 1, 3, 3, 30, tzinfo=UTC), datetime(2026, 1, 4, 4, tzinfo=UTC))
-    with pytest.raises(ValueError, match=r"does not end on a whole hour"):
+    with pytest.raises(PermanentError, match=r"does not end on a whole hour"):
         hours_between(datetime(2026, 1, 3, 4, tzinfo=UTC), datetime(2026, 1, 4, 3, 30, tzinfo=UTC))
     hours = hours_between(datetime(2026, 1, 3, 4, tzinfo=UTC), datetime(2026, 1, 4, 4, tzinfo=UTC))
     assert len(hours) == 24 and hours[0].hour == 4 and hours[-1].hour == 3

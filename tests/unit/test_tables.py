@@ -10,6 +10,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import IntegrityError
 
 from pipelines import tables
+from pipelines.errors import BadDataError
 
 
 def prediction_rows(model: str, n: int, score: float) -> list[dict[str, object]]:
@@ -99,7 +100,7 @@ def test_merge_frame_refuses_duplicate_keys_and_writes_nothing(engine: Engine) -
     model = f"m_{uuid4().hex[:8]}"
     frame = prediction_frame(model, 10, 0.25)
     frame = pd.concat([frame, frame.iloc[[3]]], ignore_index=True)
-    with pytest.raises(ValueError, match=r"2 rows share a key .*'entity_id': 'E3'"):
+    with pytest.raises(BadDataError, match=r"2 rows share a key .*'entity_id': 'E3'"):
         tables.merge_frame(engine, tables.predictions, frame, ["model_name", "entity_id", "as_of"])
     assert tables.count_rows(engine, tables.predictions, model) == 0
 

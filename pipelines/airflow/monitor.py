@@ -1,0 +1,134 @@
+"""The monitor DAG: a drift report per scored interval, then the drift policy, which may ask for retraining."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any, TypedDict
+
+from airflow.sdk import DAG, Param, get_current_context, task
+
+from pipelines.airflow.context import (
+    RunContext,
+    TaskEnv,
+    common_dag_args,
+    drift_asset,
+    pipeline_task,
+    predictions_asset,
+    run_actor,
+)
+from pipelines.errors import PermanentError
+from pipelines.spec import ModelSpec
+
+log = logging.getLogger(__name__)
+
+
+class DriftReport(TypedDict):
+    interval_end: str
+    report: str
+    drift_share: float
+    drifted_columns: list[str]
+    prediction_drift: bool | None
+
+
+MONITOR_PARAMS = {
+    "interval_start": Param(
+        None,
+        type=["null", "string"],
+        format="date-time",
+        description="Manual runs: the scored interval to monitor (runs triggered by scoring read it from the event)",
+    ),
+    "interval_end": Param(None, type=["null", "string"], format="date-time", description="Its end"),
+}
+
+
+def _utc(text: str) -> datetime:
+    from pipelines.airflow.context import _utc as to_utc
+
+    return to_utc(datetime.fromisoformat(text))
+
+
+def monitored_intervals(ctx: RunContext) -> list[tuple[datetime, datetime]]:
+    """The scored intervals this run watches: from the triggering predictions events, else from the params."""
+    events = [e for e in ctx.triggering_events if e.get("kind") == "predictions"]
+    if events:
+        pairs = {(str(e["interval_start"]), str(e["interval_end"])) for e in events}
+    else:
+        if not ctx.params.get("interval_start") or not ctx.params.get("interval_end"):
+            raise PermanentError(
+                f"{ctx.dag_id}: no predictions event triggered this run: give the params interval_start and interval_end"
+            )
+        pairs = {(str(ctx.params["interval_start"]), str(ctx.params["interval_end"]))}
+    return sorted((_utc(a), _utc(b)) for a, b in pairs)
+
+
+def latest_window_end(reports: list[DriftReport]) -> datetime:
+    return max(datetime.fromisoformat(r["interval_end"]) for r in reports)
+
+
+def monitor_dag(spec: ModelSpec) -> DAG:
+    policy = spec.drift
+    doc = (
+        f"Runs on each `{spec.name}__predictions` event: an Evidently drift report (DataDriftPreset over the "
+        "features, and prediction drift on the model's score) of the scored interval against the reference "
+        f"sample stored with the serving version, sampled to {policy.max_current_rows} rows; the HTML goes to "
+        "the lake, per-column results to `drift_metrics`. A window drifted when at least "
+        f"{policy.drift_share:.0%} of the feature columns did. When {policy.drifted_windows} of the last "
+        f"{policy.windows} windows drifted and no retraining happened in the last {policy.cooldown_hours} h, "
+        f"`request_retraining` emits `{spec.name}__drift`, which runs `{spec.name}__train`."
+    )
+    with DAG(schedule=[predictions_asset(spec)], params=MONITOR_PARAMS, **common_dag_args(spec, "monitor", doc)) as dag:
+        step = pipeline_task(spec)
+
+        @task
+        @step
+        def drift_report(env: TaskEnv) -> list[DriftReport]:
+            from pipelines.drift import monitor_interval
+
+            reports: list[DriftReport] = []
+            for start, end in monitored_intervals(env.ctx):
+                summary = monitor_interval(spec, env.settings, env.engine, start, end, env.ctx.run_id)
+                log.info(
+                    "DRIFT report %s: %d of %d feature columns drifted (%.3f: %s), prediction drift %s",
+                    summary.report_path or "(none: no scored rows)",
+                    len(summary.drifted_columns),
+                    len(summary.features),
+                    summary.drift_share,
+                    ", ".join(summary.drifted_columns) or "none",
+                    summary.prediction_drift,
+                )
+                reports.append(
+                    {
+                        "interval_end": end.isoformat(),
+                        "report": summary.report_path,
+                        "drift_share": summary.drift_share,
+                        "drifted_columns": summary.drifted_columns,
+                        "prediction_drift": summary.prediction_drift,
+                    }
+                )
+            return reports
+
+        @task.short_circuit
+        @step
+        def drift_persists(env: TaskEnv, reports: list[DriftReport]) -> bool:
+            from pipelines.drift_policy import evaluate
+
+            verdict = evaluate(spec, env.settings, env.engine, latest_window_end(reports))
+            log.info("DRIFT policy at %s: %s", verdict.window_end, verdict.reason)
+            return verdict.retrain
+
+        @task(outlets=[drift_asset(spec)])
+        @step
+        def request_retraining(env: TaskEnv, reports: list[DriftReport]) -> dict[str, Any]:
+            from pipelines.drift_policy import record_trigger, stored_verdict
+
+            context = get_current_context()
+            verdict = stored_verdict(env.engine, spec.name, latest_window_end(reports))
+            request = record_trigger(env.engine, spec.name, verdict, env.ctx.run_id, run_actor(context["dag_run"]))
+            context["outlet_events"][drift_asset(spec)].extra = {**request, "kind": "drift"}
+            log.info("DRIFT retraining requested: %s (report %s)", request["reason"], request["report"])
+            return request
+
+        reports = drift_report()
+        drift_persists(reports) >> request_retraining(reports)  # type: ignore[arg-type]
+    return dag

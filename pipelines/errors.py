@@ -1,0 +1,72 @@
+"""One error model for the whole pipeline.
+
+Every error the pipeline raises on purpose is a `PipelineError` whose message names what is at
+fault and where: the file or partition URI, the column, the model and version, the spec file and
+field. It is either permanent (a retry cannot fix it: the task fails at once) or transient (a
+retry may fix it: the task is retried). `is_transient` also sorts the storage libraries' own
+connection errors, so the task wrapper needs no list of its own.
+"""
+
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """Base of every error the pipeline raises on purpose."""
+
+    transient = False
+
+
+class PermanentError(PipelineError):
+    """A retry cannot fix it: bad data, a bad spec, a broken contract, a refused version."""
+
+
+class TransientError(PipelineError):
+    """A retry may fix it: storage busy or unreachable, a source that has not delivered yet."""
+
+    transient = True
+
+
+class BadDataError(PermanentError):
+    """A source file, label file or lake object is unreadable or breaks the data's rules."""
+
+
+class SpecError(PermanentError):
+    """A model spec is missing, unreadable or invalid (the message names the file and field)."""
+
+
+class ConfigError(PermanentError):
+    """A setting or an Airflow connection names storage the pipeline cannot use."""
+
+
+class ContractError(PermanentError):
+    """The data does not match what the model was trained on (a missing or retyped column)."""
+
+
+class VersionRefused(PermanentError):
+    """A model version cannot be used: missing, not READY, unreadable or unsafe."""
+
+
+class SourceNotReady(TransientError):
+    """The source has not delivered a file for an interval (yet)."""
+
+
+class StorageUnavailable(TransientError):
+    """The tables database, the lake or the tracking server did not answer."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a retry may fix this error: ours say so; of the others, only connection trouble does."""
+    if isinstance(exc, PipelineError):
+        return exc.transient
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return True
+    import sqlalchemy.exc
+
+    # OperationalError: a lost connection, a locked SQLite file, a server restarting.
+    if isinstance(exc, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError | sqlalchemy.exc.TimeoutError):
+        return True
+    try:
+        import botocore.exceptions as botocore
+    except ImportError:  # pragma: no cover - boto3 is a dependency
+        return False
+    return isinstance(exc, botocore.ConnectionError | botocore.HTTPClientError)
