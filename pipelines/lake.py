@@ -251,10 +251,20 @@ def read_object(lake: Lake, manifest: dict[str, Any], where: str) -> pd.DataFram
     """The frame a manifest names, after checking its sha256."""
     import pandas as pd
 
-    payload = lake.get(str(manifest["data"]))
+    payload = _object(lake, str(manifest["data"]), where)
     if hashlib.sha256(payload).hexdigest() != manifest["sha256"]:
         raise PartitionError(f"{lake.uri_of(str(manifest['data']))}: does not match the sha256 recorded in {where}")
     return pd.read_parquet(io.BytesIO(payload))
+
+
+def _object(lake: Lake, key: str, named_by: str) -> bytes:
+    try:
+        return lake.get(key)
+    except FileNotFoundError:
+        raise PartitionError(
+            f"{lake.uri_of(key)}: missing from the lake, though {named_by} names it (deleted or expired); "
+            "re-run the task that writes it for this interval"
+        ) from None
 
 
 def _read_checked(lake: Lake, key: str) -> tuple[bytes, Partition]:
@@ -269,8 +279,10 @@ def _read_checked(lake: Lake, key: str) -> tuple[bytes, Partition]:
         raise PartitionError(
             f"{lake.uri_of(key)}/{MANIFEST_FILE}: not valid JSON ({exc}); the manifest is damaged"
         ) from exc
+    if not isinstance(manifest, dict) or "sha256" not in manifest:
+        raise PartitionError(f"{lake.uri_of(key)}/{MANIFEST_FILE}: not a partition manifest (no sha256)")
     data = str(manifest.get("data") or f"{key}/{DATA_FILE}")
-    payload = lake.get(data)
+    payload = _object(lake, data, f"the manifest of {lake.uri_of(key)}")
     if hashlib.sha256(payload).hexdigest() != manifest["sha256"]:
         raise PartitionError(
             f"{lake.uri_of(data)} does not match the sha256 in the manifest of {lake.uri_of(key)}; "

@@ -229,7 +229,8 @@ def load_spec(path: Path | str) -> ModelSpec:
         spec = ModelSpec.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(
-            f"field '{'.'.join(str(p) for p in err['loc']) or '<root>'}': {err['msg']}" for err in exc.errors()
+            f"field '{'.'.join(str(p) for p in err['loc']) or '<root>'}': {err['msg'].removeprefix('Value error, ')}"
+            for err in exc.errors()
         )
         raise SpecError(f"{path}: invalid model spec: {problems}") from exc
     if spec.name != path.stem:

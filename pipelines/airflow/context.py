@@ -153,6 +153,16 @@ def fail_or_retry(exc: Exception) -> BaseException:
     return AirflowFailException(f"unexpected {type(exc).__name__}: {exc} (not retried; please report it with this log)")
 
 
+def failure_verdict(exc: Exception, raised: BaseException, ti: Any) -> str:
+    """What happens next, for the outcome line: a transient error is retried while tries remain."""
+    if raised is not exc or not is_transient(exc):
+        return "failed, not retried"
+    tries = int(getattr(ti, "max_tries", 0)) + 1
+    if int(ti.try_number) < tries:
+        return f"failed (transient), will be retried: try {ti.try_number} of {tries}"
+    return f"failed (transient) on its last try, {ti.try_number} of {tries}"
+
+
 def outcome_line(result: Any) -> str:
     """The scalar fields of a task's result, for its one outcome line."""
     if isinstance(result, Mapping):
@@ -185,8 +195,13 @@ def pipeline_task(spec: ModelSpec) -> Callable[[Callable[Concatenate[TaskEnv, P]
                 result = function(env, *args, **kwargs)
             except Exception as exc:
                 raised = fail_or_retry(exc)
-                verdict = "will be retried" if raised is exc and is_transient(exc) else "failed, not retried"
-                log.error("OUTCOME %s %s after %.1fs: %s", where, verdict, time.perf_counter() - started, exc)
+                log.error(
+                    "OUTCOME %s %s after %.1fs: %s",
+                    where,
+                    failure_verdict(exc, raised, context["ti"]),
+                    time.perf_counter() - started,
+                    exc,
+                )
                 if raised is exc:
                     raise
                 raise raised from exc

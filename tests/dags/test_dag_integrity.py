@@ -59,8 +59,8 @@ def test_dag_contract(parsed: dict[str, Any], dag_id: str) -> None:
     assert dag["catchup"] is False
     assert "pipelines" in dag["tags"] and "model:demo_churn" in dag["tags"]
     assert len(dag["doc_md"]) > 80
-    if dag_id != "demo_churn__rollback":  # a wrong version stays wrong: rollback does not retry
-        assert all(retries >= 1 for retries in dag["retries"])
+    # Every task retries transient trouble; a permanent error (a wrong version, bad data) fails at once anyway.
+    assert all(retries >= 1 for retries in dag["retries"])
     assert dag["fileloc"].endswith("dags/demo_churn.py")
 
 
@@ -98,16 +98,36 @@ def test_assets_chain_scoring_monitoring_and_retraining(parsed: dict[str, Any]) 
     assert dags["demo_churn__train"]["schedule_assets"] == ["demo_churn__drift"]
 
 
-def test_broken_spec_breaks_only_its_own_dags(tmp_path: Path) -> None:
+BREAKAGES = {  # model: (what is broken in its copy of the demo spec, the field its import error must name)
+    "bad_delay": (("delay_hours: 6", "delay_hours: soon"), "label.delay_hours"),
+    "bad_train_cron": (('train: "0 2 * * *"', 'train: "0 2 * *"'), "schedules.train"),
+    "bad_score_cron": (('score: "0 * * * *"', 'score: "30 * * * *"'), "schedules.score"),
+    "bad_backtest_cron": (('backtest: "0 4 * * *"', 'backtest: "at four"'), "schedules.backtest"),
+    "bad_events_path": (("events_path: demo_churn/events", "events_path: ../../../etc"), "source.events_path"),
+    "bad_labels_path": (("labels_path: demo_churn/labels", "labels_path: /etc"), "source.labels_path"),
+    "bad_suite_path": (("suite: demo_churn", "suite: ../../etc/passwd"), "suite"),
+    "missing_suite": (("suite: demo_churn", "suite: no_such_suite"), "suite"),
+    "feature_not_in_suite": (
+        ("payment_method]", "payment_method, device_type]"),
+        "features.categorical ['device_type']",
+    ),
+}
+
+
+def test_a_broken_spec_breaks_only_its_own_dags_naming_file_and_field(tmp_path: Path) -> None:
     folder = tmp_path / "dags"
     shutil.copytree(REPO_ROOT / "dags", folder, ignore=shutil.ignore_patterns("__pycache__"))
-    broken = (folder / "models" / "demo_churn.yaml").read_text()
-    broken = broken.replace("name: demo_churn", "name: broken_model").replace("delay_hours: 6", "delay_hours: soon")
-    (folder / "models" / "broken_model.yaml").write_text(broken)
-    shutil.copy(folder / "demo_churn.py", folder / "broken_model.py")
+    demo = (folder / "models" / "demo_churn.yaml").read_text()
+    for model, ((before, after), _) in BREAKAGES.items():
+        assert before in demo, before
+        (folder / "models" / f"{model}.yaml").write_text(
+            demo.replace("name: demo_churn", f"name: {model}").replace(before, after)
+        )
+        shutil.copy(folder / "demo_churn.py", folder / f"{model}.py")
 
     parsed = parse(folder)
-    assert list(parsed["import_errors"]) == [str(folder / "broken_model.py")]
-    message = next(iter(parsed["import_errors"].values()))
-    assert "broken_model.yaml" in message and "label.delay_hours" in message
+    assert sorted(parsed["import_errors"]) == sorted(str(folder / f"{model}.py") for model in BREAKAGES)
+    for model, (_, field) in BREAKAGES.items():
+        message = parsed["import_errors"][str(folder / f"{model}.py")]
+        assert f"{model}.yaml" in message and field in message, message
     assert set(parsed["dags"]) >= EXPECTED

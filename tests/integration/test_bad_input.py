@@ -1,0 +1,230 @@
+"""Bad input as a user would bring it, through real `dag.test()` runs: each fails on its first try
+(the DAGs here have 2 retries, 1 s apart), with a message naming the file, column or version at
+fault, and the published partitions, the prediction log and the model history are unchanged.
+
+Tests run in file order on one timeline: a champion trained over 01-01..01-03, then one hour each.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, func, select
+
+from pipelines import tables
+from pipelines.config import Settings
+from pipelines.demo_data import DemoConfig, write_source
+from pipelines.intervals import source_hour_file
+from pipelines.lake import hour_partition
+from tests.conftest import module_home
+
+FIRST_NIGHT = datetime(2026, 1, 3, 2, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def home(airflow_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    root = tmp_path_factory.mktemp("bad_input")
+    with module_home(root) as settings, pytest.MonkeyPatch.context() as patch:
+        # Production retries, so a test sees whether a failure was retried; 1 s apart to keep dag.test() quick.
+        patch.setenv("PIPELINES_TASK_RETRIES", "2")
+        patch.setenv("PIPELINES_TASK_RETRY_DELAY_S", "1")
+        write_source(
+            settings.source / "demo_churn",
+            DemoConfig(),
+            datetime(2026, 1, 1, tzinfo=UTC),
+            datetime(2026, 1, 3, 12, tzinfo=UTC),
+        )
+        yield settings
+
+
+def run(dag_id: str, logical_date: datetime) -> Any:
+    from pipelines.airflow.dags import run_in_process
+
+    return run_in_process(dag_id, logical_date)
+
+
+def task(dag_run: Any, task_id: str) -> Any:
+    return next(ti for ti in dag_run.get_task_instances() if ti.task_id == task_id)
+
+
+def lake_root(home: Settings) -> Path:
+    from pipelines.lake import LocalLake
+
+    assert isinstance(home.lake, LocalLake)
+    return home.lake.root
+
+
+def lake_files(home: Settings, zones: tuple[str, ...]) -> dict[str, str]:
+    """Every file of the lake's published zones, by sha256 (staged objects, quarantine and results aside)."""
+    root = lake_root(home)
+    kept = tuple(f"/{zone}/" for zone in zones)
+    return {
+        str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and any(part in f"/{path.relative_to(root)}" for part in kept)
+    }
+
+
+def records(engine: Engine) -> dict[str, Any]:
+    """What a failed run must leave as it was: the prediction log, the labels and the model history."""
+    with engine.connect() as connection:
+        return {
+            table.name: connection.execute(select(func.count()).select_from(table)).scalar_one()
+            for table in (tables.predictions, tables.predictions_history, tables.labels, tables.model_events)
+        } | {
+            "predictions": sorted(
+                connection.execute(select(tables.predictions.c.entity_id, tables.predictions.c.score)).all()
+            )
+        }
+
+
+def failure_messages(caplog: pytest.LogCaptureFixture) -> str:
+    return "\n".join(r.getMessage() for r in caplog.records if r.name == "pipelines.airflow.context")
+
+
+def fails_at_once(
+    home: Settings,
+    engine: Engine,
+    caplog: pytest.LogCaptureFixture,
+    hour: datetime,
+    task_id: str,
+    *named: str,
+) -> str:
+    """Score `hour`; its `task_id` fails on the first try naming each of `named`; nothing published changes
+    (the hour's raw partition is published by validation, before a failure of the score task)."""
+    zones = ("scored",) if task_id == "score" else ("raw", "scored")
+    lake_before, records_before = lake_files(home, zones), records(engine)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="pipelines.airflow.context"):
+        dag_run = run("demo_churn__score", hour + timedelta(hours=1))
+    failed = task(dag_run, task_id)
+    messages = failure_messages(caplog)
+    assert dag_run.state == "failed" and failed.state == "failed", messages
+    assert failed.try_number == 1, f"{task_id} was retried: {messages}"
+    assert "failed, not retried" in messages
+    for text in named:
+        assert text in messages, messages
+    assert lake_files(home, zones) == lake_before
+    assert records(engine) == records_before
+    return messages
+
+
+def test_train_the_champion(home: Settings, engine: Engine, capfd: pytest.CaptureFixture[str]) -> None:
+    from pipelines.registry import champion_version
+
+    dag_run = run("demo_churn__train", FIRST_NIGHT)
+    assert dag_run.state == "success"
+    assert champion_version(home, "demo_churn") == "1"
+    output = capfd.readouterr()
+    # Progress bars (GX's metrics, MLflow's downloads) go to stderr, which Airflow logs as ERROR lines.
+    for bar in ("Calculating Metrics", "Downloading artifacts", "Uploading artifacts"):
+        assert bar not in output.err + output.out
+
+
+def source_file(home: Settings, hour: datetime) -> Path:
+    return source_hour_file(home.source / "demo_churn" / "events", hour)
+
+
+def test_a_source_file_missing_a_column_is_refused_naming_it(
+    home: Settings, engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    import pandas as pd
+
+    hour = FIRST_NIGHT + timedelta(hours=1)
+    path = source_file(home, hour)
+    pd.read_csv(path, dtype=str).drop(columns=["plan"]).to_csv(path, index=False)
+    fails_at_once(home, engine, caplog, hour, "validate_interval", "missing ['plan']", str(path))
+    v = tables.validation_runs
+    with engine.connect() as connection:
+        row = connection.execute(select(v).where(v.c.interval_start == hour)).mappings().one()
+    assert row["success"] is False and "missing ['plan']" in row["failed_expectations"]
+    assert not home.lake.exists(f"{hour_partition('demo_churn', 'raw', hour)}/_manifest.json")
+
+
+def test_a_source_file_with_an_extra_column_is_refused_naming_it(
+    home: Settings, engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    import pandas as pd
+
+    hour = FIRST_NIGHT + timedelta(hours=2)
+    path = source_file(home, hour)
+    pd.read_csv(path, dtype=str).assign(device_type="tablet").to_csv(path, index=False)
+    fails_at_once(home, engine, caplog, hour, "validate_interval", "unexpected ['device_type']", str(path))
+
+
+def test_an_empty_source_file_is_refused_naming_it(
+    home: Settings, engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    hour = FIRST_NIGHT + timedelta(hours=3)
+    path = source_file(home, hour)
+    path.write_bytes(b"")
+    fails_at_once(home, engine, caplog, hour, "ingest_interval", f"{path}: the file is empty")
+
+
+def test_an_unparseable_value_fails_ingest_at_once(
+    home: Settings, engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    hour = FIRST_NIGHT + timedelta(hours=4)
+    path = source_file(home, hour)
+    lines = path.read_text().splitlines()
+    header = lines[0].split(",")
+    cells = lines[1].split(",")
+    cells[header.index("monthly_charges")] = "twelve"
+    path.write_text("\n".join([lines[0], ",".join(cells), *lines[2:]]) + "\n")
+    fails_at_once(home, engine, caplog, hour, "ingest_interval", str(path), "'monthly_charges'", "['twelve']")
+
+
+def test_a_truncated_manifest_is_refused_naming_it(
+    home: Settings, engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    hour = FIRST_NIGHT + timedelta(hours=5)
+    assert run("demo_churn__score", hour + timedelta(hours=1)).state == "success"
+    manifest = lake_root(home) / hour_partition("demo_churn", "scored", hour) / "_manifest.json"
+    manifest.write_bytes(manifest.read_bytes()[:40])
+    messages = fails_at_once(home, engine, caplog, hour, "score", f"{manifest.resolve().as_uri()}: not valid JSON")
+    assert "the manifest is damaged" in messages
+
+
+def test_a_source_not_delivered_yet_is_retried(
+    home: Settings, engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    hour = FIRST_NIGHT + timedelta(hours=6)
+    path = source_file(home, hour)
+    path.unlink()
+    with caplog.at_level(logging.INFO, logger="pipelines.airflow.context"):
+        dag_run = run("demo_churn__score", hour + timedelta(hours=1))
+    ingest = task(dag_run, "ingest_interval")
+    messages = failure_messages(caplog)
+    assert ingest.state == "failed" and ingest.try_number == 3, messages  # the first try and 2 retries
+    assert messages.count("will be retried") == 2 and "on its last try, 3 of 3" in messages
+    assert str(path) in messages
+
+
+def test_a_deleted_model_file_is_refused_naming_model_and_version(
+    home: Settings, engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    from pipelines.registry import read_booster_file
+
+    _, data, _ = read_booster_file(home, "demo_churn", "1")
+    [booster] = list(home.mlflow_artifacts.rglob(Path(data).name))
+    kept = booster.with_suffix(".kept")
+    shutil.move(booster, kept)
+    try:
+        fails_at_once(
+            home,
+            engine,
+            caplog,
+            FIRST_NIGHT + timedelta(hours=7),
+            "score",
+            f"demo_churn v1: its model file '{data}' cannot be read",
+        )
+    finally:
+        shutil.move(kept, booster)
+    assert run("demo_churn__score", FIRST_NIGHT + timedelta(hours=8)).state == "success"  # restored, it serves
