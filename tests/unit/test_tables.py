@@ -155,3 +155,24 @@ def test_a_record_is_never_rewritten(engine: Engine) -> None:
     with pytest.raises(tables.RecordConflict, match=r"'score': 0.25.*'new_score': 0.5"):
         tables.merge_frame(engine, tables.predictions, prediction_frame(model, 12, 0.5), key, refuse_changed=["score"])
     assert set(before) < set(snapshot(engine, model))
+
+
+def test_a_read_only_engine_refuses_every_write(engine: Engine) -> None:
+    import sqlalchemy.exc
+    from sqlalchemy import insert
+
+    reader = tables.make_engine(engine.url.render_as_string(hide_password=False), read_only=True)
+    row = {
+        "model_name": "read_only_probe",
+        "entity_id": "E1",
+        "as_of": datetime(2026, 1, 3, tzinfo=UTC),
+        "model_version": "1",
+        "score": 0.5,
+        "features_sha256": "0" * 64,
+        "dag_run_id": "test",
+        "scored_at": datetime(2026, 1, 3, tzinfo=UTC),
+    }
+    with pytest.raises(sqlalchemy.exc.DBAPIError, match=r"read-only|readonly"), reader.begin() as connection:
+        connection.execute(insert(tables.predictions), [row])
+    assert tables.count_rows(reader, tables.predictions, "read_only_probe") == 0
+    reader.dispose()

@@ -1,0 +1,46 @@
+"""The task wrapper's error mapping: permanent errors fail the task at once, transient ones are retried."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+from pipelines.airflow.context import fail_or_retry, failure_verdict, outcome_line
+from pipelines.errors import BadDataError, SourceNotReady
+
+
+def test_a_permanent_error_fails_at_once_with_its_message() -> None:
+    error = BadDataError("/data/hour=10.csv: the file is empty")
+    raised = fail_or_retry(error)
+    assert isinstance(raised, AirflowFailException) and str(raised) == str(error)
+    assert failure_verdict(error, raised, SimpleNamespace(try_number=1, max_tries=2)) == "failed, not retried"
+
+
+def test_a_bug_fails_at_once_naming_its_type() -> None:
+    raised = fail_or_retry(KeyError("device_type"))
+    assert isinstance(raised, AirflowFailException)
+    assert str(raised).startswith("unexpected KeyError: 'device_type' (not retried")
+
+
+def test_a_transient_error_is_raised_as_is_for_airflow_to_retry() -> None:
+    error = SourceNotReady("no source file yet")
+    assert fail_or_retry(error) is error
+    assert failure_verdict(error, error, SimpleNamespace(try_number=1, max_tries=2)) == (
+        "failed (transient), will be retried: try 1 of 3"
+    )
+    assert failure_verdict(error, error, SimpleNamespace(try_number=3, max_tries=2)) == (
+        "failed (transient) on its last try, 3 of 3"
+    )
+
+
+def test_airflow_s_own_exceptions_pass_through() -> None:
+    skip = AirflowSkipException("nothing to do")
+    assert fail_or_retry(skip) is skip
+
+
+def test_the_outcome_line_keeps_the_scalars() -> None:
+    assert outcome_line({"rows": 3, "model_version": "1", "scored": ["a"], "x": None}) == (
+        "rows=3, model_version=1, x=None"
+    )
+    assert outcome_line([1, 2]) == "2 item(s)"
