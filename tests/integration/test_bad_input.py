@@ -116,16 +116,23 @@ def fails_at_once(
     return messages
 
 
-def test_train_the_champion(home: Settings, engine: Engine, capfd: pytest.CaptureFixture[str]) -> None:
+def logs_no_error(dag_run: Any, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]) -> None:
+    """A run that succeeded logged no ERROR line. Progress bars (GX's metrics, MLflow's downloads) write
+    to stderr, which Airflow logs as ERROR lines: none may appear either."""
+    assert dag_run.state == "success"
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    output = capfd.readouterr()
+    for bar in ("Calculating Metrics", "Downloading artifacts", "Uploading artifacts", "it/s]"):
+        assert bar not in output.err + output.out
+
+
+def test_train_the_champion(
+    home: Settings, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
     from pipelines.registry import champion_version
 
-    dag_run = run("demo_churn__train", FIRST_NIGHT)
-    assert dag_run.state == "success"
+    logs_no_error(run("demo_churn__train", FIRST_NIGHT), caplog, capfd)
     assert champion_version(home, "demo_churn") == "1"
-    output = capfd.readouterr()
-    # Progress bars (GX's metrics, MLflow's downloads) go to stderr, which Airflow logs as ERROR lines.
-    for bar in ("Calculating Metrics", "Downloading artifacts", "Uploading artifacts"):
-        assert bar not in output.err + output.out
 
 
 def source_file(home: Settings, hour: datetime) -> Path:
@@ -228,3 +235,15 @@ def test_a_deleted_model_file_is_refused_naming_model_and_version(
     finally:
         shutil.move(kept, booster)
     assert run("demo_churn__score", FIRST_NIGHT + timedelta(hours=8)).state == "success"  # restored, it serves
+
+
+def test_scoring_and_monitoring_that_succeed_log_no_error(
+    home: Settings, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from pipelines.airflow.dags import run_in_process
+
+    hour = FIRST_NIGHT + timedelta(hours=9)
+    logs_no_error(run("demo_churn__score", hour + timedelta(hours=1)), caplog, capfd)
+    conf = {"interval_start": hour.isoformat(), "interval_end": (hour + timedelta(hours=1)).isoformat()}
+    monitor = run_in_process("demo_churn__monitor", None, run_conf=conf, run_after=hour + timedelta(hours=1))
+    logs_no_error(monitor, caplog, capfd)

@@ -186,11 +186,17 @@ def test_drift_table_names_the_shifted_columns_and_no_other(home: Settings, engi
             assert len(drifted) <= 1 and not drifted & SHIFTED, hour  # at most chance, as above
     d = tables.drift_reports
     with engine.connect() as connection:
-        reports = connection.execute(select(d.c.report_path, d.c.current_rows, d.c.reference_rows)).all()
+        reports = connection.execute(
+            select(d.c.report_path, d.c.current_rows, d.c.reference_rows, d.c.columns, d.c.drifted_columns)
+        ).all()
     assert len(reports) == len(HOURS)
     for report in reports:
         key = report.report_path.removeprefix(home.lake.uri_of("").rstrip("/") + "/")
-        assert len(home.lake.get(key)) > 10_000 and report.current_rows > 0 and report.reference_rows > 1000
+        html = home.lake.get(key).decode()
+        assert len(html) > 10_000 and report.current_rows > 0 and report.reference_rows > 1000
+        # One number for one fact: the report's headline counts the features, as the table and the log do.
+        assert report.columns == len(spec.features.all)
+        assert f"({report.drifted_columns} out of {report.columns})" in html, report.report_path
 
 
 def test_status_shows_the_last_drift_verdict(home: Settings) -> None:
@@ -201,6 +207,20 @@ def test_status_shows_the_last_drift_verdict(home: Settings) -> None:
         [sys.executable, "-m", "pipelines.cli", "status"], capture_output=True, text=True, cwd=REPO_ROOT, check=True
     ).stdout
     assert "drift verdict: no retraining: cooldown until" in text
+    n, k = len(drift["drifted_columns"]), drift["columns"]
+    assert f"{n} of {k} feature columns drifted ({n / k:.3f})" in text
+
+
+def test_history_says_why_retraining_was_requested(home: Settings) -> None:
+    text = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "history", "demo_churn"],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        check=True,
+    ).stdout
+    assert "drift: retraining requested for the window ending 2026-01-03T07:00:00+00:00" in text
+    assert "vNone" not in text
 
 
 def test_a_quiet_window_and_an_all_null_column_pass_through_the_monitor(home: Settings, engine: Engine) -> None:

@@ -61,3 +61,19 @@ def test_training_and_serving_agree_through_xgboost() -> None:
     restored.load_model(bytearray(booster.save_raw("json")))
     shuffled = frame[["c_cat", "z_cat", "b_num", "a_num"]]
     np.testing.assert_allclose(predict(restored, contract_of(restored), shuffled), predict(booster, CONTRACT, frame))
+
+
+def test_training_data_lacking_a_spec_feature_is_named() -> None:
+    from pipelines.config import REPO_ROOT
+    from pipelines.features import build_contract
+    from pipelines.spec import FeatureSpec, load_spec
+
+    spec = load_spec(REPO_ROOT / "dags" / "models" / "demo_churn.yaml")
+    wider = spec.model_copy(
+        update={"features": FeatureSpec(numeric=spec.features.numeric, categorical=["plan", "device_type"])}
+    )
+    frame = pd.DataFrame({**{c: [1.0] for c in spec.features.numeric}, "plan": ["basic"]})
+    with pytest.raises(
+        ContractError, match=r"demo_churn: the training data lacks feature column\(s\) \['device_type'\]"
+    ):
+        build_contract(wider, frame)

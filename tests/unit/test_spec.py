@@ -90,3 +90,30 @@ def test_an_interval_that_cuts_an_hour_is_refused_not_trimmed() -> None:
         hours_between(datetime(2026, 1, 3, 4, tzinfo=UTC), datetime(2026, 1, 4, 3, 30, tzinfo=UTC))
     hours = hours_between(datetime(2026, 1, 3, 4, tzinfo=UTC), datetime(2026, 1, 4, 4, tzinfo=UTC))
     assert len(hours) == 24 and hours[0].hour == 4 and hours[-1].hour == 3
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (
+            {"source": {"events_path": "../../../etc", "labels_path": "demo_churn/labels"}},
+            r"field 'source.events_path': '\.\./\.\./\.\./etc' must be a relative folder under the source root",
+        ),
+        (
+            {"source": {"events_path": "demo_churn/events", "labels_path": "/etc"}},
+            r"field 'source.labels_path': '/etc' must be a relative folder",
+        ),
+        ({"suite": "../../etc/passwd"}, r"field 'suite': '\.\./\.\./etc/passwd' must be a suite name"),
+        ({"suite": "no_such_suite"}, r"field 'suite': 'no_such_suite' has no file .*expectations/no_such_suite\.json"),
+        (
+            {"features": {"numeric": ["tenure_months"], "categorical": ["plan", "region", "device_type"]}},
+            r"features\.categorical \['device_type'\] not among the columns of suite 'demo_churn'",
+        ),
+        ({"entity_key": "account_id"}, r"entity_key \['account_id'\] not among the columns of suite"),
+    ],
+)
+def test_paths_stay_in_their_roots_and_the_suite_knows_every_column(
+    tmp_path: Path, changes: dict[str, object], message: str
+) -> None:
+    with pytest.raises(SpecError, match=message):
+        load_spec(write_spec(tmp_path, "demo_churn", **changes))
