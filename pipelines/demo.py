@@ -15,6 +15,7 @@ import sys
 import time
 from datetime import UTC, datetime, timedelta
 
+from pipelines.airflow.connections import cli_settings
 from pipelines.config import Settings, apply_airflow_environment, get_settings, migrate_airflow_db
 from pipelines.tables import upgrade_schema
 
@@ -83,7 +84,7 @@ def main(reset: bool = False) -> int:
     began = time.perf_counter()
     print(f"pipelines demo: all state under {settings.home}", flush=True)
     migrate_airflow_db(settings)
-    upgrade_schema(settings.tables_url)
+    upgrade_schema(cli_settings().tables_url)  # where tasks will find the tables
     rows = write_demo_source(settings)
     print(f"  demo source: {rows} events {DEMO_START:%Y-%m-%d} .. {DEMO_END:%Y-%m-%d}, drift from {DRIFT_FROM}")
 

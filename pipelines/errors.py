@@ -55,18 +55,32 @@ class StorageUnavailable(TransientError):
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Whether a retry may fix this error: ours say so; of the others, only connection trouble does."""
+    """Whether a retry may fix this error: ours say so; another is transient when it, or an error it
+    was raised from (MLflow wraps the refused connection of its HTTP client), is connection trouble."""
     if isinstance(exc, PipelineError):
         return exc.transient
-    if isinstance(exc, ConnectionError | TimeoutError):
-        return True
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        if _connection_trouble(link):
+            return True
+        link = link.__cause__ or (None if link.__suppress_context__ else link.__context__)
+    return False
+
+
+def _connection_trouble(exc: BaseException) -> bool:
+    import botocore.exceptions
     import sqlalchemy.exc
 
-    # OperationalError: a lost connection, a locked SQLite file, a server restarting.
-    if isinstance(exc, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError | sqlalchemy.exc.TimeoutError):
-        return True
-    try:
-        import botocore.exceptions as botocore
-    except ImportError:  # pragma: no cover - boto3 is a dependency
-        return False
-    return isinstance(exc, botocore.ConnectionError | botocore.HTTPClientError)
+    return isinstance(
+        exc,
+        ConnectionError  # refused, reset, aborted
+        | TimeoutError
+        # a lost connection, a locked SQLite file, a server restarting, a pool exhausted
+        | sqlalchemy.exc.OperationalError
+        | sqlalchemy.exc.InterfaceError
+        | sqlalchemy.exc.TimeoutError
+        | botocore.exceptions.ConnectionError
+        | botocore.exceptions.HTTPClientError,
+    )

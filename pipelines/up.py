@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from pipelines.airflow.connections import cli_settings
 from pipelines.config import apply_airflow_environment, migrate_airflow_db
 from pipelines.tables import upgrade_schema
 
@@ -55,7 +56,8 @@ def main(airflow_port: int = 8080, mlflow_port: int = 5000) -> int:
     logs = settings.home / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     migrate_airflow_db(settings)
-    upgrade_schema(settings.tables_url)  # the pipeline's own tables, at this code's schema
+    # The pipeline's own tables, where tasks will find them (an Airflow connection, else the default).
+    upgrade_schema(cli_settings().tables_url)
 
     bin_dir = Path(sys.executable).parent
     # `airflow standalone` starts its components as `airflow ...` from PATH: make it this environment's.

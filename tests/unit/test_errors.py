@@ -92,6 +92,17 @@ def test_an_unreachable_s3_endpoint_is_transient() -> None:
     assert is_transient(refused.value)
 
 
+def test_an_unreachable_tracking_server_is_transient(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    with pytest.raises(MlflowException) as refused:
+        MlflowClient(tracking_uri="http://127.0.0.1:9").get_registered_model("demo_churn")
+    assert is_transient(refused.value)
+
+
 def test_a_bug_is_not_transient() -> None:
     assert not is_transient(KeyError("device_type"))
     assert not is_transient(ValueError("truth value of an array is ambiguous"))
