@@ -24,7 +24,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipelines.errors import BadDataError, PermanentError
+from pipelines.errors import BadDataError, PermanentError, PipelineError, StorageUnavailable
 
 if TYPE_CHECKING:  # pandas is imported where partitions are read or written, not when DAGs are parsed
     import pandas as pd
@@ -35,6 +35,10 @@ MANIFEST_FILE = "_manifest.json"
 
 class PartitionError(BadDataError):
     """A partition is missing, incomplete or does not match its manifest."""
+
+
+# S3 answers these when it is overloaded or failing for a moment: a retry may succeed.
+S3_BUSY = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout", "Throttling", "503"}
 
 
 class LakeError(PermanentError):
@@ -134,11 +138,13 @@ class S3Lake(Lake):
             region_name=self.options.region_name,
         )
 
-    def _fail(self, exc: Any, key: str) -> LakeError:
+    def _fail(self, exc: Any, key: str) -> PipelineError:
         code = exc.response.get("Error", {}).get("Code", "")
         where = f"endpoint {self.options.endpoint_url}" if self.options.endpoint_url else "AWS"
         if code == "NoSuchBucket":
             return LakeError(f"{self.uri}: bucket '{self.bucket}' does not exist at {where}; create it first")
+        if code in S3_BUSY:
+            return StorageUnavailable(f"{self.uri_of(key)}: S3 at {where} is busy ({code}); retry")
         return LakeError(f"{self.uri_of(key)}: S3 refused the request at {where}: {code or exc}")
 
     def put(self, key: str, payload: bytes) -> None:

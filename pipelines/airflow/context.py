@@ -142,6 +142,10 @@ class TaskEnv:
             self._engine = make_engine(self.settings.tables_url)
         return self._engine
 
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+
 
 def fail_or_retry(exc: Exception) -> BaseException:
     """What a task raises for an error: Airflow retries the error itself, or fails at once on AirflowFailException."""
@@ -184,30 +188,28 @@ def pipeline_task(spec: ModelSpec) -> Callable[[Callable[Concatenate[TaskEnv, P]
         @functools.wraps(function)
         def run(*args: P.args, **kwargs: P.kwargs) -> R:
             context = get_current_context()
-            ctx = run_context(context)
-            where = f"{ctx.dag_id}.{ctx.task_id}"
-            if ctx.start is not None and ctx.end is not None:
-                where += f" [{ctx.start:%Y-%m-%dT%H:%M}, {ctx.end:%Y-%m-%dT%H:%M})"
+            ti = context["ti"]
+            where = f"{ti.dag_id}.{ti.task_id}"
             started = time.perf_counter()
             env: TaskEnv | None = None
             try:
+                ctx = run_context(context)
+                if ctx.start is not None and ctx.end is not None:
+                    where += f" [{ctx.start:%Y-%m-%dT%H:%M}, {ctx.end:%Y-%m-%dT%H:%M})"
                 env = TaskEnv(spec, ctx, task_settings())
                 result = function(env, *args, **kwargs)
+            except AirflowException:
+                raise  # Airflow's own control flow (skip, fail, defer), as raised
             except Exception as exc:
                 raised = fail_or_retry(exc)
-                log.error(
-                    "OUTCOME %s %s after %.1fs: %s",
-                    where,
-                    failure_verdict(exc, raised, context["ti"]),
-                    time.perf_counter() - started,
-                    exc,
-                )
+                verdict = failure_verdict(exc, raised, ti)
+                log.error("OUTCOME %s %s after %.1fs: %s", where, verdict, time.perf_counter() - started, exc)
                 if raised is exc:
                     raise
                 raise raised from exc
             finally:
-                if env is not None and env._engine is not None:
-                    env._engine.dispose()
+                if env is not None:
+                    env.close()
             log.info("OUTCOME %s succeeded in %.1fs: %s", where, time.perf_counter() - started, outcome_line(result))
             return result
 

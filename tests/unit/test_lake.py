@@ -1,18 +1,15 @@
-from datetime import UTC, datetime, timedelta
+"""The lake: content-addressed objects, manifests, integrity checks, on a local folder and on S3."""
+
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from pipelines.demo_data import DemoConfig, write_source
-from pipelines.errors import BadDataError
-from pipelines.ingest import SourceMissingError, ingest
 from pipelines.lake import (
     DATA_FILE,
     MANIFEST_FILE,
     Lake,
     LakeError,
-    LocalLake,
     PartitionError,
     object_key,
     open_lake,
@@ -20,11 +17,7 @@ from pipelines.lake import (
     read_partition,
     write_partition,
 )
-from pipelines.spec import load_spec
 from tests.conftest import S3Endpoint
-from tests.unit.test_spec import DEMO_SPEC
-
-START = datetime(2026, 1, 2, 10, tzinfo=UTC)
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -115,36 +108,3 @@ def test_missing_bucket_and_bad_uri_are_named(s3_endpoint: S3Endpoint) -> None:
         open_lake("gs://bucket/x")
     with pytest.raises(LakeError, match="names no bucket"):
         open_lake("s3:///x")
-
-
-def test_ingest_stages_typed_deliveries_and_publishes_nothing(tmp_path: Path) -> None:
-    spec = load_spec(DEMO_SPEC)
-    lake = LocalLake(tmp_path / "lake")
-    write_source(tmp_path / "source" / "demo_churn", DemoConfig(), START, START + timedelta(hours=2))
-    first = ingest(spec, tmp_path / "source", lake, START, START + timedelta(hours=2))
-    second = ingest(spec, tmp_path / "source", lake, START, START + timedelta(hours=2))
-    assert len(first) == 2 and first == second  # the same source stages the same objects
-    assert not lake.exists(f"demo_churn/raw/dt=2026-01-02/hour=10/{MANIFEST_FILE}")  # validation publishes
-    frame = read_object(lake, first[0], "the staged delivery")
-    assert str(frame["event_time"].dtype) == "datetime64[ns, UTC]"
-    assert frame["monthly_charges"].dtype == "float64"
-    assert first[0]["source"]["uri"].endswith("hour=10.csv")
-    assert first[0]["partition"] == "demo_churn/raw/dt=2026-01-02/hour=10"
-    assert not list((tmp_path / "lake").rglob("*.tmp"))
-
-
-def test_missing_source_hour_names_the_file(tmp_path: Path) -> None:
-    spec = load_spec(DEMO_SPEC)
-    with pytest.raises(SourceMissingError, match=r"hour=10\.csv"):
-        ingest(spec, tmp_path / "source", LocalLake(tmp_path / "lake"), START, START + timedelta(hours=1))
-
-
-def test_unparseable_number_is_an_error(tmp_path: Path) -> None:
-    spec = load_spec(DEMO_SPEC)
-    write_source(tmp_path / "source" / "demo_churn", DemoConfig(), START, START + timedelta(hours=1))
-    path = tmp_path / "source" / "demo_churn" / "events" / "dt=2026-01-02" / "hour=10.csv"
-    frame = pd.read_csv(path, dtype=str)
-    frame.loc[3, "monthly_charges"] = "twelve"
-    frame.to_csv(path, index=False)
-    with pytest.raises(BadDataError, match=r"'monthly_charges' has non-numeric values, e.g. \['twelve'\]"):
-        ingest(spec, tmp_path / "source", LocalLake(tmp_path / "lake"), START, START + timedelta(hours=1))

@@ -1,0 +1,17 @@
+"""Training's time split."""
+
+from datetime import UTC, datetime, timedelta
+
+import pandas as pd
+
+from pipelines.spec import TrainingSpec
+from pipelines.train import time_split
+
+
+def test_time_split_never_trains_on_the_future() -> None:
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    frame = pd.DataFrame({"t": [start + timedelta(minutes=i) for i in range(1000)]}).sample(frac=1, random_state=0)
+    train, valid, holdout = time_split(frame, "t", TrainingSpec(validation_fraction=0.2, holdout_fraction=0.1))
+    assert train["t"].max() < valid["t"].min() and valid["t"].max() < holdout["t"].min()
+    assert len(train) + len(valid) + len(holdout) == 1000
+    assert 80 <= len(holdout) <= 120 and 180 <= len(valid) <= 220
