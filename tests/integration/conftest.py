@@ -24,15 +24,20 @@ def engine(home: Settings) -> Iterator[Engine]:
     engine.dispose()
 
 
-def status_report(tables_url: str | None = None) -> dict[str, Any]:
-    """`pipelines status --json`, run as a user runs it (a fresh process), on the given tables."""
+def cli_output(*args: str, tables_url: str | None = None) -> str:
+    """What `pipelines ARGS` prints, run as a user runs it (a fresh process), on the given tables."""
     env = {**os.environ, **({"PIPELINES_TABLES_URL": tables_url} if tables_url else {})}
     result = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "status", "--json"],
+        [sys.executable, "-m", "pipelines.cli", *args],
         capture_output=True,
         text=True,
         cwd=REPO_ROOT,
         check=True,
         env=env,
     )
-    return dict(json.loads(result.stdout))
+    return result.stdout
+
+
+def status_report(tables_url: str | None = None) -> dict[str, Any]:
+    """`pipelines status --json`."""
+    return dict(json.loads(cli_output("status", "--json", tables_url=tables_url)))

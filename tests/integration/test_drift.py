@@ -10,8 +10,6 @@ the policy (2 drifted of the last 4 windows) requests one retraining through the
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,10 +19,10 @@ import pytest
 from sqlalchemy import Engine, select
 
 from pipelines import tables
-from pipelines.config import REPO_ROOT, Settings
+from pipelines.config import Settings
 from pipelines.demo_data import DemoConfig, write_source
 from tests.conftest import module_home
-from tests.integration.conftest import status_report
+from tests.integration.conftest import cli_output, status_report
 
 FIRST_NIGHT = datetime(2026, 1, 3, 2, tzinfo=UTC)
 DRIFT_FROM = datetime(2026, 1, 3, 5, tzinfo=UTC)
@@ -203,22 +201,14 @@ def test_status_shows_the_last_drift_verdict(home: Settings) -> None:
     drift = status_report()["models"][0]["last_drift_report"]
     assert sorted(drift["drifted_columns"]) == sorted(SHIFTED)
     assert drift["verdict"]["retrain"] is False and drift["verdict"]["reason"].startswith("cooldown until")
-    text = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "status"], capture_output=True, text=True, cwd=REPO_ROOT, check=True
-    ).stdout
+    text = cli_output("status")
     assert "drift verdict: no retraining: cooldown until" in text
     n, k = len(drift["drifted_columns"]), drift["columns"]
     assert f"{n} of {k} feature columns drifted ({n / k:.3f})" in text
 
 
 def test_history_says_why_retraining_was_requested(home: Settings) -> None:
-    text = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "history", "demo_churn"],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        check=True,
-    ).stdout
+    text = cli_output("history", "demo_churn")
     assert "drift: retraining requested for the window ending 2026-01-03T07:00:00+00:00" in text
     assert "vNone" not in text
 

@@ -99,7 +99,7 @@ def test_an_unreachable_tracking_server_is_transient(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
     with pytest.raises(MlflowException) as refused:
-        MlflowClient(tracking_uri="http://127.0.0.1:9").get_registered_model("demo_churn")
+        MlflowClient("http://127.0.0.1:9", registry_uri="http://127.0.0.1:9").get_registered_model("demo_churn")
     assert is_transient(refused.value)
 
 
