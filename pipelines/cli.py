@@ -254,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     db = commands.add_parser("db", help="the pipeline's tables")
     db_commands = db.add_subparsers(dest="db_command", required=True)
     upgrade = db_commands.add_parser(
-        "upgrade", help="migrate the tables (PIPELINES_TABLES_URL) to this code's schema; keeps every row"
+        "upgrade",
+        help="migrate the tables tasks use (Airflow connection pipelines_tables, else PIPELINES_TABLES_URL) to this code's schema; keeps every row",
     )
     upgrade.set_defaults(func=_db_upgrade)
     run = commands.add_parser(

@@ -264,7 +264,7 @@ def require_current_schema(engine: Engine) -> None:
         state = f"are at schema revision {revision}, this code needs {HEAD_REVISION}"
     raise SchemaError(
         f"the pipeline's tables at {where} {state}: run `pipelines db upgrade` "
-        "(with PIPELINES_TABLES_URL pointing at this database)"
+        "(it migrates the tables tasks use: the pipelines_tables Airflow connection, else PIPELINES_TABLES_URL)"
     )
 
 
