@@ -192,6 +192,15 @@ def test_scheduler_executes_a_run_triggered_through_the_api(stack: Stack) -> Non
     manifest = json.loads((stack.home / "lake/demo_churn/raw/dt=2026-01-03/hour=11/_manifest.json").read_text())
     assert rows == manifest["rows"] > 0
 
+    # Honest logs: a task that succeeded logged no ERROR line (the task runner logs a task's stderr,
+    # such as a progress bar, as ERROR), and it logged its one outcome line.
+    for task_id in ("ingest_interval", "validate_interval", "score"):
+        logged = request(f"{api}/dags/demo_churn__score/dagRuns/{RUN_ID}/taskInstances/{task_id}/logs/1", token)
+        entries = [e for e in logged["content"] if isinstance(e, dict)]
+        errors = [e.get("event") for e in entries if str(e.get("level", "")).lower() in {"error", "critical"}]
+        assert errors == [], (task_id, errors)
+        assert any(f"OUTCOME demo_churn__score.{task_id}" in str(e.get("event")) for e in entries), task_id
+
 
 def predictions_per_hour(home: Path, day: str) -> tuple[dict[str, int], str]:
     """Per-hour counts of a day's logged predictions, and a checksum of every column of every row."""
