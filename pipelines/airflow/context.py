@@ -70,7 +70,10 @@ class RunContext:
         return "schedule" if self.actor == "airflow:scheduler" else f"manual ({self.actor})"
 
 
-def _utc(value: Any) -> datetime:
+def as_utc(value: Any) -> datetime:
+    """A datetime (or a pendulum one, or an ISO text) in UTC."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
     return datetime.fromtimestamp(value.timestamp(), tz=UTC)
 
 
@@ -100,7 +103,7 @@ def run_context(context: Mapping[str, Any]) -> RunContext:
     if drift:
         # A drift-triggered run covers the data up to the drifted window, not the events' wall-clock times.
         latest = max(drift, key=lambda e: str(e["window_end"]))
-        drifted_until = _utc(datetime.fromisoformat(str(latest["window_end"])))
+        drifted_until = as_utc(str(latest["window_end"]))
         return RunContext(
             **common,
             logical_date="",
@@ -117,8 +120,8 @@ def run_context(context: Mapping[str, Any]) -> RunContext:
     return RunContext(
         **common,
         logical_date=logical.isoformat() if logical else "",
-        start=_utc(start) if start is not None else None,
-        end=_utc(end) if end is not None else None,
+        start=as_utc(start) if start is not None else None,
+        end=as_utc(end) if end is not None else None,
         actor=run_actor(dag_run),
         drift=None,
     )

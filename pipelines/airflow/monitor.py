@@ -11,6 +11,7 @@ from airflow.sdk import DAG, Param, get_current_context, task
 from pipelines.airflow.context import (
     RunContext,
     TaskEnv,
+    as_utc,
     common_dag_args,
     drift_asset,
     pipeline_task,
@@ -42,12 +43,6 @@ MONITOR_PARAMS = {
 }
 
 
-def _utc(text: str) -> datetime:
-    from pipelines.airflow.context import _utc as to_utc
-
-    return to_utc(datetime.fromisoformat(text))
-
-
 def monitored_intervals(ctx: RunContext) -> list[tuple[datetime, datetime]]:
     """The scored intervals this run watches: from the triggering predictions events, else from the params."""
     events = [e for e in ctx.triggering_events if e.get("kind") == "predictions"]
@@ -59,7 +54,7 @@ def monitored_intervals(ctx: RunContext) -> list[tuple[datetime, datetime]]:
                 f"{ctx.dag_id}: no predictions event triggered this run: give the params interval_start and interval_end"
             )
         pairs = {(str(ctx.params["interval_start"]), str(ctx.params["interval_end"]))}
-    return sorted((_utc(a), _utc(b)) for a, b in pairs)
+    return sorted((as_utc(a), as_utc(b)) for a, b in pairs)
 
 
 def latest_window_end(reports: list[DriftReport]) -> datetime:
