@@ -224,6 +224,15 @@ def test_backfilling_three_hours_twice_gives_the_same_rows(stack: Stack) -> None
         stack.airflow_url + "/auth/token", payload={"username": "admin", "password": stack.password}, method="POST"
     )["access_token"]
     request(f"{api}/dags/demo_churn__score", token, {"is_paused": False}, "PATCH")
+    # On SQLite, creating a backfill while the scheduler writes can fail half-way (503, then 409 or a
+    # crashed scheduler: an Airflow race on that database). Start it once the scheduler has gone quiet.
+    deadline = time.monotonic() + 120
+    while (
+        time.monotonic() < deadline
+        and request(f"{api}/dags/demo_churn__score/dagRuns?state=queued&state=running", token)["total_entries"]
+    ):
+        time.sleep(2)
+    time.sleep(10)
 
     def backfill(reprocess: str) -> dict[str, str]:
         created = request(
