@@ -25,7 +25,7 @@ from sqlalchemy import Engine, and_, select
 
 from pipelines import tables
 from pipelines.config import Settings
-from pipelines.intervals import interval_key
+from pipelines.intervals import PANDAS_FREQ, interval_key
 from pipelines.labels import labels_as_known
 from pipelines.spec import ModelSpec
 from pipelines.train import binary_metrics
@@ -68,16 +68,16 @@ def matured_predictions(spec: ModelSpec, engine: Engine, end: datetime) -> pd.Da
 
 
 def logged_inputs_of(spec: ModelSpec, settings: Settings, frame: pd.DataFrame) -> pd.DataFrame:
-    """The logged inputs (the lake's scored partitions) of the hours of these predictions, read once."""
+    """The logged inputs (the lake's scored partitions) of the partitions of these predictions, read once."""
     from pipelines.score import read_logged_inputs
 
-    hours = [h.to_pydatetime() for h in sorted(frame["as_of"].dt.floor("h").unique())]
-    logged = read_logged_inputs(spec, settings, hours)
-    if logged.hours_missing:
+    parts = [p.to_pydatetime() for p in sorted(frame["as_of"].dt.floor(PANDAS_FREQ[spec.partition]).unique())]
+    logged = read_logged_inputs(spec, settings, parts)
+    if logged.partitions_missing:
         log.warning(
-            "%s: %d scored hour(s) missing from the lake: their rows count in ALL only and are not replayed",
+            "%s: %d scored partition(s) missing from the lake: their rows count in ALL only and are not replayed",
             spec.name,
-            len(logged.hours_missing),
+            len(logged.partitions_missing),
         )
     return logged.frame
 
@@ -126,7 +126,7 @@ def cohort_metrics(frame: pd.DataFrame, slices: list[str], scored_by: str) -> li
 def replay_challenger(
     spec: ModelSpec, settings: Settings, frame: pd.DataFrame, logged: pd.DataFrame, challenger: str, end: datetime
 ) -> pd.DataFrame:
-    """The challenger's scores on the logged inputs of the last K matured hours new to it, with their labels.
+    """The challenger's scores on the logged inputs of the last K matured partitions new to it, with their labels.
 
     The replayed scores are kept in the lake (`<model>/replay/v<version>/...`) for the gate and for audit.
     """
@@ -138,11 +138,14 @@ def replay_challenger(
     since = fresh_from(settings, spec.name, challenger)
     if since is not None:
         frame = frame[frame["as_of"] >= pd.Timestamp(since)]
-    hours = sorted(frame["as_of"].dt.floor("h").unique())[-spec.backtest.replay_intervals :]
-    if not hours:
-        log.warning("%s: no matured hour is newer than challenger v%s's training data yet", spec.name, challenger)
+    freq = PANDAS_FREQ[spec.partition]
+    parts = sorted(frame["as_of"].dt.floor(freq).unique())[-spec.backtest.replay_intervals :]
+    if not parts:
+        log.warning(
+            "%s: no matured %s is newer than challenger v%s's training data yet", spec.name, spec.partition, challenger
+        )
         return frame.iloc[0:0].assign(model_version=challenger)
-    chosen = logged[logged[spec.timestamp].dt.floor("h").isin(hours)] if not logged.empty else logged
+    chosen = logged[logged[spec.timestamp].dt.floor(freq).isin(parts)] if not logged.empty else logged
     replayed = replay_logged_inputs(spec, settings, challenger, chosen)
     scores = replayed.assign(entity_id=replayed["entity_id"].astype(str))
     labelled = frame.drop(columns=["model_version", "score"]).merge(
@@ -153,7 +156,7 @@ def replay_challenger(
         settings.lake,
         f"{spec.name}/replay/v{challenger}/{interval_key(end - timedelta(days=spec.backtest.lookback_days), end)}",
         replayed,
-        {"model": spec.name, "model_version": challenger, "hours": [h.isoformat() for h in hours]},
+        {"model": spec.name, "model_version": challenger, "partitions": [p.isoformat() for p in parts]},
     )
     return labelled
 

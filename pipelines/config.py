@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -53,6 +54,8 @@ def get_settings() -> Settings:
         tables_from=tables_from,
     )
 
+
+DEMO_WAREHOUSE_CONN_ID = "pipelines_demo_warehouse"
 
 # The Airflow connections tasks and the CLI read storage from, when they are defined.
 TABLES_CONN_ID = os.environ.get("PIPELINES_TABLES_CONN_ID", "pipelines_tables")
@@ -161,6 +164,11 @@ def airflow_environment(settings: Settings) -> dict[str, str]:
         "AIRFLOW__API__PORT": "8080",
         # MLflow imports GitPython, which warns loudly on machines without git.
         "GIT_PYTHON_REFRESH": "quiet",
+        # The demo_orders model's SQL warehouse (a SQLite file `pipelines demo` writes), as an Airflow
+        # connection; define your own connections in the UI, a secrets backend or AIRFLOW_CONN_*.
+        f"AIRFLOW_CONN_{DEMO_WAREHOUSE_CONN_ID.upper()}": json.dumps(
+            {"conn_type": "sqlite", "host": str(settings.source / "demo_orders" / "warehouse.db")}
+        ),
     }
 
 

@@ -1,4 +1,4 @@
-"""Stage 1: stage one interval of the source in the lake, typed, one delivery per hour.
+"""Stage 1: stage one interval of the source in the lake, typed, one delivery per partition.
 
 Nothing is published here: `pipelines.validate` publishes a delivery once it passed its suite.
 """
@@ -7,42 +7,48 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from pipelines.errors import BadDataError, PermanentError, SourceNotReady
-from pipelines.intervals import hours_between, interval_key, source_hour_file
-from pipelines.lake import Lake, file_sha256, hour_partition, stage
-from pipelines.spec import ModelSpec
+from pipelines.errors import BadDataError, PermanentError
+from pipelines.intervals import STEP, interval_key, partitions_between
+from pipelines.lake import Lake, partition_key, stage
+from pipelines.sources import PartitionRead, SourceAccess, SourceMissingError, read_source
+from pipelines.spec import EXPECTATIONS_DIR, ModelSpec, SqlSource, suite_columns
+
+__all__ = ["SourceMissingError", "ingest", "type_events"]
+
+log = logging.getLogger(__name__)
 
 
-class SourceMissingError(SourceNotReady):
-    """The source has not delivered a file for an interval (yet)."""
+def expected_columns(spec: ModelSpec) -> list[str]:
+    """The header of a partition without rows: the spec's columns, then the rest its suite knows."""
+    ours = [spec.entity_key, spec.timestamp, *spec.features.all]
+    suite = json.loads((EXPECTATIONS_DIR / f"{spec.suite}.json").read_text())
+    return ours + sorted(suite_columns(suite) - set(ours))
 
 
-def read_source_events(spec: ModelSpec, path: Path) -> pd.DataFrame:
-    """Read one source file and give every spec'd column its type; unparseable values are an error."""
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=True)
-    except pd.errors.EmptyDataError as exc:
-        raise BadDataError(
-            f"{path}: the file is empty (no header line); an hour without events needs the header line alone"
-        ) from exc
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise BadDataError(f"{path}: not a readable CSV file: {exc}") from exc
+def type_events(spec: ModelSpec, frame: pd.DataFrame, where: str) -> pd.DataFrame:
+    """Give every spec'd column its type (key and categories text, numbers float, time UTC);
+    a value that cannot take its type is an error naming `where` and the column."""
+    frame = frame.copy()
     for column in [spec.entity_key, *spec.features.categorical]:
         if column in frame:
             frame[column] = frame[column].astype("string")
     if spec.timestamp in frame:
-        times = pd.to_datetime(frame[spec.timestamp], utc=True, format="ISO8601", errors="coerce")
-        unparseable = frame[spec.timestamp].notna() & times.isna()
+        original = frame[spec.timestamp]
+        if pd.api.types.is_datetime64_any_dtype(original):
+            times = pd.to_datetime(original, utc=True)
+        else:
+            times = pd.to_datetime(original.astype("string"), utc=True, format="ISO8601", errors="coerce")
+        unparseable = original.notna() & times.isna()
         if unparseable.any():
             samples = frame.loc[unparseable, spec.timestamp].head(5).tolist()
             raise BadDataError(
-                f"{path}: column '{spec.timestamp}' has values that are not ISO 8601 times, e.g. {samples}"
+                f"{where}: column '{spec.timestamp}' has values that are not ISO 8601 times, e.g. {samples}"
             )
         frame[spec.timestamp] = times
     for column in spec.features.numeric:
@@ -52,37 +58,62 @@ def read_source_events(spec: ModelSpec, path: Path) -> pd.DataFrame:
         unparseable = frame[column].notna() & numbers.isna()
         if unparseable.any():
             samples = frame.loc[unparseable, column].head(5).tolist()
-            raise BadDataError(f"{path}: column '{column}' has non-numeric values, e.g. {samples}")
+            raise BadDataError(f"{where}: column '{column}' has non-numeric values, e.g. {samples}")
         frame[column] = numbers.astype("float64")
     return frame
 
 
-def stage_hour(spec: ModelSpec, source_root: Path, lake: Lake, hour: datetime) -> dict[str, Any]:
-    """Read the hour's source file into a staged object; the published partition is not touched."""
-    source_file = source_hour_file(source_root / spec.source.events_path, hour)
-    if not source_file.exists():
-        raise SourceMissingError(
-            f"{spec.name}: no source file for the hour starting {hour.isoformat()}: expected {source_file}"
+def split_by_partition(
+    spec: ModelSpec, read: PartitionRead, frame: pd.DataFrame, starts: list[datetime]
+) -> list[tuple[datetime, pd.DataFrame]]:
+    """Cut a whole interval's rows into its partitions by time."""
+    where = read.read.origin["uri"]
+    times = frame[spec.timestamp] if spec.timestamp in frame else pd.Series(pd.NaT, index=frame.index)
+    if times.isna().any():
+        # A row without a time belongs to no partition; it is not dropped unseen.
+        raise BadDataError(
+            f"{where}: {int(times.isna().sum())} row(s) have no '{spec.timestamp}', so no partition can hold them"
         )
-    frame = read_source_events(spec, source_file)
-    manifest = {
-        "model": spec.name,
-        "interval_start": hour.isoformat(),
-        "partition": hour_partition(spec.name, "raw", hour),
-        "source": {"uri": str(source_file), "sha256": file_sha256(source_file)},
-    }
-    return stage(lake, spec.name, frame, manifest)
+    first, end = starts[0], starts[-1] + STEP[spec.partition]
+    outside = (times < first) | (times >= end)
+    if outside.any() and isinstance(spec.source.events, SqlSource):
+        # Our own table filter cannot do this: a query's filter disagrees with the interval.
+        raise BadDataError(
+            f"{where}: the query returned {int(outside.sum())} row(s) with '{spec.timestamp}' outside "
+            f"[{first.isoformat()}, {end.isoformat()}), e.g. {times[outside].head(3).astype(str).tolist()}; "
+            'filter with "{spec.timestamp} >= :start AND {spec.timestamp} < :end"'
+        )
+    frame, times = frame[~outside], times[~outside]
+    return [(s, frame[(times >= s) & (times < s + STEP[spec.partition])].reset_index(drop=True)) for s in starts]
 
 
-def ingest(spec: ModelSpec, source_root: Path, lake: Lake, start: datetime, end: datetime) -> list[dict[str, Any]]:
-    """Stage every hour of [start, end): the deliveries validation will check before publishing them.
+def ingest(spec: ModelSpec, access: SourceAccess, lake: Lake, start: datetime, end: datetime) -> list[dict[str, Any]]:
+    """Stage every partition of [start, end): the deliveries validation will check before publishing them.
 
-    Re-running stages the same objects again (same content, same sha256).
+    Re-running stages the same objects again (same content, same sha256). A partition without rows
+    is a delivery like any other (0 rows, the suite's columns), left to the suite to judge.
     """
-    hours = hours_between(start, end)
-    if not hours:
+    starts = partitions_between(start, end, spec.partition)
+    if not starts:
         raise PermanentError(f"{spec.name}: empty interval [{start}, {end})")
-    return [stage_hour(spec, source_root, lake, hour) for hour in hours]
+    deliveries = []
+    for read in read_source(spec.source.events, access, spec.timestamp, start, end, spec.partition):
+        origin = read.read.origin
+        raw = read.read.frame if len(read.read.frame.columns) else pd.DataFrame(columns=expected_columns(spec))
+        frame = type_events(spec, raw, str(origin["uri"]))
+        parts = split_by_partition(spec, read, frame, starts) if read.whole_interval else [(read.start, frame)]
+        for part_start, part in parts:
+            manifest = {
+                "model": spec.name,
+                "interval_start": part_start.isoformat(),
+                "partition": partition_key(spec.name, "raw", part_start, spec.partition),
+                "source": origin,
+            }
+            deliveries.append(stage(lake, spec.name, part, manifest))
+    quiet = [d["interval_start"] for d in deliveries if not d["rows"]]
+    if quiet:
+        log.info("%s: %d partition(s) without rows: %s", spec.name, len(quiet), ", ".join(quiet[:5]))
+    return deliveries
 
 
 def snapshot_sha256(deliveries: list[dict[str, Any]]) -> str:

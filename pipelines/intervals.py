@@ -1,32 +1,48 @@
-"""Hour arithmetic shared by the source layout, the lake and the DAGs."""
+"""Partition arithmetic (UTC hours or days) shared by the sources, the lake and the DAGs."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from typing import Literal
 
 from pipelines.errors import PermanentError
 
+PartitionUnit = Literal["hour", "day"]
+STEP: dict[str, timedelta] = {"hour": timedelta(hours=1), "day": timedelta(days=1)}
+PANDAS_FREQ = {"hour": "h", "day": "D"}  # the same units, for Series.dt.floor
 
-def hours_between(start: datetime, end: datetime) -> list[datetime]:
-    """The hour starts in [start, end). Both ends must be timezone-aware and on whole hours: an
-    interval that cut an hour would read part of it or drop it, and neither may happen silently."""
+
+def floor_to_partition(moment: datetime, unit: PartitionUnit) -> datetime:
+    """The start of the partition holding `moment` (UTC)."""
+    moment = moment.astimezone(UTC)
+    floored = moment.replace(minute=0, second=0, microsecond=0)
+    return floored.replace(hour=0) if unit == "day" else floored
+
+
+def partitions_between(start: datetime, end: datetime, unit: PartitionUnit = "hour") -> list[datetime]:
+    """The partition starts in [start, end). Both ends must be timezone-aware and on partition bounds:
+    an interval that cut a partition would read part of it or drop it, and neither may happen silently."""
     if start.tzinfo is None or end.tzinfo is None:
         raise PermanentError("interval bounds must be timezone-aware")
     for name, bound in (("start", start), ("end", end)):
-        if bound.astimezone(UTC) != bound.astimezone(UTC).replace(minute=0, second=0, microsecond=0):
+        if bound.astimezone(UTC) != floor_to_partition(bound, unit):
             raise PermanentError(
-                f"interval [{start.isoformat()}, {end.isoformat()}) does not {name} on a whole hour: tasks read "
-                "whole hourly partitions; give the DAG a schedule at minute 0"
+                f"interval [{start.isoformat()}, {end.isoformat()}) does not {name} on a whole {unit}: tasks read "
+                f"whole {unit}ly partitions; give the DAG a schedule that fires on them"
+                + (" (minute 0)" if unit == "hour" else " (midnight UTC, '0 0 * * *')")
             )
     first = start.astimezone(UTC)
-    count = int((end - first).total_seconds() // 3600)
-    return [first + timedelta(hours=i) for i in range(max(count, 0))]
+    count = int((end - first) / STEP[unit])
+    return [first + STEP[unit] * i for i in range(max(count, 0))]
 
 
-def source_hour_file(root: Path, hour: datetime) -> Path:
-    """Source feeds deliver one CSV per hour: <root>/dt=YYYY-MM-DD/hour=HH.csv."""
-    return root / f"dt={hour:%Y-%m-%d}" / f"hour={hour:%H}.csv"
+def hours_between(start: datetime, end: datetime) -> list[datetime]:
+    return partitions_between(start, end, "hour")
+
+
+def partition_path(start: datetime, unit: PartitionUnit) -> str:
+    """A partition's folder in the lake: dt=YYYY-MM-DD/hour=HH, or dt=YYYY-MM-DD for a day."""
+    return f"dt={start:%Y-%m-%d}" if unit == "day" else f"dt={start:%Y-%m-%d}/hour={start:%H}"
 
 
 def interval_key(start: datetime, end: datetime) -> str:

@@ -10,14 +10,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 
 import pandas as pd
 from sqlalchemy import Engine, Subquery, and_, func, select
 
 from pipelines import tables
 from pipelines.errors import BadDataError
-from pipelines.intervals import hours_between, source_hour_file
+from pipelines.sources import SourceAccess, read_source
 from pipelines.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -25,56 +24,59 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class LabelIngestResult:
-    files_read: int
+    files_read: int  # reads that returned rows: files, or one per SQL query
     rows: int
-    missing_hours: list[str]
+    missing_partitions: list[str]
 
 
-def read_label_file(spec: ModelSpec, path: Path) -> pd.DataFrame:
-    try:
-        frame = pd.read_csv(path, dtype={spec.entity_key: "string"})
-    except pd.errors.EmptyDataError as exc:
-        raise BadDataError(f"{path}: the label file is empty (no header line)") from exc
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise BadDataError(f"{path}: not a readable CSV file: {exc}") from exc
+def check_labels(spec: ModelSpec, frame: pd.DataFrame, where: str) -> pd.DataFrame:
+    """Type a label delivery; a missing column, an empty key or time, or a label not 0/1 names `where`."""
+    frame = frame.reset_index(drop=True)
     required = [spec.entity_key, spec.timestamp, spec.label.column, spec.label.arrived_at_column]
     missing = [c for c in required if c not in frame.columns]
     if missing:
-        raise BadDataError(f"{path}: label file lacks column(s) {missing}")
+        raise BadDataError(f"{where}: label data lacks column(s) {missing}")
+    frame[spec.entity_key] = frame[spec.entity_key].astype("string")
     for column in (spec.entity_key, spec.timestamp, spec.label.arrived_at_column):
         if frame[column].isna().any():
             rows = [int(i) + 2 for i in frame.index[frame[column].isna()][:5]]  # +2: header, 1-based lines
-            raise BadDataError(f"{path}: column '{column}' is empty on line(s) {rows}; every label needs it")
+            raise BadDataError(f"{where}: column '{column}' is empty on line(s) {rows}; every label needs it")
     for column in (spec.timestamp, spec.label.arrived_at_column):
-        times = pd.to_datetime(frame[column], utc=True, format="ISO8601", errors="coerce")
+        values = frame[column]
+        if pd.api.types.is_datetime64_any_dtype(values):
+            times = pd.to_datetime(values, utc=True)
+        else:
+            times = pd.to_datetime(values.astype("string"), utc=True, format="ISO8601", errors="coerce")
         if times.isna().any():
             rows = [int(i) + 2 for i in frame.index[times.isna()][:5]]
-            raise BadDataError(f"{path}: column '{column}' is not an ISO 8601 time on line(s) {rows}")
+            raise BadDataError(f"{where}: column '{column}' is not an ISO 8601 time on line(s) {rows}")
         frame[column] = times
     labels = pd.to_numeric(frame[spec.label.column], errors="coerce")
     if labels.isna().any() or not labels.isin([0, 1]).all():
         bad = frame.loc[labels.isna() | ~labels.isin([0, 1]), spec.label.column].head(5).tolist()
-        raise BadDataError(f"{path}: column '{spec.label.column}' must be 0 or 1, found e.g. {bad}")
+        raise BadDataError(f"{where}: column '{spec.label.column}' must be 0 or 1, found e.g. {bad}")
     frame[spec.label.column] = labels
-    frame["_file"] = str(path)
+    frame["_file"] = where
     return frame
 
 
 def ingest_labels(
-    spec: ModelSpec, source_root: Path, engine: Engine, start: datetime, end: datetime
+    spec: ModelSpec, access: SourceAccess, engine: Engine, start: datetime, end: datetime
 ) -> LabelIngestResult:
     """Upsert labels that arrived in [start, end). Re-running the same interval changes nothing."""
-    root = source_root / spec.source.labels_path
-    frames, missing = [], []
-    for hour in hours_between(start, end):
-        path = source_hour_file(root, hour)
-        if path.exists():
-            frames.append(read_label_file(spec, path))
-        else:
-            missing.append(hour.isoformat())
+    arrived = spec.label.arrived_at_column
+    reads = read_source(spec.source.labels, access, arrived, start, end, spec.partition)
+    missing = [m for r in reads for m in r.read.missing]
     if missing:
         # Label feeds are sparse by nature (no events that hour, a late upstream); not an error.
-        log.warning("%s: no label file for %d hour(s): %s", spec.name, len(missing), ", ".join(missing[:5]))
+        log.warning("%s: no label file for %d partition(s): %s", spec.name, len(missing), ", ".join(missing[:5]))
+    frames = []
+    for read in reads:
+        if not len(read.read.frame.columns):
+            continue
+        frame = check_labels(spec, read.read.frame, str(read.read.origin["uri"]))
+        frames.append(frame[(frame[arrived] >= start) & (frame[arrived] < end)])  # each arrival read once
+    frames = [f for f in frames if len(f)]
     if not frames:
         return LabelIngestResult(0, 0, missing)
     frame = pd.concat(frames, ignore_index=True)

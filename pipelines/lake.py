@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipelines.errors import BadDataError, PermanentError, PipelineError, StorageUnavailable
+from pipelines.intervals import PartitionUnit, partition_path
 
 if TYPE_CHECKING:  # pandas is imported where partitions are read or written, not when DAGs are parsed
     import pandas as pd
@@ -112,6 +113,19 @@ class S3Options:
     region_name: str | None = None
 
 
+def s3_client(options: S3Options) -> Any:
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=options.endpoint_url,
+        aws_access_key_id=options.access_key_id,
+        aws_secret_access_key=options.secret_access_key,
+        aws_session_token=options.session_token,
+        region_name=options.region_name,
+    )
+
+
 @dataclass(frozen=True)
 class S3Lake(Lake):
     bucket: str
@@ -127,16 +141,7 @@ class S3Lake(Lake):
 
     @cached_property
     def client(self) -> Any:
-        import boto3
-
-        return boto3.client(
-            "s3",
-            endpoint_url=self.options.endpoint_url,
-            aws_access_key_id=self.options.access_key_id,
-            aws_secret_access_key=self.options.secret_access_key,
-            aws_session_token=self.options.session_token,
-            region_name=self.options.region_name,
-        )
+        return s3_client(self.options)
 
     def _fail(self, exc: Any, key: str) -> PipelineError:
         code = exc.response.get("Error", {}).get("Code", "")
@@ -204,8 +209,13 @@ class Partition:
         return str(self.manifest["sha256"])
 
 
+def partition_key(model: str, zone: str, start: datetime, unit: PartitionUnit = "hour") -> str:
+    """The key of one partition of a zone (raw, scored, ...): <model>/<zone>/dt=YYYY-MM-DD[/hour=HH]."""
+    return f"{model}/{zone}/{partition_path(start, unit)}"
+
+
 def hour_partition(model: str, zone: str, hour: datetime) -> str:
-    return f"{model}/{zone}/dt={hour:%Y-%m-%d}/hour={hour:%H}"
+    return partition_key(model, zone, hour, "hour")
 
 
 def file_sha256(path: Path) -> str:
@@ -308,10 +318,13 @@ def read_partition(lake: Lake, key: str) -> tuple[pd.DataFrame, Partition]:
     return pd.read_parquet(io.BytesIO(payload)), partition
 
 
-def read_hours(lake: Lake, model: str, zone: str, hours: list[datetime]) -> pd.DataFrame:
-    """Concatenate the hourly partitions of one zone; a missing or incomplete one is an error."""
+def read_partitions(
+    lake: Lake, model: str, zone: str, starts: list[datetime], unit: PartitionUnit = "hour"
+) -> pd.DataFrame:
+    """Concatenate partitions of one zone; a missing or incomplete one is an error."""
     import pandas as pd
 
-    if not hours:
-        raise PermanentError(f"{model}: no hours to read from the '{zone}' zone")
-    return pd.concat([read_partition(lake, hour_partition(model, zone, h))[0] for h in hours], ignore_index=True)
+    if not starts:
+        raise PermanentError(f"{model}: no partitions to read from the '{zone}' zone")
+    frames = [read_partition(lake, partition_key(model, zone, s, unit))[0] for s in starts]
+    return pd.concat(frames, ignore_index=True)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -32,12 +32,12 @@ from pipelines.features import (
     unseen_categories,
     unseen_category_counts,
 )
-from pipelines.intervals import hours_between
+from pipelines.intervals import STEP, partition_path, partitions_between
 from pipelines.lake import (
     DATA_FILE,
     MANIFEST_FILE,
     Partition,
-    hour_partition,
+    partition_key,
     publish,
     read_partition,
     stage,
@@ -106,12 +106,12 @@ def predict_chunked(booster: Any, contract: FeatureContract, frame: pd.DataFrame
     return np.concatenate(chunks)
 
 
-def score_hour(
-    spec: ModelSpec, settings: Settings, booster: Any, signature: Any, version: str, hour: datetime
+def score_partition(
+    spec: ModelSpec, settings: Settings, booster: Any, signature: Any, version: str, part: datetime
 ) -> pd.DataFrame:
-    """The hour's raw rows with the model's score: exactly what the model saw and said."""
+    """The partition's raw rows with the model's score: exactly what the model saw and said."""
     contract = contract_of(booster)
-    frame, _ = read_partition(settings.lake, hour_partition(spec.name, "raw", hour))
+    frame, _ = read_partition(settings.lake, partition_key(spec.name, "raw", part, spec.partition))
     keyless = frame[spec.entity_key].isna() | frame[spec.timestamp].isna()
     if keyless.any():
         # Only reachable under validation policy 'warn': a prediction without its key cannot be logged.
@@ -119,18 +119,18 @@ def score_hour(
             "%s: %d row(s) of %s lack %s or %s and are not scored",
             spec.name,
             int(keyless.sum()),
-            hour.isoformat(),
+            part.isoformat(),
             spec.entity_key,
             spec.timestamp,
         )
         frame = frame[~keyless]
-    outside = (frame[spec.timestamp] < hour) | (frame[spec.timestamp] >= hour + timedelta(hours=1))
+    outside = (frame[spec.timestamp] < part) | (frame[spec.timestamp] >= part + STEP[spec.partition])
     if outside.any():
-        # Each hour's predictions replace that hour's rows: a row filed under another hour would be
-        # deleted by that hour's re-scoring. The source must file events under their own hour.
+        # Each partition's predictions replace its rows: a row filed under another partition would be
+        # deleted by that partition's re-scoring. The source must file events under their own partition.
         raise BadDataError(
-            f"{spec.name}: {int(outside.sum())} row(s) of the partition for {hour.isoformat()} have "
-            f"{spec.timestamp} outside that hour, e.g. {frame.loc[outside, spec.timestamp].head(3).tolist()}"
+            f"{spec.name}: {int(outside.sum())} row(s) of the partition for {part.isoformat()} have "
+            f"{spec.timestamp} outside that {spec.partition}, e.g. {frame.loc[outside, spec.timestamp].head(3).tolist()}"
         )
     check_inputs(frame, signature, f"{spec.name} v{version}")
     # The model's inputs and every feature of the spec, so a challenger with other features can replay them.
@@ -159,8 +159,8 @@ def prediction_rows(spec: ModelSpec, scored: pd.DataFrame, dag_run_id: str, scor
     )
 
 
-def write_predictions(engine: Engine, spec: ModelSpec, hour: datetime, rows: pd.DataFrame, dag_run_id: str) -> int:
-    """The hour's predictions replace that hour's rows, in one transaction; returns rows removed.
+def write_predictions(engine: Engine, spec: ModelSpec, part: datetime, rows: pd.DataFrame, dag_run_id: str) -> int:
+    """The partition's predictions replace its rows, in one transaction; returns rows removed.
 
     Every row updated or removed is first copied to predictions_history.
     """
@@ -171,29 +171,31 @@ def write_predictions(engine: Engine, spec: ModelSpec, hour: datetime, rows: pd.
         rows,
         key=["model_name", "entity_id", "as_of"],
         update_when_changed=["model_version", "score", "features_sha256", "unseen_categories"],
-        replaces=(p.c.model_name == spec.name) & (p.c.as_of >= hour) & (p.c.as_of < hour + timedelta(hours=1)),
+        replaces=(p.c.model_name == spec.name) & (p.c.as_of >= part) & (p.c.as_of < part + STEP[spec.partition]),
         history=(tables.predictions_history, {"superseded_at": datetime.now(UTC), "superseded_by_run": dag_run_id}),
     )
 
 
 @dataclass(frozen=True)
-class ServedHour:
+class ServedPartition:
     version: str
     scores: pd.DataFrame  # what was logged: the lake's scored partition, else the log's own rows
     partition: Partition | None  # the scored partition, when the lake still has it
 
 
-def served_hour(spec: ModelSpec, settings: Settings, engine: Engine, hour: datetime) -> ServedHour | None:
-    """What served this hour, read once (None for an hour never scored)."""
-    key = hour_partition(spec.name, "scored", hour)
+def served_partition(spec: ModelSpec, settings: Settings, engine: Engine, part: datetime) -> ServedPartition | None:
+    """What served this partition, read once (None for one never scored)."""
+    key = partition_key(spec.name, "scored", part, spec.partition)
     if settings.lake.exists(f"{key}/{MANIFEST_FILE}"):
         frame, partition = read_partition(settings.lake, key)
-        return ServedHour(str(partition.manifest["model_version"]), frame, partition)
-    logged = logged_predictions(spec, engine, hour)  # the lake lost the hour (moved, expired): the log says
+        return ServedPartition(str(partition.manifest["model_version"]), frame, partition)
+    logged = logged_predictions(spec, engine, part)  # the lake lost it (moved, expired): the log says
     versions = sorted(set(logged["model_version"]))
     if len(versions) > 1:
-        raise BadDataError(f"{spec.name}: the hour {hour.isoformat()} is logged under several versions {versions}")
-    return ServedHour(versions[0], logged, None) if versions else None
+        raise BadDataError(
+            f"{spec.name}: the {spec.partition} {part.isoformat()} is logged under several versions {versions}"
+        )
+    return ServedPartition(versions[0], logged, None) if versions else None
 
 
 def rewritten_rows(spec: ModelSpec, before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
@@ -223,11 +225,11 @@ def _resolve(settings: Settings, spec: ModelSpec, choice: str) -> str:
     return choice
 
 
-def logged_predictions(spec: ModelSpec, engine: Engine, hour: datetime) -> pd.DataFrame:
-    """The hour's rows of the prediction log, under the scored frame's column names."""
+def logged_predictions(spec: ModelSpec, engine: Engine, part: datetime) -> pd.DataFrame:
+    """The partition's rows of the prediction log, under the scored frame's column names."""
     p = tables.predictions
     query = select(p.c.entity_id, p.c.as_of, p.c.model_version, p.c.score, p.c.features_sha256).where(
-        p.c.model_name == spec.name, p.c.as_of >= hour, p.c.as_of < hour + timedelta(hours=1)
+        p.c.model_name == spec.name, p.c.as_of >= part, p.c.as_of < part + STEP[spec.partition]
     )
     with engine.connect() as connection:
         frame = pd.DataFrame(
@@ -247,17 +249,17 @@ def score_interval(
     dag_run_id: str,
     rescore_with: str | None = None,
 ) -> ScoreResult:
-    """Score each hour of [start, end): a new hour with the champion, a scored one with the version that served it.
+    """Score each partition of [start, end): a new one with the champion, a scored one with the version that served it.
 
-    `rescore_with` ('champion' or a version) is the explicit choice to score every hour with that
+    `rescore_with` ('champion' or a version) is the explicit choice to score every partition with that
     version, replacing what served (kept in predictions_history and the lake's scored_history).
     """
     models: dict[str, LoadedModel] = {}
     total, deleted, uris, versions = 0, 0, [], []
     unseen: dict[str, int] = {}
     scored_at = datetime.now(UTC)
-    for hour in hours_between(start, end):
-        served = served_hour(spec, settings, engine, hour)
+    for part in partitions_between(start, end, spec.partition):
+        served = served_partition(spec, settings, engine, part)
         if rescore_with or served is None:
             version = _resolve(settings, spec, rescore_with or "champion")
         else:
@@ -265,14 +267,14 @@ def score_interval(
         if version not in models:
             models[version] = load_model(settings, spec.name, version)
         model = models[version]
-        scored = score_hour(spec, settings, model.booster, model.signature, version, hour)
-        key = hour_partition(spec.name, "scored", hour)
+        scored = score_partition(spec, settings, model.booster, model.signature, version, part)
+        key = partition_key(spec.name, "scored", part, spec.partition)
         previous = None if served is None else served.partition
         if served is not None:
             rewritten = rewritten_rows(spec, served.scores, scored)
             if len(rewritten) and not rescore_with:
                 raise RecordConflict(
-                    f"{spec.name}: scoring {hour.isoformat()} again would change or remove {len(rewritten)} "
+                    f"{spec.name}: scoring {part.isoformat()} again would change or remove {len(rewritten)} "
                     f"prediction(s) logged by v{served.version} (its inputs changed since), e.g. "
                     f"{rewritten.head(3).to_dict('records')}; the log keeps what served. To replace them, trigger "
                     f"{spec.name}__score for this interval with the param rescore_with ('champion' or a version): "
@@ -283,20 +285,20 @@ def score_interval(
                 # (a partition of the earlier layout keeps its data file beside the manifest it had).
                 publish(
                     settings.lake,
-                    f"{spec.name}/scored_history/dt={hour:%Y-%m-%d}/hour={hour:%H}/{previous.sha256}",
+                    f"{spec.name}/scored_history/{partition_path(part, spec.partition)}/{previous.sha256}",
                     {"data": f"{key}/{DATA_FILE}", **previous.manifest},
                 )
                 log.warning(
                     "%s: %s re-scored with v%s by explicit choice; %d prediction(s) of v%s moved to predictions_history",
                     spec.name,
-                    hour.isoformat(),
+                    part.isoformat(),
                     version,
                     len(rewritten),
                     served.version,
                 )
         contract = contract_of(model.booster)
-        hour_unseen = unseen_category_counts(scored, contract)
-        for column, count in hour_unseen.items():
+        part_unseen = unseen_category_counts(scored, contract)
+        for column, count in part_unseen.items():
             unseen[column] = unseen.get(column, 0) + count
         # Lake first: if the database write fails, the retry publishes the same object and merges again.
         staged = stage(
@@ -306,17 +308,17 @@ def score_interval(
             {
                 "model": spec.name,
                 "model_version": version,
-                "interval_start": hour.isoformat(),
+                "interval_start": part.isoformat(),
                 "dag_run_id": dag_run_id,
                 "contract_columns": contract.columns,
-                "unseen_categories": hour_unseen,
+                "unseen_categories": part_unseen,
             },
         )
         if previous is None or previous.sha256 != staged["sha256"]:  # a re-run of the same scores changes nothing
             publish(settings.lake, key, staged)
         uris.append(settings.lake.uri_of(key))
         deleted += write_predictions(
-            engine, spec, hour, prediction_rows(spec, scored, dag_run_id, scored_at), dag_run_id
+            engine, spec, part, prediction_rows(spec, scored, dag_run_id, scored_at), dag_run_id
         )
         total += len(scored)
         versions.append(version)
@@ -330,10 +332,13 @@ def score_interval(
 
 
 def read_scored(spec: ModelSpec, settings: Settings, start: datetime, end: datetime) -> tuple[pd.DataFrame, list[str]]:
-    """The scored rows of [start, end), and the versions that scored its hours (an empty hour names one too)."""
-    parts = [read_partition(settings.lake, hour_partition(spec.name, "scored", h)) for h in hours_between(start, end)]
+    """The scored rows of [start, end), and the versions that scored its partitions (an empty one names one too)."""
+    parts = [
+        read_partition(settings.lake, partition_key(spec.name, "scored", p, spec.partition))
+        for p in partitions_between(start, end, spec.partition)
+    ]
     if not parts:
-        raise PermanentError(f"{spec.name}: no hours to read in [{start.isoformat()}, {end.isoformat()})")
+        raise PermanentError(f"{spec.name}: no partitions to read in [{start.isoformat()}, {end.isoformat()})")
     versions = sorted({str(partition.manifest["model_version"]) for _, partition in parts})
     return pd.concat([frame for frame, _ in parts], ignore_index=True), versions
 
@@ -341,17 +346,17 @@ def read_scored(spec: ModelSpec, settings: Settings, start: datetime, end: datet
 @dataclass(frozen=True)
 class LoggedInputs:
     frame: pd.DataFrame  # the scored partitions found, concatenated: inputs, score, model_version
-    hours_found: int
-    hours_missing: list[str]  # hours never scored: no partition in the lake's `scored` zone
+    partitions_found: int
+    partitions_missing: list[str]  # partitions never scored: none in the lake's `scored` zone
 
 
-def read_logged_inputs(spec: ModelSpec, settings: Settings, hours: list[datetime]) -> LoggedInputs:
-    """What the serving model saw and said in these hours, as kept in the lake."""
+def read_logged_inputs(spec: ModelSpec, settings: Settings, parts: list[datetime]) -> LoggedInputs:
+    """What the serving model saw and said in these partitions, as kept in the lake."""
     frames, missing = [], []
-    for hour in hours:
-        key = hour_partition(spec.name, "scored", hour)
+    for part in parts:
+        key = partition_key(spec.name, "scored", part, spec.partition)
         if not settings.lake.exists(f"{key}/{MANIFEST_FILE}"):
-            missing.append(hour.isoformat())
+            missing.append(part.isoformat())
             continue
         frames.append(read_partition(settings.lake, key)[0])
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

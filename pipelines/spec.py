@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import re
+import string
 from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipelines.errors import SpecError
+from pipelines.intervals import floor_to_partition
 
 
 class _Strict(BaseModel):
@@ -21,20 +23,143 @@ class _Strict(BaseModel):
 EXPECTATIONS_DIR = Path(__file__).resolve().parents[1] / "expectations"
 
 
-class SourceSpec(_Strict):
-    kind: Literal["local_files"] = "local_files"
-    events_path: str = Field(description="Folder under the source root holding dt=YYYY-MM-DD/hour=HH.csv files")
-    labels_path: str = Field(description="Folder under the source root holding label files by arrival hour")
-
-    @field_validator("events_path", "labels_path")
-    @classmethod
-    def _under_source_root(cls, value: str) -> str:
-        path = PurePosixPath(value)
-        if not value.strip() or path.is_absolute() or PureWindowsPath(value).is_absolute() or ".." in path.parts:
-            raise ValueError(
-                f"'{value}' must be a relative folder under the source root (PIPELINES_SOURCE), without '..'"
-            )
+def _check_location(value: str) -> str:
+    """An s3:// URI, or a path relative to the source root (PIPELINES_SOURCE) that cannot climb out of it."""
+    if value.startswith("s3://"):
+        if not value.removeprefix("s3://").split("/", 1)[0]:
+            raise ValueError(f"'{value}' names no bucket; expected s3://bucket/key")
         return value
+    path = PurePosixPath(value)
+    if not value.strip() or path.is_absolute() or PureWindowsPath(value).is_absolute() or ".." in path.parts:
+        raise ValueError(
+            f"'{value}' must be s3://bucket/key or a path relative to the source root (PIPELINES_SOURCE), without '..'"
+        )
+    return value
+
+
+def template_fields(template: str) -> set[str]:
+    """The placeholders of a path template ({start:%Y-%m-%d}); only start and end are known."""
+    fields = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    unknown = sorted(fields - {"start", "end"})
+    if unknown:
+        # Attribute or item access ({start.year}, {x[0]}) is refused too: a template formats two datetimes.
+        raise ValueError(f"'{template}' has placeholder(s) {unknown}; only {{start:...}} and {{end:...}} are known")
+    return fields
+
+
+class FilesSource(_Strict):
+    """CSV or parquet files, local (under PIPELINES_SOURCE) or on S3.
+
+    `path` with a {start:...} placeholder names one file (or, ending in '/', one folder of files)
+    per partition; without one it names a single file or folder holding every interval, whose rows
+    are filtered by time."""
+
+    kind: Literal["files"]
+    path: str = Field(description="e.g. sales/dt={start:%Y-%m-%d}/hour={start:%H}.csv or s3://bucket/sales.parquet")
+    format: Literal["csv", "parquet"] | None = Field(default=None, description="Default: from the path's extension")
+    when_missing: Literal["wait", "empty"] = Field(
+        default="wait",
+        description="A partition's missing file: wait (the source is not ready yet) or empty (a quiet "
+        "partition: the producer writes no file when it has no rows)",
+    )
+    connection: str | None = Field(default=None, description="Airflow 'aws' connection for s3:// paths")
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        template_fields(value)
+        return _check_location(value)
+
+    @model_validator(mode="after")
+    def _known_format(self) -> FilesSource:
+        if self.format is None:
+            suffix = PurePosixPath(self.path.rstrip("/")).suffix.lower()
+            if suffix not in {".csv", ".parquet"}:
+                raise ValueError(f"'{self.path}': give format (csv or parquet); the extension does not say")
+        return self
+
+    @property
+    def file_format(self) -> Literal["csv", "parquet"]:
+        if self.format is not None:
+            return self.format
+        return "parquet" if self.path.rstrip("/").lower().endswith(".parquet") else "csv"
+
+    @property
+    def per_partition(self) -> bool:
+        return bool(template_fields(self.path))
+
+
+class SqlSource(_Strict):
+    """Rows of a table or query reached through an Airflow connection (any SQLAlchemy database)."""
+
+    kind: Literal["sql"]
+    connection: str = Field(description="Airflow connection id (postgres, mysql, sqlite, or any with a URI)")
+    table: str | None = Field(default=None, description="Read the rows whose time column is in the interval")
+    query: str | None = Field(
+        default=None, description="A SELECT with the bound parameters :start and :end (UTC); never formatted in"
+    )
+    ready_query: str | None = Field(
+        default=None,
+        description="Optional: a SELECT with :start and :end whose first value is true once the interval is "
+        "complete (e.g. a load watermark); without it the rows present at the interval's end are read",
+    )
+    chunk_rows: int = Field(default=100_000, ge=1000, description="Rows fetched per round trip")
+
+    @field_validator("table")
+    @classmethod
+    def _table_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?", value):
+            raise ValueError(f"'{value}' must be a table name, optionally schema.table")
+        return value
+
+    @model_validator(mode="after")
+    def _table_or_query(self) -> SqlSource:
+        if (self.table is None) == (self.query is None):
+            raise ValueError("give exactly one of table or query")
+        for name, text in (("query", self.query), ("ready_query", self.ready_query)):
+            if text is not None and not {":start", ":end"} <= set(re.findall(r":[a-z_]+", text)):
+                raise ValueError(f"{name} must use the bound parameters :start and :end (the interval, UTC)")
+        return self
+
+
+Source = Annotated[FilesSource | SqlSource, Field(discriminator="kind")]
+
+
+class SourceSpec(_Strict):
+    """Where the events and their labels are read, and how long to wait for an interval to be ready."""
+
+    events: Source
+    labels: Source
+    wait_timeout_minutes: float = Field(
+        default=60,
+        ge=0,
+        description="How long past its interval's end data may still arrive: a run waits until then, and fails "
+        "at its first check once that deadline has passed (0: data is there when the interval ends, or never)",
+    )
+    poke_interval_seconds: float = Field(default=60, ge=1, description="How often readiness is checked meanwhile")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_local_files(cls, value: Any) -> Any:
+        """`kind: local_files` with events_path and labels_path: one CSV per hour, as before."""
+        if not isinstance(value, dict) or value.get("kind") != "local_files":
+            return value
+        rest = {k: v for k, v in value.items() if k not in {"kind", "events_path", "labels_path"}}
+        layout = "dt={start:%Y-%m-%d}/hour={start:%H}.csv"
+        for name in ("events_path", "labels_path"):
+            if not isinstance(value.get(name), str):
+                raise ValueError(f"kind local_files needs {name}")
+            _check_location(value[name])
+        return {
+            **rest,
+            "events": {"kind": "files", "path": f"{value['events_path'].rstrip('/')}/{layout}"},
+            # Label feeds are sparse by nature: an hour with no label file has no labels.
+            "labels": {
+                "kind": "files",
+                "path": f"{value['labels_path'].rstrip('/')}/{layout}",
+                "when_missing": "empty",
+            },
+        }
 
 
 class LabelSpec(_Strict):
@@ -165,6 +290,9 @@ class ModelSpec(_Strict):
     description: str = ""
     owner: str = "data-team"
     start_date: datetime
+    partition: Literal["hour", "day"] = Field(
+        default="hour", description="The unit data is read, validated, published and scored in (UTC hours or days)"
+    )
     source: SourceSpec
     entity_key: str
     timestamp: str
@@ -183,7 +311,9 @@ class ModelSpec(_Strict):
     backtest: BacktestSpec = Field(default_factory=BacktestSpec)
 
     def training_window(self, end: datetime) -> tuple[datetime, datetime]:
-        """The training window that ends at `end` (the train run's data interval end)."""
+        """The whole partitions of the training window before `end` (the train run's data interval end):
+        a daily model trained at 02:00 learns from the days up to midnight."""
+        end = floor_to_partition(end, self.partition)
         return end - timedelta(days=self.training.window_days), end
 
     @field_validator("start_date")
@@ -203,10 +333,20 @@ class ModelSpec(_Strict):
 
     @model_validator(mode="after")
     def _columns_distinct(self) -> ModelSpec:
+        from croniter import croniter
+
         special = {self.entity_key, self.timestamp, self.label.column}
         clash = special & set(self.features.all)
         if clash:
             raise ValueError(f"key, timestamp or label column also listed as a feature: {sorted(clash)}")
+        if self.partition == "day":
+            fires = croniter(self.schedules.score, datetime(2026, 1, 1, tzinfo=UTC))
+            cut = [at for at in (fires.get_next(datetime) for _ in range(400)) if at.hour]
+            if cut:
+                raise ValueError(
+                    f"schedules.score '{self.schedules.score}' fires at {cut[0]:%H:%M}, inside a day: a daily model "
+                    "scores whole days (use '0 0 * * *')"
+                )
         for field_name, slices in (("gate.slices", self.gate.slices), ("backtest.slices", self.backtest.slices)):
             unknown = [s for s in slices if s not in self.features.categorical]
             if unknown:

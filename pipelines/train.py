@@ -21,9 +21,9 @@ from sqlalchemy import Engine
 from pipelines.config import Settings
 from pipelines.errors import BadDataError, VersionRefused
 from pipelines.features import CONTRACT_ATTRIBUTE, build_contract, predict, prepare_features
-from pipelines.intervals import hours_between
+from pipelines.intervals import partitions_between
 from pipelines.labels import labels_known_at
-from pipelines.lake import Lake, read_hours
+from pipelines.lake import Lake, read_partitions
 from pipelines.registry import MODEL_SHA256_TAG
 from pipelines.spec import ModelSpec, TrainingSpec
 from pipelines.tracking import experiment_id, use_tracking
@@ -51,7 +51,7 @@ def assemble_training_set(spec: ModelSpec, lake: Lake, engine: Engine, start: da
 
     Events whose labels have not arrived by `end` are left out: using them would need the future.
     """
-    events = read_hours(lake, spec.name, "raw", hours_between(start, end))
+    events = read_partitions(lake, spec.name, "raw", partitions_between(start, end, spec.partition), spec.partition)
     labels = labels_known_at(engine, spec.name, start, end, known_at=end)
     joined = events.merge(
         labels.rename(columns={"entity_id": spec.entity_key, "as_of": spec.timestamp, "label": spec.label.column}),

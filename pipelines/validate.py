@@ -26,7 +26,7 @@ from pipelines.config import Settings
 from pipelines.errors import BadDataError, SpecError
 from pipelines.ingest import snapshot_sha256
 from pipelines.intervals import interval_key
-from pipelines.lake import Lake, publish, read_object, write_partition
+from pipelines.lake import Lake, partition_key, publish, read_object, write_partition
 from pipelines.spec import EXPECTATIONS_DIR, ModelSpec
 
 log = logging.getLogger(__name__)
@@ -185,12 +185,10 @@ def validate_frame(
     )
 
 
-def quarantine_key(model: str, hour: datetime, delivery_sha256: str) -> str:
-    return f"{model}/quarantine/dt={hour:%Y-%m-%d}/hour={hour:%H}/{delivery_sha256}"
-
-
-def _hour(delivery: dict[str, Any]) -> datetime:
-    return datetime.fromisoformat(str(delivery["interval_start"]))
+def quarantine_key(spec: ModelSpec, delivery: dict[str, Any]) -> str:
+    """Where a delivery's bad rows are kept: beside its partition, in the quarantine zone, by content."""
+    start = datetime.fromisoformat(str(delivery["interval_start"]))
+    return f"{partition_key(spec.name, 'quarantine', start, spec.partition)}/{delivery['sha256']}"
 
 
 # One staged delivery, its rows, and their positions in the batch the suite checked.
@@ -230,7 +228,7 @@ def _split_bad_rows(
         if is_bad.any():
             part = write_partition(
                 lake,
-                quarantine_key(spec.name, _hour(delivery), delivery["sha256"]),
+                quarantine_key(spec, delivery),
                 frame[is_bad].reset_index(drop=True),
                 {**base, "delivery_sha256": delivery["sha256"], "validation_result": outcome.result_uri},
             )
@@ -261,7 +259,7 @@ def _keep_failed_deliveries(
             publish(lake, str(delivery["partition"]), delivery)
             continue
         record = {**delivery, "validation_result": outcome.result_uri, "failed": [f.describe() for f in outcome.failed]}
-        uris.append(publish(lake, quarantine_key(spec.name, _hour(delivery), delivery["sha256"]), record).uri)
+        uris.append(publish(lake, quarantine_key(spec, delivery), record).uri)
         quarantined += len(frame)
     return quarantined, uris
 

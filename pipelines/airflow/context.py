@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 from airflow.sdk import Asset, get_current_context
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-from pipelines.airflow.connections import task_settings
+from pipelines.airflow.connections import task_connection, task_settings
 from pipelines.errors import PermanentError, PipelineError, is_transient
 from pipelines.spec import ModelSpec
 
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from pipelines.config import Settings
+    from pipelines.sources import SourceAccess
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,14 @@ def task_retries() -> int:
 
 def task_retry_delay() -> timedelta:
     return timedelta(seconds=float(os.environ.get("PIPELINES_TASK_RETRY_DELAY_S", "300")))
+
+
+def source_wait(spec: ModelSpec) -> tuple[float, float]:
+    """(allowed delay past an interval's end, poke interval) in seconds, read when a DAG is built.
+    PIPELINES_SOURCE_WAIT_S overrides every spec's delay (tests and demo stacks whose clock is far
+    past their data, where the scheduler's run for "now" should fail at once, not wait)."""
+    delay = float(os.environ.get("PIPELINES_SOURCE_WAIT_S", spec.source.wait_timeout_minutes * 60))
+    return delay, min(spec.source.poke_interval_seconds, max(delay / 2, 1.0))
 
 
 @dataclass(frozen=True)
@@ -144,6 +153,13 @@ class TaskEnv:
         if self._engine is None:
             self._engine = make_engine(self.settings.tables_url)
         return self._engine
+
+    @property
+    def sources(self) -> SourceAccess:
+        """The model's sources: files under PIPELINES_SOURCE or S3, databases by Airflow connection."""
+        from pipelines.sources import SourceAccess
+
+        return SourceAccess(self.settings.source, task_connection)
 
     def close(self) -> None:
         if self._engine is not None:

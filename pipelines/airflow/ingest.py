@@ -3,10 +3,17 @@ backtest share (ingest labels), with the typed results their tasks hand on throu
 
 from __future__ import annotations
 
-from datetime import datetime
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypedDict
 
-from pipelines.airflow.context import TaskEnv
+from airflow.sdk import task
+
+from pipelines.airflow.context import TaskEnv, pipeline_task, source_wait
+from pipelines.spec import ModelSpec
+
+log = logging.getLogger(__name__)
 
 
 class Ingested(TypedDict):
@@ -30,14 +37,14 @@ class Validated(TypedDict):
 class Labelled(TypedDict):
     files_read: int
     rows: int
-    missing_hours: int
+    missing_partitions: int
 
 
 def ingest(env: TaskEnv, start: datetime, end: datetime) -> Ingested:
     from pipelines.ingest import ingest as stage_interval
     from pipelines.ingest import snapshot_sha256, write_snapshot_manifest
 
-    staged = stage_interval(env.spec, env.settings.source, env.settings.lake, start, end)
+    staged = stage_interval(env.spec, env.sources, env.settings.lake, start, end)
     return {
         "partitions": len(staged),
         "rows": sum(int(d["rows"]) for d in staged),
@@ -67,5 +74,34 @@ def validate(env: TaskEnv, start: datetime, end: datetime, ingested: Ingested) -
 def ingest_labels(env: TaskEnv, start: datetime, end: datetime) -> Labelled:
     from pipelines.labels import ingest_labels as ingest_label_files
 
-    result = ingest_label_files(env.spec, env.settings.source, env.engine, start, end)
-    return {"files_read": result.files_read, "rows": result.rows, "missing_hours": len(result.missing_hours)}
+    result = ingest_label_files(env.spec, env.sources, env.engine, start, end)
+    return {"files_read": result.files_read, "rows": result.rows, "missing_partitions": len(result.missing_partitions)}
+
+
+def wait_for_source(spec: ModelSpec, window: Callable[[TaskEnv], tuple[datetime, datetime]]) -> Any:
+    """A sensor that waits, without holding a worker slot, until the window's events can be read, at
+    most `source.wait_timeout_minutes` past the window's end, logging what is missing at every check;
+    past that deadline it fails at once (an old interval's missing file will not arrive by waiting)."""
+    allowed_delay, poke_interval = source_wait(spec)
+
+    # Airflow's timeout (counted from the first check, which comes after the window's end) only backs
+    # up await_source's deadline, which is counted from the window's end.
+    @task.sensor(task_id="wait_for_source", mode="reschedule", poke_interval=poke_interval, timeout=allowed_delay)
+    @pipeline_task(spec)
+    def wait(env: TaskEnv) -> bool:
+        from pipelines.sources import await_source
+
+        start, end = window(env)
+        lacking = await_source(
+            spec.source.events, env.sources, spec.timestamp, (start, end), spec.partition,
+            timedelta(seconds=allowed_delay), datetime.now(UTC),
+        )  # fmt: skip
+        if lacking:
+            log.warning(
+                "%s: [%s, %s) is not ready: %d part(s) missing, e.g. %s; waiting until %s",
+                spec.name, start.isoformat(), end.isoformat(), len(lacking), lacking[:3],
+                (end + timedelta(seconds=allowed_delay)).isoformat(),
+            )  # fmt: skip
+        return not lacking
+
+    return wait()

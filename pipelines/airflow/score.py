@@ -7,7 +7,7 @@ from typing import TypedDict
 from airflow.sdk import DAG, CronDataIntervalTimetable, Param, get_current_context, task
 
 from pipelines.airflow.context import TaskEnv, common_dag_args, pipeline_task, predictions_asset
-from pipelines.airflow.ingest import Ingested, Validated, ingest, validate
+from pipelines.airflow.ingest import Ingested, Validated, ingest, validate, wait_for_source
 from pipelines.spec import ModelSpec
 
 
@@ -86,5 +86,6 @@ def score_dag(spec: ModelSpec) -> DAG:
                 "scored": result.scored_uris,
             }
 
-        score(validate_interval(ingest_interval()))  # type: ignore[arg-type]
+        wait_for_source(spec, lambda env: env.ctx.interval) >> (staged := ingest_interval())
+        score(validate_interval(staged))  # type: ignore[arg-type]
     return dag

@@ -9,7 +9,7 @@ from airflow.providers.standard.operators.hitl import HITLOperator
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronDataIntervalTimetable, Param, get_current_context, task
 
 from pipelines.airflow.context import TaskEnv, common_dag_args, drift_asset, pipeline_task
-from pipelines.airflow.ingest import Ingested, Labelled, Validated, ingest, ingest_labels, validate
+from pipelines.airflow.ingest import Ingested, Labelled, Validated, ingest, ingest_labels, validate, wait_for_source
 from pipelines.spec import ModelSpec
 
 
@@ -188,6 +188,7 @@ def train_dag(spec: ModelSpec) -> DAG:
 
         # TaskFlow wiring passes XComArgs where the functions take dicts; Airflow resolves them at run time.
         ingested = ingest_window()
+        wait_for_source(spec, lambda env: spec.training_window(env.ctx.interval[1])) >> ingested
         trained = train(ingested, validate_window(ingested), ingest_labels_window())  # type: ignore[arg-type]
         decision = gate_task(register(trained))  # type: ignore[arg-type]
         awaits_approval(decision) >> approval_task(spec) >> promote(decision)  # type: ignore[arg-type]

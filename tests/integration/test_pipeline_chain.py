@@ -211,7 +211,7 @@ def test_logged_inputs_replay_to_the_logged_scores_bit_for_bit(home: Settings, e
     from pipelines.score import read_logged_inputs, replay_logged_inputs
 
     logged = read_logged_inputs(demo_spec(home), home, SCORED_HOURS)
-    assert logged.hours_found == 3 and not logged.hours_missing
+    assert logged.partitions_found == 3 and not logged.partitions_missing
     scores = replay_logged_inputs(demo_spec(home), home, "1", logged.frame)
     assert (scores["score"] == scores["logged_score"]).all()
     p = tables.predictions

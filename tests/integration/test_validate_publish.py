@@ -18,6 +18,7 @@ from pipelines.config import Settings
 from pipelines.demo_data import DemoConfig, write_source
 from pipelines.ingest import ingest
 from pipelines.lake import hour_partition, open_partition, read_object, read_partition
+from pipelines.sources import SourceAccess
 from pipelines.spec import ModelSpec, load_spec
 from pipelines.validate import ValidationFailed, ValidationOutcome, validate_and_publish
 from tests.conftest import module_home, postgres_database
@@ -59,7 +60,7 @@ def spoil(home: Settings, hour: datetime, rows: int) -> None:
 
 
 def stage_and_validate(spec: ModelSpec, home: Settings, engine: Engine) -> ValidationOutcome:
-    staged = ingest(spec, home.source, home.lake, START, START + timedelta(hours=2))
+    staged = ingest(spec, SourceAccess(home.source), home.lake, START, START + timedelta(hours=2))
     return validate_and_publish(spec, home, engine, staged, START, START + timedelta(hours=2), "d", "r")
 
 

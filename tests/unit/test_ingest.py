@@ -10,6 +10,7 @@ from pipelines.demo_data import DemoConfig, write_source
 from pipelines.errors import BadDataError
 from pipelines.ingest import SourceMissingError, ingest
 from pipelines.lake import MANIFEST_FILE, LocalLake, read_object
+from pipelines.sources import SourceAccess
 from pipelines.spec import load_spec
 from tests.unit.test_spec import DEMO_SPEC
 
@@ -20,8 +21,8 @@ def test_ingest_stages_typed_deliveries_and_publishes_nothing(tmp_path: Path) ->
     spec = load_spec(DEMO_SPEC)
     lake = LocalLake(tmp_path / "lake")
     write_source(tmp_path / "source" / "demo_churn", DemoConfig(), START, START + timedelta(hours=2))
-    first = ingest(spec, tmp_path / "source", lake, START, START + timedelta(hours=2))
-    second = ingest(spec, tmp_path / "source", lake, START, START + timedelta(hours=2))
+    first = ingest(spec, SourceAccess(tmp_path / "source"), lake, START, START + timedelta(hours=2))
+    second = ingest(spec, SourceAccess(tmp_path / "source"), lake, START, START + timedelta(hours=2))
     assert len(first) == 2 and first == second  # the same source stages the same objects
     assert not lake.exists(f"demo_churn/raw/dt=2026-01-02/hour=10/{MANIFEST_FILE}")  # validation publishes
     frame = read_object(lake, first[0], "the staged delivery")
@@ -35,7 +36,7 @@ def test_ingest_stages_typed_deliveries_and_publishes_nothing(tmp_path: Path) ->
 def test_missing_source_hour_names_the_file(tmp_path: Path) -> None:
     spec = load_spec(DEMO_SPEC)
     with pytest.raises(SourceMissingError, match=r"hour=10\.csv"):
-        ingest(spec, tmp_path / "source", LocalLake(tmp_path / "lake"), START, START + timedelta(hours=1))
+        ingest(spec, SourceAccess(tmp_path / "source"), LocalLake(tmp_path / "lake"), START, START + timedelta(hours=1))
 
 
 def test_unparseable_number_is_an_error(tmp_path: Path) -> None:
@@ -46,7 +47,7 @@ def test_unparseable_number_is_an_error(tmp_path: Path) -> None:
     frame.loc[3, "monthly_charges"] = "twelve"
     frame.to_csv(path, index=False)
     with pytest.raises(BadDataError, match=r"'monthly_charges' has non-numeric values, e.g. \['twelve'\]"):
-        ingest(spec, tmp_path / "source", LocalLake(tmp_path / "lake"), START, START + timedelta(hours=1))
+        ingest(spec, SourceAccess(tmp_path / "source"), LocalLake(tmp_path / "lake"), START, START + timedelta(hours=1))
 
 
 def source_file(tmp_path: Path, content: bytes) -> Path:
@@ -68,6 +69,6 @@ def test_an_unreadable_source_file_is_named(tmp_path: Path, content: bytes, mess
     path = source_file(tmp_path, content)
     lake = LocalLake(tmp_path / "lake")
     with pytest.raises(BadDataError, match=message) as refused:
-        ingest(load_spec(DEMO_SPEC), tmp_path / "source", lake, START, START + timedelta(hours=1))
+        ingest(load_spec(DEMO_SPEC), SourceAccess(tmp_path / "source"), lake, START, START + timedelta(hours=1))
     assert str(path) in str(refused.value)
     assert not (tmp_path / "lake").exists()  # nothing staged

@@ -13,9 +13,10 @@ from sqlalchemy import Engine
 
 from pipelines import tables
 from pipelines.config import REPO_ROOT
+from pipelines.demo_data import source_hour_file
 from pipelines.errors import BadDataError
-from pipelines.intervals import source_hour_file
 from pipelines.labels import ingest_labels, labels_known_at
+from pipelines.sources import SourceAccess
 from pipelines.spec import ModelSpec, load_spec
 
 EVENT = datetime(2026, 1, 3, 2, 15, tzinfo=UTC)
@@ -28,7 +29,7 @@ def spec_named(name: str) -> ModelSpec:
 
 
 def write_labels(root: Path, spec: ModelSpec, hour: datetime, labels: dict[str, int]) -> Path:
-    path = source_hour_file(root / spec.source.labels_path, hour)
+    path = source_hour_file(root / "demo_churn" / "labels", hour)
     path.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(
         {
@@ -55,8 +56,8 @@ def test_a_correction_counts_from_its_arrival_and_survives_a_reingest(
     write_labels(tmp_path, spec, LATER, {"C000001": 0})  # C000001 was not a churner after all
     days = [(FIRST, FIRST + timedelta(hours=1)), (LATER, LATER + timedelta(hours=1))]
     for start, end in days if order == "original first" else days[::-1]:
-        ingest_labels(spec, tmp_path, engine, start, end)
-    ingest_labels(spec, tmp_path, engine, *days[0])  # the original file read again (a re-run, a training)
+        ingest_labels(spec, SourceAccess(tmp_path), engine, start, end)
+    ingest_labels(spec, SourceAccess(tmp_path), engine, *days[0])  # the original file read again (a re-run, a training)
 
     assert tables.count_rows(engine, tables.labels, spec.name) == 3  # both deliveries of C000001, kept
     assert known(engine, spec, FIRST) == {}  # nothing had arrived yet
@@ -67,13 +68,13 @@ def test_a_correction_counts_from_its_arrival_and_survives_a_reingest(
 def test_a_file_that_changes_a_recorded_delivery_is_refused(engine: Engine, tmp_path: Path) -> None:
     spec = spec_named(f"m_{uuid4().hex[:8]}")
     write_labels(tmp_path, spec, FIRST, {"C000001": 1})
-    ingest_labels(spec, tmp_path, engine, FIRST, FIRST + timedelta(hours=1))
+    ingest_labels(spec, SourceAccess(tmp_path), engine, FIRST, FIRST + timedelta(hours=1))
     path = write_labels(tmp_path, spec, FIRST, {"C000001": 0})  # the same delivery, rewritten in place
     with pytest.raises(
         tables.RecordConflict,
         match=rf"labels: rows already recorded .*'label': 1.0.*'new_label': 0.0.*come from \['{path}'\]",
     ):
-        ingest_labels(spec, tmp_path, engine, FIRST, FIRST + timedelta(hours=1))
+        ingest_labels(spec, SourceAccess(tmp_path), engine, FIRST, FIRST + timedelta(hours=1))
     assert known(engine, spec, LATER) == {"C000001": 1.0}
 
 
@@ -83,7 +84,7 @@ def test_two_labels_for_one_delivery_are_ambiguous(engine: Engine, tmp_path: Pat
     frame = pd.read_csv(path)
     pd.concat([frame, frame.assign(churned=0)]).to_csv(path, index=False)
     with pytest.raises(BadDataError, match=rf"2 label rows give different labels .*{path}"):
-        ingest_labels(spec, tmp_path, engine, FIRST, FIRST + timedelta(hours=1))
+        ingest_labels(spec, SourceAccess(tmp_path), engine, FIRST, FIRST + timedelta(hours=1))
     assert tables.count_rows(engine, tables.labels, spec.name) == 0
 
 
@@ -94,5 +95,5 @@ def test_a_label_without_its_arrival_time_names_file_and_line(engine: Engine, tm
     frame.loc[1, "arrived_at"] = None
     frame.to_csv(path, index=False)
     with pytest.raises(BadDataError, match=rf"{path}: column 'arrived_at' is empty on line\(s\) \[3\]"):
-        ingest_labels(spec, tmp_path, engine, FIRST, FIRST + timedelta(hours=1))
+        ingest_labels(spec, SourceAccess(tmp_path), engine, FIRST, FIRST + timedelta(hours=1))
     assert tables.count_rows(engine, tables.labels, spec.name) == 0

@@ -92,17 +92,45 @@ def test_an_interval_that_cuts_an_hour_is_refused_not_trimmed() -> None:
     assert len(hours) == 24 and hours[0].hour == 4 and hours[-1].hour == 3
 
 
+SOURCES = {
+    "events": {"kind": "files", "path": "demo_churn/events/dt={start:%Y-%m-%d}/hour={start:%H}.csv"},
+    "labels": {"kind": "files", "path": "demo_churn/labels/{start:%Y-%m-%d}.csv"},
+}
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
         (
-            {"source": {"events_path": "../../../etc", "labels_path": "demo_churn/labels"}},
-            r"field 'source.events_path': '\.\./\.\./\.\./etc' must be a relative folder under the source root",
+            {"source": {**SOURCES, "events": {"kind": "files", "path": "../../../etc/{start:%H}.csv"}}},
+            r"field 'source.events.files.path': '\.\./\.\./\.\./etc/\{start:%H\}\.csv' must be s3://bucket/key or "
+            "a path relative to the source root",
         ),
         (
-            {"source": {"events_path": "demo_churn/events", "labels_path": "/etc"}},
-            r"field 'source.labels_path': '/etc' must be a relative folder",
+            {"source": {**SOURCES, "labels": {"kind": "files", "path": "/etc/labels.csv"}}},
+            r"field 'source.labels.files.path': '/etc/labels.csv' must be s3://bucket/key or a path relative",
         ),
+        (
+            {"source": {**SOURCES, "events": {"kind": "files", "path": "e/{start.__class__}.csv"}}},
+            r"field 'source.events.files.path': .* placeholder\(s\) \['start.__class__'\]; only \{start:...\}",
+        ),
+        (
+            {"source": {**SOURCES, "events": {"kind": "files", "path": "events/{start:%Y}"}}},
+            r"field 'source.events.files': .*give format \(csv or parquet\)",
+        ),
+        (
+            {"source": {**SOURCES, "events": {"kind": "sql", "connection": "wh", "query": "SELECT * FROM t"}}},
+            r"field 'source.events.sql': .*query must use the bound parameters :start and :end",
+        ),
+        (
+            {"source": {**SOURCES, "events": {"kind": "sql", "connection": "wh", "table": "t; DROP TABLE t"}}},
+            r"field 'source.events.sql.table': 't; DROP TABLE t' must be a table name",
+        ),
+        (
+            {"source": {"kind": "local_files", "events_path": "../../../etc", "labels_path": "demo_churn/labels"}},
+            r"field 'source': '\.\./\.\./\.\./etc' must be s3://bucket/key or a path relative to the source root",
+        ),
+        ({"partition": "day"}, r"schedules.score '0 \* \* \* \*' fires at 01:00, inside a day"),
         ({"suite": "../../etc/passwd"}, r"field 'suite': '\.\./\.\./etc/passwd' must be a suite name"),
         ({"suite": "no_such_suite"}, r"field 'suite': 'no_such_suite' has no file .*expectations/no_such_suite\.json"),
         (
