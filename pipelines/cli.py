@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from pipelines.config import Settings, get_settings
+from pipelines.config import REPO_ROOT, Settings, get_settings
 
 
 def _settings() -> Settings:
@@ -200,6 +200,42 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _new_model(args: argparse.Namespace) -> int:
+    from datetime import datetime
+    from pathlib import Path
+
+    from pipelines.airflow.connections import cli_connection
+    from pipelines.scaffold import new_model, parse_source
+    from pipelines.sources import SourceAccess
+
+    try:
+        sample = (datetime.fromisoformat(args.sample_start), datetime.fromisoformat(args.sample_end))
+    except ValueError as exc:
+        print(f"error: --sample-start/--sample-end: {exc}", file=sys.stderr)
+        return 2
+    settings = _settings()
+    columns = {
+        "entity_key": args.entity_key,
+        "timestamp": args.timestamp,
+        "label": args.label,
+        "arrived_at": args.arrived_at,
+    }
+    written = new_model(
+        args.name,
+        parse_source(args.events, args.s3_connection),
+        parse_source(args.labels, args.s3_connection, sparse=True),
+        columns,
+        args.partition,
+        sample,
+        SourceAccess(settings.source, cli_connection),
+        Path(args.dags_dir),
+    )
+    for path in written:
+        print(f"wrote {path}")
+    print(f"review them, then: pipelines run {args.name}__train --start ... --end ...")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from pipelines.demo import main
 
@@ -265,6 +301,27 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--start", required=True, help="ISO time with zone, e.g. 2026-01-03T02:00Z")
     run.add_argument("--end", required=True, help="ISO time with zone, e.g. 2026-01-03T06:00Z")
     run.set_defaults(func=_run)
+    new = commands.add_parser(
+        "new-model", help="scaffold a model on your data: its spec, DAG file and a starter GX suite from a sample"
+    )
+    new.add_argument("name", help="the model's name: lowercase letters, digits and '_'")
+    for feed in ("events", "labels"):
+        new.add_argument(
+            f"--{feed}",
+            required=True,
+            help="sql://CONNECTION/TABLE, or a CSV/parquet path under PIPELINES_SOURCE or s3://..., with "
+            "{start:%%Y-%%m-%%d} placeholders for one file per partition",
+        )
+    new.add_argument("--entity-key", required=True, help="the column identifying what is scored")
+    new.add_argument("--timestamp", required=True, help="the event time column (UTC, or with an offset)")
+    new.add_argument("--label", required=True, help="the label column (0/1) of the label feed")
+    new.add_argument("--arrived-at", default="arrived_at", help="the label feed's arrival time column")
+    new.add_argument("--partition", choices=["hour", "day"], default="hour")
+    new.add_argument("--sample-start", required=True, help="ISO time with zone: the sample the suite is inferred from")
+    new.add_argument("--sample-end", required=True)
+    new.add_argument("--s3-connection", help="the Airflow 'aws' connection for s3:// paths")
+    new.add_argument("--dags-dir", default=str(REPO_ROOT / "dags"), help="where the DAG file and models/ go")
+    new.set_defaults(func=_new_model)
     demo = commands.add_parser("demo", help="run the demo model end to end through Airflow")
     demo.add_argument("--reset", action="store_true", help="delete the pipelines home first")
     demo.set_defaults(func=_demo)

@@ -1,9 +1,11 @@
-"""`pipelines demo`: one model through its whole life inside Airflow, on the embedded defaults.
+"""`pipelines demo`: two models through their lives inside Airflow, on the embedded defaults.
 
-Generates the demo source, then runs the real DAGs with `dag.test()` in order: nightly training,
-six hourly scoring runs each followed by its drift monitor (drift switched on halfway, so the
-policy requests a retraining), a second training that meets the gate, and the daily backtest
-once the labels have arrived.
+demo_churn (hourly CSV files): generates the demo source, then runs the real DAGs with
+`dag.test()` in order: nightly training, six hourly scoring runs each followed by its drift
+monitor (drift switched on halfway, so the policy requests a retraining), a second training that
+meets the gate, and the daily backtest once the labels have arrived.
+demo_orders (daily, SQL tables): writes a SQLite warehouse, then trains, scores three days (one
+without orders) with their monitors, and backtests once the labels have arrived.
 """
 
 from __future__ import annotations
@@ -34,6 +36,34 @@ def write_demo_source(settings: Settings) -> int:
     spec = load_spec(settings.specs_dir / f"{MODEL}.yaml")
     config = DemoConfig(label_delay_hours=spec.label.delay_hours, drift_from=DRIFT_FROM)
     return write_source(settings.source / MODEL, config, DEMO_START, DEMO_END)
+
+
+ORDERS = "demo_orders"
+ORDERS_START = datetime(2025, 12, 1, tzinfo=UTC)
+ORDERS_END = datetime(2026, 1, 5, tzinfo=UTC)
+ORDERS_FIRST_NIGHT = datetime(2025, 12, 26, 2, tzinfo=UTC)
+
+
+def write_orders_source(settings: Settings) -> int:
+    from pipelines.demo_data import write_orders_warehouse
+    from pipelines.spec import load_spec
+
+    spec = load_spec(settings.specs_dir / f"{ORDERS}.yaml")
+    warehouse = settings.source / ORDERS / "warehouse.db"
+    return write_orders_warehouse(warehouse, ORDERS_START, ORDERS_END, timedelta(hours=spec.label.delay_hours))
+
+
+def run_orders_demo() -> None:
+    """The daily SQL model: train, score three days (25 December has no orders), monitor, backtest."""
+    run_dag(f"{ORDERS}__train", ORDERS_FIRST_NIGHT)
+    for day in range(3):
+        start = datetime(2025, 12, 25, tzinfo=UTC) + timedelta(days=day)
+        end = start + timedelta(days=1)
+        run_dag(f"{ORDERS}__score", end, when=f"{start:%Y-%m-%d}")
+        interval = {"interval_start": start.isoformat(), "interval_end": end.isoformat()}
+        run_dag(f"{ORDERS}__monitor", end, interval, when=f"{start:%Y-%m-%d} drift")
+    for night in (datetime(2025, 12, 29, 4, tzinfo=UTC) + timedelta(days=d) for d in range(3)):
+        run_dag(f"{ORDERS}__backtest", night)
 
 
 def run_dag(dag_id: str, logical_date: datetime, conf: dict[str, str] | None = None, when: str = "") -> None:
@@ -97,5 +127,8 @@ def main(reset: bool = False) -> int:
         run_dag(f"{MODEL}__monitor", end, interval, when=f"{start:%H:%M}-{end:%H:%M} drift")
     run_dag(f"{MODEL}__train", first_night + timedelta(days=1))
     run_dag(f"{MODEL}__backtest", datetime(2026, 1, 4, 4, tzinfo=UTC))
+    orders = write_orders_source(settings)
+    print(f"  {ORDERS}: {orders} orders {ORDERS_START:%Y-%m-%d} .. {ORDERS_END:%Y-%m-%d} in a SQL warehouse")
+    run_orders_demo()
     print(f"demo finished in {time.perf_counter() - began:.0f}s; see `pipelines status`", flush=True)
     return 0

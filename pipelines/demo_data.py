@@ -15,7 +15,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipelines.intervals import hours_between, source_hour_file
+from pipelines.intervals import hours_between
+
+
+def source_hour_file(root: Path, hour: datetime) -> Path:
+    """The demo feed delivers one CSV per hour: <root>/dt=YYYY-MM-DD/hour=HH.csv (its spec's path template)."""
+    return root / f"dt={hour:%Y-%m-%d}" / f"hour={hour:%H}.csv"
+
 
 PLANS = ["basic", "standard", "premium"]
 REGIONS = ["north", "south", "east", "west"]
@@ -116,3 +122,67 @@ def write_source(root: Path, config: DemoConfig, start: datetime, end: datetime)
             tmp.replace(path)
         written += len(events)
     return written
+
+
+# --- the second demo model: orders in a SQL warehouse, one partition per day -------------------
+
+CHANNELS = ["web", "app", "store"]
+CATEGORIES = ["apparel", "shoes", "electronics", "home", "beauty"]
+CLOSED_DAYS = frozenset({(12, 25)})  # the shop is closed: a day without a single order
+
+
+def generate_orders_day(seed: int, day: datetime) -> pd.DataFrame:
+    """One day's orders with their true `returned` label (the warehouse splits it off). None on a closed day."""
+    rng = _hour_rng(seed, day)
+    n = 0 if (day.month, day.day) in CLOSED_DAYS else int(rng.integers(220, 320) * (1.3 if day.weekday() >= 5 else 1))
+    seconds = np.sort(rng.choice(86_400, size=n, replace=False))
+    channel = rng.choice(CHANNELS, size=n, p=[0.5, 0.35, 0.15])
+    category = rng.choice(CATEGORIES, size=n, p=[0.35, 0.2, 0.15, 0.2, 0.1])
+    items = rng.integers(1, 7, size=n)
+    discount = np.round(rng.choice([0, 0, 0, 10, 20, 30, 50], size=n).astype(float), 0)
+    orders = pd.DataFrame(
+        {
+            "order_id": [f"O{day:%Y%m%d}{i:05d}" for i in range(n)],
+            "ordered_at": [day + timedelta(seconds=int(s)) for s in seconds],
+            "basket_value": np.round(rng.gamma(2.0, 40, size=n) * items, 2),
+            "items": items,
+            "discount_pct": discount,
+            "customer_tenure_days": rng.integers(0, 2000, size=n),
+            "channel": channel,
+            "category": category,
+        }
+    )
+    logit = (
+        -2.2
+        + 0.9 * (orders["category"] == "apparel")
+        + 0.6 * (orders["category"] == "shoes")
+        + 0.25 * orders["items"]
+        + 0.02 * orders["discount_pct"]
+        - 0.0006 * orders["customer_tenure_days"]
+        - 0.8 * (orders["channel"] == "store")
+    )
+    orders["returned"] = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)
+    return orders
+
+
+def write_orders_warehouse(path: Path, start: datetime, end: datetime, label_delay: timedelta, seed: int = 11) -> int:
+    """A SQLite warehouse with an `orders` table and a `returns` table (labels, arriving `label_delay` later).
+    Times are ISO 8601 text with an offset, as many exports hold them. Rewriting it gives the same rows."""
+    import sqlite3
+
+    days = pd.date_range(start, end, freq="D", inclusive="left").to_pydatetime()
+    frame = pd.concat([d for d in (generate_orders_day(seed, day) for day in days) if len(d)], ignore_index=True)
+    labels = frame[["order_id", "ordered_at", "returned"]].assign(arrived_at=frame["ordered_at"] + label_delay)
+    orders = frame.drop(columns=["returned"])
+    for table in (orders, labels):
+        for column in ("ordered_at", "arrived_at"):
+            if column in table:
+                table[column] = table[column].map(lambda t: t.isoformat())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.unlink(missing_ok=True)
+    with sqlite3.connect(tmp) as connection:
+        orders.to_sql("orders", connection, index=False)
+        labels.to_sql("returns", connection, index=False)
+    tmp.replace(path)
+    return len(orders)

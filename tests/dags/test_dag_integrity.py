@@ -13,14 +13,16 @@ import pytest
 from pipelines.config import REPO_ROOT
 
 PARSER = Path(__file__).with_name("parse_dags.py")
-SCHEDULED = {"demo_churn__train", "demo_churn__score", "demo_churn__backtest", "demo_churn__monitor"}
-EXPECTED = SCHEDULED | {"demo_churn__rollback"}
+MODELS = ("demo_churn", "demo_orders")  # hourly CSV files; daily SQL tables
+KINDS = ("train", "score", "backtest", "monitor")
+SCHEDULED = {f"{model}__{kind}" for model in MODELS for kind in KINDS}
+EXPECTED = SCHEDULED | {f"{model}__rollback" for model in MODELS}
 TIMETABLES = {
-    "demo_churn__train": "AssetOrTimeSchedule",  # nightly, or when the drift policy asks
-    "demo_churn__score": "CronDataIntervalTimetable",
-    "demo_churn__backtest": "CronDataIntervalTimetable",
-    "demo_churn__monitor": "AssetTriggeredTimetable",  # on every predictions event
-    "demo_churn__rollback": "NullTimetable",
+    "train": "AssetOrTimeSchedule",  # nightly, or when the drift policy asks
+    "score": "CronDataIntervalTimetable",
+    "backtest": "CronDataIntervalTimetable",
+    "monitor": "AssetTriggeredTimetable",  # on every predictions event
+    "rollback": "NullTimetable",
 }
 # Airflow kills a DAG file whose parse outlasts core.dagbag_import_timeout (30 s by default).
 AIRFLOW_IMPORT_TIMEOUT_S = 30
@@ -54,14 +56,15 @@ def test_dag_files_stay_thin(parsed: dict[str, Any]) -> None:
 @pytest.mark.parametrize("dag_id", sorted(EXPECTED))
 def test_dag_contract(parsed: dict[str, Any], dag_id: str) -> None:
     dag = parsed["dags"][dag_id]
-    assert dag["timetable"] == TIMETABLES[dag_id]
+    model, _, kind = dag_id.partition("__")
+    assert dag["timetable"] == TIMETABLES[kind]
     assert dag["start_date_tz"] is not None
     assert dag["catchup"] is False
-    assert "pipelines" in dag["tags"] and "model:demo_churn" in dag["tags"]
+    assert "pipelines" in dag["tags"] and f"model:{model}" in dag["tags"]
     assert len(dag["doc_md"]) > 80
     # Every task retries transient trouble; a permanent error (a wrong version, bad data) fails at once anyway.
     assert all(retries >= 1 for retries in dag["retries"])
-    assert dag["fileloc"].endswith("dags/demo_churn.py")
+    assert dag["fileloc"].endswith(f"dags/{model}.py")
 
 
 def test_schedules_come_from_the_spec(parsed: dict[str, Any]) -> None:
@@ -77,6 +80,13 @@ def test_schedules_come_from_the_spec(parsed: dict[str, Any]) -> None:
         "register",
         "train",
         "validate_window",
+        "wait_for_source",  # a rescheduling sensor: waits for the window's source files
+    ]
+    assert parsed["dags"]["demo_churn__score"]["tasks"] == [
+        "ingest_interval",
+        "score",
+        "validate_interval",
+        "wait_for_source",
     ]
     assert parsed["dags"]["demo_churn__train"]["params"] == [
         "dry_run",
@@ -87,6 +97,7 @@ def test_schedules_come_from_the_spec(parsed: dict[str, Any]) -> None:
     assert parsed["dags"]["demo_churn__rollback"]["params"] == ["reason", "version"]
     assert parsed["dags"]["demo_churn__monitor"]["params"] == ["interval_end", "interval_start"]
     assert parsed["dags"]["demo_churn__rollback"]["schedule"] is None
+    assert parsed["dags"]["demo_orders__score"]["schedule"] == "0 0 * * *"  # a daily model scores whole days
 
 
 def test_assets_chain_scoring_monitoring_and_retraining(parsed: dict[str, Any]) -> None:
@@ -103,8 +114,8 @@ BREAKAGES = {  # model: (what is broken in its copy of the demo spec, the field 
     "bad_train_cron": (('train: "0 2 * * *"', 'train: "0 2 * *"'), "schedules.train"),
     "bad_score_cron": (('score: "0 * * * *"', 'score: "30 * * * *"'), "schedules.score"),
     "bad_backtest_cron": (('backtest: "0 4 * * *"', 'backtest: "at four"'), "schedules.backtest"),
-    "bad_events_path": (("events_path: demo_churn/events", "events_path: ../../../etc"), "source.events_path"),
-    "bad_labels_path": (("labels_path: demo_churn/labels", "labels_path: /etc"), "source.labels_path"),
+    "bad_events_path": (('path: "demo_churn/events/', 'path: "../../../etc/'), "source.events.files.path"),
+    "bad_labels_path": (('path: "demo_churn/labels/', 'path: "/etc/'), "source.labels.files.path"),
     "bad_suite_path": (("suite: demo_churn", "suite: ../../etc/passwd"), "suite"),
     "missing_suite": (("suite: demo_churn", "suite: no_such_suite"), "suite"),
     "feature_not_in_suite": (

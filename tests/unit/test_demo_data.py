@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipelines.demo_data import DRIFTED_COLUMNS, DemoConfig, generate_hour, write_source
-from pipelines.intervals import hours_between, source_hour_file
+from pipelines.demo_data import DRIFTED_COLUMNS, DemoConfig, generate_hour, source_hour_file, write_source
+from pipelines.intervals import hours_between
 
 HOUR = datetime(2026, 1, 2, 13, tzinfo=UTC)
 
