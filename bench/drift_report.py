@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 
 from pipelines.demo_data import DemoConfig, generate_hour
-from pipelines.drift import PREDICTION_COLUMN, _as_categorical_text, run_report, sample_current
+from pipelines.drift import PREDICTION_COLUMN, _as_categorical_text, run_report, seeded_sample
+from pipelines.spec import DriftSpec
 
 NUMERIC = ["tenure_months", "monthly_charges", "support_calls", "days_since_last_login", "usage_minutes"]
 CATEGORICAL = ["plan", "region", "payment_method"]
@@ -46,7 +47,7 @@ def report_seconds(reference: pd.DataFrame, current: pd.DataFrame) -> tuple[floa
         _as_categorical_text(current[columns], CATEGORICAL),
         [*NUMERIC, PREDICTION_COLUMN],
         CATEGORICAL,
-        0.3,
+        DriftSpec(drift_share=0.3),
     )
     return time.perf_counter() - began, sum(c.drifted for c in results)
 
@@ -66,7 +67,7 @@ def main() -> None:
     report_seconds(reference, reference)  # warm-up: imports and first-call costs are not the report's
     for rows in args.rows:
         current = rows_of(DemoConfig(drift_from=start), start + timedelta(days=10), rows)
-        sampled = sample_current(current, args.sample)
+        sampled = seeded_sample(current, args.sample)
         sampled_s, sampled_drifted = report_seconds(reference, sampled)
         full_s, full_drifted = report_seconds(reference, current)
         print(

@@ -1,8 +1,10 @@
-"""Stage 7: Evidently drift report for a scored interval against the champion's training sample.
+"""Stage 7: Evidently drift report for a scored interval against the spec's reference.
 
-The reference sample was stored with the model's MLflow run at training time. The current data
-is the scored inputs kept in the lake, sampled to `drift.max_current_rows` because the preset's
-cost grows faster than linearly with rows.
+The reference is the sample stored with the serving model's MLflow run at training time, or
+published raw data of a fixed window or of the same period earlier (`drift.reference`), for data
+with seasons. The current data is the scored inputs kept in the lake, sampled to
+`drift.max_current_rows` because the preset's cost grows faster than linearly with rows. Which
+features are tested, and how, is the spec's `drift.columns`, `drift.exclude` and `drift.tests`.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import json
 import logging
 import tempfile
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +24,11 @@ from pipelines import tables
 from pipelines.config import Settings
 from pipelines.errors import PermanentError
 from pipelines.features import contract_of, predict
-from pipelines.intervals import interval_key
+from pipelines.intervals import interval_key, partitions_between
+from pipelines.lake import MANIFEST_FILE, partition_key, read_partition
 from pipelines.registry import load_booster
 from pipelines.score import read_scored
-from pipelines.spec import ModelSpec
+from pipelines.spec import P_VALUE_DRIFT_TESTS, DriftSpec, ModelSpec
 from pipelines.train import download_run_artifact
 
 log = logging.getLogger(__name__)
@@ -49,6 +52,7 @@ class DriftSummary:
     current_rows: int
     columns: list[ColumnDrift]
     report_path: str
+    reference: str  # what the window was compared with, in words
 
     @property
     def features(self) -> list[ColumnDrift]:
@@ -72,8 +76,9 @@ class DriftSummary:
 def column_results(snapshot: dict[str, Any]) -> list[ColumnDrift]:
     """Per-column verdicts from the preset's ValueDrift metrics.
 
-    P-value tests (K-S, chi-square, Z) flag drift below the threshold; distances (Wasserstein,
-    Jensen-Shannon, PSI) at or above it, as Evidently's own DriftedColumnsCount does.
+    P-value tests flag drift below the threshold; distances (Wasserstein, Jensen-Shannon, PSI) at
+    or above it, as each Evidently test does. A test Evidently picked is named by its display name
+    ("K-S p_value"), one the spec chose by its own name ("mannw"), which says nothing of its kind.
     """
     results = []
     for metric in snapshot["metrics"]:
@@ -81,7 +86,8 @@ def column_results(snapshot: dict[str, Any]) -> list[ColumnDrift]:
         if not config.get("type", "").endswith("ValueDrift"):
             continue
         method, threshold, value = str(config["method"]), float(config["threshold"]), float(metric["value"])
-        drifted = value < threshold if "p_value" in method else value >= threshold
+        p_value = method in P_VALUE_DRIFT_TESTS or "p_value" in method
+        drifted = value < threshold if p_value else value >= threshold
         results.append(ColumnDrift(config["column"], method, value, threshold, drifted))
     return results
 
@@ -91,7 +97,7 @@ def run_report(
     current: pd.DataFrame,
     numeric: list[str],
     categorical: list[str],
-    drift_share: float,
+    spec: DriftSpec,
 ) -> tuple[list[ColumnDrift], bytes]:
     """Per-column drift results and the report's HTML.
 
@@ -104,7 +110,14 @@ def run_report(
     from evidently.presets import DataDriftPreset
 
     features = [c for c in [*numeric, *categorical] if c != PREDICTION_COLUMN]
-    metrics: list[Any] = [DataDriftPreset(columns=features, drift_share=drift_share)]
+    tests = {c: t for c, t in spec.tests.items() if c in features}
+    preset = DataDriftPreset(
+        columns=features,
+        drift_share=spec.drift_share,
+        per_column_method={c: t.method for c, t in tests.items() if t.method} or None,
+        per_column_threshold={c: t.threshold for c, t in tests.items() if t.threshold is not None} or None,
+    )
+    metrics: list[Any] = [preset]
     if PREDICTION_COLUMN in numeric:
         metrics.append(ValueDrift(column=PREDICTION_COLUMN))
     definition = DataDefinition(numerical_columns=numeric, categorical_columns=categorical)
@@ -128,9 +141,52 @@ def model_run_id(settings: Settings, model_name: str, version: str) -> str:
     return str(MlflowClient().get_model_version(model_name, version).run_id)
 
 
-def sample_current(current: pd.DataFrame, max_rows: int) -> pd.DataFrame:
+def seeded_sample(frame: pd.DataFrame, max_rows: int) -> pd.DataFrame:
     """A seeded sample of at most max_rows: the report's time grows faster than linearly with rows."""
-    return current.sample(n=max_rows, random_state=0) if len(current) > max_rows else current
+    return frame.sample(n=max_rows, random_state=0) if len(frame) > max_rows else frame
+
+
+def published_window(spec: ModelSpec, settings: Settings, start: datetime, end: datetime) -> tuple[pd.DataFrame, int]:
+    """The published raw data of [start, end) and how many of its partitions the lake lacks."""
+    frames, missing = [], 0
+    for part in partitions_between(start, end, spec.partition):
+        key = partition_key(spec.name, "raw", part, spec.partition)
+        if settings.lake.exists(f"{key}/{MANIFEST_FILE}"):
+            frames.append(read_partition(settings.lake, key)[0])
+        else:
+            missing += 1
+    return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()), missing
+
+
+def reference_sample(
+    spec: ModelSpec, settings: Settings, version: str, start: datetime, end: datetime
+) -> tuple[pd.DataFrame, str]:
+    """The reference frame for the window [start, end) and what it is, in words."""
+    chosen = spec.drift.reference
+    training = f"the training sample of v{version}"
+    if chosen.kind != "training":
+        if chosen.kind == "window":
+            assert chosen.start is not None and chosen.end is not None  # the spec checks it
+            window = chosen.start, chosen.end
+        else:
+            offset = timedelta(days=chosen.offset_days or 0)
+            window = start - offset, end - offset
+        period = f"[{window[0].isoformat()}, {window[1].isoformat()})"
+        frame, missing = published_window(spec, settings, *window)
+        if not frame.empty:
+            described = f"published data of {period}" + (f" ({missing} partition(s) missing)" if missing else "")
+            return seeded_sample(frame, spec.drift.reference_rows).reset_index(drop=True), described
+        if chosen.kind == "window":
+            raise PermanentError(
+                f"{spec.name}: drift.reference window {period} has no published raw data in the lake "
+                f"({missing} partition(s) missing): ingest it with the score DAG, or choose another window"
+            )
+        log.warning("%s: the same period %s has no published data yet: compared with %s", spec.name, period, training)
+        training = f"{training} (the same period {period} has no data)"
+    frame = download_run_artifact(
+        settings, model_run_id(settings, spec.name, version), "reference/reference.parquet", f"{spec.name} v{version}"
+    )
+    return frame, training
 
 
 def _as_categorical_text(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
@@ -155,7 +211,12 @@ def recorded_summary(engine: Engine, model_name: str, start: datetime, end: date
             ColumnDrift(r["column_name"], r["stattest"], r["drift_score"], r["threshold"], r["drifted"]) for r in rows
         ]
     return DriftSummary(
-        report["model_version"], report["reference_rows"], report["current_rows"], columns, report["report_path"]
+        report["model_version"],
+        report["reference_rows"],
+        report["current_rows"],
+        columns,
+        report["report_path"],
+        report["reference"] or "the training sample",  # reports from before the column was added
     )
 
 
@@ -182,6 +243,7 @@ def record_summary(
                     "drifted_column_names": json.dumps(summary.drifted_columns),
                     "prediction_drift": summary.prediction_drift,
                     "report_path": summary.report_path,
+                    "reference": summary.reference,
                     "dag_run_id": dag_run_id,
                     "created_at": datetime.now(UTC),
                 }
@@ -222,20 +284,19 @@ def monitor_interval(
     version = versions[0]
     if current.empty:  # a quiet window: nothing to compare, and nothing drifted
         log.info("%s: no scored rows in [%s, %s): drift not measured", spec.name, start.isoformat(), end.isoformat())
-        summary = DriftSummary(version, 0, 0, [], "")
+        summary = DriftSummary(version, 0, 0, [], "", "nothing (no rows)")
         record_summary(spec, engine, start, end, summary, dag_run_id)
         return summary
-    reference = download_run_artifact(
-        settings, model_run_id(settings, spec.name, version), "reference/reference.parquet", f"{spec.name} v{version}"
-    )
+    reference, described = reference_sample(spec, settings, version, start, end)
     # Prediction drift: what the model says on its reference sample against what it said in the interval.
     booster = load_booster(settings, spec.name, version)
     reference[PREDICTION_COLUMN] = predict(booster, contract_of(booster), reference)
     current = current.rename(columns={"score": PREDICTION_COLUMN})
-    current = sample_current(current, spec.drift.max_current_rows)
+    current = seeded_sample(current, spec.drift.max_current_rows)
 
     # A column with no value on either side has no distribution to compare (Evidently refuses it).
-    empty = [c for c in [*spec.features.all] if current[c].isna().all() or reference[c].isna().all()]
+    tested = spec.drift_columns
+    empty = [c for c in tested if current[c].isna().all() or reference[c].isna().all()]
     if empty:
         log.warning(
             "%s: column(s) %s have no values in [%s, %s) or in the reference: not tested for drift",
@@ -244,8 +305,8 @@ def monitor_interval(
             start.isoformat(),
             end.isoformat(),
         )
-    numeric = [*(c for c in spec.features.numeric if c not in empty), PREDICTION_COLUMN]
-    categorical = [c for c in spec.features.categorical if c not in empty]
+    numeric = [*(c for c in spec.features.numeric if c in tested and c not in empty), PREDICTION_COLUMN]
+    categorical = [c for c in spec.features.categorical if c in tested and c not in empty]
     columns = [*numeric, *categorical]
     report_key = f"{spec.name}/reports/drift/{interval_key(start, end)}.html"
     results, html = run_report(
@@ -253,10 +314,10 @@ def monitor_interval(
         _as_categorical_text(current[columns], categorical),
         numeric,
         categorical,
-        spec.drift.drift_share,
+        spec.drift,
     )
     settings.lake.put(report_key, html)
-    summary = DriftSummary(version, len(reference), len(current), results, settings.lake.uri_of(report_key))
+    summary = DriftSummary(version, len(reference), len(current), results, settings.lake.uri_of(report_key), described)
 
     record_summary(spec, engine, start, end, summary, dag_run_id)
     return summary

@@ -250,8 +250,84 @@ class GateSpec(_Strict):
     min_slice_rows: int = Field(default=200, ge=10, description="Smaller slices are reported but not judged")
 
 
+# Evidently's drift tests by the column types they accept (a unit test checks these against its registry).
+NUMERIC_DRIFT_TESTS = (
+    "anderson",
+    "cramer_von_mises",
+    "ed",
+    "es",
+    "empirical_mmd",
+    "ks",
+    "mannw",
+    "t_test",
+    "wasserstein",
+)
+CATEGORICAL_DRIFT_TESTS = ("chisquare", "fisher_exact", "g_test", "TVD", "z")
+ANY_TYPE_DRIFT_TESTS = ("hellinger", "jensenshannon", "kl_div", "psi")
+# Tests whose score is a p-value (drift below the threshold); the others are distances (drift at or
+# above it). From each test's own verdict in evidently/legacy/calculations/stattests/.
+P_VALUE_DRIFT_TESTS = frozenset(
+    {"anderson", "chisquare", "cramer_von_mises", "es", "fisher_exact", "g_test", "ks", "mannw", "empirical_mmd",
+     "t_test", "TVD", "z"}
+)  # fmt: skip
+DriftTest = Literal[
+    "anderson", "cramer_von_mises", "ed", "es", "empirical_mmd", "ks", "mannw", "t_test", "wasserstein",
+    "chisquare", "fisher_exact", "g_test", "TVD", "z",
+    "hellinger", "jensenshannon", "kl_div", "psi",
+]  # fmt: skip
+
+
+class ColumnDriftTest(_Strict):
+    """One column's drift test, instead of the one Evidently picks for its type and size."""
+
+    method: DriftTest | None = Field(default=None, description="An Evidently drift test (stattest) name")
+    threshold: float | None = Field(
+        default=None, gt=0, description="p-value tests: drift below it; distances (psi, wasserstein, ...): at or above"
+    )
+
+    @model_validator(mode="after")
+    def _something_set(self) -> ColumnDriftTest:
+        if self.method is None and self.threshold is None:
+            raise ValueError("set a method, a threshold or both")
+        return self
+
+
+class DriftReference(_Strict):
+    """What a monitored window is compared with. `training`: the sample stored with the serving
+    model. `window`: the published raw data of a fixed period (a known-good season). `same_period`:
+    the published raw data of the monitored window `offset_days` earlier (7 for weekly, 364 for
+    yearly seasonality, same weekday); while that period has no data, the training sample."""
+
+    kind: Literal["training", "window", "same_period"] = "training"
+    start: datetime | None = None
+    end: datetime | None = None
+    offset_days: int | None = Field(default=None, ge=1)
+
+    @field_validator("start", "end")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        return value if value is None or value.tzinfo else value.replace(tzinfo=UTC)
+
+    @model_validator(mode="after")
+    def _fields_of_kind(self) -> DriftReference:
+        window = self.start is not None or self.end is not None
+        if self.kind == "window" and not (self.start and self.end and self.start < self.end):
+            raise ValueError("kind 'window' needs start < end")
+        if self.kind == "same_period" and self.offset_days is None:
+            raise ValueError("kind 'same_period' needs offset_days (e.g. 7 or 364)")
+        if (self.kind != "window" and window) or (self.kind != "same_period" and self.offset_days is not None):
+            takes = {"training": "no other field", "window": "start and end", "same_period": "offset_days"}
+            raise ValueError(f"kind '{self.kind}' takes {takes[self.kind]}")
+        return self
+
+
 class DriftSpec(_Strict):
     """When drift is real and persistent enough to retrain: see pipelines/drift_policy.py."""
+
+    columns: list[str] | None = Field(default=None, description="Features tested for drift (default: every feature)")
+    exclude: list[str] = Field(default_factory=list, description="Features never tested (e.g. calendar features)")
+    tests: dict[str, ColumnDriftTest] = Field(default_factory=dict, description="Per-column test and threshold")
+    reference: DriftReference = Field(default_factory=DriftReference)
 
     drift_share: float = Field(
         default=0.5, gt=0, le=1, description="A window drifted when at least this share of its feature columns did"
@@ -347,11 +423,44 @@ class ModelSpec(_Strict):
                     f"schedules.score '{self.schedules.score}' fires at {cut[0]:%H:%M}, inside a day: a daily model "
                     "scores whole days (use '0 0 * * *')"
                 )
+        self._check_drift_columns()
         for field_name, slices in (("gate.slices", self.gate.slices), ("backtest.slices", self.backtest.slices)):
             unknown = [s for s in slices if s not in self.features.categorical]
             if unknown:
                 raise ValueError(f"{field_name} {unknown} must be listed in features.categorical")
         return self
+
+    def _check_drift_columns(self) -> None:
+        drift = self.drift
+        for field_name, names in (
+            ("drift.columns", drift.columns or []), ("drift.exclude", drift.exclude), ("drift.tests", list(drift.tests)),
+        ):  # fmt: skip
+            unknown = [c for c in names if c not in self.features.all]
+            if unknown:
+                raise ValueError(f"{field_name} {unknown} must be features (features.numeric or features.categorical)")
+        if not self.drift_columns:
+            raise ValueError("drift.columns and drift.exclude leave no feature to test for drift")
+        reference = drift.reference
+        for bound in (reference.start, reference.end):
+            if bound is not None and bound != floor_to_partition(bound, self.partition):
+                raise ValueError(f"drift.reference {bound.isoformat()} is not on a whole {self.partition}")
+        untested = [c for c in drift.tests if c not in self.drift_columns]
+        if untested:
+            raise ValueError(f"drift.tests {untested} name columns that drift.columns/drift.exclude leave out")
+        for column, test in drift.tests.items():
+            numeric = column in self.features.numeric
+            allowed = (*ANY_TYPE_DRIFT_TESTS, *(NUMERIC_DRIFT_TESTS if numeric else CATEGORICAL_DRIFT_TESTS))
+            if test.method is not None and test.method not in allowed:
+                raise ValueError(
+                    f"drift.tests.{column}: '{test.method}' does not test a {'numeric' if numeric else 'categorical'} "
+                    f"column; use one of {sorted(allowed)}"
+                )
+
+    @property
+    def drift_columns(self) -> list[str]:
+        """The features the monitor tests for drift, in spec order."""
+        chosen = self.drift.columns if self.drift.columns is not None else self.features.all
+        return [c for c in self.features.all if c in chosen and c not in self.drift.exclude]
 
 
 def load_spec(path: Path | str) -> ModelSpec:

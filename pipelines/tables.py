@@ -155,6 +155,7 @@ drift_reports = Table(
     Column("prediction_drift", Boolean),  # did the model's score distribution drift too
     Column("verdict", Text),  # JSON: the drift policy's verdict at this window (pipelines/drift_policy.py)
     Column("report_path", Text, nullable=False),
+    Column("reference", Text),  # what the window was compared with (drift.reference); NULL before 0003
     Column("dag_run_id", String(250), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     UniqueConstraint("model_name", "interval_start", "interval_end", name="uq_drift_reports_key"),
@@ -209,7 +210,7 @@ def _sqlite_read_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 # Schema versions are Alembic revisions (pipelines/migrations); tasks only check the version.
 SCHEMA_VERSION_TABLE = "pipelines_schema_version"
-HEAD_REVISION = "0002"
+HEAD_REVISION = "0003"
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 

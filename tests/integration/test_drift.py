@@ -238,3 +238,71 @@ def test_a_quiet_window_and_an_all_null_column_pass_through_the_monitor(home: Se
     assert reports[quiet].current_rows == 0 and not reports[quiet].dataset_drift and reports[quiet].columns == 0
     assert reports[sparse].current_rows == len(scored) and reports[sparse].columns == 7  # 8 features, one empty
     assert "support_calls" not in tested and "monthly_charges" in tested
+
+
+def test_drift_settings_pick_columns_tests_and_a_seasonal_reference(home: Settings, tmp_path: Path) -> None:
+    """The spec's drift section, through the monitor's own function on real lake data and Evidently.
+    A window drifted against the training sample is not drifted against the same period a day
+    earlier when that period looked the same (a season, not drift); each case records its reference."""
+    from pipelines.drift import DriftSummary, monitor_interval
+    from pipelines.errors import PermanentError
+    from pipelines.lake import hour_partition, read_partition, write_partition
+    from pipelines.spec import load_spec
+
+    base = load_spec(home.specs_dir / "demo_churn.yaml")
+    # A day after the drift began, the same shifted population: 07:00's rows served at 06:00 next day.
+    scored, _ = read_partition(home.lake, hour_partition("demo_churn", "scored", HOURS[5]))
+    window_start = HOURS[4] + timedelta(days=1)
+    window = window_start, window_start + timedelta(hours=1)
+    manifest = {"model": "demo_churn", "model_version": "1", "interval_start": window_start.isoformat()}
+    write_partition(home.lake, hour_partition("demo_churn", "scored", window_start), scored, manifest)
+
+    def measure(case: str, **settings: Any) -> tuple[DriftSummary, Engine]:
+        spec = base.model_validate({**base.model_dump(), "drift": {**base.drift.model_dump(), **settings}})
+        url = f"sqlite:///{tmp_path / case}.db"  # a fresh record: each case measures the window anew
+        tables.upgrade_schema(url)
+        fresh = tables.make_engine(url)
+        return monitor_interval(spec, home, fresh, *window, f"test_{case}"), fresh
+
+    # monthly_charges moved by 1.5 of its standard deviations: a normed Wasserstein distance of about
+    # 1.5, drift by the default test, not by a threshold of 2 set in the spec.
+    # support_calls gets a p-value test Evidently names without saying so (Mann-Whitney): drift at p < 0.01.
+    tuned = {
+        "exclude": ["region"],
+        "tests": {
+            "monthly_charges": {"method": "wasserstein", "threshold": 2.0},
+            "support_calls": {"method": "mannw", "threshold": 0.01},
+        },
+    }
+    training, engine = measure("training", **tuned)
+    assert training.reference == "the training sample of v1"
+    assert set(training.drifted_columns) >= SHIFTED - {"monthly_charges"}
+    tested = {c.column: c for c in training.columns}
+    assert "region" not in tested and len(tested) == len(base.features.all)  # 7 features and the score
+    charges, calls = tested["monthly_charges"], tested["support_calls"]
+    assert (charges.stattest, charges.threshold, charges.drifted) == ("wasserstein", 2.0, False)
+    assert 1.2 < charges.score < 2.0
+    assert (calls.stattest, calls.threshold, calls.drifted) == ("mannw", 0.01, True) and calls.score < 1e-6
+    d = tables.drift_reports
+    with engine.connect() as connection:
+        assert connection.execute(select(d.c.reference)).scalar_one() == "the training sample of v1"
+
+    seasonal, _ = measure("same_period", reference={"kind": "same_period", "offset_days": 1})
+    assert seasonal.reference == "published data of [2026-01-03T06:00:00+00:00, 2026-01-03T07:00:00+00:00)"
+    assert not set(seasonal.drifted_columns) & SHIFTED and len(seasonal.drifted_columns) <= 1  # chance at most
+
+    no_history, _ = measure("fallback", reference={"kind": "same_period", "offset_days": 364})
+    assert no_history.reference == (
+        "the training sample of v1 (the same period [2025-01-05T06:00:00+00:00, 2025-01-05T07:00:00+00:00) has no data)"
+    )
+    assert set(no_history.drifted_columns) >= SHIFTED
+
+    fixed, _ = measure("window", reference={"kind": "window", "start": HOURS[3], "end": HOURS[5]})
+    assert fixed.reference.startswith("published data of [2026-01-03T05:00:00+00:00, 2026-01-03T07:00:00+00:00)")
+    assert not set(fixed.drifted_columns) & SHIFTED and fixed.reference_rows > 1000
+    with pytest.raises(
+        PermanentError, match=r"drift.reference window \[2025-06-01T00:00:00\+00:00, .* has no published"
+    ):
+        measure(
+            "empty_window", reference={"kind": "window", "start": "2025-06-01T00:00:00Z", "end": "2025-06-02T00:00:00Z"}
+        )

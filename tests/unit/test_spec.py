@@ -145,3 +145,74 @@ def test_paths_stay_in_their_roots_and_the_suite_knows_every_column(
 ) -> None:
     with pytest.raises(SpecError, match=message):
         load_spec(write_spec(tmp_path, "demo_churn", **changes))
+
+
+def drift_of(tmp_path: Path, **settings: object) -> Path:
+    raw = yaml.safe_load(DEMO_SPEC.read_text())
+    return write_spec(tmp_path, "demo_churn", drift={**raw["drift"], **settings})
+
+
+def test_drift_settings_choose_columns_tests_and_a_seasonal_reference(tmp_path: Path) -> None:
+    spec = load_spec(
+        drift_of(
+            tmp_path,
+            exclude=["region"],
+            tests={"monthly_charges": {"method": "psi", "threshold": 0.2}, "plan": {"threshold": 0.01}},
+            reference={"kind": "same_period", "offset_days": 7},
+        )
+    )
+    assert "region" not in spec.drift_columns and len(spec.drift_columns) == len(spec.features.all) - 1
+    assert spec.drift.tests["plan"].method is None and spec.drift.reference.offset_days == 7
+    chosen = load_spec(drift_of(tmp_path, columns=["plan", "tenure_months"])).drift_columns
+    assert chosen == ["tenure_months", "plan"]  # spec order: numeric, then categorical
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"exclude": ["churned"]}, r"drift.exclude \['churned'\] must be features"),
+        ({"columns": ["plan"], "exclude": ["plan"]}, "leave no feature to test for drift"),
+        ({"exclude": ["plan"], "tests": {"plan": {"method": "psi"}}}, r"drift.tests \['plan'\] name columns that"),
+        ({"tests": {"plan": {"method": "ks"}}}, "drift.tests.plan: 'ks' does not test a categorical column"),
+        ({"tests": {"tenure_months": {"method": "chisquare"}}}, "'chisquare' does not test a numeric column"),
+        ({"tests": {"plan": {"method": "kolmogorov"}}}, r"field 'drift.tests.plan.method': Input should be"),
+        ({"tests": {"plan": {}}}, "set a method, a threshold or both"),
+        ({"reference": {"kind": "same_period"}}, "needs offset_days"),
+        ({"reference": {"kind": "window", "start": "2026-01-02T00:00:00Z"}}, "needs start < end"),
+        ({"reference": {"kind": "training", "offset_days": 7}}, "kind 'training' takes no other field"),
+        (
+            {"reference": {"kind": "window", "start": "2026-01-02T00:30:00Z", "end": "2026-01-03T00:00:00Z"}},
+            "drift.reference 2026-01-02T00:30:00\\+00:00 is not on a whole hour",
+        ),
+    ],
+)
+def test_bad_drift_settings_name_the_field(tmp_path: Path, settings: dict[str, object], message: str) -> None:
+    path = drift_of(tmp_path, **settings)
+    with pytest.raises(SpecError, match=message):
+        load_spec(path)
+
+
+def test_the_spec_knows_the_drift_tests_evidently_has() -> None:
+    from typing import get_args
+
+    from evidently.legacy.calculations.stattests.registry import _registered_stat_tests
+
+    from pipelines.spec import (
+        ANY_TYPE_DRIFT_TESTS,
+        CATEGORICAL_DRIFT_TESTS,
+        NUMERIC_DRIFT_TESTS,
+        P_VALUE_DRIFT_TESTS,
+        DriftTest,
+    )
+
+    kinds = {
+        name: {str(kind).rsplit(".", 1)[-1] for kind in by_kind} for name, by_kind in _registered_stat_tests.items()
+    }
+    assert set(get_args(DriftTest)) == {*NUMERIC_DRIFT_TESTS, *CATEGORICAL_DRIFT_TESTS, *ANY_TYPE_DRIFT_TESTS}
+    assert set(P_VALUE_DRIFT_TESTS) < set(get_args(DriftTest))
+    for names, expected in (
+        (NUMERIC_DRIFT_TESTS, {"Numerical"}),
+        (CATEGORICAL_DRIFT_TESTS, {"Categorical"}),
+        (ANY_TYPE_DRIFT_TESTS, {"Numerical", "Categorical"}),
+    ):
+        assert {name: kinds.get(name) for name in names} == dict.fromkeys(names, expected)
