@@ -147,15 +147,18 @@ def seeded_sample(frame: pd.DataFrame, max_rows: int) -> pd.DataFrame:
 
 
 def published_window(spec: ModelSpec, settings: Settings, start: datetime, end: datetime) -> tuple[pd.DataFrame, int]:
-    """The published raw data of [start, end) and how many of its partitions the lake lacks."""
+    """A seeded sample of the published raw data of [start, end), and how many of its partitions
+    the lake lacks. Each partition is sampled as it is read, so a month-long window of large
+    partitions never sits in memory whole."""
     frames, missing = [], 0
     for part in partitions_between(start, end, spec.partition):
         key = partition_key(spec.name, "raw", part, spec.partition)
         if settings.lake.exists(f"{key}/{MANIFEST_FILE}"):
-            frames.append(read_partition(settings.lake, key)[0])
+            frames.append(seeded_sample(read_partition(settings.lake, key)[0], spec.drift.reference_rows))
         else:
             missing += 1
-    return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()), missing
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return seeded_sample(frame, spec.drift.reference_rows).reset_index(drop=True), missing
 
 
 def reference_sample(
@@ -175,7 +178,7 @@ def reference_sample(
         frame, missing = published_window(spec, settings, *window)
         if not frame.empty:
             described = f"published data of {period}" + (f" ({missing} partition(s) missing)" if missing else "")
-            return seeded_sample(frame, spec.drift.reference_rows).reset_index(drop=True), described
+            return frame, described
         if chosen.kind == "window":
             raise PermanentError(
                 f"{spec.name}: drift.reference window {period} has no published raw data in the lake "
