@@ -19,21 +19,22 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from sqlalchemy import Engine, and_, select
 
 from pipelines import tables
 from pipelines.config import Settings
+from pipelines.features import parse_probabilities
 from pipelines.intervals import PANDAS_FREQ, interval_key
-from pipelines.labels import labels_as_known
+from pipelines.labels import label_of, labels_as_known
+from pipelines.metrics import TASK_METRICS, task_metrics
 from pipelines.spec import ModelSpec
-from pipelines.train import binary_metrics
 
 log = logging.getLogger(__name__)
 
 ALL = "ALL"  # slice_column and slice_value of a whole-cohort row
 LOGGED, REPLAY = "logged", "replay"
+PROBABILITY_PREFIX = "_p"  # multiclass: the class probabilities, parsed once, as columns _p0, _p1, ...
 
 
 @dataclass(frozen=True)
@@ -53,18 +54,28 @@ def matured_predictions(spec: ModelSpec, engine: Engine, end: datetime) -> pd.Da
     since = end - timedelta(days=spec.backtest.lookback_days)
     matured_before = end - timedelta(hours=spec.label.delay_hours)
     known = labels_as_known(spec.name, end, since, matured_before)  # each label as it was known at `end`
+    columns = [p.c.entity_id, p.c.as_of, p.c.model_version, p.c.score, label_of(spec.task, known)]
+    if spec.task == "multiclass":
+        columns.append(p.c.class_probabilities)
     query = (
-        select(p.c.entity_id, p.c.as_of, p.c.model_version, p.c.score, known.c.label)
+        select(*columns)
         .select_from(p.join(known, and_(known.c.entity_id == p.c.entity_id, known.c.as_of == p.c.as_of)))
         .where(p.c.model_name == spec.name, p.c.as_of >= since, p.c.as_of < matured_before)
     )
     with engine.connect() as connection:
-        frame = pd.DataFrame(
-            connection.execute(query).all(), columns=["entity_id", "as_of", "model_version", "score", "label"]
-        )
+        frame = pd.DataFrame(connection.execute(query).all(), columns=[c.name for c in columns])
     frame["as_of"] = pd.to_datetime(frame["as_of"], utc=True)
     frame["model_version"] = frame["model_version"].astype(str)
-    return frame
+    return with_probability_columns(spec, frame)
+
+
+def with_probability_columns(spec: ModelSpec, frame: pd.DataFrame) -> pd.DataFrame:
+    """Multiclass: the logged class probabilities (JSON) parsed once into columns, in the spec's class order."""
+    if spec.task != "multiclass":
+        return frame
+    classes = spec.label.classes or []
+    matrix = parse_probabilities(frame.pop("class_probabilities"), classes)
+    return frame.assign(**{f"{PROBABILITY_PREFIX}{k}": matrix[:, k] for k in range(len(classes))})
 
 
 def logged_inputs_of(spec: ModelSpec, settings: Settings, frame: pd.DataFrame) -> pd.DataFrame:
@@ -95,20 +106,23 @@ def with_slice_values(spec: ModelSpec, frame: pd.DataFrame, logged: pd.DataFrame
     return frame.merge(inputs, on=["entity_id", "as_of"], how="left", validate="one_to_one")
 
 
-def _metrics(group: pd.DataFrame) -> dict[str, Any]:
-    labels, scores = group["label"].to_numpy(dtype=int), group["score"].to_numpy(dtype=float)
-    metrics = binary_metrics(labels, np.clip(scores, 1e-7, 1 - 1e-7))
-    return {
-        "n": len(group),
-        "positives": int(labels.sum()),
-        "auc": metrics.get("auc"),
-        "logloss": metrics["logloss"],
-        "brier": metrics["brier"],
-        "mean_score": float(scores.mean()),
-    }
+def _metrics(spec: ModelSpec, group: pd.DataFrame) -> dict[str, Any]:
+    """One row of backtest_metrics: the task's metrics on these labelled predictions."""
+    scores = group["score"].to_numpy(dtype=float)
+    row: dict[str, Any] = {"n": len(group), "mean_score": float(scores.mean())}
+    if spec.task == "multiclass":
+        classes = spec.label.classes or []
+        probabilities = group[[f"{PROBABILITY_PREFIX}{k}" for k in range(len(classes))]].to_numpy(dtype=float)
+        values = task_metrics(spec.task, group["label"].to_numpy(dtype=object), probabilities, classes)
+        return {**row, **values, "class_recall": json.dumps(values["class_recall"])}
+    labels = group["label"].to_numpy(dtype=float)
+    values = task_metrics(spec.task, labels, scores)
+    if spec.task == "binary":
+        return {**row, **values, "positives": int(labels.sum())}
+    return {**row, **values, "mean_label": float(labels.mean())}
 
 
-def cohort_metrics(frame: pd.DataFrame, slices: list[str], scored_by: str) -> list[dict[str, Any]]:
+def cohort_metrics(spec: ModelSpec, frame: pd.DataFrame, slices: list[str], scored_by: str) -> list[dict[str, Any]]:
     """One row per cohort x model version for the whole cohort, and one per value of each slice column."""
     rows: list[dict[str, Any]] = []
     if frame.empty:
@@ -116,10 +130,10 @@ def cohort_metrics(frame: pd.DataFrame, slices: list[str], scored_by: str) -> li
     cohorts = frame["as_of"].dt.strftime("%Y-%m-%d")
     for (cohort, version), group in frame.groupby([cohorts, "model_version"]):
         base = {"cohort": cohort, "model_version": str(version), "scored_by": scored_by}
-        rows.append({**base, "slice_column": ALL, "slice_value": ALL, **_metrics(group)})
+        rows.append({**base, "slice_column": ALL, "slice_value": ALL, **_metrics(spec, group)})
         for column in slices:
             for value, part in group.dropna(subset=[column]).groupby(column):
-                rows.append({**base, "slice_column": column, "slice_value": str(value), **_metrics(part)})
+                rows.append({**base, "slice_column": column, "slice_value": str(value), **_metrics(spec, part)})
     return rows
 
 
@@ -147,9 +161,10 @@ def replay_challenger(
         return frame.iloc[0:0].assign(model_version=challenger)
     chosen = logged[logged[spec.timestamp].dt.floor(freq).isin(parts)] if not logged.empty else logged
     replayed = replay_logged_inputs(spec, settings, challenger, chosen)
-    scores = replayed.assign(entity_id=replayed["entity_id"].astype(str))
-    labelled = frame.drop(columns=["model_version", "score"]).merge(
-        scores[["entity_id", "as_of", "score"]], on=["entity_id", "as_of"], how="inner", validate="one_to_one"
+    scores = with_probability_columns(spec, replayed.assign(entity_id=replayed["entity_id"].astype(str)))
+    said = ["score", *(c for c in scores.columns if c.startswith(PROBABILITY_PREFIX))]
+    labelled = frame.drop(columns=["model_version", *said]).merge(
+        scores[["entity_id", "as_of", *said]], on=["entity_id", "as_of"], how="inner", validate="one_to_one"
     )
     labelled["model_version"] = challenger
     write_partition(
@@ -161,21 +176,27 @@ def replay_challenger(
     return labelled
 
 
+def plot_metric(spec: ModelSpec) -> str:
+    """The metric the backtest plot shows: the gate's when the backtest stores it, else the task's headline."""
+    return spec.gate.metric if spec.gate.metric in TASK_METRICS[spec.task] else TASK_METRICS[spec.task][0]
+
+
 def plot_png(spec: ModelSpec, metrics: list[dict[str, Any]], end: datetime) -> bytes:
-    """AUC per cohort for each model version (solid: logged, dashed: replayed), whole cohorts only."""
+    """The task's metric per cohort for each model version (solid: logged, dashed: replayed), whole cohorts only."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display on a worker
     import matplotlib.pyplot as plt
 
     frame = pd.DataFrame([m for m in metrics if m["slice_column"] == ALL])
+    metric = plot_metric(spec)
     figure, axis = plt.subplots(figsize=(8, 4.5))
     if not frame.empty:
         for (version, scored_by), line in frame.groupby(["model_version", "scored_by"]):
             line = line.sort_values("cohort")
             axis.plot(
                 line["cohort"],
-                line["auc"],
+                line[metric],
                 marker="o",
                 linestyle="--" if scored_by == REPLAY else "-",
                 label=f"v{version} ({scored_by})",
@@ -183,7 +204,9 @@ def plot_png(spec: ModelSpec, metrics: list[dict[str, Any]], end: datetime) -> b
         axis.legend()
     else:
         axis.text(0.5, 0.5, "no matured predictions yet", ha="center", va="center", transform=axis.transAxes)
-    axis.set(title=f"{spec.name}: backtest AUC per cohort, labels known at {end:%Y-%m-%d %H:%M} UTC", ylabel="AUC")
+    axis.set(
+        title=f"{spec.name}: backtest {metric} per cohort, labels known at {end:%Y-%m-%d %H:%M} UTC", ylabel=metric
+    )
     axis.grid(alpha=0.3)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
@@ -191,7 +214,7 @@ def plot_png(spec: ModelSpec, metrics: list[dict[str, Any]], end: datetime) -> b
     return buffer.getvalue()
 
 
-def summary_metrics(frame: pd.DataFrame, replayed: pd.DataFrame) -> dict[str, float]:
+def summary_metrics(spec: ModelSpec, frame: pd.DataFrame, replayed: pd.DataFrame) -> dict[str, float]:
     """Whole-lookback metrics per version, and the serving model on exactly the rows the challenger replayed."""
     summary: dict[str, float] = {}
     parts = [(LOGGED, frame), (REPLAY, replayed)]
@@ -200,8 +223,8 @@ def summary_metrics(frame: pd.DataFrame, replayed: pd.DataFrame) -> dict[str, fl
         parts.append((f"{LOGGED}_on_replayed_rows", same_rows))
     for scored_by, part in parts:
         for version, group in part.groupby("model_version") if not part.empty else []:
-            for name, value in _metrics(group).items():
-                if value is not None:
+            for name, value in _metrics(spec, group).items():
+                if isinstance(value, int | float):  # not an undefined metric, nor the class recalls' JSON
                     summary[f"{scored_by}.v{version}.{name}"] = float(value)
     return summary
 
@@ -255,11 +278,11 @@ def backtest(
     needs_inputs = (spec.backtest.slices or challenger is not None) and not frame.empty
     logged = logged_inputs_of(spec, settings, frame) if needs_inputs else pd.DataFrame()
     frame = with_slice_values(spec, frame, logged)
-    metrics = cohort_metrics(frame, spec.backtest.slices, LOGGED)
+    metrics = cohort_metrics(spec, frame, spec.backtest.slices, LOGGED)
     replayed = pd.DataFrame()
     if challenger is not None and not frame.empty:
         replayed = replay_challenger(spec, settings, frame, logged, challenger, end)
-        metrics += cohort_metrics(replayed, spec.backtest.slices, REPLAY)
+        metrics += cohort_metrics(spec, replayed, spec.backtest.slices, REPLAY)
     tables.merge_frame(
         engine,
         tables.backtest_metrics,
@@ -272,7 +295,7 @@ def backtest(
     png = plot_png(spec, metrics, end)
     plot_key = f"{spec.name}/reports/backtest/{end:%Y-%m-%dT%H%M}.png"
     settings.lake.put(plot_key, png)
-    summary = summary_metrics(frame, replayed)
+    summary = summary_metrics(spec, frame, replayed)
     run_id = log_to_mlflow(spec, settings, summary, metrics, png, end, dag_run_id)
     return BacktestResult(
         cohorts=len({m["cohort"] for m in metrics}),

@@ -25,6 +25,10 @@ CONTRACT_ATTRIBUTE = "pipelines_contract"
 class FeatureContract:
     numeric: list[str]
     categorical: dict[str, list[str]]
+    # What the model predicts: a binary probability, a value (regression), or one probability per
+    # class of `classes`, in that order (multiclass); a label's class is its index there.
+    task: str = "binary"
+    classes: list[str] | None = None
 
     @property
     def columns(self) -> list[str]:
@@ -37,7 +41,13 @@ class FeatureContract:
     @classmethod
     def from_json(cls, payload: str) -> FeatureContract:
         data = json.loads(payload)
-        return cls(numeric=list(data["numeric"]), categorical={k: list(v) for k, v in data["categorical"].items()})
+        classes = data.get("classes")
+        return cls(
+            numeric=list(data["numeric"]),
+            categorical={k: list(v) for k, v in data["categorical"].items()},
+            task=str(data.get("task", "binary")),  # models from before tasks were binary
+            classes=None if classes is None else [str(c) for c in classes],
+        )
 
 
 def build_contract(spec: ModelSpec, training_frame: pd.DataFrame) -> FeatureContract:
@@ -50,7 +60,27 @@ def build_contract(spec: ModelSpec, training_frame: pd.DataFrame) -> FeatureCont
     categories = {
         column: sorted(str(v) for v in training_frame[column].dropna().unique()) for column in spec.features.categorical
     }
-    return FeatureContract(numeric=list(spec.features.numeric), categorical=categories)
+    classes = None if spec.label.classes is None else list(spec.label.classes)
+    return FeatureContract(list(spec.features.numeric), categories, spec.task, classes)
+
+
+def class_index(labels: pd.Series, classes: list[str], where: str) -> np.ndarray:
+    """Multiclass labels (class names) as the model's class indices; a name not in `classes` names `where`."""
+    names = labels.astype("string")
+    index = pd.Categorical(names, categories=classes).codes
+    unknown = names[(index < 0) | names.isna().to_numpy()]
+    if len(unknown):
+        raise ContractError(
+            f"{where}: label(s) {sorted(set(unknown.fillna('<missing>')))[:5]} are not among the classes {classes}"
+        )
+    return np.asarray(index, dtype="int64")
+
+
+def training_target(frame: pd.Series, contract: FeatureContract, where: str) -> np.ndarray:
+    """The label as XGBoost learns it: 0/1, a value, or the class index."""
+    if contract.task == "multiclass":
+        return class_index(frame, contract.classes or [], where)
+    return frame.to_numpy(dtype="float64")
 
 
 def prepare_features(frame: pd.DataFrame, contract: FeatureContract) -> pd.DataFrame:
@@ -89,7 +119,57 @@ def predict(booster: Any, contract: FeatureContract, frame: pd.DataFrame) -> np.
     import xgboost as xgb  # lazy: keeps this module cheap to import
 
     matrix = xgb.DMatrix(prepare_features(frame, contract), enable_categorical=True)
-    return np.asarray(booster.predict(matrix), dtype="float64")
+    raw = np.asarray(booster.predict(matrix), dtype="float64")
+    if contract.task != "multiclass" or not contract.classes:
+        return raw
+    # One row of class probabilities per input row, in the contract's class order. XGBoost's float32
+    # softmax misses a sum of 1 by ~1e-7 (scikit-learn's log loss warns): renormalised in float64.
+    probabilities = raw.reshape(-1, len(contract.classes))
+    return probabilities / probabilities.sum(axis=1, keepdims=True)
+
+
+def probabilities_json(probabilities: np.ndarray, classes: list[str]) -> list[str]:
+    """Each row's class probabilities as a JSON object {class: p}, built column by column (a row-wise
+    json.dumps costs seconds per million rows); floats keep their shortest exact text."""
+    if not len(probabilities):
+        return []
+    text = pd.Series("{", index=range(len(probabilities)), dtype="string")
+    for position, name in enumerate(classes):
+        separator = ", " if position else ""
+        text = text + f"{separator}{json.dumps(name)}: " + pd.Series(probabilities[:, position]).astype(str)
+    return (text + "}").tolist()
+
+
+def parse_probabilities(values: pd.Series, classes: list[str]) -> np.ndarray:
+    """Logged class probabilities (JSON objects) as a matrix in `classes` order; a class a model did
+    not know has probability 0."""
+    if not len(values):
+        return np.zeros((0, len(classes)))
+    records = pd.DataFrame.from_records([json.loads(v) for v in values])
+    return records.reindex(columns=classes, fill_value=0.0).fillna(0.0).to_numpy(dtype="float64")
+
+
+def aligned_probabilities(probabilities: np.ndarray, model_classes: list[str], classes: list[str]) -> np.ndarray:
+    """A model's class probabilities in another class order (the spec's); a class it never knew gets 0."""
+    aligned = np.zeros((len(probabilities), len(classes)))
+    for position, name in enumerate(classes):
+        if name in model_classes:
+            aligned[:, position] = probabilities[:, model_classes.index(name)]
+    return aligned
+
+
+def prediction_columns(contract: FeatureContract, raw: np.ndarray) -> dict[str, Any]:
+    """What a prediction logs: `score` (the probability, the value, or the top class's probability) and,
+    for multiclass, `predicted_class` and `class_probabilities`."""
+    if contract.task != "multiclass":
+        return {"score": raw}
+    classes = contract.classes or []
+    top = raw.argmax(axis=1) if len(raw) else np.zeros(0, dtype="int64")
+    return {
+        "score": raw[np.arange(len(raw)), top],
+        "predicted_class": np.asarray(classes, dtype=object)[top],
+        "class_probabilities": probabilities_json(raw, classes),
+    }
 
 
 def contract_of(booster: Any) -> FeatureContract:

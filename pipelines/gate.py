@@ -16,7 +16,10 @@ import pandas as pd
 from pipelines.errors import BadDataError, SpecError
 from pipelines.spec import GateSpec
 
-HIGHER_IS_BETTER = {"auc": True, "logloss": False, "brier": False, "rmse": False}
+HIGHER_IS_BETTER = {
+    "auc": True, "logloss": False, "brier": False, "rmse": False,
+    "mae": False, "r2": True, "accuracy": True, "macro_f1": True,
+}  # fmt: skip
 # Bootstrap resamples are processed in blocks of at most this many cells (resamples x rows).
 _BLOCK_CELLS = 4_000_000
 _EPS = 1e-15
@@ -54,20 +57,58 @@ class Verdict:
 
 
 def weighted_metric(metric: str, labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """The metric under each row of `weights` (resamples x rows of counts); one value per resample."""
+    """The metric under each row of `weights` (resamples x rows of counts); one value per resample.
+
+    `scores` is a probability or a value per row, or (multiclass) a row of class probabilities, whose
+    labels are class indices. Integer counts as weights give exactly the metric of the resampled rows.
+    """
     weights = np.atleast_2d(weights).astype("float64")
     total = weights.sum(axis=1)
-    if metric in ("logloss", "brier", "rmse"):
-        clipped = np.clip(scores, _EPS, 1 - _EPS)
-        if metric == "logloss":
-            loss = -(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped))
-        else:
-            loss = (scores - labels) ** 2
-        mean = weights @ loss / total
-        return np.sqrt(mean) if metric == "rmse" else mean
     if metric == "auc":
         return _weighted_auc(labels, scores, weights)
-    raise SpecError(f"unknown gate metric '{metric}'; use one of {sorted(HIGHER_IS_BETTER)}")
+    if metric == "macro_f1":
+        return _weighted_macro_f1(labels.astype("int64"), scores.argmax(axis=1), scores.shape[1], weights)
+    if metric == "r2":
+        squared = weights @ (scores - labels) ** 2
+        mean_label = weights @ labels / total
+        spread = weights @ labels**2 - total * mean_label**2
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(spread > 0, 1 - squared / np.where(spread > 0, spread, 1), np.nan)
+    mean = weights @ _per_row(metric, labels, scores) / total
+    return np.sqrt(mean) if metric == "rmse" else mean
+
+
+def _per_row(metric: str, labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """The row's share of a mean metric (log loss, squared or absolute error, a hit)."""
+    if scores.ndim == 2:  # multiclass
+        truth = labels.astype("int64")
+        if metric == "logloss":
+            return -np.log(np.clip(scores[np.arange(len(truth)), truth], _EPS, 1))
+        if metric == "accuracy":
+            return (scores.argmax(axis=1) == truth).astype("float64")
+    elif metric == "logloss":
+        clipped = np.clip(scores, _EPS, 1 - _EPS)
+        return -(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped))
+    elif metric in ("brier", "rmse"):
+        return (scores - labels) ** 2
+    elif metric == "mae":
+        return np.abs(scores - labels)
+    raise SpecError(f"gate metric '{metric}' does not judge these predictions; use one of {sorted(HIGHER_IS_BETTER)}")
+
+
+def _weighted_macro_f1(truth: np.ndarray, predicted: np.ndarray, classes: int, weights: np.ndarray) -> np.ndarray:
+    """Macro F1 over the classes among the labels or predictions of each resample, as scikit-learn's."""
+    f1_sum = np.zeros(len(weights))
+    present = np.zeros(len(weights))
+    for k in range(classes):
+        is_true, is_predicted = truth == k, predicted == k
+        hits = weights @ (is_true & is_predicted)
+        misses = weights @ (is_true ^ is_predicted)  # false positives and false negatives
+        seen = hits + misses > 0
+        f1_sum += np.where(seen, 2 * hits / np.where(seen, 2 * hits + misses, 1), 0)
+        present += seen
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return f1_sum / present
 
 
 def _weighted_auc(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -85,10 +126,11 @@ def _weighted_auc(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) -
 
 
 def metric_value(metric: str, labels: np.ndarray, scores: np.ndarray) -> float | None:
-    """The metric on the rows as they are; None when undefined (AUC of a single class)."""
+    """The metric on the rows as they are; None when undefined (AUC of a single class, R2 of a constant label)."""
     if metric == "auc" and len(np.unique(labels)) < 2:
         return None
-    return float(weighted_metric(metric, labels, scores, np.ones((1, len(labels))))[0])
+    value = float(weighted_metric(metric, labels, scores, np.ones((1, len(labels))))[0])
+    return None if np.isnan(value) else value
 
 
 def improvement(metric: str, challenger: float, champion: float) -> float:
@@ -120,9 +162,9 @@ def bootstrap_improvement(
             )
         )
     values = np.concatenate(diffs)
-    values = values[~np.isnan(values)]  # a resample with a single class has no AUC
+    values = values[~np.isnan(values)]  # a resample with a single class has no AUC, a constant label no R2
     if len(values) == 0:
-        raise BadDataError(f"'{metric}' is undefined on every resample of the holdout (a single class?)")
+        raise BadDataError(f"'{metric}' is undefined on every resample of the holdout (a single class or value?)")
     tail = (1 - confidence) / 2 * 100
     point_challenger, point_champion = metric_value(metric, labels, challenger), metric_value(metric, labels, champion)
     if point_challenger is None or point_champion is None:
@@ -168,7 +210,9 @@ def slice_checks(
             ch = metric_value(gate.metric, labels[mask], challenger[mask])
             champ = metric_value(gate.metric, labels[mask], champion[mask])
             if ch is None or champ is None:
-                checks.append(SliceCheck(column, value, rows, None, None, None, "skipped", "single class"))
+                checks.append(
+                    SliceCheck(column, value, rows, None, None, None, "skipped", "undefined: a single class or value")
+                )
                 continue
             regression = -improvement(gate.metric, ch, champ)
             status = "regressed" if regression > gate.slice_tolerance else "ok"

@@ -10,7 +10,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
+import numpy as np
 import pandas as pd
 from sqlalchemy import Engine, Subquery, and_, func, select
 
@@ -30,7 +32,8 @@ class LabelIngestResult:
 
 
 def check_labels(spec: ModelSpec, frame: pd.DataFrame, where: str) -> pd.DataFrame:
-    """Type a label delivery; a missing column, an empty key or time, or a label not 0/1 names `where`."""
+    """Type a label delivery; a missing column, an empty key or time, or a label that does not fit the
+    task (0/1, a finite number, one of label.classes) names `where`."""
     frame = frame.reset_index(drop=True)
     required = [spec.entity_key, spec.timestamp, spec.label.column, spec.label.arrived_at_column]
     missing = [c for c in required if c not in frame.columns]
@@ -51,13 +54,34 @@ def check_labels(spec: ModelSpec, frame: pd.DataFrame, where: str) -> pd.DataFra
             rows = [int(i) + 2 for i in frame.index[times.isna()][:5]]
             raise BadDataError(f"{where}: column '{column}' is not an ISO 8601 time on line(s) {rows}")
         frame[column] = times
-    labels = pd.to_numeric(frame[spec.label.column], errors="coerce")
-    if labels.isna().any() or not labels.isin([0, 1]).all():
-        bad = frame.loc[labels.isna() | ~labels.isin([0, 1]), spec.label.column].head(5).tolist()
-        raise BadDataError(f"{where}: column '{spec.label.column}' must be 0 or 1, found e.g. {bad}")
-    frame[spec.label.column] = labels
+    frame[spec.label.column] = typed_labels(spec, frame[spec.label.column], where)
     frame["_file"] = where
     return frame
+
+
+def typed_labels(spec: ModelSpec, values: pd.Series, where: str) -> pd.Series:
+    """Binary: 0 or 1; regression: a finite number; multiclass: one of label.classes (kept as its name)."""
+    column = spec.label.column
+    if spec.task == "multiclass":
+        classes = spec.label.classes or []
+        names = values.astype("string").str.strip()
+        bad = names.isna() | ~names.isin(classes)
+        expected = f"one of label.classes {classes}"
+        typed = names
+    else:
+        numbers = pd.to_numeric(values, errors="coerce")
+        if spec.task == "binary":
+            bad, expected = numbers.isna() | ~numbers.isin([0, 1]), "0 or 1"
+        else:
+            bad, expected = numbers.isna() | ~np.isfinite(numbers.astype("float64")), "a finite number"
+        typed = numbers.astype("float64")
+    if bad.any():
+        lines = [int(i) + 2 for i in values.index[bad.to_numpy()][:5]]  # +2: header, 1-based lines
+        found = values[bad.to_numpy()].head(5).astype(object).where(values.notna(), "<missing>").tolist()
+        raise BadDataError(
+            f"{where}: column '{column}' must be {expected} for task {spec.task}, found {found} on line(s) {lines}"
+        )
+    return typed
 
 
 def ingest_labels(
@@ -80,12 +104,15 @@ def ingest_labels(
     if not frames:
         return LabelIngestResult(0, 0, missing)
     frame = pd.concat(frames, ignore_index=True)
+    multiclass = spec.task == "multiclass"
     rows = pd.DataFrame(
         {
             "model_name": spec.name,
             "entity_id": frame[spec.entity_key].astype("string"),
             "as_of": frame[spec.timestamp],
-            "label": frame[spec.label.column].astype("float64"),
+            # A class is kept by name (label_class): its index depends on the spec's class order.
+            "label": None if multiclass else frame[spec.label.column].astype("float64"),
+            "label_class": frame[spec.label.column].astype("string") if multiclass else None,
             "arrived_at": frame[spec.label.arrived_at_column],
         }
     )
@@ -105,7 +132,7 @@ def ingest_labels(
             tables.labels,
             rows,
             key=["model_name", "entity_id", "as_of", "arrived_at"],
-            refuse_changed=["label"],
+            refuse_changed=["label", "label_class"],
         )
     except tables.RecordConflict as exc:
         keys = {(str(s["entity_id"]), pd.Timestamp(s["as_of"]).tz_localize(None)) for s in exc.samples}
@@ -135,7 +162,7 @@ def labels_as_known(model_name: str, known_at: datetime, as_of_from: datetime, a
         .subquery()
     )
     return (
-        select(t.c.entity_id, t.c.as_of, t.c.label, t.c.arrived_at)
+        select(t.c.entity_id, t.c.as_of, t.c.label, t.c.label_class, t.c.arrived_at)
         .join(
             latest,
             and_(
@@ -149,14 +176,19 @@ def labels_as_known(model_name: str, known_at: datetime, as_of_from: datetime, a
     )
 
 
+def label_of(task: str, known: Subquery) -> Any:
+    """The known label's column for the task: a class name (multiclass) or a number."""
+    return (known.c.label_class if task == "multiclass" else known.c.label).label("label")
+
+
 def labels_known_at(
-    engine: Engine, model_name: str, as_of_from: datetime, as_of_to: datetime, known_at: datetime
+    engine: Engine, spec: ModelSpec, as_of_from: datetime, as_of_to: datetime, known_at: datetime
 ) -> pd.DataFrame:
     """Labels for events in [as_of_from, as_of_to) as known at `known_at` (no look-ahead)."""
-    known = labels_as_known(model_name, known_at, as_of_from, as_of_to)
+    known = labels_as_known(spec.name, known_at, as_of_from, as_of_to)
     with engine.connect() as connection:
         frame = pd.DataFrame(
-            connection.execute(select(known.c.entity_id, known.c.as_of, known.c.label)).all(),
+            connection.execute(select(known.c.entity_id, known.c.as_of, label_of(spec.task, known))).all(),
             columns=["entity_id", "as_of", "label"],
         )
     frame["as_of"] = pd.to_datetime(frame["as_of"], utc=True)

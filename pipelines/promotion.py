@@ -20,7 +20,7 @@ from sqlalchemy import Engine, select
 from pipelines import tables
 from pipelines.config import Settings
 from pipelines.errors import PermanentError
-from pipelines.features import contract_of, predict
+from pipelines.features import aligned_probabilities, class_index, contract_of, predict
 from pipelines.gate import HIGHER_IS_BETTER, Verdict, bounded_holdout, judge
 from pipelines.registry import (
     APPROVE,
@@ -78,8 +78,23 @@ def recorded_decision(engine: Engine, model_name: str, version: str, dag_run_id:
     return None if details is None else dict(json.loads(details))
 
 
-def _scores(model: LoadedModel, frame: pd.DataFrame) -> Any:
-    return predict(model.booster, contract_of(model.booster), frame)
+def _scores(spec: ModelSpec, model: LoadedModel, frame: pd.DataFrame) -> Any:
+    """The model's predictions; multiclass probabilities in the spec's class order, whatever the model's."""
+    contract = contract_of(model.booster)
+    raw = predict(model.booster, contract, frame)
+    return (
+        aligned_probabilities(raw, contract.classes or [], spec.label.classes or [])
+        if spec.task == "multiclass"
+        else raw
+    )
+
+
+def gate_labels(spec: ModelSpec, holdout: pd.DataFrame) -> pd.DataFrame:
+    """The holdout with its label as the gate's statistics read it (a class index for multiclass)."""
+    if spec.task != "multiclass":
+        return holdout
+    index = class_index(holdout[spec.label.column], spec.label.classes or [], f"{spec.name} holdout")
+    return holdout.assign(**{spec.label.column: index})
 
 
 def _judge_against_champion(
@@ -89,7 +104,7 @@ def _judge_against_champion(
     gate, ts = spec.gate, spec.timestamp
     used = {"rows_offered": len(holdout), "fresh_from": None}
     if champion is None:
-        verdict = judge(gate, holdout, spec.label.column, _scores(challenger, holdout), None)
+        verdict = judge(gate, holdout, spec.label.column, _scores(spec, challenger, holdout), None)
         return verdict, {**used, "rows": len(holdout)}
     champion_seen = fresh_from(settings, spec.name, champion.version)
     seen_until = None if champion_seen is None else pd.Timestamp(champion_seen)
@@ -103,7 +118,7 @@ def _judge_against_champion(
         return Verdict(False, reason, None, []), used
     fresh = bounded_holdout(fresh, gate.max_holdout_rows, gate.seed)
     used["rows"] = len(fresh)
-    verdict = judge(gate, fresh, spec.label.column, _scores(challenger, fresh), _scores(champion, fresh))
+    verdict = judge(gate, fresh, spec.label.column, _scores(spec, challenger, fresh), _scores(spec, champion, fresh))
     return verdict, used
 
 
@@ -119,6 +134,9 @@ def _verdict(
         return _judge_against_champion(spec, settings, challenger, None, holdout)
     try:
         champion_model = load_model(settings, spec.name, champion)
+        task = contract_of(champion_model.booster).task
+        if task != spec.task:
+            raise VersionNotServable(f"it predicts task {task}, the spec's task is {spec.task}")
     except VersionNotServable as exc:
         # A champion that cannot serve (scoring refuses it too) is no yardstick: judge the challenger alone.
         verdict, used = _judge_against_champion(spec, settings, challenger, None, holdout)
@@ -158,7 +176,7 @@ def gate_challenger(
     holdout = download_run_artifact(settings, run_id, "holdout/holdout.parquet", f"{spec.name} v{version}")
     holdout[spec.timestamp] = pd.to_datetime(holdout[spec.timestamp], utc=True)
     champion = champion_version(settings, spec.name)
-    verdict, used = _verdict(spec, settings, version, champion, holdout)
+    verdict, used = _verdict(spec, settings, version, champion, gate_labels(spec, holdout))
     # A run's params can only make the spec's mode more cautious: dry_run > manual > enabled.
     mode = spec.gate.mode
     if dry_run:

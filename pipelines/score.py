@@ -29,6 +29,7 @@ from pipelines.features import (
     FeatureContract,
     contract_of,
     predict,
+    prediction_columns,
     unseen_categories,
     unseen_category_counts,
 )
@@ -49,6 +50,8 @@ from pipelines.tables import RecordConflict
 log = logging.getLogger(__name__)
 
 CHUNK_ROWS = 100_000
+LOGGED_COLUMNS = ("model_version", "score", "features_sha256", "unseen_categories")
+MULTICLASS_COLUMNS = ("predicted_class", "class_probabilities")  # logged beside the score by a multiclass model
 NUMERIC_SIGNATURE_TYPES = {"double", "float", "long", "integer"}
 
 
@@ -101,7 +104,7 @@ def check_inputs(frame: pd.DataFrame, signature: Any, model: str) -> None:
 
 def predict_chunked(booster: Any, contract: FeatureContract, frame: pd.DataFrame) -> np.ndarray:
     if not len(frame):
-        return np.array([], dtype="float64")
+        return np.zeros((0, len(contract.classes)) if contract.task == "multiclass" and contract.classes else 0)
     chunks = [predict(booster, contract, frame.iloc[i : i + CHUNK_ROWS]) for i in range(0, len(frame), CHUNK_ROWS)]
     return np.concatenate(chunks)
 
@@ -136,7 +139,8 @@ def score_partition(
     # The model's inputs and every feature of the spec, so a challenger with other features can replay them.
     inputs = [c for c in dict.fromkeys([*contract.columns, *spec.features.all]) if c in frame.columns]
     scored = frame[[spec.entity_key, spec.timestamp, *inputs]].copy()
-    scored["score"] = predict_chunked(booster, contract, frame)
+    for column, values in prediction_columns(contract, predict_chunked(booster, contract, frame)).items():
+        scored[column] = values
     scored["model_version"] = version
     scored["features_sha256"] = row_sha256(frame, contract.columns)
     scored["unseen_categories"] = unseen_categories(frame, contract).sum(axis=1).to_numpy(dtype="int64")
@@ -155,6 +159,7 @@ def prediction_rows(spec: ModelSpec, scored: pd.DataFrame, dag_run_id: str, scor
             "dag_run_id": dag_run_id,
             "scored_at": scored_at,
             "unseen_categories": scored["unseen_categories"].astype("int64"),
+            **{c: scored[c].astype("string") for c in MULTICLASS_COLUMNS if c in scored.columns},
         }
     )
 
@@ -170,7 +175,7 @@ def write_predictions(engine: Engine, spec: ModelSpec, part: datetime, rows: pd.
         p,
         rows,
         key=["model_name", "entity_id", "as_of"],
-        update_when_changed=["model_version", "score", "features_sha256", "unseen_categories"],
+        update_when_changed=[*LOGGED_COLUMNS, *(MULTICLASS_COLUMNS if spec.task == "multiclass" else ())],
         replaces=(p.c.model_name == spec.name) & (p.c.as_of >= part) & (p.c.as_of < part + STEP[spec.partition]),
         history=(tables.predictions_history, {"superseded_at": datetime.now(UTC), "superseded_by_run": dag_run_id}),
     )
@@ -266,6 +271,12 @@ def score_interval(
             version = served.version
         if version not in models:
             models[version] = load_model(settings, spec.name, version)
+            task = contract_of(models[version].booster).task
+            if task != spec.task:
+                raise VersionRefused(
+                    f"{spec.name} v{version} predicts task {task}, but the spec's task is {spec.task}: "
+                    "train a version for this task, or roll back to one"
+                )
         model = models[version]
         scored = score_partition(spec, settings, model.booster, model.signature, version, part)
         key = partition_key(spec.name, "scored", part, spec.partition)
@@ -366,18 +377,21 @@ def read_logged_inputs(spec: ModelSpec, settings: Settings, parts: list[datetime
 def replay_logged_inputs(spec: ModelSpec, settings: Settings, version: str, logged: pd.DataFrame) -> pd.DataFrame:
     """Score logged inputs with `version`: what it would have said in production.
 
-    Columns: entity_id, as_of, logged_version, logged_score, score.
+    Columns: entity_id, as_of, logged_version, logged_score, score (and, multiclass, predicted_class and
+    class_probabilities).
     """
-    columns = ["entity_id", "as_of", "logged_version", "logged_score", "score"]
+    multiclass = list(MULTICLASS_COLUMNS) if spec.task == "multiclass" else []
+    columns = ["entity_id", "as_of", "logged_version", "logged_score", "score", *multiclass]
     if logged.empty:
         return pd.DataFrame(columns=columns)
     booster = load_booster(settings, spec.name, version)
+    contract = contract_of(booster)
     return pd.DataFrame(
         {
             "entity_id": logged[spec.entity_key].astype("string"),
             "as_of": logged[spec.timestamp],
             "logged_version": logged["model_version"].astype("string"),
             "logged_score": logged["score"],
-            "score": predict_chunked(booster, contract_of(booster), logged),
+            **prediction_columns(contract, predict_chunked(booster, contract, logged)),
         }
     )

@@ -166,6 +166,49 @@ class LabelSpec(_Strict):
     column: str
     delay_hours: int = Field(ge=0, description="How long after as_of the label becomes known")
     arrived_at_column: str = "arrived_at"
+    classes: list[str] | None = Field(
+        default=None,
+        description="task multiclass: the class names, in the order of the model's probability outputs",
+    )
+
+    @field_validator("classes")
+    @classmethod
+    def _distinct_classes(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            duplicated = sorted({c for c in value if value.count(c) > 1})
+            if duplicated or len(value) < 2 or any(not c.strip() for c in value):
+                raise ValueError(f"{value}: give at least two distinct, non-empty class names")
+        return value
+
+
+Task = Literal["binary", "multiclass", "regression"]
+# The XGBoost objectives whose output each task's scoring, metrics and gate understand: a binary
+# probability, one probability per class, or a value on the label's scale.
+TASK_OBJECTIVES: dict[str, tuple[str, ...]] = {
+    "binary": ("binary:logistic",),
+    "multiclass": ("multi:softprob",),
+    "regression": (
+        "reg:squarederror", "reg:absoluteerror", "reg:pseudohubererror", "reg:squaredlogerror",
+        "reg:gamma", "reg:tweedie", "count:poisson",
+    ),
+}  # fmt: skip
+# The metrics each task's gate can judge by; the first is the default.
+TASK_GATE_METRICS: dict[str, tuple[str, ...]] = {
+    "binary": ("auc", "logloss", "brier", "rmse"),
+    "multiclass": ("logloss", "accuracy", "macro_f1"),
+    "regression": ("rmse", "mae", "r2"),
+}
+
+
+def check_objective(task: str, params: dict[str, Any], where: str) -> None:
+    """XGBoost parameters fit the task: an objective it understands, no num_class of their own."""
+    objective = params.get("objective")
+    if objective is not None and objective not in TASK_OBJECTIVES[task]:
+        raise ValueError(
+            f"{where}.objective '{objective}' does not fit task '{task}'; use one of {list(TASK_OBJECTIVES[task])}"
+        )
+    if "num_class" in params:
+        raise ValueError(f"{where}.num_class is set from label.classes; remove it")
 
 
 class FeatureSpec(_Strict):
@@ -225,8 +268,10 @@ class TrainingSpec(_Strict):
 class GateSpec(_Strict):
     """How a challenger earns `champion`: see pipelines/gate.py for the statistics."""
 
-    metric: Literal["auc", "logloss", "brier", "rmse"] = Field(
-        default="auc", description="AUC: higher is better; logloss, brier, rmse (of the probability): lower is better"
+    metric: Literal["auc", "logloss", "brier", "rmse", "mae", "r2", "accuracy", "macro_f1"] = Field(
+        default="auc",
+        description="binary: auc (default), logloss, brier, rmse (of the probability); regression: rmse (default), "
+        "mae, r2; multiclass: logloss (default), accuracy, macro_f1. Each is judged in its own direction",
     )
     mode: Literal["enabled", "dry_run", "manual"] = Field(
         default="enabled",
@@ -369,6 +414,11 @@ class ModelSpec(_Strict):
     partition: Literal["hour", "day"] = Field(
         default="hour", description="The unit data is read, validated, published and scored in (UTC hours or days)"
     )
+    task: Task = Field(
+        default="binary",
+        description="binary (a 0/1 label, a probability), multiclass (label.classes, a probability per class) or "
+        "regression (a numeric label, a value)",
+    )
     source: SourceSpec
     entity_key: str
     timestamp: str
@@ -385,6 +435,20 @@ class ModelSpec(_Strict):
     gate: GateSpec = Field(default_factory=GateSpec)
     drift: DriftSpec = Field(default_factory=DriftSpec)
     backtest: BacktestSpec = Field(default_factory=BacktestSpec)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gate_metric_of_task(cls, value: Any) -> Any:
+        """Without gate.metric, the task's own default (auc, rmse or logloss)."""
+        if not isinstance(value, dict) or value.get("task", "binary") not in TASK_GATE_METRICS:
+            return value
+        gate = value.get("gate") if isinstance(value.get("gate"), dict) else None
+        if gate is not None and "metric" in gate:
+            return value
+        if gate is None and value.get("gate") is not None:
+            return value  # not a mapping: the field's own error names it
+        default = TASK_GATE_METRICS[value.get("task", "binary")][0]
+        return {**value, "gate": {**(gate or {}), "metric": default}}
 
     def training_window(self, end: datetime) -> tuple[datetime, datetime]:
         """The whole partitions of the training window before `end` (the train run's data interval end):
@@ -423,12 +487,32 @@ class ModelSpec(_Strict):
                     f"schedules.score '{self.schedules.score}' fires at {cut[0]:%H:%M}, inside a day: a daily model "
                     "scores whole days (use '0 0 * * *')"
                 )
+        self._check_task()
         self._check_drift_columns()
         for field_name, slices in (("gate.slices", self.gate.slices), ("backtest.slices", self.backtest.slices)):
             unknown = [s for s in slices if s not in self.features.categorical]
             if unknown:
                 raise ValueError(f"{field_name} {unknown} must be listed in features.categorical")
         return self
+
+    def _check_task(self) -> None:
+        check_objective(self.task, self.training.params, "training.params")
+        if self.gate.metric not in TASK_GATE_METRICS[self.task]:
+            raise ValueError(
+                f"gate.metric '{self.gate.metric}' does not judge a {self.task} model; "
+                f"use one of {list(TASK_GATE_METRICS[self.task])}"
+            )
+        if (self.task == "multiclass") != (self.label.classes is not None):
+            raise ValueError(
+                "task multiclass needs label.classes (the class names)"
+                if self.task == "multiclass"
+                else f"label.classes is for task multiclass, not {self.task}"
+            )
+
+    @property
+    def objective(self) -> str:
+        """The XGBoost objective: the spec's training.params.objective, else the task's default."""
+        return str(self.training.params.get("objective", TASK_OBJECTIVES[self.task][0]))
 
     def _check_drift_columns(self) -> None:
         drift = self.drift

@@ -54,12 +54,16 @@ predictions = Table(
     Column("entity_id", String(128), nullable=False),
     Column("as_of", DateTime(timezone=True), nullable=False),
     Column("model_version", String(32), nullable=False),
+    # binary: the probability; regression: the value; multiclass: the predicted class's probability
     Column("score", Float, nullable=False),
     Column("features_sha256", String(64), nullable=False),
     Column("dag_run_id", String(250), nullable=False),
     Column("scored_at", DateTime(timezone=True), nullable=False),
     # How many of the row's categorical inputs the model never saw in training (scored as missing).
     Column("unseen_categories", Integer),
+    # Multiclass only: the predicted class, and every class's probability as a JSON object {class: p}.
+    Column("predicted_class", String(256)),
+    Column("class_probabilities", Text),
     UniqueConstraint("model_name", "entity_id", "as_of", name="uq_predictions_key"),
     Index("ix_predictions_as_of", "model_name", "as_of"),
 )
@@ -82,7 +86,8 @@ labels = Table(
     Column("model_name", String(64), nullable=False),
     Column("entity_id", String(128), nullable=False),
     Column("as_of", DateTime(timezone=True), nullable=False),
-    Column("label", Float, nullable=False),
+    Column("label", Float),  # binary 0/1 or a regression value
+    Column("label_class", String(256)),  # a multiclass label, by its class name
     Column("arrived_at", DateTime(timezone=True), nullable=False),
     # Every delivery of a key is kept: the label as known at T is the latest one that arrived before T.
     UniqueConstraint("model_name", "entity_id", "as_of", "arrived_at", name="uq_labels_delivery"),
@@ -100,10 +105,19 @@ backtest_metrics = Table(
     Column("slice_column", String(128), nullable=False),  # ALL for the whole cohort
     Column("slice_value", String(256), nullable=False),
     Column("n", Integer, nullable=False),
-    Column("positives", Integer, nullable=False),
-    Column("auc", Float),
-    Column("logloss", Float),
-    Column("brier", Float),
+    # The task's metrics (pipelines/metrics.py); the others stay NULL.
+    Column("positives", Integer),  # binary
+    Column("auc", Float),  # binary
+    Column("logloss", Float),  # binary and multiclass
+    Column("brier", Float),  # binary
+    Column("rmse", Float),  # regression
+    Column("mae", Float),
+    Column("r2", Float),
+    Column("mean_error", Float),  # the bias: mean of prediction - label
+    Column("mean_label", Float),
+    Column("accuracy", Float),  # multiclass
+    Column("macro_f1", Float),
+    Column("class_recall", Text),  # JSON {class: recall} of the classes among the labels
     Column("mean_score", Float),
     Column("labels_as_of", DateTime(timezone=True), nullable=False),
     Column("dag_run_id", String(250), nullable=False),
@@ -175,6 +189,24 @@ drift_metrics = Table(
     UniqueConstraint("model_name", "interval_start", "interval_end", "column_name", name="uq_drift_metrics_key"),
 )
 
+# An Evidently model-quality report per monitored window whose labels had arrived (pipelines/quality.py).
+quality_reports = Table(
+    "quality_reports",
+    metadata,
+    Column("model_name", String(64), nullable=False),
+    Column("interval_start", DateTime(timezone=True), nullable=False),
+    Column("interval_end", DateTime(timezone=True), nullable=False),
+    Column("model_version", String(32), nullable=False),
+    Column("task", String(16), nullable=False),
+    Column("rows", Integer, nullable=False),  # labelled predictions in the window
+    Column("metrics", Text, nullable=False),  # JSON: the task's metrics (pipelines/metrics.py)
+    Column("report_path", Text),  # NULL: Evidently could not judge the window (a class absent)
+    Column("labels_as_of", DateTime(timezone=True), nullable=False),
+    Column("dag_run_id", String(250), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("model_name", "interval_start", "interval_end", name="uq_quality_reports_key"),
+)
+
 model_events = Table(
     "model_events",
     metadata,
@@ -210,7 +242,7 @@ def _sqlite_read_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 # Schema versions are Alembic revisions (pipelines/migrations); tasks only check the version.
 SCHEMA_VERSION_TABLE = "pipelines_schema_version"
-HEAD_REVISION = "0003"
+HEAD_REVISION = "0004"
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 

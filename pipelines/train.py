@@ -19,13 +19,14 @@ import pandas as pd
 from sqlalchemy import Engine
 
 from pipelines.config import Settings
-from pipelines.errors import BadDataError, VersionRefused
-from pipelines.features import CONTRACT_ATTRIBUTE, build_contract, predict, prepare_features
+from pipelines.errors import BadDataError, SpecError, VersionRefused
+from pipelines.features import CONTRACT_ATTRIBUTE, build_contract, predict, prepare_features, training_target
 from pipelines.intervals import partitions_between
 from pipelines.labels import labels_known_at
 from pipelines.lake import Lake, read_partitions
+from pipelines.metrics import task_metrics
 from pipelines.registry import MODEL_SHA256_TAG
-from pipelines.spec import ModelSpec, TrainingSpec
+from pipelines.spec import ModelSpec, TrainingSpec, check_objective
 from pipelines.tracking import experiment_id, use_tracking
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ def assemble_training_set(spec: ModelSpec, lake: Lake, engine: Engine, start: da
     Events whose labels have not arrived by `end` are left out: using them would need the future.
     """
     events = read_partitions(lake, spec.name, "raw", partitions_between(start, end, spec.partition), spec.partition)
-    labels = labels_known_at(engine, spec.name, start, end, known_at=end)
+    labels = labels_known_at(engine, spec, start, end, known_at=end)
     joined = events.merge(
         labels.rename(columns={"entity_id": spec.entity_key, "as_of": spec.timestamp, "label": spec.label.column}),
         on=[spec.entity_key, spec.timestamp],
@@ -107,16 +108,12 @@ def _quiet_logger(name: str) -> Iterator[None]:
         logger.setLevel(level)
 
 
-def binary_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
-    from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
-
-    metrics = {
-        "logloss": float(log_loss(labels, scores, labels=[0, 1])),
-        "brier": float(brier_score_loss(labels, scores)),
-    }
-    if len(np.unique(labels)) == 2:
-        metrics["auc"] = float(roc_auc_score(labels, scores))
-    return metrics
+def logged_metrics(prefix: str, metrics: dict[str, Any]) -> dict[str, float]:
+    """MLflow metrics of one split: defined values only, each class's recall as <prefix>_recall.<n>."""
+    flat = {f"{prefix}_{name}": value for name, value in metrics.items() if isinstance(value, float)}
+    for position, value in enumerate((metrics.get("class_recall") or {}).values()):
+        flat[f"{prefix}_recall.{position}"] = value  # by position: a class name may hold any character
+    return flat
 
 
 def train_model(
@@ -149,19 +146,32 @@ def train_model(
         )
     for name, part in (("train", train), ("valid", valid)):
         if part[label].nunique() < 2:
-            raise NotEnoughDataError(f"{spec.name}: the {name} split has a single class; widen the training window")
+            kind = "value" if spec.task == "regression" else "class"
+            raise NotEnoughDataError(f"{spec.name}: the {name} split has a single {kind}; widen the training window")
 
     contract = build_contract(spec, train)
     device = choose_device(spec.training.device)
+    extra = dict(overrides.get("xgboost_params") or {})
+    try:
+        check_objective(spec.task, extra, "param xgboost_params")
+    except ValueError as exc:
+        raise SpecError(f"{spec.name}: {exc}") from exc
     params: dict[str, Any] = {
         "tree_method": "hist",
         "seed": 0,
+        "objective": spec.objective,
         **spec.training.params,
-        **(overrides.get("xgboost_params") or {}),
+        **extra,
         "device": device,
     }
+    if spec.task == "multiclass":
+        params["num_class"] = len(contract.classes or [])
+    # Before the run opens: a label the task cannot learn fails here, naming it, and leaves no run behind.
+    target = {name: training_target(part[label], contract, f"{spec.name} {name} split") for name, part in
+              (("train", train), ("valid", valid), ("holdout", holdout))}  # fmt: skip
     lineage = {
         **{k: v for k, v in tags.items() if k != "run_name"},
+        "task": spec.task,
         "device": device,
         "xgboost_version": xgb.__version__,
         # Rows from here on were never fitted or early-stopped on: the gate compares models there.
@@ -179,9 +189,9 @@ def train_model(
             context="training",
         )
         started = time.perf_counter()
-        dtrain = xgb.QuantileDMatrix(prepare_features(train, contract), label=train[label], enable_categorical=True)
+        dtrain = xgb.QuantileDMatrix(prepare_features(train, contract), label=target["train"], enable_categorical=True)
         dvalid = xgb.QuantileDMatrix(
-            prepare_features(valid, contract), label=valid[label], ref=dtrain, enable_categorical=True
+            prepare_features(valid, contract), label=target["valid"], ref=dtrain, enable_categorical=True
         )
         booster = xgb.train(
             params,
@@ -199,8 +209,8 @@ def train_model(
 
         metrics = {"train_seconds": train_seconds, "best_iteration": float(best_iteration)}
         for name, part in (("valid", valid), ("holdout", holdout)):
-            for metric, value in binary_metrics(part[label].to_numpy(), predict(booster, contract, part)).items():
-                metrics[f"{name}_{metric}"] = value
+            values = task_metrics(spec.task, part[label].to_numpy(), predict(booster, contract, part), contract.classes)
+            metrics.update(logged_metrics(name, values))
         mlflow.log_metrics(metrics)
 
         raw_inputs = train[contract.columns]

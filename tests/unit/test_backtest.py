@@ -1,9 +1,17 @@
 """Backtest metrics per cohort, version and slice."""
 
+import json
+
 import numpy as np
 import pandas as pd
+import pytest
 
-from pipelines.backtest import cohort_metrics
+from pipelines.backtest import cohort_metrics, with_probability_columns
+from pipelines.config import REPO_ROOT
+from pipelines.spec import load_spec
+
+CHURN = load_spec(REPO_ROOT / "dags" / "models" / "demo_churn.yaml")
+SALES = load_spec(REPO_ROOT / "dags" / "models" / "demo_sales.yaml")
 
 
 def test_cohort_metrics_per_day_and_version() -> None:
@@ -19,7 +27,7 @@ def test_cohort_metrics_per_day_and_version() -> None:
             "plan": rng.choice(["basic", "pro", None], 400),
         }
     )
-    rows = cohort_metrics(frame, ["plan"], "logged")
+    rows = cohort_metrics(CHURN, frame, ["plan"], "logged")
     whole = [r for r in rows if r["slice_column"] == "ALL"]
     assert {(r["cohort"], r["model_version"]) for r in whole} == {
         ("2026-01-03", "1"),
@@ -32,3 +40,54 @@ def test_cohort_metrics_per_day_and_version() -> None:
     by_plan = [r for r in rows if r["slice_column"] == "plan"]
     assert {r["slice_value"] for r in by_plan} == {"basic", "pro"}  # a missing value is in no slice
     assert sum(r["n"] for r in by_plan) == int(frame["plan"].notna().sum())
+
+
+def test_regression_cohorts_have_regression_metrics_equal_to_sklearn() -> None:
+    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+
+    rng = np.random.default_rng(1)
+    labels = rng.gamma(2.0, 50.0, 300)
+    frame = pd.DataFrame(
+        {
+            "as_of": pd.Timestamp("2026-01-03", tz="UTC"),
+            "model_version": "1",
+            "score": labels + rng.normal(3, 10, 300),
+            "label": labels,
+        }
+    )
+    (row,) = cohort_metrics(SALES, frame, [], "logged")
+    assert row["rmse"] == pytest.approx(np.sqrt(mean_squared_error(labels, frame["score"])))
+    assert row["mae"] == pytest.approx(mean_absolute_error(labels, frame["score"]))
+    assert row["r2"] == pytest.approx(r2_score(labels, frame["score"]))
+    assert row["mean_error"] == pytest.approx((frame["score"] - labels).mean())
+    assert row["mean_error"] > 0 and row["mean_label"] == pytest.approx(labels.mean())
+    assert "auc" not in row and "positives" not in row
+
+
+def test_multiclass_cohorts_read_the_logged_probabilities() -> None:
+    from sklearn.metrics import accuracy_score, f1_score, log_loss, recall_score
+
+    from pipelines.features import probabilities_json
+
+    classes = ["low", "mid", "high"]
+    spec = CHURN.model_copy(update={"task": "multiclass", "label": CHURN.label.model_copy(update={"classes": classes})})
+    rng = np.random.default_rng(2)
+    truth = rng.integers(0, 3, 500)
+    logits = np.eye(3)[truth] * 1.5 + rng.normal(0, 1, (500, 3))
+    probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    frame = pd.DataFrame(
+        {
+            "as_of": pd.Timestamp("2026-01-03", tz="UTC"),
+            "model_version": "1",
+            "score": probabilities.max(axis=1),
+            "label": np.array(classes)[truth],
+            "class_probabilities": probabilities_json(probabilities, classes),
+        }
+    )
+    (row,) = cohort_metrics(spec, with_probability_columns(spec, frame), [], "logged")
+    predicted = probabilities.argmax(axis=1)
+    assert row["logloss"] == pytest.approx(log_loss(truth, probabilities), rel=1e-12)
+    assert row["accuracy"] == pytest.approx(accuracy_score(truth, predicted))
+    assert row["macro_f1"] == pytest.approx(f1_score(truth, predicted, average="macro"))
+    recall = recall_score(truth, predicted, average=None)
+    assert json.loads(row["class_recall"]) == pytest.approx(dict(zip(classes, recall, strict=True)))

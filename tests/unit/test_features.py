@@ -77,3 +77,18 @@ def test_training_data_lacking_a_spec_feature_is_named() -> None:
         ContractError, match=r"demo_churn: the training data lacks feature column\(s\) \['device_type'\]"
     ):
         build_contract(wider, frame)
+
+
+def test_class_probabilities_round_trip_exactly_through_their_json_text() -> None:
+    import json
+
+    from pipelines.features import parse_probabilities, probabilities_json
+
+    classes = ["low", 'say "hi"', "high"]
+    probabilities = np.random.default_rng(0).dirichlet([1, 1, 1], 1000)
+    text = probabilities_json(probabilities, classes)
+    assert json.loads(text[0]) == dict(zip(classes, probabilities[0].tolist(), strict=True))
+    assert (parse_probabilities(pd.Series(text), classes) == probabilities).all()
+    # Another version's class order, and a class it never knew (probability 0).
+    reordered = parse_probabilities(pd.Series(text), ["high", "low", "new"])
+    assert (reordered[:, 0] == probabilities[:, 2]).all() and (reordered[:, 2] == 0).all()

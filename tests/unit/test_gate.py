@@ -98,3 +98,77 @@ def test_large_holdouts_are_sampled_reproducibly_and_small_ones_kept_whole() -> 
     assert len(sample) == 1000 and sample.index.is_monotonic_increasing
     assert sample.index.equals(bounded_holdout(data, 1000, 0).index)
     assert not sample.index.equals(bounded_holdout(data, 1000, 1).index)
+
+
+REG_LABELS = RNG.gamma(2.0, 30.0, N)
+CLASSES = 4
+CLASS_LABELS = RNG.integers(0, CLASSES, N)
+
+
+def class_probabilities(noise: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    logits = np.eye(CLASSES)[CLASS_LABELS] * 2 + rng.normal(0, noise, (N, CLASSES))
+    return np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("metric", ["rmse", "mae", "r2"])
+def test_weighted_regression_metrics_equal_sklearn_on_the_resampled_rows(metric: str) -> None:
+    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+
+    predicted = REG_LABELS + np.random.default_rng(5).normal(0, 10, N)
+    for row in np.random.default_rng(3).multinomial(N, np.full(N, 1 / N), size=3):
+        y, p = np.repeat(REG_LABELS, row), np.repeat(predicted, row)
+        expected = {
+            "rmse": np.sqrt(mean_squared_error(y, p)),
+            "mae": mean_absolute_error(y, p),
+            "r2": r2_score(y, p),
+        }[metric]
+        assert weighted_metric(metric, REG_LABELS, predicted, row[None, :])[0] == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize("metric", ["logloss", "accuracy", "macro_f1"])
+def test_weighted_multiclass_metrics_equal_sklearn_on_the_resampled_rows(metric: str) -> None:
+    from sklearn.metrics import accuracy_score, f1_score
+
+    probabilities = class_probabilities(1.5, 7)
+    for row in np.random.default_rng(3).multinomial(N, np.full(N, 1 / N), size=3):
+        y, p = np.repeat(CLASS_LABELS, row), np.repeat(probabilities, row, axis=0)
+        expected = {
+            "logloss": log_loss(y, p, labels=list(range(CLASSES))),
+            "accuracy": accuracy_score(y, p.argmax(axis=1)),
+            "macro_f1": f1_score(y, p.argmax(axis=1), average="macro"),
+        }[metric]
+        weighted = weighted_metric(metric, CLASS_LABELS.astype(float), probabilities, row[None, :])[0]
+        assert weighted == pytest.approx(expected, rel=1e-9)
+
+
+def test_macro_f1_counts_only_classes_seen_in_the_labels_or_predictions_as_sklearn_does() -> None:
+    from sklearn.metrics import f1_score
+
+    labels = np.array([0, 0, 1, 1, 2])
+    probabilities = np.eye(4)[[0, 1, 1, 1, 3]]  # class 3 predicted but never true; class 2 never predicted
+    expected = f1_score(labels, probabilities.argmax(axis=1), average="macro", zero_division=0)
+    assert weighted_metric("macro_f1", labels.astype(float), probabilities, np.ones((1, 5)))[0] == pytest.approx(
+        expected
+    )
+
+
+@pytest.mark.parametrize(
+    ("metric", "labels", "better", "worse"),
+    [
+        ("rmse", REG_LABELS, REG_LABELS + RNG.normal(0, 5, N), REG_LABELS + RNG.normal(0, 20, N)),
+        ("r2", REG_LABELS, REG_LABELS + RNG.normal(0, 5, N), REG_LABELS + RNG.normal(0, 20, N)),
+        ("mae", REG_LABELS, REG_LABELS + RNG.normal(0, 5, N), REG_LABELS + RNG.normal(0, 20, N)),
+        ("logloss", CLASS_LABELS, class_probabilities(0.5, 1), class_probabilities(3.0, 2)),
+        ("macro_f1", CLASS_LABELS, class_probabilities(0.5, 1), class_probabilities(3.0, 2)),
+    ],
+)
+def test_each_metric_is_judged_in_its_own_direction(
+    metric: str, labels: np.ndarray, better: np.ndarray, worse: np.ndarray
+) -> None:
+    holdout = pd.DataFrame({"y": labels.astype(float)})
+    gate = GateSpec(metric=metric)  # type: ignore[arg-type]
+    assert judge(gate, holdout, "y", better, worse).promote
+    assert not judge(gate, holdout, "y", worse, better).promote
+    tie = judge(gate, holdout, "y", better, better.copy())
+    assert not tie.promote and tie.interval is not None and tie.interval.point == 0.0

@@ -43,7 +43,7 @@ def write_labels(root: Path, spec: ModelSpec, hour: datetime, labels: dict[str, 
 
 
 def known(engine: Engine, spec: ModelSpec, at: datetime) -> dict[str, float]:
-    frame = labels_known_at(engine, spec.name, EVENT - timedelta(hours=1), EVENT + timedelta(hours=1), at)
+    frame = labels_known_at(engine, spec, EVENT - timedelta(hours=1), EVENT + timedelta(hours=1), at)
     return dict(zip(frame["entity_id"], frame["label"], strict=True))
 
 
@@ -97,3 +97,45 @@ def test_a_label_without_its_arrival_time_names_file_and_line(engine: Engine, tm
     with pytest.raises(BadDataError, match=rf"{path}: column 'arrived_at' is empty on line\(s\) \[3\]"):
         ingest_labels(spec, SourceAccess(tmp_path), engine, FIRST, FIRST + timedelta(hours=1))
     assert tables.count_rows(engine, tables.labels, spec.name) == 0
+
+
+@pytest.mark.parametrize(
+    ("task", "values", "message"),
+    [
+        ("binary", ["1", "2"], r"must be 0 or 1 for task binary, found \['2'\] on line\(s\) \[3\]"),
+        ("regression", ["12.5", "many"], r"must be a finite number for task regression, found \['many'\] on line"),
+        ("regression", ["12.5", ""], r"must be a finite number for task regression, found \['<missing>'\] on line"),
+        ("multiclass", ["stay", "gone"], r"must be one of label.classes \['stay', 'leave'\] .*found \['gone'\]"),
+    ],
+)
+def test_a_label_that_does_not_fit_the_task_names_file_line_and_value(
+    engine: Engine, tmp_path: Path, task: str, values: list[str], message: str
+) -> None:
+    spec = spec_named(f"m_{uuid4().hex[:8]}")
+    label = spec.label.model_copy(update={"classes": ["stay", "leave"] if task == "multiclass" else None})
+    spec = spec.model_copy(update={"task": task, "label": label})
+    path = write_labels(tmp_path, spec, FIRST, {"C000001": 1, "C000002": 0})
+    frame = pd.read_csv(path, dtype=str)
+    frame["churned"] = values
+    frame.to_csv(path, index=False)
+    with pytest.raises(BadDataError, match=rf"{path}: column 'churned' {message}"):
+        ingest_labels(spec, SourceAccess(tmp_path), engine, FIRST, FIRST + timedelta(hours=1))
+    assert tables.count_rows(engine, tables.labels, spec.name) == 0
+
+
+def test_regression_values_and_class_names_are_kept_as_delivered(engine: Engine, tmp_path: Path) -> None:
+    for task, values, expected in (
+        ("regression", ["12.5", "0"], {"C000001": 12.5, "C000002": 0.0}),
+        ("multiclass", ["leave", "stay"], {"C000001": "leave", "C000002": "stay"}),
+    ):
+        spec = spec_named(f"m_{uuid4().hex[:8]}")
+        label = spec.label.model_copy(update={"classes": ["stay", "leave"] if task == "multiclass" else None})
+        spec = spec.model_copy(update={"task": task, "label": label})
+        path = write_labels(tmp_path, spec, FIRST, {"C000001": 1, "C000002": 0})
+        frame = pd.read_csv(path, dtype=str)
+        frame["churned"] = values
+        frame.to_csv(path, index=False)
+        ingest_labels(spec, SourceAccess(tmp_path), engine, FIRST, FIRST + timedelta(hours=1))
+        ingest_labels(spec, SourceAccess(tmp_path), engine, FIRST, FIRST + timedelta(hours=1))  # a re-run adds nothing
+        assert tables.count_rows(engine, tables.labels, spec.name) == 2
+        assert known(engine, spec, LATER) == expected

@@ -186,7 +186,7 @@ def test_sql_labels_are_read_by_arrival(warehouse: ConnectionFields, tmp_path: P
     engine = tables.make_engine(f"sqlite:///{tmp_path / 'tables.db'}")
     result = ingest_labels(spec, access_to(warehouse, tmp_path), engine, START, END)
     assert (result.rows, result.files_read) == (2, 1)
-    known = labels_known_at(engine, spec.name, START - timedelta(days=1), START, END + timedelta(hours=1))
+    known = labels_known_at(engine, spec, START - timedelta(days=1), START, END + timedelta(hours=1))
     assert dict(zip(known["entity_id"], known["label"], strict=True)) == {"C1": 1.0, "C2": 0.0}
     engine.dispose()
 

@@ -216,3 +216,62 @@ def test_the_spec_knows_the_drift_tests_evidently_has() -> None:
         (ANY_TYPE_DRIFT_TESTS, {"Numerical", "Categorical"}),
     ):
         assert {name: kinds.get(name) for name in names} == dict.fromkeys(names, expected)
+
+
+LABEL = {"column": "churned", "delay_hours": 6}
+CLASSES = {**LABEL, "classes": ["stay", "downgrade", "leave"]}
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"task": "ranking"}, "field 'task'"),
+        (
+            {"task": "regression", "training": {"params": {"objective": "binary:logistic"}}},
+            r"training.params.objective 'binary:logistic' does not fit task 'regression'; use one of \['reg:squarederror'",
+        ),
+        (
+            {"task": "multiclass", "label": CLASSES, "training": {"params": {"objective": "multi:softmax"}}},
+            r"'multi:softmax' does not fit task 'multiclass'; use one of \['multi:softprob'\]",
+        ),
+        (
+            {"task": "multiclass", "label": CLASSES, "training": {"params": {"num_class": 3}}},
+            "training.params.num_class is set from label.classes",
+        ),
+        ({"task": "multiclass", "label": LABEL}, "task multiclass needs label.classes"),
+        ({"label": CLASSES}, "label.classes is for task multiclass, not binary"),
+        ({"task": "multiclass", "label": {**LABEL, "classes": ["a", "a"]}}, "field 'label.classes'"),
+        ({"task": "regression", "gate": {"metric": "auc"}}, r"gate.metric 'auc' does not judge a regression model"),
+        ({"task": "multiclass", "label": CLASSES, "gate": {"metric": "rmse"}}, "does not judge a multiclass model"),
+    ],
+)
+def test_a_task_its_objective_labels_and_gate_metric_must_fit(
+    tmp_path: Path, changes: dict[str, object], message: str
+) -> None:
+    raw = yaml.safe_load(DEMO_SPEC.read_text())
+    raw["training"].pop("params", None)
+    raw["gate"].pop("metric", None)
+    raw.update(changes)
+    path = tmp_path / "demo_churn.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(SpecError, match=message) as error:
+        load_spec(path)
+    assert str(path) in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("task", "metric", "objective"),
+    [("binary", "auc", "binary:logistic"), ("regression", "rmse", "reg:squarederror"),
+     ("multiclass", "logloss", "multi:softprob")],
+)  # fmt: skip
+def test_each_task_has_its_default_objective_and_gate_metric(
+    tmp_path: Path, task: str, metric: str, objective: str
+) -> None:
+    raw = yaml.safe_load(DEMO_SPEC.read_text())
+    raw["training"].pop("params", None)
+    raw["gate"].pop("metric", None)
+    raw.update(task=task, label=CLASSES if task == "multiclass" else LABEL)
+    path = tmp_path / "demo_churn.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    spec = load_spec(path)
+    assert (spec.task, spec.gate.metric, spec.objective) == (task, metric, objective)
