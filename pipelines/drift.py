@@ -23,7 +23,7 @@ from sqlalchemy import Engine, select
 from pipelines import tables
 from pipelines.config import Settings
 from pipelines.errors import PermanentError
-from pipelines.features import contract_of, predict
+from pipelines.features import contract_of, predict, prediction_columns
 from pipelines.intervals import interval_key, partitions_between
 from pipelines.lake import MANIFEST_FILE, partition_key, read_partition
 from pipelines.registry import load_booster
@@ -33,7 +33,11 @@ from pipelines.train import download_run_artifact
 
 log = logging.getLogger(__name__)
 
-PREDICTION_COLUMN = "model_score"  # the model's output, compared like a column: prediction drift
+# The model's outputs, compared like columns: prediction drift. The score (a probability, a regression
+# value, or the top class's probability) and, for multiclass, the predicted class: the class mix.
+PREDICTION_COLUMN = "model_score"
+PREDICTED_CLASS_COLUMN = "model_class"
+PREDICTION_COLUMNS = (PREDICTION_COLUMN, PREDICTED_CLASS_COLUMN)
 
 
 @dataclass(frozen=True)
@@ -56,7 +60,7 @@ class DriftSummary:
 
     @property
     def features(self) -> list[ColumnDrift]:
-        return [c for c in self.columns if c.column != PREDICTION_COLUMN]
+        return [c for c in self.columns if c.column not in PREDICTION_COLUMNS]
 
     @property
     def drifted_columns(self) -> list[str]:
@@ -69,8 +73,9 @@ class DriftSummary:
 
     @property
     def prediction_drift(self) -> bool | None:
-        found = [c.drifted for c in self.columns if c.column == PREDICTION_COLUMN]
-        return found[0] if found else None
+        """Did the model's output drift (its score, or for multiclass its class mix)."""
+        found = [c.drifted for c in self.columns if c.column in PREDICTION_COLUMNS]
+        return any(found) if found else None
 
 
 def column_results(snapshot: dict[str, Any]) -> list[ColumnDrift]:
@@ -109,7 +114,7 @@ def run_report(
     from evidently.metrics import ValueDrift
     from evidently.presets import DataDriftPreset
 
-    features = [c for c in [*numeric, *categorical] if c != PREDICTION_COLUMN]
+    features = [c for c in [*numeric, *categorical] if c not in PREDICTION_COLUMNS]
     tests = {c: t for c, t in spec.tests.items() if c in features}
     preset = DataDriftPreset(
         columns=features,
@@ -118,8 +123,7 @@ def run_report(
         per_column_threshold={c: t.threshold for c, t in tests.items() if t.threshold is not None} or None,
     )
     metrics: list[Any] = [preset]
-    if PREDICTION_COLUMN in numeric:
-        metrics.append(ValueDrift(column=PREDICTION_COLUMN))
+    metrics += [ValueDrift(column=c) for c in [*numeric, *categorical] if c in PREDICTION_COLUMNS]
     definition = DataDefinition(numerical_columns=numeric, categorical_columns=categorical)
     snapshot = Report(metrics).run(
         current_data=Dataset.from_pandas(current, data_definition=definition),
@@ -293,8 +297,14 @@ def monitor_interval(
     reference, described = reference_sample(spec, settings, version, start, end)
     # Prediction drift: what the model says on its reference sample against what it said in the interval.
     booster = load_booster(settings, spec.name, version)
-    reference[PREDICTION_COLUMN] = predict(booster, contract_of(booster), reference)
-    current = current.rename(columns={"score": PREDICTION_COLUMN})
+    contract = contract_of(booster)
+    said = prediction_columns(contract, predict(booster, contract, reference))
+    reference[PREDICTION_COLUMN] = said["score"]
+    outputs = {"score": PREDICTION_COLUMN}
+    if "predicted_class" in said:
+        reference[PREDICTED_CLASS_COLUMN] = said["predicted_class"]
+        outputs["predicted_class"] = PREDICTED_CLASS_COLUMN
+    current = current.rename(columns=outputs)
     current = seeded_sample(current, spec.drift.max_current_rows)
 
     # A column with no value on either side has no distribution to compare (Evidently refuses it).
@@ -310,6 +320,8 @@ def monitor_interval(
         )
     numeric = [*(c for c in spec.features.numeric if c in tested and c not in empty), PREDICTION_COLUMN]
     categorical = [c for c in spec.features.categorical if c in tested and c not in empty]
+    if PREDICTED_CLASS_COLUMN in reference.columns:
+        categorical.append(PREDICTED_CLASS_COLUMN)
     columns = [*numeric, *categorical]
     report_key = f"{spec.name}/reports/drift/{interval_key(start, end)}.html"
     results, html = run_report(

@@ -10,8 +10,9 @@ from sqlalchemy import Engine, select
 
 from pipelines import tables
 from pipelines.config import Settings
+from pipelines.metrics import TASK_METRICS
 from pipelines.registry import CHALLENGER, CHAMPION, alias_since, alias_version
-from pipelines.spec import SpecError, load_spec, spec_paths
+from pipelines.spec import ModelSpec, SpecError, load_spec, spec_paths
 
 
 def _iso(value: datetime) -> str:
@@ -31,20 +32,17 @@ def _latest(engine: Engine, table: Any, model_name: str, order_by: Any, *where: 
     return dict(row) if row else None
 
 
-def model_status(settings: Settings, engine: Engine, model_name: str) -> dict[str, Any]:
+def model_status(settings: Settings, engine: Engine, spec: ModelSpec) -> dict[str, Any]:
+    model_name = spec.name
     validation = _latest(engine, tables.validation_runs, model_name, tables.validation_runs.c.validated_at)
     drift = _latest(engine, tables.drift_reports, model_name, tables.drift_reports.c.interval_end)
+    quality = _latest(engine, tables.quality_reports, model_name, tables.quality_reports.c.interval_end)
+    b = tables.backtest_metrics
     with engine.connect() as connection:
         backtest = [
             dict(r)
             for r in connection.execute(
-                select(
-                    tables.backtest_metrics.c.cohort,
-                    tables.backtest_metrics.c.model_version,
-                    tables.backtest_metrics.c.scored_by,
-                    tables.backtest_metrics.c.n,
-                    tables.backtest_metrics.c.auc,
-                )
+                select(b.c.cohort, b.c.model_version, b.c.scored_by, b.c.n, *[b.c[m] for m in TASK_METRICS[spec.task]])
                 .where(
                     tables.backtest_metrics.c.model_name == model_name,
                     tables.backtest_metrics.c.slice_column == "ALL",
@@ -63,6 +61,7 @@ def model_status(settings: Settings, engine: Engine, model_name: str) -> dict[st
     gate = _latest(engine, events, model_name, events.c.id, events.c.event == "gate_decision")
     return {
         "model": model_name,
+        "task": spec.task,
         "champion_version": champion,
         "champion_since": None if since is None else _iso(since),
         "challenger_version": alias_version(settings, model_name, CHALLENGER),
@@ -89,6 +88,16 @@ def model_status(settings: Settings, engine: Engine, model_name: str) -> dict[st
             "failed_expectations": json.loads(validation["failed_expectations"]),
             "result_path": validation["result_path"],
         },
+        "last_quality_report": None
+        if quality is None
+        else {
+            "path": quality["report_path"],
+            "interval_start": _iso(quality["interval_start"]),
+            "interval_end": _iso(quality["interval_end"]),
+            "model_version": quality["model_version"],
+            "rows": quality["rows"],
+            "metrics": json.loads(quality["metrics"]),
+        },
         "last_drift_report": None
         if drift is None
         else {
@@ -113,13 +122,17 @@ def status(settings: Settings, engine: Engine) -> dict[str, Any]:
         except SpecError as exc:
             errors.append(str(exc))
             continue
-        models.append(model_status(settings, engine, spec.name))
+        models.append(model_status(settings, engine, spec))
     storage = {
         "tables": make_url(settings.tables_url).render_as_string(hide_password=True),
         "tables_from": settings.tables_from,
         "lake": settings.lake.uri,
     }
     return {"home": str(settings.home), "storage": storage, "models": models, "spec_errors": errors}
+
+
+def _metric_text(values: dict[str, Any], names: tuple[str, ...]) -> str:
+    return " ".join(f"{n}={'n/a' if values.get(n) is None else format(values[n], '.3f')}" for n in names)
 
 
 def format_status(report: dict[str, Any]) -> str:
@@ -130,7 +143,7 @@ def format_status(report: dict[str, Any]) -> str:
         f"lake: {storage['lake']}",
     ]
     for m in report["models"]:
-        lines.append(f"\nmodel {m['model']}")
+        lines.append(f"\nmodel {m['model']} ({m['task']})")
         since = f" since {m['champion_since']}" if m["champion_since"] else ""
         lines.append(f"  champion: v{m['champion_version']}{since}   challenger: v{m['challenger_version']}")
         g = m["last_gate_decision"]
@@ -142,10 +155,17 @@ def format_status(report: dict[str, Any]) -> str:
             f"  rows: predictions={m['predictions']} labels={m['labels']} backtest_metrics={m['backtest_metrics']}"
         )
         for b in m["latest_backtest"]:
-            auc = "n/a" if b["auc"] is None else f"{b['auc']:.3f}"
             lines.append(
-                f"  backtest cohort {b['cohort']} v{b['model_version']} ({b['scored_by']}): n={b['n']} auc={auc}"
+                f"  backtest cohort {b['cohort']} v{b['model_version']} ({b['scored_by']}): n={b['n']} "
+                + _metric_text(b, TASK_METRICS[m["task"]])
             )
+        q = m["last_quality_report"]
+        if q:
+            lines.append(
+                f"  last quality report ([{q['interval_start']}, {q['interval_end']}), v{q['model_version']}, "
+                f"{q['rows']} labelled rows): {_metric_text(q['metrics'], TASK_METRICS[m['task']])}"
+            )
+            lines.append(f"    {q['path'] or 'no Evidently report: a class absent from its labels'}")
         v = m["last_validation"]
         if v:
             verdict = "passed" if v["success"] else f"FAILED: {'; '.join(v['failed_expectations'])}"

@@ -70,7 +70,10 @@ def monitor_dag(spec: ModelSpec) -> DAG:
         "the lake, per-column results to `drift_metrics`. A window drifted when at least "
         f"{policy.drift_share:.0%} of the feature columns did. When {policy.drifted_windows} of the last "
         f"{policy.windows} windows drifted and no retraining happened in the last {policy.cooldown_hours} h, "
-        f"`request_retraining` emits `{spec.name}__drift`, which runs `{spec.name}__train`."
+        f"`request_retraining` emits `{spec.name}__drift`, which runs `{spec.name}__train`. Beside it, "
+        f"`quality_report` ingests the labels that arrived and measures the {spec.task} model's quality "
+        f"(an Evidently report, `quality_reports`) on the window {spec.label.delay_hours} h earlier, whose "
+        "labels are due by now."
     )
     with DAG(schedule=[predictions_asset(spec)], params=MONITOR_PARAMS, **common_dag_args(spec, "monitor", doc)) as dag:
         step = pipeline_task(spec)
@@ -103,6 +106,30 @@ def monitor_dag(spec: ModelSpec) -> DAG:
                 )
             return reports
 
+        @task
+        @step
+        def quality_report(env: TaskEnv) -> list[dict[str, Any]]:
+            """The task's metrics and Evidently quality report of the window whose labels arrived by now."""
+            from pipelines.labels import ingest_labels
+            from pipelines.quality import quality_interval
+
+            judged = []
+            for start, end in monitored_intervals(env.ctx):
+                ingest_labels(spec, env.sources, env.engine, start, end)  # the labels that arrived meanwhile
+                summary = quality_interval(spec, env.settings, env.engine, start, end, env.ctx.run_id)
+                if summary is None:
+                    continue
+                shown = {k: round(v, 4) for k, v in summary.metrics.items() if isinstance(v, float)}
+                log.info(
+                    "QUALITY of [%s, %s) (v%s, %d labelled rows): %s; report %s",
+                    summary.start.isoformat(), summary.end.isoformat(), summary.model_version, summary.rows,
+                    shown, summary.report_path or "none (a class absent from its labels)",
+                )  # fmt: skip
+                judged.append(
+                    {"interval_end": summary.end.isoformat(), "metrics": shown, "report": summary.report_path}
+                )
+            return judged
+
         @task.short_circuit
         @step
         def drift_persists(env: TaskEnv, reports: list[DriftReport]) -> bool:
@@ -126,4 +153,5 @@ def monitor_dag(spec: ModelSpec) -> DAG:
 
         reports = drift_report()
         drift_persists(reports) >> request_retraining(reports)  # type: ignore[arg-type]
+        quality_report()
     return dag

@@ -13,7 +13,7 @@ import pytest
 from pipelines.config import REPO_ROOT
 
 PARSER = Path(__file__).with_name("parse_dags.py")
-MODELS = ("demo_churn", "demo_orders")  # hourly CSV files; daily SQL tables
+MODELS = ("demo_churn", "demo_orders", "demo_sales")  # hourly CSV files; daily SQL tables; a daily regression
 KINDS = ("train", "score", "backtest", "monitor")
 SCHEDULED = {f"{model}__{kind}" for model in MODELS for kind in KINDS}
 EXPECTED = SCHEDULED | {f"{model}__rollback" for model in MODELS}
@@ -104,7 +104,12 @@ def test_assets_chain_scoring_monitoring_and_retraining(parsed: dict[str, Any]) 
     dags = parsed["dags"]
     assert dags["demo_churn__score"]["outlets"] == {"score": ["demo_churn__predictions"]}
     assert dags["demo_churn__monitor"]["schedule_assets"] == ["demo_churn__predictions"]
-    assert dags["demo_churn__monitor"]["tasks"] == ["drift_persists", "drift_report", "request_retraining"]
+    assert dags["demo_churn__monitor"]["tasks"] == [
+        "drift_persists",
+        "drift_report",
+        "quality_report",
+        "request_retraining",
+    ]
     assert dags["demo_churn__monitor"]["outlets"] == {"request_retraining": ["demo_churn__drift"]}
     assert dags["demo_churn__train"]["schedule_assets"] == ["demo_churn__drift"]
 
