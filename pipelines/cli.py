@@ -229,6 +229,8 @@ def _new_model(args: argparse.Namespace) -> int:
         sample,
         SourceAccess(settings.source, cli_connection),
         Path(args.dags_dir),
+        args.task,
+        [c.strip() for c in args.classes.split(",")] if args.classes else None,
     )
     for path in written:
         print(f"wrote {path}")
@@ -314,7 +316,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     new.add_argument("--entity-key", required=True, help="the column identifying what is scored")
     new.add_argument("--timestamp", required=True, help="the event time column (UTC, or with an offset)")
-    new.add_argument("--label", required=True, help="the label column (0/1) of the label feed")
+    new.add_argument("--label", required=True, help="the label column of the label feed")
+    new.add_argument("--task", choices=["binary", "multiclass", "regression"], default="binary")
+    new.add_argument("--classes", help="task multiclass: the label's class names, comma-separated")
     new.add_argument("--arrived-at", default="arrived_at", help="the label feed's arrival time column")
     new.add_argument("--partition", choices=["hour", "day"], default="hour")
     new.add_argument("--sample-start", required=True, help="ISO time with zone: the sample the suite is inferred from")

@@ -1,4 +1,4 @@
-"""`pipelines demo`: two models through their lives inside Airflow, on the embedded defaults.
+"""`pipelines demo`: three models through their lives inside Airflow, on the embedded defaults.
 
 demo_churn (hourly CSV files): generates the demo source, then runs the real DAGs with
 `dag.test()` in order: nightly training, six hourly scoring runs each followed by its drift
@@ -6,6 +6,9 @@ monitor (drift switched on halfway, so the policy requests a retraining), a seco
 meets the gate, and the daily backtest once the labels have arrived.
 demo_orders (daily, SQL tables): writes a SQLite warehouse, then trains, scores three days (one
 without orders) with their monitors, and backtests once the labels have arrived.
+demo_sales (a daily regression, CSV files): trains in the holiday season, scores three days with
+their monitors (the last one also judges the model's quality on labelled days), trains again and
+lets the gate decide, then backtests.
 """
 
 from __future__ import annotations
@@ -64,6 +67,34 @@ def run_orders_demo() -> None:
         run_dag(f"{ORDERS}__monitor", end, interval, when=f"{start:%Y-%m-%d} drift")
     for night in (datetime(2025, 12, 29, 4, tzinfo=UTC) + timedelta(days=d) for d in range(3)):
         run_dag(f"{ORDERS}__backtest", night)
+
+
+SALES = "demo_sales"
+SALES_START = datetime(2025, 10, 1, tzinfo=UTC)
+SALES_END = datetime(2026, 1, 5, tzinfo=UTC)
+SALES_FIRST_NIGHT = datetime(2025, 12, 15, 2, tzinfo=UTC)
+
+
+def write_sales_source(settings: Settings) -> int:
+    from pipelines.demo_data import write_sales_source as write_files
+    from pipelines.spec import load_spec
+
+    spec = load_spec(settings.specs_dir / f"{SALES}.yaml")
+    return write_files(settings.source / SALES, SALES_START, SALES_END, timedelta(hours=spec.label.delay_hours))
+
+
+def run_sales_demo() -> None:
+    """The daily regression: train, score and monitor three days, train again (the gate), backtest."""
+    run_dag(f"{SALES}__train", SALES_FIRST_NIGHT)
+    for day in range(3):
+        start = datetime(2025, 12, 15, tzinfo=UTC) + timedelta(days=day)
+        end = start + timedelta(days=1)
+        run_dag(f"{SALES}__score", end, when=f"{start:%Y-%m-%d}")
+        interval = {"interval_start": start.isoformat(), "interval_end": end.isoformat()}
+        run_dag(f"{SALES}__monitor", end, interval, when=f"{start:%Y-%m-%d} monitor")
+    run_dag(f"{SALES}__train", SALES_FIRST_NIGHT + timedelta(days=3))
+    for night in (datetime(2025, 12, 18, 7, tzinfo=UTC), datetime(2025, 12, 19, 7, tzinfo=UTC)):
+        run_dag(f"{SALES}__backtest", night)  # each ingests the sales figures that arrived that morning
 
 
 def run_dag(dag_id: str, logical_date: datetime, conf: dict[str, str] | None = None, when: str = "") -> None:
@@ -130,5 +161,8 @@ def main(reset: bool = False) -> int:
     orders = write_orders_source(settings)
     print(f"  {ORDERS}: {orders} orders {ORDERS_START:%Y-%m-%d} .. {ORDERS_END:%Y-%m-%d} in a SQL warehouse")
     run_orders_demo()
+    sales = write_sales_source(settings)
+    print(f"  {SALES}: {sales} store-days {SALES_START:%Y-%m-%d} .. {SALES_END:%Y-%m-%d} in daily CSV files")
+    run_sales_demo()
     print(f"demo finished in {time.perf_counter() - began:.0f}s; see `pipelines status`", flush=True)
     return 0

@@ -186,3 +186,72 @@ def write_orders_warehouse(path: Path, start: datetime, end: datetime, label_del
         labels.to_sql("returns", connection, index=False)
     tmp.replace(path)
     return len(orders)
+
+
+# --- the third demo model: daily sales per store, a regression -------------------------------------
+
+STORE_TYPES = ["hyper", "super", "express"]
+WEEKDAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+WEEKDAY_FACTOR = np.array([0.9, 0.9, 0.95, 1.0, 1.15, 1.35, 0.75])
+
+
+def holiday_season(day: datetime) -> bool:
+    """The run-up to Christmas, when every store sells more."""
+    return (day.month == 11 and day.day >= 20) or (day.month == 12 and day.day <= 24)
+
+
+def _stores(seed: int, count: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    kind = rng.choice(STORE_TYPES, size=count, p=[0.2, 0.5, 0.3])
+    size = {"hyper": 6000.0, "super": 2000.0, "express": 400.0}
+    return pd.DataFrame(
+        {
+            "store_id": [f"S{i:04d}" for i in range(count)],
+            "store_type": kind,
+            "region": rng.choice(REGIONS, size=count),
+            "store_size_sqm": np.round([size[k] * rng.uniform(0.7, 1.3) for k in kind], 0),
+            "base_units": [size[k] / 10 * rng.uniform(0.6, 1.4) for k in kind],
+        }
+    )
+
+
+def generate_sales_day(seed: int, day: datetime, stores: int = 200) -> pd.DataFrame:
+    """One row per store for `day` (its features at opening) with the true `units_sold`."""
+    rng = _hour_rng(seed, day)
+    frame = _stores(seed, stores)
+    promo = (rng.random(stores) < 0.25).astype(int)
+    discount = np.where(promo == 1, rng.choice([10.0, 20.0, 30.0], size=stores), 0.0)
+    season = holiday_season(day)
+    weekday = day.weekday()
+    frame["sales_date"] = day
+    frame["day_of_week"] = WEEKDAYS[weekday]
+    frame["promo"] = promo
+    frame["discount_pct"] = discount
+    frame["holiday_season"] = int(season)
+    # What the store sold on average over the last four weeks, as the warehouse reports it each morning.
+    frame["avg_units_28d"] = np.round(frame["base_units"] * (1.3 if season else 1.0) * rng.normal(1, 0.05, stores), 1)
+    expected = (
+        frame["base_units"] * WEEKDAY_FACTOR[weekday] * (1 + 0.35 * promo + 0.01 * discount) * (1.6 if season else 1.0)
+    )
+    frame["units_sold"] = np.round(np.maximum(0, expected * rng.normal(1, 0.08, stores)), 0)
+    return frame.drop(columns=["base_units"])
+
+
+def write_sales_source(root: Path, start: datetime, end: datetime, label_delay: timedelta, seed: int = 23) -> int:
+    """One CSV of store-days per day under <root>/events, and the sales figures (labels) by arrival day
+    under <root>/labels: each day's sales arrive `label_delay` later. Rewriting it gives the same files."""
+    written = 0
+    for day in pd.date_range(start, end, freq="D", inclusive="left").to_pydatetime():
+        frame = generate_sales_day(seed, day)
+        labels = frame[["store_id", "sales_date", "units_sold"]].assign(arrived_at=day + label_delay)
+        arrival = day + label_delay
+        for part, path in (
+            (frame.drop(columns=["units_sold"]), root / "events" / f"dt={day:%Y-%m-%d}.csv"),
+            (labels, root / "labels" / f"dt={arrival:%Y-%m-%d}.csv"),
+        ):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".csv.tmp")
+            part.to_csv(tmp, index=False, date_format="%Y-%m-%dT%H:%M:%S%z")
+            tmp.replace(path)
+        written += len(frame)
+    return written

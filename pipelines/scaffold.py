@@ -19,7 +19,7 @@ from pydantic import TypeAdapter, ValidationError
 from pipelines.errors import ConfigError, SpecError
 from pipelines.intervals import PartitionUnit
 from pipelines.sources import SourceAccess, read_source
-from pipelines.spec import EXPECTATIONS_DIR, Source, load_spec
+from pipelines.spec import EXPECTATIONS_DIR, TASK_OBJECTIVES, Source, load_spec
 
 MAX_CATEGORIES = 30  # more distinct text values than this in the sample: an identifier or free text, not a feature
 
@@ -131,6 +131,8 @@ def spec_text(name: str, args: dict[str, Any], inferred: Inferred, rows: int) ->
         f"  column: {args['label']}\n"
         f"  arrived_at_column: {args['arrived_at']}\n"
         "  delay_hours: 24        # how long after the event its label is known: set it from your data\n"
+        + (f"  classes: {json.dumps(args['classes'])}\n" if args["task"] == "multiclass" else "")
+        + f"task: {args['task']}          # binary | multiclass | regression\n"
         "features:\n"
         f"  numeric: {json.dumps(inferred.numeric)}\n"
         f"  categorical: {json.dumps(inferred.categorical)}\n"
@@ -138,7 +140,7 @@ def spec_text(name: str, args: dict[str, Any], inferred: Inferred, rows: int) ->
         "validation_policy: block   # block | warn | quarantine\n"
         f"schedules:\n{schedules}"
         "training:\n  window_days: 7\n  min_rows: 1000\n"
-        "  params:\n    objective: binary:logistic\n    eval_metric: auc\n"
+        f"  params:\n    objective: {TASK_OBJECTIVES[args['task']][0]}\n"
     )
 
 
@@ -161,8 +163,15 @@ def new_model(
     sample: tuple[datetime, datetime],
     access: SourceAccess,
     dags_dir: Path,
+    task: str = "binary",
+    classes: list[str] | None = None,
 ) -> list[Path]:
-    """Write the spec, the DAG file and the starter suite of a new model; returns their paths."""
+    """Write the spec, the DAG file and the starter suite of a new model; returns their paths.
+    A multiclass model needs its `classes` (the label's class names)."""
+    if (task == "multiclass") != bool(classes):
+        raise ConfigError(
+            f"{name}: --classes (comma-separated class names) goes with --task multiclass, and only with it"
+        )
     targets = [dags_dir / "models" / f"{name}.yaml", dags_dir / f"{name}.py", EXPECTATIONS_DIR / f"{name}.json"]
     existing = [str(t) for t in targets if t.exists()]
     if existing:
@@ -196,6 +205,8 @@ def new_model(
         "events": events,
         "labels": labels,
         "partition": partition,
+        "task": task,
+        "classes": classes,
         "sample_start": sample[0].isoformat(),
         "sample_end": sample[1].isoformat(),
     }

@@ -159,6 +159,16 @@ def test_demo_leaves_a_full_status(stack: Stack) -> None:
     assert model["last_drift_report"]["verdict"]["reason"].startswith("cooldown until 2026-01-04T07:00:00")
 
 
+def test_demo_sales_is_a_regression_with_its_own_metrics(stack: Stack) -> None:
+    (model,) = [m for m in stack.status["models"] if m["model"] == "demo_sales"]
+    assert model["task"] == "regression" and model["champion_version"] == "2"  # the second training met the gate
+    assert {b["cohort"] for b in model["latest_backtest"]} == {"2025-12-15", "2025-12-16", "2025-12-17"}
+    assert all(b["r2"] > 0.8 and "auc" not in b for b in model["latest_backtest"])
+    quality = model["last_quality_report"]
+    assert quality["interval_start"].startswith("2025-12-15") and quality["rows"] == 200
+    assert Path(urlparse(quality["path"]).path).exists()
+
+
 def test_both_uis_answer(stack: Stack) -> None:
     assert "<html" in request(stack.airflow_url + "/").lower()
     assert request(stack.airflow_url + "/api/v2/monitor/health")["scheduler"]["status"] == "healthy"

@@ -40,3 +40,23 @@ def test_source_arguments() -> None:
     assert parse_source("s3://b/e/{start:%H}.parquet", "aws")["connection"] == "aws"
     with pytest.raises(ConfigError, match="sql://CONNECTION/TABLE"):
         parse_source("sql://warehouse", None)
+
+
+@pytest.mark.parametrize(("task", "classes"), [("binary", None), ("regression", None), ("multiclass", ["a", "b", "c"])])
+def test_the_scaffolded_spec_is_valid_for_each_task(task: str, classes: list[str] | None) -> None:
+    import yaml
+
+    from pipelines.scaffold import Inferred, spec_text
+    from pipelines.spec import TASK_GATE_METRICS, TASK_OBJECTIVES, ModelSpec
+
+    args = {
+        "entity_key": "id", "timestamp": "at", "label": "y", "arrived_at": "arrived_at",
+        "events": {"kind": "files", "path": "e/{start:%Y-%m-%d}.csv"},
+        "labels": {"kind": "files", "path": "l/{start:%Y-%m-%d}.csv", "when_missing": "empty"},
+        "partition": "day", "task": task, "classes": classes,
+        "sample_start": "2026-01-01T00:00:00+00:00", "sample_end": "2026-01-08T00:00:00+00:00",
+    }  # fmt: skip
+    text = spec_text("shop", args, Inferred(["price"], ["plan"], {}, []), 100)
+    spec = ModelSpec.model_validate(yaml.safe_load(text))
+    assert (spec.task, spec.label.classes, spec.objective) == (task, classes, TASK_OBJECTIVES[task][0])
+    assert spec.gate.metric == TASK_GATE_METRICS[task][0]
