@@ -18,6 +18,7 @@ from pipelines.airflow.context import (
     predictions_asset,
     run_actor,
 )
+from pipelines.airflow.ingest import ingest_labels
 from pipelines.errors import PermanentError
 from pipelines.spec import ModelSpec
 
@@ -30,6 +31,12 @@ class DriftReport(TypedDict):
     drift_share: float
     drifted_columns: list[str]
     prediction_drift: bool | None
+
+
+class QualityReport(TypedDict):
+    interval_end: str
+    metrics: dict[str, float]
+    report: str | None  # None: Evidently could not judge the window (a class absent from its labels)
 
 
 MONITOR_PARAMS = {
@@ -108,14 +115,18 @@ def monitor_dag(spec: ModelSpec) -> DAG:
 
         @task
         @step
-        def quality_report(env: TaskEnv) -> list[dict[str, Any]]:
+        def quality_report(env: TaskEnv) -> list[QualityReport]:
             """The task's metrics and Evidently quality report of the window whose labels arrived by now."""
-            from pipelines.labels import ingest_labels
             from pipelines.quality import quality_interval
+            from pipelines.sources import SourceMissingError
 
-            judged = []
+            judged: list[QualityReport] = []
             for start, end in monitored_intervals(env.ctx):
-                ingest_labels(spec, env.sources, env.engine, start, end)  # the labels that arrived meanwhile
+                try:
+                    ingest_labels(env, start, end)  # the labels that arrived meanwhile
+                except SourceMissingError as exc:
+                    # The backtest waits for this feed; quality is judged on the labels known by now.
+                    log.warning("%s: labels of [%s, %s) not delivered yet: %s", spec.name, start, end, exc)
                 summary = quality_interval(spec, env.settings, env.engine, start, end, env.ctx.run_id)
                 if summary is None:
                     continue

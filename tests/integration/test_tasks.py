@@ -45,7 +45,7 @@ WEAK = {"num_boost_round": 3, "xgboost_params": {"max_depth": 1}}
 ESCALATIONS = "ticket_escalation"
 
 
-def tickets_spec(name: str, task: str, label: str) -> str:
+def tickets_spec(name: str, task: str, label: str, labels_missing: str = "empty") -> str:
     """A daily model of the support tickets, as a data engineer would write it."""
     return f"""
 name: {name}
@@ -55,7 +55,7 @@ partition: day
 task: {task}
 source:
   events: {{kind: files, path: "{TICKETS}/events/dt={{start:%Y-%m-%d}}.csv"}}
-  labels: {{kind: files, path: "{TICKETS}/labels/dt={{start:%Y-%m-%d}}.csv", when_missing: empty}}
+  labels: {{kind: files, path: "{TICKETS}/labels/dt={{start:%Y-%m-%d}}.csv", when_missing: {labels_missing}}}
 entity_key: ticket_id
 timestamp: opened_at
 label: {label}
@@ -75,7 +75,8 @@ backtest: {{lookback_days: 14, slices: [tier], replay_intervals: 7}}
 # is escalated (binary). Neither names gate.metric: each gets its task's default.
 MODEL_SPECS = {
     TICKETS: tickets_spec(TICKETS, "multiclass", f"{{column: priority, delay_hours: 30, classes: {PRIORITIES}}}"),
-    ESCALATIONS: tickets_spec(ESCALATIONS, "binary", "{column: escalated, delay_hours: 30}"),
+    # A feed that is expected every day: a missing file is waited for, not read as no labels.
+    ESCALATIONS: tickets_spec(ESCALATIONS, "binary", "{column: escalated, delay_hours: 30}", labels_missing="wait"),
 }
 
 TICKETS_SUITE = {
@@ -391,3 +392,23 @@ def test_a_model_of_each_task_lives_through_its_dags(home: Settings, engine: Eng
     others = {n for names in TASK_METRICS.values() for n in names} - set(TASK_METRICS[case.task])
     assert all(f" {n}=" in section for n in TASK_METRICS[case.task])
     assert not [n for n in others if f" {n}=" in section]
+
+
+def test_a_monitor_judges_quality_on_the_labels_known_while_a_label_file_is_late(
+    home: Settings, engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The monitor runs right after scoring; the feed of the labels that arrived meanwhile may come later.
+    Its drift report and the quality of the matured window go ahead; the backtest waits for the feed."""
+    day = SCORED_DAYS[-1] + timedelta(days=1)
+    run(f"{ESCALATIONS}__score", day + timedelta(days=1))
+    late = home.source / TICKETS / "labels" / f"dt={day:%Y-%m-%d}.csv"
+    held = late.rename(late.with_suffix(".late"))
+    try:
+        run(f"{ESCALATIONS}__monitor", day + timedelta(days=1))
+    finally:
+        held.rename(late)
+    assert f"labels of [{day}, {day + timedelta(days=1)}) not delivered yet" in caplog.text
+    q = tables.quality_reports
+    with engine.connect() as db:
+        judged = db.execute(select(q.c.interval_start, q.c.rows).where(q.c.model_name == ESCALATIONS)).all()
+    assert [(start.date().isoformat(), rows) for start, rows in judged] == [("2025-12-15", 300), ("2025-12-16", 300)]
