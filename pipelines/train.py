@@ -108,11 +108,17 @@ def _quiet_logger(name: str) -> Iterator[None]:
         logger.setLevel(level)
 
 
-def logged_metrics(prefix: str, metrics: dict[str, Any]) -> dict[str, float]:
-    """MLflow metrics of one split: defined values only, each class's recall as <prefix>_recall.<n>."""
+def logged_metrics(prefix: str, metrics: dict[str, Any], classes: list[str] | None) -> dict[str, float]:
+    """MLflow metrics of one split: defined values only; each class's recall as <prefix>_recall.<class>,
+    or by its index in the contract's classes where MLflow refuses the name (a class name may hold any character)."""
+    from mlflow.utils.validation import path_not_unique, validate_param_and_metric_name
+
     flat = {f"{prefix}_{name}": value for name, value in metrics.items() if isinstance(value, float)}
-    for position, value in enumerate((metrics.get("class_recall") or {}).values()):
-        flat[f"{prefix}_recall.{position}"] = value  # by position: a class name may hold any character
+    for name, value in (metrics.get("class_recall") or {}).items():
+        key = f"{prefix}_recall.{name}"
+        if not validate_param_and_metric_name(key) or path_not_unique(key):
+            key = f"{prefix}_recall.{(classes or []).index(name)}"
+        flat[key] = value
     return flat
 
 
@@ -210,7 +216,7 @@ def train_model(
         metrics = {"train_seconds": train_seconds, "best_iteration": float(best_iteration)}
         for name, part in (("valid", valid), ("holdout", holdout)):
             values = task_metrics(spec.task, part[label].to_numpy(), predict(booster, contract, part), contract.classes)
-            metrics.update(logged_metrics(name, values))
+            metrics.update(logged_metrics(name, values, contract.classes))
         mlflow.log_metrics(metrics)
 
         raw_inputs = train[contract.columns]
