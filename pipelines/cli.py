@@ -96,14 +96,17 @@ def _rollback(args: argparse.Namespace) -> int:
     import getpass
 
     from pipelines.registry import VersionNotServable, rollback
+    from pipelines.spec import load_spec
 
     if not _known_model(args.model):
         return 2
     settings = _settings()
+    task = load_spec(settings.specs_dir / f"{args.model}.yaml").task
     try:
         moved = rollback(
-            settings, _engine(settings, False), args.model, args.version, args.reason, None, f"cli:{getpass.getuser()}"
-        )
+            settings, _engine(settings, False), args.model, task, args.version, args.reason, None,
+            f"cli:{getpass.getuser()}",
+        )  # fmt: skip
     except VersionNotServable as exc:
         print(f"rollback refused, champion unchanged: {exc}", file=sys.stderr)
         return 1

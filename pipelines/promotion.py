@@ -129,14 +129,11 @@ def _verdict(
     if champion == version:
         used = {"rows_offered": len(holdout), "fresh_from": None}
         return Verdict(False, "already champion (a re-run of the training that promoted it)", None, []), used
-    challenger = load_model(settings, spec.name, version)
+    challenger = load_model(settings, spec.name, version, spec.task)
     if champion is None:
         return _judge_against_champion(spec, settings, challenger, None, holdout)
     try:
-        champion_model = load_model(settings, spec.name, champion)
-        task = contract_of(champion_model.booster).task
-        if task != spec.task:
-            raise VersionNotServable(f"it predicts task {task}, the spec's task is {spec.task}")
+        champion_model = load_model(settings, spec.name, champion, spec.task)
     except VersionNotServable as exc:
         # A champion that cannot serve (scoring refuses it too) is no yardstick: judge the challenger alone.
         verdict, used = _judge_against_champion(spec, settings, challenger, None, holdout)

@@ -159,8 +159,9 @@ def _booster(payload: bytes, label: str) -> Any:
     return booster
 
 
-def load_model(settings: Settings, model_name: str, version: str) -> LoadedModel:
-    """A registered version's booster, read from its JSON/UBJ file after checking it is the file trained.
+def load_model(settings: Settings, model_name: str, version: str, task: str | None = None) -> LoadedModel:
+    """A registered version's booster, read from its JSON/UBJ file after checking it is the file trained
+    (and, given the spec's `task`, that it predicts that task).
 
     MLflow's own loaders honour the MLmodel's `code` and `model_class` fields, which lets whoever can
     write to the registry run code in every worker; we read the MLmodel as YAML, refuse such fields,
@@ -187,7 +188,17 @@ def load_model(settings: Settings, model_name: str, version: str) -> LoadedModel
         signature = ModelSignature.from_dict(mlmodel["signature"]) if mlmodel.get("signature") else None
     except Exception as exc:  # a malformed signature: whatever the parser raises, name the version
         raise UnsafeModelError(f"{label}: its MLmodel's signature cannot be read: {exc}") from exc
-    return LoadedModel(str(version), _booster(payload, label), signature, digest)
+    booster = _booster(payload, label)
+    if task is not None:
+        from pipelines.features import contract_of
+
+        predicts = contract_of(booster).task
+        if predicts != task:
+            raise VersionNotServable(
+                f"{label} predicts task {predicts}, but the spec's task is {task}: train a version for this task, "
+                "or roll back to one"
+            )
+    return LoadedModel(str(version), booster, signature, digest)
 
 
 def _model_version(settings: Settings, model_name: str, version: str) -> Any:
@@ -337,8 +348,9 @@ def move_alias(
     return True
 
 
-def check_servable(settings: Settings, model_name: str, version: str) -> ServableVersion:
-    """The checks a version must pass before it serves: exists, READY, run alive, a safe booster file that loads."""
+def check_servable(settings: Settings, model_name: str, version: str, task: str | None = None) -> ServableVersion:
+    """The checks a version must pass before it serves: exists, READY, run alive, a safe booster file that loads
+    (and predicts the spec's `task`, when given)."""
     from mlflow.exceptions import MlflowException
 
     from pipelines.features import contract_of
@@ -356,7 +368,7 @@ def check_servable(settings: Settings, model_name: str, version: str) -> Servabl
     if run.info.lifecycle_stage == "deleted":
         raise VersionNotServable(f"{model_name} v{version}: its source run {model_version.run_id} is deleted")
     try:
-        contract_of(load_booster(settings, model_name, str(version)))
+        contract_of(load_model(settings, model_name, str(version), task).booster)
     except VersionNotServable:
         raise
     except Exception as exc:  # any failure to load means it cannot serve; say why
@@ -367,10 +379,17 @@ def check_servable(settings: Settings, model_name: str, version: str) -> Servabl
 
 
 def rollback(
-    settings: Settings, engine: Engine, model_name: str, version: str, reason: str, dag_run_id: str | None, actor: str
+    settings: Settings,
+    engine: Engine,
+    model_name: str,
+    task: str,
+    version: str,
+    reason: str,
+    dag_run_id: str | None,
+    actor: str,
 ) -> bool:
-    """Move `champion` to an earlier version after checking it can serve; a bad version changes nothing."""
-    check_servable(settings, model_name, version)
+    """Move `champion` to an earlier version after checking it can serve the spec's task; a bad version changes nothing."""
+    check_servable(settings, model_name, version, task)
     moved = move_alias(settings, engine, model_name, CHAMPION, str(version), f"rollback: {reason}", dag_run_id, actor)
     if not moved:
         log.info("%s: v%s is already the champion; nothing to roll back", model_name, version)

@@ -270,13 +270,7 @@ def score_interval(
         else:
             version = served.version
         if version not in models:
-            models[version] = load_model(settings, spec.name, version)
-            task = contract_of(models[version].booster).task
-            if task != spec.task:
-                raise VersionRefused(
-                    f"{spec.name} v{version} predicts task {task}, but the spec's task is {spec.task}: "
-                    "train a version for this task, or roll back to one"
-                )
+            models[version] = load_model(settings, spec.name, version, spec.task)
         model = models[version]
         scored = score_partition(spec, settings, model.booster, model.signature, version, part)
         key = partition_key(spec.name, "scored", part, spec.partition)

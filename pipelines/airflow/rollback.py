@@ -37,7 +37,9 @@ def rollback_dag(spec: ModelSpec) -> DAG:
             from pipelines.registry import rollback as roll_back
 
             version, reason = str(env.ctx.params["version"]).strip(), str(env.ctx.params["reason"])
-            moved = roll_back(env.settings, env.engine, spec.name, version, reason, env.ctx.run_id, env.ctx.actor)
+            moved = roll_back(
+                env.settings, env.engine, spec.name, spec.task, version, reason, env.ctx.run_id, env.ctx.actor
+            )
             return {"champion": version, "moved": moved}
 
         rollback()
