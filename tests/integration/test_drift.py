@@ -115,6 +115,7 @@ def test_windows_like_the_reference_trigger_nothing(engine: Engine) -> None:
             "drift_report": "success",
             "drift_persists": "success",
             "request_retraining": "skipped",
+            "quality_report": "success",
         }
         verdict = verdict_at(engine, hour)
         assert not verdict["retrain"] and verdict["windows_drifted"] == 0
