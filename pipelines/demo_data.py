@@ -98,6 +98,14 @@ def generate_hour(config: DemoConfig, hour: datetime) -> pd.DataFrame:
     return df
 
 
+def write_csv(frame: pd.DataFrame, path: Path) -> None:
+    """A source file written whole or not at all (a reader never sees half a file); times in ISO 8601."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".csv.tmp")
+    frame.to_csv(tmp, index=False, date_format="%Y-%m-%dT%H:%M:%S%z")
+    tmp.replace(path)
+
+
 def write_source(root: Path, config: DemoConfig, start: datetime, end: datetime) -> int:
     """Write event files for every hour in [start, end) and the label files those events produce.
 
@@ -112,14 +120,8 @@ def write_source(root: Path, config: DemoConfig, start: datetime, end: datetime)
         labels = df.loc[df["customer_id"].notna(), ["customer_id", "event_time", "churned"]].copy()
         arrival = hour + timedelta(hours=config.label_delay_hours)
         labels["arrived_at"] = arrival
-        for frame, path in (
-            (events, source_hour_file(events_root, hour)),
-            (labels, source_hour_file(labels_root, arrival)),
-        ):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".csv.tmp")
-            frame.to_csv(tmp, index=False, date_format="%Y-%m-%dT%H:%M:%S%z")
-            tmp.replace(path)
+        write_csv(events, source_hour_file(events_root, hour))
+        write_csv(labels, source_hour_file(labels_root, arrival))
         written += len(events)
     return written
 
@@ -243,15 +245,9 @@ def write_sales_source(root: Path, start: datetime, end: datetime, label_delay: 
     written = 0
     for day in pd.date_range(start, end, freq="D", inclusive="left").to_pydatetime():
         frame = generate_sales_day(seed, day)
-        labels = frame[["store_id", "sales_date", "units_sold"]].assign(arrived_at=day + label_delay)
         arrival = day + label_delay
-        for part, path in (
-            (frame.drop(columns=["units_sold"]), root / "events" / f"dt={day:%Y-%m-%d}.csv"),
-            (labels, root / "labels" / f"dt={arrival:%Y-%m-%d}.csv"),
-        ):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".csv.tmp")
-            part.to_csv(tmp, index=False, date_format="%Y-%m-%dT%H:%M:%S%z")
-            tmp.replace(path)
+        write_csv(frame.drop(columns=["units_sold"]), root / "events" / f"dt={day:%Y-%m-%d}.csv")
+        labels = frame[["store_id", "sales_date", "units_sold"]].assign(arrived_at=arrival)
+        write_csv(labels, root / "labels" / f"dt={arrival:%Y-%m-%d}.csv")
         written += len(frame)
     return written

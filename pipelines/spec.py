@@ -440,15 +440,12 @@ class ModelSpec(_Strict):
     @classmethod
     def _gate_metric_of_task(cls, value: Any) -> Any:
         """Without gate.metric, the task's own default (auc, rmse or logloss)."""
-        if not isinstance(value, dict) or value.get("task", "binary") not in TASK_GATE_METRICS:
+        if not isinstance(value, dict):
             return value
-        gate = value.get("gate") if isinstance(value.get("gate"), dict) else None
-        if gate is not None and "metric" in gate:
-            return value
-        if gate is None and value.get("gate") is not None:
-            return value  # not a mapping: the field's own error names it
-        default = TASK_GATE_METRICS[value.get("task", "binary")][0]
-        return {**value, "gate": {**(gate or {}), "metric": default}}
+        task, gate = value.get("task", "binary"), {} if value.get("gate") is None else value["gate"]
+        if task not in TASK_GATE_METRICS or not isinstance(gate, dict) or "metric" in gate:
+            return value  # an unknown task or a gate that is no mapping: their fields' own errors name them
+        return {**value, "gate": {**gate, "metric": TASK_GATE_METRICS[task][0]}}
 
     def training_window(self, end: datetime) -> tuple[datetime, datetime]:
         """The whole partitions of the training window before `end` (the train run's data interval end):

@@ -26,6 +26,7 @@ from pipelines import tables
 from pipelines.airflow.dags import run_in_process
 from pipelines.config import REPO_ROOT, Settings
 from pipelines.demo import SALES, write_sales_source
+from pipelines.demo_data import write_csv
 from pipelines.intervals import interval_key
 from pipelines.lake import open_partition, read_partition
 from pipelines.metrics import TASK_METRICS
@@ -127,12 +128,8 @@ def write_tickets_source(settings: Settings, start: datetime, end: datetime) -> 
         labels = frame[["ticket_id", "opened_at", "priority"]].assign(
             escalated=(frame["priority"] == "urgent").astype(int), arrived_at=arrival
         )
-        for part, path in (
-            (frame.drop(columns=["priority"]), root / "events" / f"dt={day:%Y-%m-%d}.csv"),
-            (labels, root / "labels" / f"dt={arrival:%Y-%m-%d}.csv"),
-        ):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            part.to_csv(path, index=False, date_format="%Y-%m-%dT%H:%M:%S%z")
+        write_csv(frame.drop(columns=["priority"]), root / "events" / f"dt={day:%Y-%m-%d}.csv")
+        write_csv(labels, root / "labels" / f"dt={arrival:%Y-%m-%d}.csv")
 
 
 @dataclass(frozen=True)

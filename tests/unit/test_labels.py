@@ -99,6 +99,18 @@ def test_a_label_without_its_arrival_time_names_file_and_line(engine: Engine, tm
     assert tables.count_rows(engine, tables.labels, spec.name) == 0
 
 
+def labels_of_task(tmp_path: Path, task: str, values: list[str]) -> tuple[ModelSpec, Path]:
+    """A model of `task` (multiclass: classes stay, leave) and its label file for FIRST with these labels."""
+    spec = spec_named(f"m_{uuid4().hex[:8]}")
+    label = spec.label.model_copy(update={"classes": ["stay", "leave"] if task == "multiclass" else None})
+    spec = spec.model_copy(update={"task": task, "label": label})
+    path = write_labels(tmp_path, spec, FIRST, {"C000001": 1, "C000002": 0})
+    frame = pd.read_csv(path, dtype=str)
+    frame["churned"] = values
+    frame.to_csv(path, index=False)
+    return spec, path
+
+
 @pytest.mark.parametrize(
     ("task", "values", "message"),
     [
@@ -111,13 +123,7 @@ def test_a_label_without_its_arrival_time_names_file_and_line(engine: Engine, tm
 def test_a_label_that_does_not_fit_the_task_names_file_line_and_value(
     engine: Engine, tmp_path: Path, task: str, values: list[str], message: str
 ) -> None:
-    spec = spec_named(f"m_{uuid4().hex[:8]}")
-    label = spec.label.model_copy(update={"classes": ["stay", "leave"] if task == "multiclass" else None})
-    spec = spec.model_copy(update={"task": task, "label": label})
-    path = write_labels(tmp_path, spec, FIRST, {"C000001": 1, "C000002": 0})
-    frame = pd.read_csv(path, dtype=str)
-    frame["churned"] = values
-    frame.to_csv(path, index=False)
+    spec, path = labels_of_task(tmp_path, task, values)
     with pytest.raises(BadDataError, match=rf"{path}: column 'churned' {message}"):
         ingest_labels(spec, SourceAccess(tmp_path), engine, FIRST, FIRST + timedelta(hours=1))
     assert tables.count_rows(engine, tables.labels, spec.name) == 0
@@ -128,13 +134,7 @@ def test_regression_values_and_class_names_are_kept_as_delivered(engine: Engine,
         ("regression", ["12.5", "0"], {"C000001": 12.5, "C000002": 0.0}),
         ("multiclass", ["leave", "stay"], {"C000001": "leave", "C000002": "stay"}),
     ):
-        spec = spec_named(f"m_{uuid4().hex[:8]}")
-        label = spec.label.model_copy(update={"classes": ["stay", "leave"] if task == "multiclass" else None})
-        spec = spec.model_copy(update={"task": task, "label": label})
-        path = write_labels(tmp_path, spec, FIRST, {"C000001": 1, "C000002": 0})
-        frame = pd.read_csv(path, dtype=str)
-        frame["churned"] = values
-        frame.to_csv(path, index=False)
+        spec, _ = labels_of_task(tmp_path, task, values)
         ingest_labels(spec, SourceAccess(tmp_path), engine, FIRST, FIRST + timedelta(hours=1))
         ingest_labels(spec, SourceAccess(tmp_path), engine, FIRST, FIRST + timedelta(hours=1))  # a re-run adds nothing
         assert tables.count_rows(engine, tables.labels, spec.name) == 2
