@@ -113,7 +113,8 @@ def _metrics(spec: ModelSpec, group: pd.DataFrame) -> dict[str, Any]:
     if spec.task == "multiclass":
         classes = spec.label.classes or []
         probabilities = group[[f"{PROBABILITY_PREFIX}{k}" for k in range(len(classes))]].to_numpy(dtype=float)
-        values = task_metrics(spec.task, group["label"].to_numpy(dtype=object), probabilities, classes)
+        labels = group["label"].to_numpy(dtype=object)
+        values = task_metrics(spec.task, labels, probabilities, classes, f"{spec.name} backtest, stored labels")
         return {**row, **values, "class_recall": json.dumps(values["class_recall"])}
     labels = group["label"].to_numpy(dtype=float)
     values = task_metrics(spec.task, labels, scores)

@@ -22,15 +22,16 @@ TASK_METRICS: dict[str, tuple[str, ...]] = {
 
 
 def task_metrics(
-    task: str, labels: np.ndarray, predictions: np.ndarray, classes: list[str] | None = None
+    task: str, labels: np.ndarray, predictions: np.ndarray, classes: list[str] | None = None, where: str = "labels"
 ) -> dict[str, Any]:
     """The task's metrics; None where one is undefined (AUC of a single class, R2 of a constant label).
-    Multiclass adds `class_recall`: the recall of each class present among the labels."""
+    Multiclass adds `class_recall`: the recall of each class present among the labels; a label of a class
+    not in `classes` (one the spec dropped since) is an error naming `where`."""
     if task == "binary":
         return binary_metrics(labels, predictions)
     if task == "regression":
         return regression_metrics(labels, predictions)
-    return multiclass_metrics(labels, predictions, classes or [])
+    return multiclass_metrics(labels, predictions, classes or [], where)
 
 
 def binary_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, Any]:
@@ -58,11 +59,13 @@ def regression_metrics(labels: np.ndarray, values: np.ndarray) -> dict[str, Any]
     }
 
 
-def multiclass_metrics(labels: np.ndarray, probabilities: np.ndarray, classes: list[str]) -> dict[str, Any]:
+def multiclass_metrics(
+    labels: np.ndarray, probabilities: np.ndarray, classes: list[str], where: str = "labels"
+) -> dict[str, Any]:
     import pandas as pd
     from sklearn.metrics import accuracy_score, f1_score, log_loss, recall_score
 
-    truth = class_index(pd.Series(labels), classes, "labels")
+    truth = class_index(pd.Series(labels), classes, where)
     predicted = probabilities.argmax(axis=1)
     present = sorted(set(truth.tolist()))
     recall = recall_score(truth, predicted, labels=present, average=None, zero_division=0)

@@ -105,7 +105,8 @@ def window_metrics(spec: ModelSpec, frame: pd.DataFrame) -> dict[str, Any]:
     labels = frame["label"].to_numpy(dtype=object if spec.task == "multiclass" else float)
     if spec.task == "multiclass":
         classes = spec.label.classes or []
-        return task_metrics(spec.task, labels, parse_probabilities(frame["class_probabilities"], classes), classes)
+        probabilities = parse_probabilities(frame["class_probabilities"], classes)
+        return task_metrics(spec.task, labels, probabilities, classes, f"{spec.name} quality, stored labels")
     return task_metrics(spec.task, labels, frame["score"].to_numpy(dtype=float))
 
 

@@ -91,3 +91,24 @@ def test_multiclass_cohorts_read_the_logged_probabilities() -> None:
     assert row["macro_f1"] == pytest.approx(f1_score(truth, predicted, average="macro"))
     recall = recall_score(truth, predicted, average=None)
     assert json.loads(row["class_recall"]) == pytest.approx(dict(zip(classes, recall, strict=True)))
+
+
+def test_a_stored_label_of_a_class_the_spec_dropped_is_named() -> None:
+    """The spec's classes changed after labels were stored: the backtest says which label, not a KeyError."""
+    from pipelines.errors import ContractError
+    from pipelines.features import probabilities_json
+
+    classes = ["low", "high"]
+    spec = CHURN.model_copy(update={"task": "multiclass", "label": CHURN.label.model_copy(update={"classes": classes})})
+    probabilities = np.array([[0.7, 0.3], [0.2, 0.8]])
+    frame = pd.DataFrame(
+        {
+            "as_of": pd.Timestamp("2026-01-03", tz="UTC"),
+            "model_version": "1",
+            "score": probabilities.max(axis=1),
+            "label": ["low", "mid"],
+            "class_probabilities": probabilities_json(probabilities, classes),
+        }
+    )
+    with pytest.raises(ContractError, match=r"demo_churn backtest, stored labels: label\(s\) \['mid'\] are not among"):
+        cohort_metrics(spec, with_probability_columns(spec, frame), [], "logged")
