@@ -264,6 +264,14 @@ def _airflow(args: argparse.Namespace) -> int:
     return subprocess.call([airflow, *args.airflow_args])
 
 
+def _data_docs(_args: argparse.Namespace) -> int:
+    from pipelines.config import get_settings
+    from pipelines.validate import build_data_docs
+
+    print(build_data_docs(get_settings().gx_root))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pipelines", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -292,6 +300,10 @@ def main(argv: list[str] | None = None) -> int:
         "doctor", help="check every alias resolves to a READY, loadable version with its run; non-zero if not"
     )
     doctor.set_defaults(func=_doctor)
+    docs = commands.add_parser(
+        "data-docs", help="rebuild GX Data Docs from the stored validation results now (the nightly training does)"
+    )
+    docs.set_defaults(func=_data_docs)
     db = commands.add_parser("db", help="the pipeline's tables")
     db_commands = db.add_subparsers(dest="db_command", required=True)
     upgrade = db_commands.add_parser(
