@@ -18,6 +18,7 @@ import json
 import os
 import uuid
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
@@ -249,6 +250,67 @@ def stage(lake: Lake, model: str, frame: pd.DataFrame, manifest: dict[str, Any])
     }
 
 
+class ParquetStream:
+    """Frames appended in order into one parquet object held in memory, a row group per frame: a
+    partition written chunk by chunk, as the score stage does, never holds all its rows at once."""
+
+    def __init__(self) -> None:
+        self._buffer = io.BytesIO()
+        self._writer: Any = None
+        self.rows = 0
+        self.schema: dict[str, str] = {}
+
+    def write(self, frame: pd.DataFrame) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if self._writer is None:
+            table = pa.Table.from_pandas(frame, preserve_index=False)
+            self._writer = pq.ParquetWriter(self._buffer, table.schema)
+            self.schema = {column: str(dtype) for column, dtype in frame.dtypes.items()}
+        else:  # a later chunk takes the first one's types (a chunk whose text column is all null, say)
+            table = pa.Table.from_pandas(frame, preserve_index=False, schema=self._writer.schema)
+        self._writer.write_table(table)
+        self.rows += len(frame)
+
+    def stage(self, lake: Lake, model: str, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Close the object and store it by its content, as `stage` does; returns its manifest."""
+        if self._writer is None:
+            raise ValueError("a ParquetStream needs at least one frame, even an empty one, for its schema")
+        self._writer.close()
+        payload = self._buffer.getvalue()
+        sha256 = hashlib.sha256(payload).hexdigest()
+        key = object_key(model, sha256)
+        if not lake.exists(key):
+            lake.put(key, payload)
+        return {**manifest, "rows": self.rows, "schema": self.schema, "sha256": sha256, "data": key}
+
+
+def partition_chunks(lake: Lake, key: str, rows: int) -> Iterator[pd.DataFrame]:
+    """A published partition as frames of exactly `rows` rows (the last one shorter; one empty frame
+    for an empty partition), typed as `read_partition` types them."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    payload, _ = _read_checked(lake, key)
+    parquet = pq.ParquetFile(io.BytesIO(payload))
+    if parquet.metadata.num_rows == 0:
+        yield parquet.read().to_pandas()
+        return
+    pending: list[Any] = []
+    count = 0
+    for batch in parquet.iter_batches(batch_size=rows):
+        pending.append(batch)
+        count += batch.num_rows
+        while count >= rows:  # row groups need not be multiples of `rows`: re-cut to exact chunks
+            table = pa.Table.from_batches(pending)
+            yield table.slice(0, rows).to_pandas()
+            rest = table.slice(rows)
+            pending, count = rest.to_batches(), rest.num_rows
+    if count:
+        yield pa.Table.from_batches(pending).to_pandas()
+
+
 def publish(lake: Lake, key: str, manifest: dict[str, Any]) -> Partition:
     """Make a staged object the content of partition `key` (its manifest, written whole)."""
     payload = json.dumps(manifest, indent=2, sort_keys=True).encode()
@@ -263,14 +325,25 @@ def write_partition(lake: Lake, key: str, frame: pd.DataFrame, manifest: dict[st
     return publish(lake, key, stage(lake, key.split("/", 1)[0], frame, manifest))
 
 
-def read_object(lake: Lake, manifest: dict[str, Any], where: str) -> pd.DataFrame:
-    """The frame a manifest names, after checking its sha256."""
+def read_object(lake: Lake, manifest: dict[str, Any], where: str, arrow_text: bool = False) -> pd.DataFrame:
+    """The frame a manifest names, after checking its sha256.
+
+    arrow_text: text columns as pandas' pyarrow-backed strings (missing as NA), which copy and
+    null-check many times faster than Python strings: for readers that copy the frame a lot (GX).
+    """
     import pandas as pd
 
     payload = _object(lake, str(manifest["data"]), where)
     if hashlib.sha256(payload).hexdigest() != manifest["sha256"]:
         raise PartitionError(f"{lake.uri_of(str(manifest['data']))}: does not match the sha256 recorded in {where}")
-    return pd.read_parquet(io.BytesIO(payload))
+    if not arrow_text:
+        return pd.read_parquet(io.BytesIO(payload))
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    arrow_string = pd.StringDtype("pyarrow")
+    mapping = {pa.string(): arrow_string, pa.large_string(): arrow_string}
+    return pq.read_table(io.BytesIO(payload)).to_pandas(types_mapper=mapping.get)
 
 
 def _object(lake: Lake, key: str, named_by: str) -> bytes:

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Engine, select
+from sqlalchemy import ColumnElement, Engine, select
 
 from pipelines import tables
 from pipelines.config import Settings
@@ -37,15 +38,17 @@ from pipelines.intervals import STEP, partition_path, partitions_between
 from pipelines.lake import (
     DATA_FILE,
     MANIFEST_FILE,
+    ParquetStream,
     Partition,
+    partition_chunks,
     partition_key,
     publish,
     read_partition,
-    stage,
 )
 from pipelines.registry import LoadedModel, champion_version, load_booster, load_model
 from pipelines.spec import ModelSpec
 from pipelines.tables import RecordConflict
+from pipelines.timing import StepTimes
 
 log = logging.getLogger(__name__)
 
@@ -66,20 +69,38 @@ class ScoreResult:
     unseen_categories: dict[str, int]
     scored_uris: list[str]
     stale_rows_deleted: int
+    seconds: dict[str, float]  # by step: read, predict, fingerprint, lake, log
+
+
+def column_text(series: pd.Series) -> np.ndarray:
+    """Each value of a column as `astype("string")` writes it (missing as NUL), converting each distinct
+    value once: a million rows hold a few thousand distinct values per column."""
+    missing = series.isna().to_numpy()
+    if series.dtype.kind == "f":
+        # Factorized by bit pattern: by value, 0.0 and -0.0 would share one text.
+        values = series.to_numpy()
+        codes, bits = pd.factorize(values.view(f"i{values.itemsize}"))
+        uniques = pd.Series(bits.view(values.dtype))
+    else:
+        codes, found = pd.factorize(series)
+        uniques = pd.Series(found, dtype=series.dtype)
+    texts = np.empty(len(uniques) + 1, dtype=object)  # the last entry, picked by code -1, is missing
+    texts[:-1] = uniques.astype("string").fillna("\x00").to_numpy(dtype=object)
+    texts[-1] = "\x00"
+    return texts[np.where(missing, -1, codes)]
 
 
 def row_sha256(frame: pd.DataFrame, columns: list[str]) -> list[str]:
     """A fingerprint of each row's raw feature values, to tie a prediction to its exact inputs.
 
-    The text of a row is its values as strings (missing as NUL) joined by the unit separator, built
-    column by column (a row-wise pandas join costs tens of seconds per million rows).
+    The text of a row is its values as strings (missing as NUL) joined by the unit separator (see
+    `column_text`; a row-wise pandas join costs tens of seconds per million rows).
     """
     if frame.empty:
         return []
-    text = frame[columns[0]].astype("string").fillna("\x00")
-    for column in columns[1:]:
-        text = text + "\x1f" + frame[column].astype("string").fillna("\x00")
-    return [hashlib.sha256(value.encode()).hexdigest() for value in text]
+    texts = [column_text(frame[column]).tolist() for column in columns]
+    sha256 = hashlib.sha256
+    return [sha256("\x1f".join(values).encode()).hexdigest() for values in zip(*texts, strict=True)]
 
 
 def check_inputs(frame: pd.DataFrame, signature: Any, model: str) -> None:
@@ -109,12 +130,11 @@ def predict_chunked(booster: Any, contract: FeatureContract, frame: pd.DataFrame
     return np.concatenate(chunks)
 
 
-def score_partition(
-    spec: ModelSpec, settings: Settings, booster: Any, signature: Any, version: str, part: datetime
+def score_frame(
+    spec: ModelSpec, booster: Any, signature: Any, version: str, part: datetime, frame: pd.DataFrame, times: StepTimes
 ) -> pd.DataFrame:
-    """The partition's raw rows with the model's score: exactly what the model saw and said."""
+    """Rows of the partition with the model's score: exactly what the model saw and said."""
     contract = contract_of(booster)
-    frame, _ = read_partition(settings.lake, partition_key(spec.name, "raw", part, spec.partition))
     keyless = frame[spec.entity_key].isna() | frame[spec.timestamp].isna()
     if keyless.any():
         # Only reachable under validation policy 'warn': a prediction without its key cannot be logged.
@@ -139,12 +159,58 @@ def score_partition(
     # The model's inputs and every feature of the spec, so a challenger with other features can replay them.
     inputs = [c for c in dict.fromkeys([*contract.columns, *spec.features.all]) if c in frame.columns]
     scored = frame[[spec.entity_key, spec.timestamp, *inputs]].copy()
-    for column, values in prediction_columns(contract, predict_chunked(booster, contract, frame)).items():
-        scored[column] = values
+    with times.step("predict"):
+        for column, values in prediction_columns(contract, predict_chunked(booster, contract, frame)).items():
+            scored[column] = values
     scored["model_version"] = version
-    scored["features_sha256"] = row_sha256(frame, contract.columns)
-    scored["unseen_categories"] = unseen_categories(frame, contract).sum(axis=1).to_numpy(dtype="int64")
+    with times.step("fingerprint"):
+        scored["features_sha256"] = row_sha256(frame, contract.columns)
+        scored["unseen_categories"] = unseen_categories(frame, contract).sum(axis=1).to_numpy(dtype="int64")
     return scored.reset_index(drop=True)
+
+
+def score_partition(
+    spec: ModelSpec,
+    settings: Settings,
+    booster: Any,
+    signature: Any,
+    version: str,
+    part: datetime,
+    times: StepTimes | None = None,
+) -> pd.DataFrame:
+    """The whole partition's raw rows with the model's score (`scored_chunks` yields it chunk by chunk)."""
+    times = StepTimes() if times is None else times
+    with times.step("read"):
+        frame, _ = read_partition(settings.lake, partition_key(spec.name, "raw", part, spec.partition))
+    return score_frame(spec, booster, signature, version, part, frame, times)
+
+
+def scored_chunks(
+    spec: ModelSpec, settings: Settings, model: LoadedModel, version: str, part: datetime, times: StepTimes
+) -> Iterator[pd.DataFrame]:
+    """The partition scored CHUNK_ROWS rows at a time, read from the lake as it goes: bounded memory."""
+    chunks = partition_chunks(settings.lake, partition_key(spec.name, "raw", part, spec.partition), CHUNK_ROWS)
+    while True:
+        with times.step("read"):
+            frame = next(chunks, None)
+        if frame is None:
+            return
+        yield score_frame(spec, model.booster, model.signature, version, part, frame, times)
+
+
+def scored_object(frames: Iterable[pd.DataFrame]) -> ParquetStream:
+    """The scored partition's parquet object, a row group per chunk: the same bytes whether the
+    partition was scored chunk by chunk or whole (then cut into the same chunks)."""
+    stream = ParquetStream()
+    for frame in frames:
+        stream.write(frame)
+    return stream
+
+
+def chunks_of(frame: pd.DataFrame) -> Iterator[pd.DataFrame]:
+    yield frame.iloc[:CHUNK_ROWS].reset_index(drop=True)  # an empty frame is one (empty) chunk
+    for offset in range(CHUNK_ROWS, len(frame), CHUNK_ROWS):
+        yield frame.iloc[offset : offset + CHUNK_ROWS].reset_index(drop=True)
 
 
 def prediction_rows(spec: ModelSpec, scored: pd.DataFrame, dag_run_id: str, scored_at: datetime) -> pd.DataFrame:
@@ -164,19 +230,83 @@ def prediction_rows(spec: ModelSpec, scored: pd.DataFrame, dag_run_id: str, scor
     )
 
 
+def partition_scope(spec: ModelSpec, part: datetime) -> ColumnElement[bool]:
+    p = tables.predictions
+    return (p.c.model_name == spec.name) & (p.c.as_of >= part) & (p.c.as_of < part + STEP[spec.partition])
+
+
+def write_new_partition(
+    spec: ModelSpec,
+    settings: Settings,
+    engine: Engine,
+    model: LoadedModel,
+    version: str,
+    part: datetime,
+    dag_run_id: str,
+    scored_at: datetime,
+    times: StepTimes,
+) -> tuple[int, dict[str, int]] | None:
+    """Score a partition never scored before chunk by chunk, each chunk appended to the scored object
+    and bulk-inserted into the log in one transaction, committed once the lake has the partition.
+
+    Returns (rows, unseen categories), or None having written nothing when the log already holds one
+    of its keys (a concurrent writer; duplicate keys under policy 'warn'): the merge path decides then.
+    """
+    from sqlalchemy.exc import IntegrityError
+
+    contract = contract_of(model.booster)
+    unseen: dict[str, int] = {}
+    stream = ParquetStream()
+    try:
+        with engine.begin() as connection:
+            if tables.scope_has_rows(connection, tables.predictions, partition_scope(spec, part)):
+                return None
+            for scored in scored_chunks(spec, settings, model, version, part, times):
+                for column, count in unseen_category_counts(scored, contract).items():
+                    unseen[column] = unseen.get(column, 0) + count
+                with times.step("lake"):
+                    stream.write(scored)
+                with times.step("log"):
+                    tables.insert_frame(
+                        connection, tables.predictions, prediction_rows(spec, scored, dag_run_id, scored_at)
+                    )
+            # The lake before the commit: a partition logged is a partition kept, and a retry after a
+            # failed commit finds the lake's partition and merges the same rows.
+            with times.step("lake"):
+                staged = stream.stage(
+                    settings.lake, spec.name, scored_manifest(spec, contract, version, part, dag_run_id, unseen)
+                )
+                publish(settings.lake, partition_key(spec.name, "scored", part, spec.partition), staged)
+    except IntegrityError:
+        return None
+    return stream.rows, unseen
+
+
+def scored_manifest(
+    spec: ModelSpec, contract: FeatureContract, version: str, part: datetime, dag_run_id: str, unseen: dict[str, int]
+) -> dict[str, Any]:
+    return {
+        "model": spec.name,
+        "model_version": version,
+        "interval_start": part.isoformat(),
+        "dag_run_id": dag_run_id,
+        "contract_columns": contract.columns,
+        "unseen_categories": unseen,
+    }
+
+
 def write_predictions(engine: Engine, spec: ModelSpec, part: datetime, rows: pd.DataFrame, dag_run_id: str) -> int:
     """The partition's predictions replace its rows, in one transaction; returns rows removed.
 
     Every row updated or removed is first copied to predictions_history.
     """
-    p = tables.predictions
     return tables.merge_frame(
         engine,
-        p,
+        tables.predictions,
         rows,
-        key=["model_name", "entity_id", "as_of"],
+        key=["model_name", "as_of", "entity_id"],
         update_when_changed=[*LOGGED_COLUMNS, *(MULTICLASS_COLUMNS if spec.task == "multiclass" else ())],
-        replaces=(p.c.model_name == spec.name) & (p.c.as_of >= part) & (p.c.as_of < part + STEP[spec.partition]),
+        replaces=partition_scope(spec, part),
         history=(tables.predictions_history, {"superseded_at": datetime.now(UTC), "superseded_by_run": dag_run_id}),
     )
 
@@ -263,8 +393,10 @@ def score_interval(
     total, deleted, uris, versions = 0, 0, [], []
     unseen: dict[str, int] = {}
     scored_at = datetime.now(UTC)
+    times = StepTimes()
     for part in partitions_between(start, end, spec.partition):
-        served = served_partition(spec, settings, engine, part)
+        with times.step("read"):
+            served = served_partition(spec, settings, engine, part)
         if rescore_with or served is None:
             version = _resolve(settings, spec, rescore_with or "champion")
         else:
@@ -272,8 +404,19 @@ def score_interval(
         if version not in models:
             models[version] = load_model(settings, spec.name, version, spec.task)
         model = models[version]
-        scored = score_partition(spec, settings, model.booster, model.signature, version, part)
         key = partition_key(spec.name, "scored", part, spec.partition)
+        written = None
+        if served is None:
+            written = write_new_partition(spec, settings, engine, model, version, part, dag_run_id, scored_at, times)
+        if written is not None:
+            rows, part_unseen = written
+            for column, count in part_unseen.items():
+                unseen[column] = unseen.get(column, 0) + count
+            uris.append(settings.lake.uri_of(key))
+            total += rows
+            versions.append(version)
+            continue
+        scored = score_partition(spec, settings, model.booster, model.signature, version, part, times)
         previous = None if served is None else served.partition
         if served is not None:
             rewritten = rewritten_rows(spec, served.scores, scored)
@@ -306,25 +449,17 @@ def score_interval(
         for column, count in part_unseen.items():
             unseen[column] = unseen.get(column, 0) + count
         # Lake first: if the database write fails, the retry publishes the same object and merges again.
-        staged = stage(
-            settings.lake,
-            spec.name,
-            scored,
-            {
-                "model": spec.name,
-                "model_version": version,
-                "interval_start": part.isoformat(),
-                "dag_run_id": dag_run_id,
-                "contract_columns": contract.columns,
-                "unseen_categories": part_unseen,
-            },
-        )
-        if previous is None or previous.sha256 != staged["sha256"]:  # a re-run of the same scores changes nothing
-            publish(settings.lake, key, staged)
+        with times.step("lake"):
+            staged = scored_object(chunks_of(scored)).stage(
+                settings.lake, spec.name, scored_manifest(spec, contract, version, part, dag_run_id, part_unseen)
+            )
+            if previous is None or previous.sha256 != staged["sha256"]:  # a re-run of the same scores changes nothing
+                publish(settings.lake, key, staged)
         uris.append(settings.lake.uri_of(key))
-        deleted += write_predictions(
-            engine, spec, part, prediction_rows(spec, scored, dag_run_id, scored_at), dag_run_id
-        )
+        with times.step("log"):
+            deleted += write_predictions(
+                engine, spec, part, prediction_rows(spec, scored, dag_run_id, scored_at), dag_run_id
+            )
         total += len(scored)
         versions.append(version)
     if any(unseen.values()):
@@ -333,7 +468,7 @@ def score_interval(
         log.warning(
             "%s: %d logged prediction(s) no longer in the source moved to predictions_history", spec.name, deleted
         )
-    return ScoreResult(",".join(dict.fromkeys(versions)), total, unseen, uris, deleted)
+    return ScoreResult(",".join(dict.fromkeys(versions)), total, unseen, uris, deleted, times.rounded())
 
 
 def read_scored(spec: ModelSpec, settings: Settings, start: datetime, end: datetime) -> tuple[pd.DataFrame, list[str]]:

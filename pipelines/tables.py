@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import nullcontext
-from datetime import UTC
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -64,8 +63,8 @@ predictions = Table(
     # Multiclass only: the predicted class, and every class's probability as a JSON object {class: p}.
     Column("predicted_class", String(256)),
     Column("class_probabilities", Text),
-    UniqueConstraint("model_name", "entity_id", "as_of", name="uq_predictions_key"),
-    Index("ix_predictions_as_of", "model_name", "as_of"),
+    # Time first: an interval's rows go in at the end of the index, and per-interval reads use it too.
+    UniqueConstraint("model_name", "as_of", "entity_id", name="uq_predictions_key"),
 )
 
 # What served is never lost: a logged prediction that a later scoring replaces (another version, chosen
@@ -242,7 +241,7 @@ def _sqlite_read_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 # Schema versions are Alembic revisions (pipelines/migrations); tasks only check the version.
 SCHEMA_VERSION_TABLE = "pipelines_schema_version"
-HEAD_REVISION = "0004"
+HEAD_REVISION = "0005"
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
@@ -366,53 +365,76 @@ def _dialect_insert(engine_or_connection: Engine | Connection) -> Any:
     raise ConfigError(f"unsupported tables backend '{dialect}': use SQLite or PostgreSQL")
 
 
-def _python_columns(frame: pd.DataFrame) -> list[list[Any]]:
-    """Each column as a list of Python values (None for missing), the form DBAPI drivers take."""
+COPY_CHUNK_ROWS = 100_000  # rows per chunk of a bulk load: bounds the memory it takes
+
+
+def _python_column(series: pd.Series, column: Column[Any], dialect: Any) -> list[Any]:
+    """One column as the DBAPI values SQLite takes (None for missing), converted a column at a time."""
+    import numpy as np
     import pandas as pd
 
-    columns = []
-    for name in frame.columns:
-        series = frame[name]
-        if isinstance(series.dtype, pd.DatetimeTZDtype):
-            # Plain datetimes in UTC (SQLite keeps a datetime's wall time); drivers dump these much
-            # faster than pandas Timestamps. NaT becomes None on the way through numpy.
-            wall = series.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy(dtype="datetime64[us]").astype(object)
-            columns.append([None if v is None else v.replace(tzinfo=UTC) for v in wall])
-        elif series.isna().any():
-            columns.append(series.astype(object).where(series.notna(), None).tolist())
-        else:
-            columns.append(series.tolist())
-    return columns
+    if isinstance(series.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(series.dtype):
+        # SQLAlchemy's SQLite DATETIME text of the UTC wall time ("YYYY-MM-DD HH:MM:SS.ffffff"),
+        # formatted by numpy: a Python datetime per value costs seconds per million rows.
+        # Each distinct time is formatted once: an interval's rows share few (one, for scored_at).
+        codes, times = pd.factorize(series)
+        if isinstance(times, pd.DatetimeIndex) and times.tz is not None:
+            times = times.tz_convert("UTC").tz_localize(None)
+        text = np.empty(len(times) + 1, dtype=object)  # the last entry, picked by code -1, is NULL
+        text[:-1] = np.char.replace(np.datetime_as_string(times.to_numpy(dtype="datetime64[us]"), unit="us"), "T", " ")
+        text[-1] = None
+        return list(text[codes])
+    missing = series.isna()
+    values = series.astype(object).where(~missing, None).tolist() if missing.any() else series.tolist()
+    process = column.type.dialect_impl(dialect).bind_processor(dialect)
+    if process is None or pd.api.types.is_float_dtype(series.dtype):  # floats: Python floats already
+        return values
+    return [process(v) for v in values]
 
 
-def _load_stage(connection: Connection, stage: Table, frame: pd.DataFrame) -> None:
-    """Fill the staging table by the backend's bulk path: binary COPY on PostgreSQL, executemany on SQLite."""
-    names = [c.name for c in stage.columns]
+def _csv_chunks(frame: pd.DataFrame) -> Iterator[bytes]:
+    """The frame as CSV for PostgreSQL's COPY, written by pyarrow: values quoted, NULL unquoted and empty."""
+    import pyarrow as pa
+    import pyarrow.csv as pa_csv
+
+    options = pa_csv.WriteOptions(include_header=False, quoting_style="all_valid")
+    for offset in range(0, len(frame), COPY_CHUNK_ROWS):
+        chunk = pa.Table.from_pandas(frame.iloc[offset : offset + COPY_CHUNK_ROWS], preserve_index=False)
+        buffer = pa.BufferOutputStream()
+        pa_csv.write_csv(chunk, buffer, options)
+        yield buffer.getvalue().to_pybytes()
+
+
+def insert_frame(connection: Connection, table: Table, frame: pd.DataFrame) -> None:
+    """Bulk-load the frame's rows into the table, without conflict handling: COPY on PostgreSQL, one
+    executemany on SQLite. Every column of the frame must be one of the table's."""
+    if not len(frame):
+        return
+    names = list(frame.columns)
     quoted = ", ".join(f'"{c}"' for c in names)
-    values = _python_columns(frame[names])
     if connection.dialect.name == "postgresql":
-        # Binary COPY needs each column's type: read them back from the table just created.
-        oids = connection.exec_driver_sql(
-            "SELECT atttypid::int FROM pg_attribute WHERE attrelid = %(table)s::regclass "
-            "AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
-            {"table": stage.name},
-        ).scalars()
+        import psycopg
+        from sqlalchemy.exc import IntegrityError
+
         raw = connection.connection.driver_connection
         assert raw is not None
-        with raw.cursor() as cursor, cursor.copy(f'COPY "{stage.name}" ({quoted}) FROM STDIN (FORMAT BINARY)') as copy:
-            copy.set_types(list(oids))
-            for row in zip(*values, strict=True):
-                copy.write_row(row)
+        statement = f'COPY "{table.name}" ({quoted}) FROM STDIN (FORMAT csv)'
+        try:
+            with raw.cursor() as cursor, cursor.copy(statement) as copy:
+                for payload in _csv_chunks(frame):
+                    copy.write(payload)
+        except psycopg.IntegrityError as exc:  # the raw driver's error, as SQLAlchemy reports one
+            raise IntegrityError(statement, None, exc) from exc
         return
-    # SQLite: the column types' own bind processors (DateTime -> its text form), then one executemany.
-    for position, column in enumerate(stage.columns):
-        process = column.type.dialect_impl(connection.dialect).bind_processor(connection.dialect)
-        if process is not None:
-            values[position] = [process(v) for v in values[position]]
-    placeholders = ", ".join("?" for _ in names)
-    connection.exec_driver_sql(
-        f'INSERT INTO "{stage.name}" ({quoted}) VALUES ({placeholders})', list(zip(*values, strict=True))
-    )
+    statement = f'INSERT INTO "{table.name}" ({quoted}) VALUES ({", ".join("?" for _ in names)})'
+    for offset in range(0, len(frame), COPY_CHUNK_ROWS):  # chunks: a row of Python values costs ~1 kB
+        chunk = frame.iloc[offset : offset + COPY_CHUNK_ROWS]
+        values = [_python_column(chunk[name], table.c[name], connection.dialect) for name in names]
+        connection.exec_driver_sql(statement, list(zip(*values, strict=True)))
+
+
+def scope_has_rows(connection: Connection, table: Table, scope: ColumnElement[bool]) -> bool:
+    return connection.execute(select(literal(1)).where(exists().where(scope))).first() is not None
 
 
 def merge_frame(
@@ -462,8 +484,7 @@ def merge_frame(
     with engine.begin() as connection:
         stage.create(connection)
         try:
-            if len(frame):
-                _load_stage(connection, stage, frame)
+            insert_frame(connection, stage, frame[[c.name for c in stage.columns]])
             if refuse_changed is not None:
                 _refuse_rewrites(connection, table, stage, key, list(refuse_changed))
             if history is not None:

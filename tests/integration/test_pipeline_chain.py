@@ -132,7 +132,10 @@ def test_train_registers_a_champion_with_lineage(home: Settings, engine: Engine)
     assert tags["dag_id"] == "demo_churn__train" and tags["device"] in {"cpu", "cuda"}
     assert tags["window_start"] == "2026-01-01T02:00:00+00:00" and tags["window_end"] == "2026-01-03T02:00:00+00:00"
     assert mlflow_run.data.metrics["holdout_auc"] > 0.7
-    assert mlflow_run.inputs.dataset_inputs, "the training dataset is logged with mlflow.log_input"
+    (dataset,) = [d.dataset for d in mlflow_run.inputs.dataset_inputs]
+    # A sample is logged, under the digest of the whole snapshot the run trained on.
+    assert dataset.name == "demo_churn-training-sample" and tags["data_sha256"].startswith(dataset.digest)
+    assert json.loads(dataset.profile)["num_rows"] == 1000
 
     import mlflow
 
@@ -244,7 +247,9 @@ def test_scoring_refuses_inputs_that_break_the_signature(home: Settings) -> None
 
 
 def fail_prediction_writes(engine: Engine) -> None:
-    """A real database failure between the lake write and the database write: a trigger refuses inserts."""
+    """A real database failure after the lake write: a trigger refuses inserted predictions. On
+    PostgreSQL it fires at commit, after a new hour's chunks reached the lake; SQLite has no deferred
+    triggers, and its failed insert sends the hour down the merge path, which writes the lake first."""
     with engine.begin() as connection:
         if engine.dialect.name == "sqlite":
             connection.exec_driver_sql(
@@ -257,8 +262,8 @@ def fail_prediction_writes(engine: Engine) -> None:
                 "$$ BEGIN RAISE EXCEPTION 'injected failure'; END $$"
             )
             connection.exec_driver_sql(
-                "CREATE TRIGGER refuse_predictions BEFORE INSERT ON predictions "
-                "FOR EACH ROW EXECUTE FUNCTION refuse_predictions()"
+                "CREATE CONSTRAINT TRIGGER refuse_predictions AFTER INSERT ON predictions "
+                "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION refuse_predictions()"
             )
 
 

@@ -35,3 +35,19 @@ def test_fingerprints_follow_the_definition_with_missing_values() -> None:
 def test_an_empty_hour_has_no_fingerprints() -> None:
     empty = pd.DataFrame({"charges": pd.Series([], dtype="float64"), "plan": pd.Series([], dtype="string")})
     assert row_sha256(empty, ["charges", "plan"]) == []
+
+
+def test_fingerprints_of_edge_values_follow_the_definition() -> None:
+    """Signed zeros, infinities, huge and tiny floats, ints, empty and non-ASCII text, categoricals."""
+    frame = pd.DataFrame(
+        {
+            "x": [1.0, np.nan, 1e-5, 1e16, -0.0, 0.0, 123456789.123, np.inf, -np.inf, 0.1 + 0.2],
+            "n": pd.Series(range(10), dtype="int64"),
+            "s": pd.Series(["a", None, "b", "a", pd.NA, "c", "é", "", "a\x1fb", "0.0"], dtype="string"),
+            "c": pd.Categorical(["u", "v", None, "u", "v", "u", "u", "v", None, "u"]),
+        }
+    )
+    columns = ["x", "n", "s", "c"]
+    assert row_sha256(frame, columns) == reference_sha256(frame, columns)
+    # 0.0 and -0.0 are equal as numbers but not as inputs: their fingerprints differ.
+    assert row_sha256(frame, ["x"])[4] != row_sha256(frame, ["x"])[5]

@@ -176,3 +176,48 @@ def test_a_read_only_engine_refuses_every_write(engine: Engine) -> None:
         connection.execute(insert(tables.predictions), [row])
     assert tables.count_rows(reader, tables.predictions, "read_only_probe") == 0
     reader.dispose()
+
+
+def awkward_predictions(model: str) -> pd.DataFrame:
+    """Values a bulk path can get wrong: microseconds, text needing quotes, empty text, NULLs, floats."""
+    at = datetime(2026, 1, 1, 3, 4, 5, 678901, tzinfo=UTC)
+    return pd.DataFrame(
+        {
+            "model_name": model,
+            "entity_id": pd.Series(["plain", 'with "quotes", commas', "line\nbreak", "é ü 😀"], dtype="string"),
+            "as_of": pd.Series(
+                [at, at + timedelta(microseconds=1), at + timedelta(hours=1), at], dtype="datetime64[ns, UTC]"
+            ),
+            "model_version": "1",
+            "score": [0.1 + 0.2, 1e-300, -0.0, 0.5],
+            "features_sha256": "f" * 64,
+            "dag_run_id": "run",
+            "scored_at": at,
+            "unseen_categories": pd.Series([0, None, 2, 3], dtype="Int64"),
+            "predicted_class": pd.Series(["", None, "b", "a,b"], dtype="string"),
+            "class_probabilities": pd.Series(['{"a": 0.25, "b": 0.75}', None, "{}", '{"a,b": 1.0}'], dtype="string"),
+        }
+    )
+
+
+def test_insert_frame_stores_what_a_row_by_row_insert_stores(engine: Engine) -> None:
+    bulk, rowwise = f"m_{uuid4().hex[:8]}", f"m_{uuid4().hex[:8]}"
+    with engine.begin() as connection:
+        tables.insert_frame(connection, tables.predictions, awkward_predictions(bulk))
+        records = awkward_predictions(rowwise).astype(object).to_dict("records")
+        connection.execute(
+            tables.predictions.insert(),
+            [{k: None if pd.isna(v) else v for k, v in r.items()} for r in records],
+        )
+    assert [r[1:] for r in snapshot(engine, bulk)] == [r[1:] for r in snapshot(engine, rowwise)]
+    assert len(snapshot(engine, bulk)) == 4
+
+
+def test_insert_frame_refuses_a_taken_key_and_writes_nothing(engine: Engine) -> None:
+    model = f"m_{uuid4().hex[:8]}"
+    frame = awkward_predictions(model)
+    with engine.begin() as connection:
+        tables.insert_frame(connection, tables.predictions, frame.iloc[:1])
+    with pytest.raises(IntegrityError), engine.begin() as connection:
+        tables.insert_frame(connection, tables.predictions, frame)  # the first row again: all of it rolls back
+    assert len(snapshot(engine, model)) == 1

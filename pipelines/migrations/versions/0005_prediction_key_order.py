@@ -1,0 +1,30 @@
+"""The prediction log's key leads with time: UNIQUE (model_name, as_of, entity_id).
+
+Rows of an interval arrive in time order with their entity ids in any order: under the former key
+(model_name, entity_id, as_of) every insert landed at a random place of the index, which made a
+million-row hour's write three times slower on SQLite. The time-first key also serves every
+per-interval read, so the separate (model_name, as_of) index goes. Rows are kept as they are.
+"""
+
+from __future__ import annotations
+
+from alembic import op
+
+revision = "0005"
+down_revision = "0004"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("predictions") as batch:
+        batch.drop_index("ix_predictions_as_of")
+        batch.drop_constraint("uq_predictions_key", type_="unique")
+        batch.create_unique_constraint("uq_predictions_key", ["model_name", "as_of", "entity_id"])
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("predictions") as batch:
+        batch.drop_constraint("uq_predictions_key", type_="unique")
+        batch.create_unique_constraint("uq_predictions_key", ["model_name", "entity_id", "as_of"])
+        batch.create_index("ix_predictions_as_of", ["model_name", "as_of"])
