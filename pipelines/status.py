@@ -1,12 +1,12 @@
-"""What `pipelines status` reports per model: champion, table counts, last validation, last drift."""
+"""What `pipelines status` reports per model: champion, recent rows, last validation, last drift."""
 
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 
 from pipelines import tables
 from pipelines.config import Settings
@@ -30,6 +30,22 @@ def _latest(engine: Engine, table: Any, model_name: str, order_by: Any, *where: 
             .first()
         )
     return dict(row) if row else None
+
+
+RECENT = timedelta(hours=24)
+
+
+def recent_rows(engine: Engine, table: Any, model_name: str) -> tuple[int, datetime | None]:
+    """Rows of the 24 h up to the model's latest as_of, and that as_of: two range reads on the
+    time-first key, where a count of every row would cost more the longer the model has served."""
+    with engine.connect() as connection:
+        latest = connection.execute(select(func.max(table.c.as_of)).where(table.c.model_name == model_name)).scalar()
+        if latest is None:
+            return 0, None
+        count = connection.execute(
+            select(func.count()).where(table.c.model_name == model_name, table.c.as_of > latest - RECENT)
+        ).scalar_one()
+    return int(count), latest
 
 
 def model_status(settings: Settings, engine: Engine, spec: ModelSpec) -> dict[str, Any]:
@@ -58,6 +74,7 @@ def model_status(settings: Settings, engine: Engine, spec: ModelSpec) -> dict[st
     champion = alias_version(settings, model_name, CHAMPION)
     since = None if champion is None else alias_since(engine, model_name, CHAMPION, champion)
     events = tables.model_events
+    predictions, latest_prediction = recent_rows(engine, tables.predictions, model_name)
     gate = _latest(engine, events, model_name, events.c.id, events.c.event == "gate_decision")
     return {
         "model": model_name,
@@ -74,8 +91,9 @@ def model_status(settings: Settings, engine: Engine, spec: ModelSpec) -> dict[st
             "reason": gate["reason"],
             "at": _iso(gate["at"]),
         },
-        "predictions": tables.count_rows(engine, tables.predictions, model_name),
-        "labels": tables.count_rows(engine, tables.labels, model_name),
+        "predictions_last_24h": predictions,
+        "latest_prediction_as_of": None if latest_prediction is None else _iso(latest_prediction),
+        "labels_last_24h": recent_rows(engine, tables.labels, model_name)[0],
         "backtest_metrics": tables.count_rows(engine, tables.backtest_metrics, model_name),
         "latest_backtest": backtest,
         "last_validation": None
@@ -152,7 +170,9 @@ def format_status(report: dict[str, Any]) -> str:
                 f"  last gate ({g['at']}): v{g['challenger_version']} vs v{g['champion_version']}: {g['action']} ({g['reason']})"
             )
         lines.append(
-            f"  rows: predictions={m['predictions']} labels={m['labels']} backtest_metrics={m['backtest_metrics']}"
+            f"  rows in the 24 h up to the latest ({m['latest_prediction_as_of']}): "
+            f"predictions={m['predictions_last_24h']} labels={m['labels_last_24h']}; "
+            f"backtest_metrics={m['backtest_metrics']}"
         )
         for b in m["latest_backtest"]:
             lines.append(

@@ -89,8 +89,8 @@ labels = Table(
     Column("label_class", String(256)),  # a multiclass label, by its class name
     Column("arrived_at", DateTime(timezone=True), nullable=False),
     # Every delivery of a key is kept: the label as known at T is the latest one that arrived before T.
-    UniqueConstraint("model_name", "entity_id", "as_of", "arrived_at", name="uq_labels_delivery"),
-    Index("ix_labels_as_of", "model_name", "as_of"),
+    # Time first, as the predictions' key: reads by as_of range (the backtest's) use it.
+    UniqueConstraint("model_name", "as_of", "entity_id", "arrived_at", name="uq_labels_delivery"),
 )
 
 backtest_metrics = Table(
@@ -368,22 +368,36 @@ def _dialect_insert(engine_or_connection: Engine | Connection) -> Any:
 COPY_CHUNK_ROWS = 100_000  # rows per chunk of a bulk load: bounds the memory it takes
 
 
-def _python_column(series: pd.Series, column: Column[Any], dialect: Any) -> list[Any]:
-    """One column as the DBAPI values SQLite takes (None for missing), converted a column at a time."""
+def _is_time(series: pd.Series) -> bool:
+    import pandas as pd
+
+    return isinstance(series.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(series.dtype)
+
+
+def _utc_text(series: pd.Series, suffix: str = "") -> Any:
+    """Times as UTC text "YYYY-MM-DD HH:MM:SS.ffffff" + suffix (None for NaT), an object array. numpy
+    formats each distinct time once: a Python datetime (or pyarrow's CSV writer) per value costs a
+    second or more per million rows, and an interval's rows share few times (one, for scored_at)."""
     import numpy as np
     import pandas as pd
 
-    if isinstance(series.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(series.dtype):
-        # SQLAlchemy's SQLite DATETIME text of the UTC wall time ("YYYY-MM-DD HH:MM:SS.ffffff"),
-        # formatted by numpy: a Python datetime per value costs seconds per million rows.
-        # Each distinct time is formatted once: an interval's rows share few (one, for scored_at).
-        codes, times = pd.factorize(series)
-        if isinstance(times, pd.DatetimeIndex) and times.tz is not None:
-            times = times.tz_convert("UTC").tz_localize(None)
-        text = np.empty(len(times) + 1, dtype=object)  # the last entry, picked by code -1, is NULL
-        text[:-1] = np.char.replace(np.datetime_as_string(times.to_numpy(dtype="datetime64[us]"), unit="us"), "T", " ")
-        text[-1] = None
-        return list(text[codes])
+    codes, times = pd.factorize(series)
+    if isinstance(times, pd.DatetimeIndex) and times.tz is not None:
+        times = times.tz_convert("UTC").tz_localize(None)
+    text = np.empty(len(times) + 1, dtype=object)  # the last entry, picked by code -1, is NULL
+    formatted = np.char.replace(np.datetime_as_string(times.to_numpy(dtype="datetime64[us]"), unit="us"), "T", " ")
+    text[:-1] = np.char.add(formatted, suffix) if suffix else formatted
+    text[-1] = None
+    return text[codes]
+
+
+def _python_column(series: pd.Series, column: Column[Any], dialect: Any) -> list[Any]:
+    """One column as the DBAPI values SQLite takes (None for missing), converted a column at a time."""
+    import pandas as pd
+
+    if _is_time(series):
+        # SQLAlchemy's SQLite DATETIME text of the UTC wall time ("YYYY-MM-DD HH:MM:SS.ffffff").
+        return list(_utc_text(series))
     missing = series.isna()
     values = series.astype(object).where(~missing, None).tolist() if missing.any() else series.tolist()
     process = column.type.dialect_impl(dialect).bind_processor(dialect)
@@ -398,6 +412,9 @@ def _csv_chunks(frame: pd.DataFrame) -> Iterator[bytes]:
     import pyarrow.csv as pa_csv
 
     options = pa_csv.WriteOptions(include_header=False, quoting_style="all_valid")
+    times = [name for name in frame.columns if _is_time(frame[name])]
+    if times:  # as text with the UTC offset, which PostgreSQL reads for timestamptz
+        frame = frame.assign(**{name: _utc_text(frame[name], "+00:00") for name in times})
     for offset in range(0, len(frame), COPY_CHUNK_ROWS):
         chunk = pa.Table.from_pandas(frame.iloc[offset : offset + COPY_CHUNK_ROWS], preserve_index=False)
         buffer = pa.BufferOutputStream()

@@ -146,7 +146,7 @@ def test_demo_leaves_a_full_status(stack: Stack) -> None:
     """What `make demo` prints at its end: a champion, predictions, labels, backtest and drift."""
     (model,) = [m for m in stack.status["models"] if m["model"] == "demo_churn"]
     assert model["champion_version"] == "2"  # the second training met the gate
-    assert model["predictions"] > 0 and model["labels"] > 0 and model["backtest_metrics"] > 0
+    assert model["predictions_last_24h"] > 0 and model["labels_last_24h"] > 0 and model["backtest_metrics"] > 0
     assert [(b["cohort"], b["model_version"], b["scored_by"]) for b in model["latest_backtest"]] == [
         ("2026-01-03", "1", "logged")
     ]

@@ -450,7 +450,8 @@ def test_training_over_a_bad_window_is_blocked_and_keeps_the_champion(home: Sett
 def test_status_cli_reports_the_state(home: Settings) -> None:
     model = status_report(home.tables_url)["models"][0]
     assert model["model"] == "demo_churn" and model["champion_version"] == "1"
-    assert model["predictions"] > 0 and model["labels"] > 0 and model["backtest_metrics"] > 2
+    assert model["predictions_last_24h"] > 0 and model["labels_last_24h"] > 0 and model["backtest_metrics"] > 2
+    assert model["latest_prediction_as_of"].startswith("2026-01-0")
     assert {(b["model_version"], b["scored_by"]) for b in model["latest_backtest"]} == {
         ("1", "logged"),
         ("2", "replay"),

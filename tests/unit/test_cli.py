@@ -60,7 +60,7 @@ def test_status_reads_the_tables_of_the_airflow_connection_tasks_use(tmp_path: P
     report = json.loads(result.stdout)
     assert report["storage"]["tables_from"] == "Airflow connection 'pipelines_tables'"
     assert report["storage"]["tables"].startswith("postgresql+psycopg://")
-    assert report["models"][0]["predictions"] == 3
+    assert report["models"][0]["predictions_last_24h"] == 3
     assert "from Airflow connection 'pipelines_tables'" in result.stderr  # said on every command
 
 

@@ -221,3 +221,18 @@ def test_insert_frame_refuses_a_taken_key_and_writes_nothing(engine: Engine) -> 
     with pytest.raises(IntegrityError), engine.begin() as connection:
         tables.insert_frame(connection, tables.predictions, frame)  # the first row again: all of it rolls back
     assert len(snapshot(engine, model)) == 1
+
+
+def test_status_counts_the_day_up_to_the_latest_prediction(engine: Engine) -> None:
+    from pipelines.status import recent_rows
+
+    model = f"m_{uuid4().hex[:8]}"
+    latest = datetime(2026, 1, 3, 12, tzinfo=UTC)
+    frame = awkward_predictions(model).iloc[:1]
+    hours_before = [48, 25, 23, 1, 0]  # the first two are older than the 24 h before the latest
+    frame = pd.concat([frame.assign(as_of=latest - timedelta(hours=h)) for h in hours_before], ignore_index=True)
+    with engine.begin() as connection:
+        tables.insert_frame(connection, tables.predictions, frame)
+    count, at = recent_rows(engine, tables.predictions, model)
+    assert count == 3 and at is not None and at.replace(tzinfo=UTC) == latest
+    assert recent_rows(engine, tables.predictions, f"m_{uuid4().hex[:8]}") == (0, None)
