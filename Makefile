@@ -24,8 +24,13 @@ up: install  ## Airflow (standalone) and the MLflow UI on the same home; Ctrl-C 
 	$(RUN) pipelines up
 
 bench: install  ## benchmarks under bench/, each prints its figures and conditions (never run by `make test`)
-	$(RUN) python bench/gate_bootstrap.py
+	$(RUN) python bench/score_interval.py
 	$(RUN) python bench/prediction_writes.py
+	$(RUN) python bench/train_model.py
+	$(RUN) python bench/validation.py
+	$(RUN) python bench/growth.py
+	$(RUN) python bench/orchestration.py
+	$(RUN) python bench/gate_bootstrap.py
 	$(RUN) python bench/drift_report.py
 
 clean:
