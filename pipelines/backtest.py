@@ -53,6 +53,7 @@ def matured_predictions(spec: ModelSpec, engine: Engine, end: datetime) -> pd.Da
     p = tables.predictions
     since = end - timedelta(days=spec.backtest.lookback_days)
     matured_before = end - timedelta(hours=spec.label.delay_hours)
+    tables.refresh_statistics(engine, tables.predictions, tables.labels)
     known = labels_as_known(spec.name, end, since, matured_before)  # each label as it was known at `end`
     columns = [p.c.entity_id, p.c.as_of, p.c.model_version, p.c.score, label_of(spec.task, known)]
     if spec.task == "multiclass":

@@ -56,6 +56,7 @@ def labelled_predictions(
 ) -> pd.DataFrame:
     """The logged predictions of [start, end) with their labels as known at `known_at`."""
     p = tables.predictions
+    tables.refresh_statistics(engine, p, tables.labels)
     known = labels_as_known(spec.name, known_at, start, end)
     columns = [p.c.model_version, p.c.score, p.c.predicted_class, p.c.class_probabilities, label_of(spec.task, known)]
     query = (

@@ -454,6 +454,25 @@ def scope_has_rows(connection: Connection, table: Table, scope: ColumnElement[bo
     return connection.execute(select(literal(1)).where(exists().where(scope))).first() is not None
 
 
+def refresh_statistics(engine: Engine, *tables: Table) -> list[str]:
+    """PostgreSQL: ANALYZE the tables whose planner statistics are missing or stale (more than a
+    tenth of their rows changed since); returns those analyzed. Autovacuum does this too, but only
+    minutes later: until then a new or fast-grown table is estimated at a row or so, and the planner
+    re-runs the latest-label aggregate once per prediction (minutes instead of milliseconds). A
+    no-op on SQLite, whose planner needs no statistics for these queries."""
+    if engine.dialect.name != "postgresql":
+        return []
+    stale = text(
+        "SELECT relname FROM pg_stat_user_tables WHERE relname = ANY(:names) AND "
+        "(coalesce(last_analyze, last_autoanalyze) IS NULL OR n_mod_since_analyze > 1000 + n_live_tup / 10)"
+    )
+    with engine.begin() as connection:
+        names = list(connection.execute(stale, {"names": [t.name for t in tables]}).scalars())
+        for name in names:
+            connection.exec_driver_sql(f'ANALYZE "{name}"')
+    return names
+
+
 def merge_frame(
     engine: Engine,
     table: Table,

@@ -236,3 +236,25 @@ def test_status_counts_the_day_up_to_the_latest_prediction(engine: Engine) -> No
     count, at = recent_rows(engine, tables.predictions, model)
     assert count == 3 and at is not None and at.replace(tzinfo=UTC) == latest
     assert recent_rows(engine, tables.predictions, f"m_{uuid4().hex[:8]}") == (0, None)
+
+
+def test_stale_planner_statistics_are_refreshed_once() -> None:
+    """A fresh PostgreSQL table is analyzed before the backtest's join; a second call finds it current."""
+    from tests.conftest import postgres_database
+
+    with postgres_database("pipelines_stats") as url:
+        tables.upgrade_schema(url)
+        engine = tables.make_engine(url)
+        try:
+            with engine.begin() as connection:
+                tables.insert_frame(connection, tables.predictions, awkward_predictions("m"))
+            assert sorted(tables.refresh_statistics(engine, tables.predictions, tables.labels)) == [
+                "labels",
+                "predictions",
+            ]
+            assert tables.refresh_statistics(engine, tables.predictions, tables.labels) == []
+        finally:
+            engine.dispose()
+    from sqlalchemy import create_engine
+
+    assert tables.refresh_statistics(create_engine("sqlite://"), tables.predictions) == []  # SQLite needs none
