@@ -28,16 +28,9 @@ from score_interval import MODEL, big_hour
 
 def labelled(rows: int) -> pd.DataFrame:
     frame = big_hour(datetime(2026, 1, 2, 0, tzinfo=UTC), rows, seed=1)
-    rng = np.random.default_rng(2)
-    logit = (
-        -1.6
-        - 0.045 * frame["tenure_months"]
-        + 0.025 * (frame["monthly_charges"] - 65)
-        + 0.45 * frame["support_calls"]
-        + 0.08 * frame["days_since_last_login"].fillna(20)
-        + frame["plan"].map({"basic": 0.5, "standard": 0.0, "premium": -0.6})
-    )
-    frame["churned"] = (rng.random(rows) < 1 / (1 + np.exp(-logit))).astype(int)
+    from pipelines.demo_data import churn_probability
+
+    frame["churned"] = (np.random.default_rng(2).random(rows) < churn_probability(frame)).astype(int)
     for column in ("customer_id", "plan", "region", "payment_method"):
         frame[column] = frame[column].astype("string")
     for column in ("tenure_months", "support_calls"):

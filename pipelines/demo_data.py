@@ -45,6 +45,22 @@ def _hour_rng(seed: int, hour: datetime) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
+def churn_probability(df: pd.DataFrame, season: float = 0.0) -> pd.Series:
+    """The demo's true churn probability of each event (season: the hour's daily cycle, -1 to 1)."""
+    logit = (
+        -1.6
+        - 0.045 * df["tenure_months"]
+        + 0.025 * (df["monthly_charges"] - 65)
+        + 0.45 * df["support_calls"]
+        + 0.08 * df["days_since_last_login"].fillna(20)
+        - 0.004 * df["usage_minutes"]
+        + df["plan"].map({"basic": 0.5, "standard": 0.0, "premium": -0.6})
+        + df["payment_method"].map({"invoice": 0.7, "wallet": 0.3}).fillna(0.0)
+        + 0.3 * season
+    )
+    return 1 / (1 + np.exp(-logit))
+
+
 def generate_hour(config: DemoConfig, hour: datetime) -> pd.DataFrame:
     """Events of one hour, with the true label (the source splits it off into the label feed)."""
     rng = _hour_rng(config.seed, hour)
@@ -77,18 +93,7 @@ def generate_hour(config: DemoConfig, hour: datetime) -> pd.DataFrame:
     df["payment_method"] = df["payment_method"].astype(object)
     df.loc[rng.random(n) < 0.03, "payment_method"] = None
 
-    logit = (
-        -1.6
-        - 0.045 * df["tenure_months"]
-        + 0.025 * (df["monthly_charges"] - 65)
-        + 0.45 * df["support_calls"]
-        + 0.08 * df["days_since_last_login"].fillna(20)
-        - 0.004 * df["usage_minutes"]
-        + df["plan"].map({"basic": 0.5, "standard": 0.0, "premium": -0.6})
-        + df["payment_method"].map({"invoice": 0.7, "wallet": 0.3}).fillna(0.0)
-        + 0.3 * season
-    )
-    df["churned"] = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)
+    df["churned"] = (rng.random(n) < churn_probability(df, season)).astype(int)
 
     if hour in config.bad_hours:
         bad = rng.choice(n, size=max(3, n // 20), replace=False)

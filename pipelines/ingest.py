@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipelines.distinct import by_distinct
 from pipelines.errors import BadDataError, PermanentError
 from pipelines.intervals import STEP, interval_key, partitions_between
 from pipelines.lake import Lake, partition_key, stage
@@ -65,16 +66,14 @@ def type_events(spec: ModelSpec, frame: pd.DataFrame, where: str) -> pd.DataFram
 
 
 def to_numbers(values: pd.Series) -> pd.Series:
-    """`pd.to_numeric(values, errors="coerce")` as float64, parsing each distinct text once: a
-    million rows of a column hold a few thousand distinct values."""
+    """`pd.to_numeric(values, errors="coerce")` as float64, parsing each distinct text once."""
     if not pd.api.types.is_object_dtype(values) and not pd.api.types.is_string_dtype(values):
         # Numbers already (a parquet source): nothing to parse, and factorizing would merge 0.0 and -0.0.
         return pd.to_numeric(values, errors="coerce").astype("float64")
-    codes, distinct = pd.factorize(values)
-    parsed = np.empty(len(distinct) + 1)  # the last entry, picked by code -1, is missing
-    parsed[:-1] = pd.to_numeric(pd.Series(distinct, dtype=values.dtype), errors="coerce").astype("float64")
-    parsed[-1] = np.nan
-    return pd.Series(parsed[codes], index=values.index)
+    parsed = by_distinct(
+        values, lambda texts: pd.to_numeric(texts, errors="coerce").astype("float64"), np.nan, "float64"
+    )
+    return pd.Series(parsed, index=values.index)
 
 
 def split_by_partition(

@@ -231,16 +231,21 @@ def object_key(model: str, sha256: str) -> str:
     return f"{model}/objects/{sha256}.parquet"
 
 
+def put_object(lake: Lake, model: str, payload: bytes) -> tuple[str, str]:
+    """Store a parquet payload by its content; returns (sha256, key)."""
+    sha256 = hashlib.sha256(payload).hexdigest()
+    key = object_key(model, sha256)
+    if not lake.exists(key):  # the same content is the same object: never rewritten
+        lake.put(key, payload)
+    return sha256, key
+
+
 def stage(lake: Lake, model: str, frame: pd.DataFrame, manifest: dict[str, Any]) -> dict[str, Any]:
     """Store a frame as an object by its content; returns its manifest (rows, schema, sha256, data)
     without publishing it anywhere: no partition changes until `publish`."""
     buffer = io.BytesIO()
     frame.to_parquet(buffer, index=False)
-    payload = buffer.getvalue()
-    sha256 = hashlib.sha256(payload).hexdigest()
-    key = object_key(model, sha256)
-    if not lake.exists(key):  # the same content is the same object: never rewritten
-        lake.put(key, payload)
+    sha256, key = put_object(lake, model, buffer.getvalue())
     return {
         **manifest,
         "rows": len(frame),
@@ -278,11 +283,7 @@ class ParquetStream:
         if self._writer is None:
             raise ValueError("a ParquetStream needs at least one frame, even an empty one, for its schema")
         self._writer.close()
-        payload = self._buffer.getvalue()
-        sha256 = hashlib.sha256(payload).hexdigest()
-        key = object_key(model, sha256)
-        if not lake.exists(key):
-            lake.put(key, payload)
+        sha256, key = put_object(lake, model, self._buffer.getvalue())
         return {**manifest, "rows": self.rows, "schema": self.schema, "sha256": sha256, "data": key}
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,6 +25,7 @@ from sqlalchemy import ColumnElement, Engine, select
 
 from pipelines import tables
 from pipelines.config import Settings
+from pipelines.distinct import by_distinct
 from pipelines.errors import BadDataError, PermanentError, VersionRefused
 from pipelines.features import (
     ContractError,
@@ -73,21 +75,8 @@ class ScoreResult:
 
 
 def column_text(series: pd.Series) -> np.ndarray:
-    """Each value of a column as `astype("string")` writes it (missing as NUL), converting each distinct
-    value once: a million rows hold a few thousand distinct values per column."""
-    missing = series.isna().to_numpy()
-    if series.dtype.kind == "f":
-        # Factorized by bit pattern: by value, 0.0 and -0.0 would share one text.
-        values = series.to_numpy()
-        codes, bits = pd.factorize(values.view(f"i{values.itemsize}"))
-        uniques = pd.Series(bits.view(values.dtype))
-    else:
-        codes, found = pd.factorize(series)
-        uniques = pd.Series(found, dtype=series.dtype)
-    texts = np.empty(len(uniques) + 1, dtype=object)  # the last entry, picked by code -1, is missing
-    texts[:-1] = uniques.astype("string").fillna("\x00").to_numpy(dtype=object)
-    texts[-1] = "\x00"
-    return texts[np.where(missing, -1, codes)]
+    """Each value of a column as `astype("string")` writes it, missing as NUL."""
+    return by_distinct(series, lambda values: values.astype("string").fillna("\x00").to_numpy(dtype=object), "\x00")
 
 
 def row_sha256(frame: pd.DataFrame, columns: list[str]) -> list[str]:
@@ -255,15 +244,14 @@ def write_new_partition(
     from sqlalchemy.exc import IntegrityError
 
     contract = contract_of(model.booster)
-    unseen: dict[str, int] = {}
+    unseen: Counter[str] = Counter()
     stream = ParquetStream()
     try:
         with engine.begin() as connection:
             if tables.scope_has_rows(connection, tables.predictions, partition_scope(spec, part)):
                 return None
             for scored in scored_chunks(spec, settings, model, version, part, times):
-                for column, count in unseen_category_counts(scored, contract).items():
-                    unseen[column] = unseen.get(column, 0) + count
+                unseen.update(unseen_category_counts(scored, contract))
                 with times.step("lake"):
                     stream.write(scored)
                 with times.step("log"):
@@ -274,12 +262,12 @@ def write_new_partition(
             # failed commit finds the lake's partition and merges the same rows.
             with times.step("lake"):
                 staged = stream.stage(
-                    settings.lake, spec.name, scored_manifest(spec, contract, version, part, dag_run_id, unseen)
+                    settings.lake, spec.name, scored_manifest(spec, contract, version, part, dag_run_id, dict(unseen))
                 )
                 publish(settings.lake, partition_key(spec.name, "scored", part, spec.partition), staged)
     except IntegrityError:
         return None
-    return stream.rows, unseen
+    return stream.rows, dict(unseen)
 
 
 def scored_manifest(
@@ -391,7 +379,7 @@ def score_interval(
     """
     models: dict[str, LoadedModel] = {}
     total, deleted, uris, versions = 0, 0, [], []
-    unseen: dict[str, int] = {}
+    unseen: Counter[str] = Counter()
     scored_at = datetime.now(UTC)
     times = StepTimes()
     for part in partitions_between(start, end, spec.partition):
@@ -410,8 +398,7 @@ def score_interval(
             written = write_new_partition(spec, settings, engine, model, version, part, dag_run_id, scored_at, times)
         if written is not None:
             rows, part_unseen = written
-            for column, count in part_unseen.items():
-                unseen[column] = unseen.get(column, 0) + count
+            unseen.update(part_unseen)
             uris.append(settings.lake.uri_of(key))
             total += rows
             versions.append(version)
@@ -446,8 +433,7 @@ def score_interval(
                 )
         contract = contract_of(model.booster)
         part_unseen = unseen_category_counts(scored, contract)
-        for column, count in part_unseen.items():
-            unseen[column] = unseen.get(column, 0) + count
+        unseen.update(part_unseen)
         # Lake first: if the database write fails, the retry publishes the same object and merges again.
         with times.step("lake"):
             staged = scored_object(chunks_of(scored)).stage(
@@ -468,7 +454,7 @@ def score_interval(
         log.warning(
             "%s: %d logged prediction(s) no longer in the source moved to predictions_history", spec.name, deleted
         )
-    return ScoreResult(",".join(dict.fromkeys(versions)), total, unseen, uris, deleted, times.rounded())
+    return ScoreResult(",".join(dict.fromkeys(versions)), total, dict(unseen), uris, deleted, times.rounded())
 
 
 def read_scored(spec: ModelSpec, settings: Settings, start: datetime, end: datetime) -> tuple[pd.DataFrame, list[str]]:

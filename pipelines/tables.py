@@ -375,20 +375,20 @@ def _is_time(series: pd.Series) -> bool:
 
 
 def _utc_text(series: pd.Series, suffix: str = "") -> Any:
-    """Times as UTC text "YYYY-MM-DD HH:MM:SS.ffffff" + suffix (None for NaT), an object array. numpy
-    formats each distinct time once: a Python datetime (or pyarrow's CSV writer) per value costs a
-    second or more per million rows, and an interval's rows share few times (one, for scored_at)."""
+    """Times as UTC text "YYYY-MM-DD HH:MM:SS.ffffff" + suffix (None for NaT), an object array,
+    formatted by numpy (a Python datetime, or pyarrow's CSV writer, per value costs a second or more
+    per million rows; an interval's rows share few times, one for scored_at)."""
     import numpy as np
-    import pandas as pd
 
-    codes, times = pd.factorize(series)
-    if isinstance(times, pd.DatetimeIndex) and times.tz is not None:
-        times = times.tz_convert("UTC").tz_localize(None)
-    text = np.empty(len(times) + 1, dtype=object)  # the last entry, picked by code -1, is NULL
-    formatted = np.char.replace(np.datetime_as_string(times.to_numpy(dtype="datetime64[us]"), unit="us"), "T", " ")
-    text[:-1] = np.char.add(formatted, suffix) if suffix else formatted
-    text[-1] = None
-    return text[codes]
+    from pipelines.distinct import by_distinct
+
+    def text(times: pd.Series) -> Any:
+        if times.dt.tz is not None:
+            times = times.dt.tz_convert("UTC").dt.tz_localize(None)
+        formatted = np.char.replace(np.datetime_as_string(times.to_numpy(dtype="datetime64[us]"), unit="us"), "T", " ")
+        return np.char.add(formatted, suffix) if suffix else formatted
+
+    return by_distinct(series, text, None)
 
 
 def _python_column(series: pd.Series, column: Column[Any], dialect: Any) -> list[Any]:
