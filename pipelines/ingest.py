@@ -68,7 +68,7 @@ def type_events(spec: ModelSpec, frame: pd.DataFrame, where: str) -> pd.DataFram
 def to_numbers(values: pd.Series) -> pd.Series:
     """`pd.to_numeric(values, errors="coerce")` as float64, parsing each distinct text once."""
     if not pd.api.types.is_object_dtype(values) and not pd.api.types.is_string_dtype(values):
-        # Numbers already (a parquet source): nothing to parse, and factorizing would merge 0.0 and -0.0.
+        # Numbers already (a parquet source): nothing to parse.
         return pd.to_numeric(values, errors="coerce").astype("float64")
     parsed = by_distinct(
         values, lambda texts: pd.to_numeric(texts, errors="coerce").astype("float64"), np.nan, "float64"
