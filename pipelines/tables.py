@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -374,8 +374,8 @@ def _is_time(series: pd.Series) -> bool:
     return isinstance(series.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(series.dtype)
 
 
-def _utc_text(series: pd.Series, suffix: str = "") -> Any:
-    """Times as UTC text "YYYY-MM-DD HH:MM:SS.ffffff" + suffix (None for NaT), an object array,
+def _utc_text(series: pd.Series) -> Any:
+    """Times as UTC text "YYYY-MM-DD HH:MM:SS.ffffff" (None for NaT), an object array,
     formatted by numpy (a Python datetime, or pyarrow's CSV writer, per value costs a second or more
     per million rows; an interval's rows share few times, one for scored_at)."""
     import numpy as np
@@ -385,8 +385,7 @@ def _utc_text(series: pd.Series, suffix: str = "") -> Any:
     def text(times: pd.Series) -> Any:
         if times.dt.tz is not None:
             times = times.dt.tz_convert("UTC").dt.tz_localize(None)
-        formatted = np.char.replace(np.datetime_as_string(times.to_numpy(dtype="datetime64[us]"), unit="us"), "T", " ")
-        return np.char.add(formatted, suffix) if suffix else formatted
+        return np.char.replace(np.datetime_as_string(times.to_numpy(dtype="datetime64[us]"), unit="us"), "T", " ")
 
     return by_distinct(series, text, None)
 
@@ -406,48 +405,55 @@ def _python_column(series: pd.Series, column: Column[Any], dialect: Any) -> list
     return [process(v) for v in values]
 
 
-def _csv_chunks(frame: pd.DataFrame) -> Iterator[bytes]:
-    """The frame as CSV for PostgreSQL's COPY, written by pyarrow: values quoted, NULL unquoted and empty."""
-    import pyarrow as pa
-    import pyarrow.csv as pa_csv
+@contextmanager
+def bulk_insert(connection: Connection, table: Table, columns: list[str]) -> Iterator[Callable[[pd.DataFrame], None]]:
+    """A writer of frames (those columns, in order) into the table inside the caller's transaction,
+    without conflict handling. PostgreSQL: one binary COPY for every frame written, so the server
+    stores a frame while the caller makes the next; a key conflict raises IntegrityError on leaving.
+    SQLite: an executemany per frame."""
+    quoted = ", ".join(f'"{c}"' for c in columns)
+    if connection.dialect.name != "postgresql":
+        statement = f'INSERT INTO "{table.name}" ({quoted}) VALUES ({", ".join("?" for _ in columns)})'
 
-    options = pa_csv.WriteOptions(include_header=False, quoting_style="all_valid")
-    times = [name for name in frame.columns if _is_time(frame[name])]
-    if times:  # as text with the UTC offset, which PostgreSQL reads for timestamptz
-        frame = frame.assign(**{name: _utc_text(frame[name], "+00:00") for name in times})
-    for offset in range(0, len(frame), COPY_CHUNK_ROWS):
-        chunk = pa.Table.from_pandas(frame.iloc[offset : offset + COPY_CHUNK_ROWS], preserve_index=False)
-        buffer = pa.BufferOutputStream()
-        pa_csv.write_csv(chunk, buffer, options)
-        yield buffer.getvalue().to_pybytes()
+        def execute_many(frame: pd.DataFrame) -> None:
+            for offset in range(0, len(frame), COPY_CHUNK_ROWS):  # chunks: a row of Python values costs ~1 kB
+                chunk = frame.iloc[offset : offset + COPY_CHUNK_ROWS]
+                values = [_python_column(chunk[name], table.c[name], connection.dialect) for name in columns]
+                connection.exec_driver_sql(statement, list(zip(*values, strict=True)))
+
+        yield execute_many
+        return
+    import psycopg
+    from psycopg.copy import QueuedLibpqWriter
+    from sqlalchemy.exc import IntegrityError
+
+    from pipelines import pgcopy
+
+    raw = connection.connection.driver_connection
+    assert raw is not None
+    statement = f'COPY "{table.name}" ({quoted}) FROM STDIN (FORMAT binary)'
+
+    def copy_frame(frame: pd.DataFrame) -> None:
+        for offset in range(0, len(frame), COPY_CHUNK_ROWS):  # chunks: bounds the payload held at once
+            copy.write(pgcopy.copy_rows(frame.iloc[offset : offset + COPY_CHUNK_ROWS][columns], table))
+
+    try:
+        # Queued: a thread sends what was written while the caller goes on, so the server's work on one
+        # chunk overlaps the caller's on the next (psycopg bounds the queue to 1024 blocks of 128 kB).
+        with raw.cursor() as cursor, cursor.copy(statement, writer=QueuedLibpqWriter(cursor)) as copy:
+            copy.write(pgcopy.HEADER)
+            yield copy_frame
+            copy.write(pgcopy.TRAILER)
+    except psycopg.IntegrityError as exc:  # the raw driver's error, as SQLAlchemy reports one
+        raise IntegrityError(statement, None, exc) from exc
 
 
 def insert_frame(connection: Connection, table: Table, frame: pd.DataFrame) -> None:
-    """Bulk-load the frame's rows into the table, without conflict handling: COPY on PostgreSQL, one
-    executemany on SQLite. Every column of the frame must be one of the table's."""
-    if not len(frame):
-        return
-    names = list(frame.columns)
-    quoted = ", ".join(f'"{c}"' for c in names)
-    if connection.dialect.name == "postgresql":
-        import psycopg
-        from sqlalchemy.exc import IntegrityError
-
-        raw = connection.connection.driver_connection
-        assert raw is not None
-        statement = f'COPY "{table.name}" ({quoted}) FROM STDIN (FORMAT csv)'
-        try:
-            with raw.cursor() as cursor, cursor.copy(statement) as copy:
-                for payload in _csv_chunks(frame):
-                    copy.write(payload)
-        except psycopg.IntegrityError as exc:  # the raw driver's error, as SQLAlchemy reports one
-            raise IntegrityError(statement, None, exc) from exc
-        return
-    statement = f'INSERT INTO "{table.name}" ({quoted}) VALUES ({", ".join("?" for _ in names)})'
-    for offset in range(0, len(frame), COPY_CHUNK_ROWS):  # chunks: a row of Python values costs ~1 kB
-        chunk = frame.iloc[offset : offset + COPY_CHUNK_ROWS]
-        values = [_python_column(chunk[name], table.c[name], connection.dialect) for name in names]
-        connection.exec_driver_sql(statement, list(zip(*values, strict=True)))
+    """Bulk-load the frame's rows into the table, without conflict handling (see `bulk_insert`).
+    Every column of the frame must be one of the table's."""
+    if len(frame):
+        with bulk_insert(connection, table, list(frame.columns)) as write:
+            write(frame)
 
 
 def scope_has_rows(connection: Connection, table: Table, scope: ColumnElement[bool]) -> bool:

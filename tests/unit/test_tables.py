@@ -258,3 +258,95 @@ def test_stale_planner_statistics_are_refreshed_once() -> None:
     from sqlalchemy import create_engine
 
     assert tables.refresh_statistics(create_engine("sqlite://"), tables.predictions) == []  # SQLite needs none
+
+
+def awkward_row(table: Any, i: int) -> dict[str, object]:
+    """Row i of a table, each column a value of its type a bulk path can get wrong (NULL where nullable)."""
+    from sqlalchemy import Boolean, DateTime, Float, Integer
+
+    at = datetime(1999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC) + timedelta(days=400 * i, microseconds=i)
+    values: dict[str, object] = {}
+    for column in table.columns:
+        if column.primary_key and column.autoincrement is True:
+            continue
+        if column.nullable and i == 2:
+            values[column.name] = None
+        elif isinstance(column.type, DateTime):
+            values[column.name] = at
+        elif isinstance(column.type, Boolean):
+            values[column.name] = i % 2 == 0
+        elif isinstance(column.type, Integer):
+            values[column.name] = [2**31 - 1, -(2**31), 7][i]
+        elif isinstance(column.type, Float):
+            values[column.name] = [0.1 + 0.2, -0.0, 1e-300][i]
+        else:
+            values[column.name] = [f'r{i} "q", c\n', f"r{i} é 😀", f"r{i}"][i][: column.type.length or None]
+    return values
+
+
+@pytest.mark.parametrize("table", [t for t in tables.metadata.sorted_tables], ids=lambda t: t.name)
+def test_every_table_bulk_loads_what_a_row_by_row_insert_stores(engine: Engine, table: Any) -> None:
+    """The bulk path (binary COPY on PostgreSQL) takes every column type of every table, as an insert does."""
+    from sqlalchemy import delete
+
+    rows = [awkward_row(table, i) for i in range(3)]
+    frame = pd.DataFrame(rows)
+    frame = frame.assign(**{c: pd.Series([r[c] for r in rows], dtype="Int64") for c in frame if isinstance(rows[0][c], int) and not isinstance(rows[0][c], bool)})  # fmt: skip
+    stored = []
+    for load in ("bulk", "rows"):
+        with engine.begin() as connection:
+            connection.execute(delete(table))
+            if load == "bulk":
+                tables.insert_frame(connection, table, frame)
+            else:
+                connection.execute(table.insert(), rows)
+            columns = [table.c[name] for name in frame.columns]
+            stored.append(sorted(map(tuple, connection.execute(select(*columns)).all()), key=repr))
+    assert stored[0] == stored[1]
+    assert len(stored[0]) == 3
+
+
+def test_bulk_insert_streams_frames_and_a_conflict_in_a_later_one_writes_nothing(engine: Engine) -> None:
+    model = f"m_{uuid4().hex[:8]}"
+    frame = awkward_predictions(model)
+    columns = list(frame.columns)
+    with engine.begin() as connection, tables.bulk_insert(connection, tables.predictions, columns) as write:
+        write(frame.iloc[:2])
+        write(frame.iloc[2:])
+    assert len(snapshot(engine, model)) == 4
+    other = f"m_{uuid4().hex[:8]}"
+    with (
+        pytest.raises(IntegrityError),
+        engine.begin() as connection,
+        tables.bulk_insert(connection, tables.predictions, columns) as write,
+    ):
+        write(awkward_predictions(other))
+        write(awkward_predictions(other).iloc[1:2])  # a key of the first frame again
+    assert snapshot(engine, other) == []
+
+
+def test_bulk_insert_names_the_column_of_a_value_its_type_cannot_hold(postgres_url: str) -> None:
+    """Only PostgreSQL's binary COPY checks: SQLite stores any value in any column."""
+    engine = tables.make_engine(postgres_url)
+    model = f"m_{uuid4().hex[:8]}"
+    frame = awkward_predictions(model).astype({"unseen_categories": "float64"})
+    for value, problem in [(1.5, r"1\.5"), (2.0**40, "32-bit")]:
+        frame.loc[1, "unseen_categories"] = value
+        with pytest.raises(BadDataError, match=rf"predictions\.unseen_categories.*{problem}"), engine.begin() as c:
+            tables.insert_frame(c, tables.predictions, frame)
+    assert snapshot(engine, model) == []
+    engine.dispose()
+
+
+def test_a_failure_while_bulk_loading_writes_nothing_and_is_raised_as_it_was(engine: Engine) -> None:
+    """The caller failing between two frames (a scoring error, say) aborts the load: its own error comes out."""
+    model = f"m_{uuid4().hex[:8]}"
+    frame = awkward_predictions(model)
+    with (
+        pytest.raises(BadDataError, match="between two frames"),
+        engine.begin() as connection,
+        tables.bulk_insert(connection, tables.predictions, list(frame.columns)) as write,
+    ):
+        write(frame.iloc[:2])
+        raise BadDataError("between two frames")
+    assert snapshot(engine, model) == []
