@@ -1,7 +1,7 @@
 """Rows per second writing predictions: our bulk merge vs pandas `to_sql`, on SQLite and PostgreSQL.
 
 A new interval (nothing logged in its scope yet) is bulk-inserted straight into the table
-(`tables.insert_frame`: pyarrow CSV into COPY on PostgreSQL, chunked executemany on SQLite), as the
+(`tables.insert_frame`: binary COPY built by Arrow on PostgreSQL, chunked executemany on SQLite), as the
 score stage does. `tables.merge_frame` (an interval logged before) loads a staging table the same way
 and merges with one INSERT ... SELECT ... ON CONFLICT, so it is an idempotent upsert, and also
 deletes the scope's stale rows. `to_sql` only appends (a retry duplicates or violates the key),
