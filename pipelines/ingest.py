@@ -25,6 +25,8 @@ __all__ = ["SourceMissingError", "ingest", "type_events"]
 
 log = logging.getLogger(__name__)
 
+ARROW_TEXT = pd.StringDtype("pyarrow")
+
 
 def expected_columns(spec: ModelSpec) -> list[str]:
     """The header of a partition without rows: the spec's columns, then the rest its suite knows."""
@@ -62,6 +64,9 @@ def type_events(spec: ModelSpec, frame: pd.DataFrame, where: str) -> pd.DataFram
             samples = frame.loc[unparseable, column].head(5).tolist()
             raise BadDataError(f"{where}: column '{column}' has non-numeric values, e.g. {samples}")
         frame[column] = numbers
+    for column in frame.columns:
+        if frame[column].dtype == ARROW_TEXT:  # the rest of a CSV's text as pandas' read_csv leaves it
+            frame[column] = frame[column].astype(object).where(frame[column].notna(), np.nan)
     return frame
 
 

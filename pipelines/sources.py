@@ -80,6 +80,33 @@ def partitions_covering(start: datetime, end: datetime, unit: PartitionUnit) -> 
 
 # --- files ------------------------------------------------------------------------------------
 
+# The texts pandas' read_csv reads as missing by default (pandas._libs.parsers.STR_NA_VALUES).
+CSV_MISSING = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>",
+               "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"]  # fmt: skip
+
+
+def csv_by_arrow(payload: bytes) -> pd.DataFrame | None:
+    """A CSV file's columns as text, as `pd.read_csv(dtype=str)` reads them, parsed by Arrow (several
+    times faster, on every core). None for a file Arrow refuses (ragged rows, bad UTF-8, no header)
+    or whose header pandas would rename (repeated or empty names): pandas reads those, and its
+    errors name the fault."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.csv as pa_csv
+
+    try:
+        names = pa_csv.open_csv(io.BytesIO(payload)).schema.names
+        if "" in names or len(set(names)) != len(names):
+            return None
+        options = pa_csv.ConvertOptions(
+            column_types=dict.fromkeys(names, pa.string()), null_values=CSV_MISSING, strings_can_be_null=True
+        )
+        table = pa_csv.read_csv(io.BytesIO(payload), convert_options=options)
+        # Arrow-backed text: typing parses and converts each column without a Python string per value.
+        return table.to_pandas(types_mapper={pa.string(): pd.StringDtype("pyarrow")}.get)
+    except pa.ArrowInvalid:
+        return None
+
 
 @dataclass(frozen=True)
 class Location:
@@ -164,6 +191,9 @@ class FileReader:
                 return pd.read_parquet(io.BytesIO(payload))
             except (pa.ArrowException, OSError, ValueError) as exc:
                 raise BadDataError(f"{uri}: not a readable parquet file: {exc}") from exc
+        fast = csv_by_arrow(payload)
+        if fast is not None:
+            return fast
         try:
             return pd.read_csv(io.BytesIO(payload), dtype=str, keep_default_na=True)
         except pd.errors.EmptyDataError as exc:

@@ -81,8 +81,77 @@ def test_to_numbers_parses_as_to_numeric_does() -> None:
     from pipelines.ingest import to_numbers
 
     texts = ["1", "2.5", None, "x", "1e3", " 7 ", "nan", "inf", "-0", "0", "12345678901234567890", "", "2.5"]
-    for values in (pd.Series(texts, dtype=object), pd.Series(texts, dtype="string"), pd.Series([0.0, -0.0, np.nan])):
+    series = [pd.Series(texts, dtype=dtype) for dtype in (object, "string", "string[pyarrow]")]
+    for values in (*series, pd.Series([0.0, -0.0, np.nan])):
         expected = pd.to_numeric(values, errors="coerce").astype("float64").to_numpy()
         got = to_numbers(values).to_numpy()
         assert np.array_equal(got, expected, equal_nan=True) and got.dtype == np.float64
         assert (np.signbit(got) == np.signbit(expected)).all()  # -0 keeps its sign
+
+
+def test_csv_missing_texts_are_pandas_own() -> None:
+    from pandas._libs.parsers import STR_NA_VALUES
+
+    from pipelines.sources import CSV_MISSING
+
+    assert sorted(CSV_MISSING) == sorted(STR_NA_VALUES)
+
+
+EDGE_CSV = (
+    "\ufeffcustomer_id,event_time,tenure_months,monthly_charges,support_calls,days_since_last_login,"
+    "usage_minutes,plan,region,payment_method,note\n"
+    'C000001,2026-01-02T10:00:00Z,007,"1.5",NA,,1e3,basic,north,card,"quoted, with comma"\n'
+    'C000002,2026-01-02T10:00:01.5+00:00,0,-0,nan,inf,-inf,"NA",é ü,NULL,"line\nbreak ""q"""\n'
+    "\n"
+    "C000003,2026-01-02T10:00:02Z, 7 ,+2.5,None,#N/A,n/a,<NA>,,,\n"
+    "C000004,2026-01-02T11:00:00Z,12345678901234567890,1,null,1.#IND,-1.#QNAN,premium, south ,cash, \n"
+)
+
+
+def test_a_csv_read_by_arrow_is_typed_and_staged_as_pandas_read_csv_would_have_it() -> None:
+    """Arrow reads CSV files; what ingest makes of them is what it made of pandas' read_csv(dtype=str)."""
+    import hashlib
+    import io
+
+    from pipelines.ingest import type_events
+    from pipelines.sources import csv_by_arrow
+
+    spec = load_spec(DEMO_SPEC)
+    payload = EDGE_CSV.encode()
+    by_arrow = csv_by_arrow(payload)
+    assert by_arrow is not None
+    by_pandas = pd.read_csv(io.BytesIO(payload), dtype=str, keep_default_na=True)
+    typed_arrow, typed_pandas = (type_events(spec, raw, "edge.csv") for raw in (by_arrow, by_pandas))
+    pd.testing.assert_frame_equal(typed_arrow, typed_pandas)
+    assert typed_arrow["note"].isna().tolist() == [False, False, True, False]  # the extra column kept as text
+
+    def parquet_sha(frame: pd.DataFrame) -> str:
+        buffer = io.BytesIO()
+        frame.to_parquet(buffer, index=False)
+        return hashlib.sha256(buffer.getvalue()).hexdigest()
+
+    assert parquet_sha(typed_arrow) == parquet_sha(typed_pandas)  # the same staged object, byte for byte
+    bad = payload.replace(b'"1.5"', b"x1.5")
+    errors = []
+    for raw in (csv_by_arrow(bad), pd.read_csv(io.BytesIO(bad), dtype=str, keep_default_na=True)):
+        with pytest.raises(BadDataError) as refused:
+            type_events(spec, raw, "edge.csv")
+        errors.append(str(refused.value))
+    assert errors[0] == errors[1] and "'monthly_charges' has non-numeric values, e.g. ['x1.5']" in errors[0]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"a,b\n1,2\n3\n",  # a short row: pandas fills it with missing values
+        b"a,b\n1,2,3\n4,5,6\n",  # one field more in every row: pandas takes the first as the index
+        b"a,a\n1,2\n",  # repeated names: pandas renames the second
+        b"a,\n1,2\n",  # an unnamed column: pandas names it
+        b"a,b\n\xff,2\n",  # not UTF-8: pandas' error names it
+        b"",
+    ],
+)
+def test_a_csv_arrow_would_read_otherwise_is_left_to_pandas(content: bytes) -> None:
+    from pipelines.sources import csv_by_arrow
+
+    assert csv_by_arrow(content) is None
