@@ -155,3 +155,15 @@ def test_a_csv_arrow_would_read_otherwise_is_left_to_pandas(content: bytes) -> N
     from pipelines.sources import csv_by_arrow
 
     assert csv_by_arrow(content) is None
+
+
+def test_to_times_parses_as_to_datetime_does() -> None:
+    """Each distinct text is parsed once; the result is what pd.to_datetime gives row by row."""
+    from pipelines.ingest import to_times
+
+    texts = ["2026-01-02T10:00:00Z", "2026-01-02T10:00:00.123456+02:00", None, "yesterday", "2026-01-02",
+             "2026-01-02 10:00:00-05:30", "", "2026-01-02T10:00:00Z", "2026-13-02T10:00:00Z"]  # fmt: skip
+    for dtype in (object, "string", "string[pyarrow]"):
+        values = pd.Series(texts, dtype=dtype, index=range(10, 10 + len(texts)))
+        expected = pd.to_datetime(values.astype("string"), utc=True, format="ISO8601", errors="coerce")
+        pd.testing.assert_series_equal(to_times(values), expected, check_names=False)
