@@ -27,6 +27,7 @@ bench: install  ## benchmarks under bench/, each prints its figures and conditio
 	$(RUN) python bench/score_interval.py
 	$(RUN) python bench/prediction_writes.py
 	$(RUN) python bench/train_model.py
+	$(RUN) python bench/train_gpu.py --rows 1000000 --rounds 50  # the issue's 10M x 200 is for a GPU machine
 	$(RUN) python bench/validation.py
 	$(RUN) python bench/growth.py
 	$(RUN) python bench/orchestration.py
