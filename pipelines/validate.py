@@ -349,7 +349,8 @@ def validate_and_publish(
     raises ValidationFailed and leaves the published partitions as they were.
     """
     batch = _batch(settings.lake, deliveries)
-    frame = pd.concat([rows for _, rows, _ in batch], ignore_index=True)
+    # One delivery (an hour's file) is the batch as it is: a concatenation would copy it once more.
+    frame = batch[0][1] if len(batch) == 1 else pd.concat([rows for _, rows, _ in batch], ignore_index=True)
     key = interval_key(start, end)
     # One result per batch content: a later delivery of the interval never overwrites the result a
     # quarantined delivery points to, and the same batch validated again lands on the same key.
