@@ -18,7 +18,7 @@ from pipelines.distinct import by_distinct
 from pipelines.errors import BadDataError, PermanentError
 from pipelines.intervals import STEP, interval_key, partitions_between
 from pipelines.lake import Lake, partition_key, stage
-from pipelines.sources import PartitionRead, SourceAccess, SourceMissingError, read_source
+from pipelines.sources import SourceAccess, SourceMissingError, read_source
 from pipelines.spec import EXPECTATIONS_DIR, ModelSpec, SqlSource, suite_columns
 
 __all__ = ["SourceMissingError", "ingest", "type_events"]
@@ -41,7 +41,7 @@ def type_events(spec: ModelSpec, frame: pd.DataFrame, where: str) -> pd.DataFram
     frame = frame.copy()
     for column in [spec.entity_key, *spec.features.categorical]:
         if column in frame:
-            frame[column] = frame[column].astype("string")
+            frame[column] = to_text(frame[column])
     if spec.timestamp in frame:
         original = frame[spec.timestamp]
         if pd.api.types.is_datetime64_any_dtype(original):
@@ -70,6 +70,15 @@ def type_events(spec: ModelSpec, frame: pd.DataFrame, where: str) -> pd.DataFram
     return frame
 
 
+def to_text(values: pd.Series) -> pd.Series:
+    """`values.astype("string")`; Arrow-backed text (a CSV file's) becomes one Python string per distinct
+    value: a category column repeats a few values, and a string per row would cost ~60 bytes each."""
+    if values.dtype != ARROW_TEXT:
+        return values.astype("string")
+    texts = by_distinct(values, lambda distinct: distinct.to_numpy(dtype=object), None)
+    return pd.Series(pd.array(texts, dtype="string"), index=values.index)
+
+
 def to_numbers(values: pd.Series) -> pd.Series:
     """`pd.to_numeric(values, errors="coerce")` as float64, parsing each distinct text once."""
     if not pd.api.types.is_object_dtype(values) and not pd.api.types.is_string_dtype(values):
@@ -94,10 +103,10 @@ def to_times(values: pd.Series) -> pd.Series:
 
 
 def split_by_partition(
-    spec: ModelSpec, read: PartitionRead, frame: pd.DataFrame, starts: list[datetime]
+    spec: ModelSpec, origin: dict[str, Any], frame: pd.DataFrame, starts: list[datetime]
 ) -> list[tuple[datetime, pd.DataFrame]]:
-    """Cut a whole interval's rows into its partitions by time."""
-    where = read.read.origin["uri"]
+    """Cut a whole interval's rows (read from `origin`) into its partitions by time."""
+    where = origin["uri"]
     times = frame[spec.timestamp] if spec.timestamp in frame else pd.Series(pd.NaT, index=frame.index)
     if times.isna().any():
         # A row without a time belongs to no partition; it is not dropped unseen.
@@ -127,11 +136,15 @@ def ingest(spec: ModelSpec, access: SourceAccess, lake: Lake, start: datetime, e
     if not starts:
         raise PermanentError(f"{spec.name}: empty interval [{start}, {end})")
     deliveries = []
-    for read in read_source(spec.source.events, access, spec.timestamp, start, end, spec.partition):
+    reads = read_source(spec.source.events, access, spec.timestamp, start, end, spec.partition)
+    while reads:
+        read = reads.pop(0)
         origin = read.read.origin
         raw = read.read.frame if len(read.read.frame.columns) else pd.DataFrame(columns=expected_columns(spec))
         frame = type_events(spec, raw, str(origin["uri"]))
-        parts = split_by_partition(spec, read, frame, starts) if read.whole_interval else [(read.start, frame)]
+        whole_interval, read_start = read.whole_interval, read.start
+        del read, raw  # the raw rows go once typed: staging reuses their memory
+        parts = split_by_partition(spec, origin, frame, starts) if whole_interval else [(read_start, frame)]
         for part_start, part in parts:
             manifest = {
                 "model": spec.name,
