@@ -101,7 +101,9 @@ def csv_by_arrow(payload: bytes) -> pd.DataFrame | None:
         options = pa_csv.ConvertOptions(
             column_types=dict.fromkeys(names, pa.string()), null_values=CSV_MISSING, strings_can_be_null=True
         )
-        table = pa_csv.read_csv(io.BytesIO(payload), convert_options=options)
+        # A quoted value may hold a line break, as read_csv allows: Arrow then cuts blocks with care.
+        parse = pa_csv.ParseOptions(newlines_in_values=True)
+        table = pa_csv.read_csv(io.BytesIO(payload), parse_options=parse, convert_options=options)
         # Arrow-backed text: typing parses and converts each column without a Python string per value.
         return table.to_pandas(types_mapper={pa.string(): pd.StringDtype("pyarrow")}.get)
     except pa.ArrowInvalid:

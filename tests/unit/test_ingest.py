@@ -169,3 +169,16 @@ def test_to_times_parses_as_to_datetime_does() -> None:
         values = pd.Series(texts, dtype=dtype, index=range(10, 10 + len(texts)))
         expected = pd.to_datetime(values.astype("string"), utc=True, format="ISO8601", errors="coerce")
         pd.testing.assert_series_equal(to_times(values), expected, check_names=False)
+
+
+def test_quoted_line_breaks_across_arrow_blocks_are_read_as_pandas_reads_them() -> None:
+    import io
+
+    from pipelines.sources import csv_by_arrow
+
+    payload = ("a,b\n" + "".join(f'{i},"line {i}\nnext, ""q"""\n' for i in range(120_000))).encode()
+    assert len(payload) > 2**21  # Arrow parses in blocks of 1 MiB: values span their edges
+    by_arrow = csv_by_arrow(payload)
+    assert by_arrow is not None
+    by_pandas = pd.read_csv(io.BytesIO(payload), dtype=str, keep_default_na=True)
+    pd.testing.assert_frame_equal(by_arrow.astype(object), by_pandas)
