@@ -66,13 +66,20 @@ def request(url: str, token: str | None = None, payload: dict[str, Any] | None =
     data = json.dumps(payload).encode() if payload is not None else None
     for attempt in range(6):
         try:
-            with urllib.request.urlopen(urllib.request.Request(url, data, headers, method=method), timeout=30) as r:
+            with urllib.request.urlopen(urllib.request.Request(url, data, headers, method=method), timeout=120) as r:
                 body = r.read().decode()
             break
         except urllib.error.HTTPError as exc:
             # 503 is Airflow's "database busy, try again" (e.g. a backfill while the scheduler holds
             # the SQLite lock); anything else, or a sixth 503, is a real failure.
             if exc.code != 503 or attempt == 5:
+                raise
+            time.sleep(2 * (attempt + 1))
+        except (TimeoutError, urllib.error.URLError) as exc:
+            # A loaded machine can keep the API server busy past the timeout: a read is safe to ask
+            # again, a write is not (it may have happened).
+            timed_out = isinstance(exc, TimeoutError) or isinstance(exc.reason, TimeoutError)
+            if not timed_out or method != "GET" or attempt == 5:
                 raise
             time.sleep(2 * (attempt + 1))
     return json.loads(body) if body.startswith(("{", "[")) else body
