@@ -97,7 +97,12 @@ def copy_rows(frame: pd.DataFrame, table: Table) -> bytes:
     """The frame's rows in binary COPY format (without HEADER and TRAILER), its columns in order."""
     count = np.full(len(frame), len(frame.columns), dtype=">i2")
     fields = [_fixed_width(count)]
-    fields += [_fields(frame[name], table.c[name].type, f"{table.name}.{name}") for name in frame.columns]
+    for name in frame.columns:
+        where = f"{table.name}.{name}"
+        try:
+            fields.append(_fields(frame[name], table.c[name].type, where))
+        except (pa.ArrowException, ValueError, TypeError) as exc:  # e.g. a text column holding numbers and text
+            raise BadDataError(f"{where}: values its column type cannot take: {exc}") from exc
     rows = pc.binary_join_element_wise(*fields, b"")
     _, offsets, data = rows.buffers()
     bounds = np.frombuffer(offsets, dtype=np.int32, count=len(rows) + 1, offset=rows.offset * 4)

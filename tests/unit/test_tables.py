@@ -350,3 +350,15 @@ def test_a_failure_while_bulk_loading_writes_nothing_and_is_raised_as_it_was(eng
         write(frame.iloc[:2])
         raise BadDataError("between two frames")
     assert snapshot(engine, model) == []
+
+
+def test_bulk_insert_names_the_column_of_a_mixed_text_column(postgres_url: str) -> None:
+    engine = tables.make_engine(postgres_url)
+    model = f"m_{uuid4().hex[:8]}"
+    frame = awkward_predictions(model).astype({"entity_id": object})
+    frame.loc[1, "entity_id"] = 7  # numbers and text in one object column
+    frame.loc[2, "entity_id"] = b"bytes"
+    with pytest.raises(BadDataError, match=r"predictions\.entity_id"), engine.begin() as connection:
+        tables.insert_frame(connection, tables.predictions, frame)
+    assert snapshot(engine, model) == []
+    engine.dispose()
