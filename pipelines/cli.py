@@ -248,9 +248,10 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _up(args: argparse.Namespace) -> int:
-    from pipelines.up import main
+    from pipelines.up import Ports, main
 
-    return main(args.airflow_port, args.mlflow_port)
+    ports = Ports(args.airflow_port, args.mlflow_port, args.worker_log_port, args.trigger_log_port)
+    return main(ports, args.start_timeout)
 
 
 def _airflow(args: argparse.Namespace) -> int:
@@ -345,8 +346,13 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--reset", action="store_true", help="delete the pipelines home first")
     demo.set_defaults(func=_demo)
     up = commands.add_parser("up", help="start Airflow (standalone) and the MLflow UI on the pipelines home")
-    up.add_argument("--airflow-port", type=int, default=8080)
-    up.add_argument("--mlflow-port", type=int, default=5000)
+    up.add_argument("--airflow-port", type=int, default=8080, help="the Airflow UI and API (0: a free port)")
+    up.add_argument("--mlflow-port", type=int, default=5000, help="the MLflow UI (0: a free port)")
+    up.add_argument("--worker-log-port", type=int, default=0, help="Airflow's task log server (0: a free port)")
+    up.add_argument("--trigger-log-port", type=int, default=0, help="Airflow's triggerer log server (0: a free port)")
+    up.add_argument(
+        "--start-timeout", type=float, default=None, help="give up when Airflow is not healthy after this many seconds"
+    )
     up.set_defaults(func=_up)
     airflow = commands.add_parser(
         "airflow", help="the Airflow CLI on the pipelines home, e.g. `pipelines airflow dags list`"

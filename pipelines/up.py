@@ -1,16 +1,23 @@
 """`pipelines up`: Airflow standalone (API server, scheduler, DAG processor, triggerer) and the MLflow
-UI, both on the pipelines home, until Ctrl-C."""
+UI, both on the pipelines home, until Ctrl-C or SIGTERM.
+
+Each server runs in its own process group, so stopping `up` (Ctrl-C, SIGTERM, a failed start) stops
+every process the servers started too, not only the two it started itself.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.airflow.connections import cli_settings
@@ -18,39 +25,130 @@ from pipelines.config import apply_airflow_environment, migrate_airflow_db
 from pipelines.tables import upgrade_schema
 
 PASSWORDS_FILE = "simple_auth_manager_passwords.json.generated"
+LOG_FILES = {"airflow": "airflow-standalone.log", "mlflow": "mlflow-ui.log"}  # under <home>/logs
+STOP_GRACE_S = 30  # how long a server gets to stop after SIGTERM before its whole group is killed
 
 
-def wait_for_http(url: str, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+@dataclass(frozen=True)
+class Ports:
+    """Every port `up` listens on. 0 asks for a free one."""
+
+    airflow: int = 8080
+    mlflow: int = 5000
+    worker_logs: int = 0  # Airflow's worker log server (8793 by default in Airflow)
+    trigger_logs: int = 0  # Airflow's triggerer log server (8794 by default in Airflow)
+
+
+class PortBusy(Exception):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def claim(port: int, option: str) -> int:
+    """The port to use: a free one for 0, else the given one if nothing listens there."""
+    if port == 0:
+        return free_port()
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                if response.status < 500:
-                    return True
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(2)
-    return False
+            sock.bind(("0.0.0.0", port))
+        except OSError:
+            raise PortBusy(f"port {port} is in use: pick another with {option} (0 picks a free one)") from None
+    return port
 
 
-def admin_password(airflow_home: Path, timeout_s: float = 60) -> str | None:
+def airflow_ready(url: str) -> bool:
+    """Airflow's own health report: the API server answers and its scheduler, DAG processor and
+    triggerer report a recent heartbeat."""
+    try:
+        with urllib.request.urlopen(f"{url}/api/v2/monitor/health", timeout=10) as response:
+            health = json.loads(response.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+    return all(
+        (health.get(part) or {}).get("status") == "healthy"
+        for part in ("metadatabase", "scheduler", "dag_processor", "triggerer")
+    )
+
+
+def answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return bool(response.status < 500)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def admin_password(airflow_home: Path) -> str | None:
     path = airflow_home / PASSWORDS_FILE
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if path.exists():
-            return str(json.loads(path.read_text()).get("admin"))
-        time.sleep(1)
+    return str(json.loads(path.read_text()).get("admin")) if path.exists() else None
+
+
+def stop_groups(processes: dict[str, subprocess.Popen[bytes]]) -> None:
+    """SIGTERM to each server's whole process group, then SIGKILL to whatever is left of it."""
+    for process in processes.values():
+        _signal_group(process, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_S
+    for process in processes.values():
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=max(deadline - time.monotonic(), 0.1))
+    # The leader may be gone while a child it started lingers (a scheduler ignoring SIGTERM, say).
+    for process in processes.values():
+        _signal_group(process, signal.SIGKILL)
+        process.wait()
+
+
+def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signum)  # the group's id is the leader's pid (start_new_session)
+
+
+def _stop_on_signal(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # run the same shutdown as Ctrl-C
+
+
+def wait_until_ready(
+    processes: dict[str, subprocess.Popen[bytes]], airflow_url: str, start_timeout_s: float | None
+) -> str | None:
+    """Wait for Airflow's health report, as long as the servers live; None when ready, else why not."""
+    started = time.monotonic()
+    next_note = started + 60
+    while not airflow_ready(airflow_url):
+        dead = [name for name, p in processes.items() if p.poll() is not None]
+        if dead:
+            return f"{', '.join(dead)} exited while starting"
+        waited = time.monotonic() - started
+        if start_timeout_s is not None and waited > start_timeout_s:
+            return f"Airflow was not healthy within --start-timeout {start_timeout_s:g} s"
+        if time.monotonic() > next_note:
+            print(f"still starting ({waited:.0f} s): waiting for Airflow's health report", flush=True)
+            next_note += 60
+        time.sleep(2)
     return None
 
 
-def _stop_on_sigterm(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # run the same shutdown as Ctrl-C: stop both servers and wait for them
-
-
-def main(airflow_port: int = 8080, mlflow_port: int = 5000) -> int:
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+def main(ports: Ports = Ports(), start_timeout_s: float | None = None) -> int:
+    signal.signal(signal.SIGTERM, _stop_on_signal)
+    signal.signal(signal.SIGHUP, _stop_on_signal)
+    try:
+        airflow_port = claim(ports.airflow, "--airflow-port")
+        mlflow_port = claim(ports.mlflow, "--mlflow-port")
+        worker_logs = claim(ports.worker_logs, "--worker-log-port")
+        trigger_logs = claim(ports.trigger_logs, "--trigger-log-port")
+    except PortBusy as exc:
+        print(f"pipelines up: {exc}", file=sys.stderr)
+        return 2
+    airflow_url, mlflow_url = f"http://localhost:{airflow_port}", f"http://localhost:{mlflow_port}"
     os.environ["AIRFLOW__API__PORT"] = str(airflow_port)
-    os.environ["AIRFLOW__API__BASE_URL"] = f"http://localhost:{airflow_port}"
+    os.environ["AIRFLOW__API__BASE_URL"] = airflow_url
+    os.environ["AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT"] = str(worker_logs)
+    os.environ["AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT"] = str(trigger_logs)
+    os.environ["PIPELINES_MLFLOW_UI_URL"] = mlflow_url  # the Models page links MLflow runs there
     settings = apply_airflow_environment()
     (settings.home / "mlflow").mkdir(parents=True, exist_ok=True)
     logs = settings.home / "logs"
@@ -62,35 +160,37 @@ def main(airflow_port: int = 8080, mlflow_port: int = 5000) -> int:
     bin_dir = Path(sys.executable).parent
     # `airflow standalone` starts its components as `airflow ...` from PATH: make it this environment's.
     os.environ["PATH"] = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
-    processes = {
-        "airflow": subprocess.Popen(
-            [str(bin_dir / "airflow"), "standalone"],
-            stdout=(logs / "airflow-standalone.log").open("ab"),
-            stderr=subprocess.STDOUT,
-        ),
-        "mlflow": subprocess.Popen(
-            [
-                str(bin_dir / "mlflow"),
-                "server",
-                "--backend-store-uri",
-                settings.mlflow_tracking_uri,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(mlflow_port),
-            ],
-            stdout=(logs / "mlflow-ui.log").open("ab"),
-            stderr=subprocess.STDOUT,
-        ),
+    commands = {
+        "airflow": [str(bin_dir / "airflow"), "standalone"],
+        "mlflow": [
+            str(bin_dir / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            settings.mlflow_tracking_uri,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(mlflow_port),
+        ],
     }
+    processes: dict[str, subprocess.Popen[bytes]] = {}
     try:
-        airflow_url, mlflow_url = f"http://localhost:{airflow_port}", f"http://localhost:{mlflow_port}"
-        if not wait_for_http(f"{airflow_url}/api/v2/monitor/health", 240):
-            print(f"Airflow did not come up; see {logs / 'airflow-standalone.log'}", file=sys.stderr)
+        for name, command in commands.items():
+            processes[name] = subprocess.Popen(
+                command,
+                stdout=(logs / LOG_FILES[name]).open("ab"),
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: stopped whole, children included
+            )
+        print(f"starting Airflow on {airflow_url} and MLflow on {mlflow_url}; logs: {logs}", flush=True)
+        failure = wait_until_ready(processes, airflow_url, start_timeout_s)
+        if failure:
+            print(f"pipelines up: {failure}; see {logs / LOG_FILES['airflow']}", file=sys.stderr)
             return 1
-        wait_for_http(mlflow_url, 120)
-        password = admin_password(settings.airflow_home)
-        print(f"Airflow UI: {airflow_url}   login: admin / {password}")
+        while not answers(mlflow_url) and processes["mlflow"].poll() is None:
+            time.sleep(2)
+        print(f"Airflow UI: {airflow_url}   login: admin / {admin_password(settings.airflow_home)}")
+        print(f"Models:     {airflow_url}/pipelines/models")
         print(f"MLflow UI:  {mlflow_url}")
         print(f"State:      {settings.home}   logs: {logs}")
         print("DAGs start paused: unpause or trigger them in the UI (pick a logical date with source data).")
@@ -103,11 +203,4 @@ def main(airflow_port: int = 8080, mlflow_port: int = 5000) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
-        for process in processes.values():
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in processes.values():
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_groups(processes)

@@ -28,6 +28,7 @@ from urllib.parse import urlparse
 import pytest
 
 from pipelines.config import REPO_ROOT
+from tests.e2e.processes import alive, descendants
 
 RUN_ID = "e2e_2026-01-03T12"
 
@@ -39,6 +40,7 @@ class Stack:
     mlflow_url: str
     password: str
     status: dict[str, Any]
+    up: subprocess.Popen[str]
 
 
 def free_port() -> int:
@@ -139,11 +141,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             f"http://localhost:{mlflow_port}",
             match.group(1),
             json.loads(status.stdout),
+            up,
         )
     finally:
         up.send_signal(signal.SIGTERM)  # `pipelines up` stops both servers and waits for them
         try:
-            up.wait(timeout=90)
+            up.wait(timeout=120)
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(up.pid, signal.SIGKILL)  # whatever of its process group is still there
@@ -419,3 +422,13 @@ def test_drift_that_persists_starts_exactly_one_training_that_records_it(stack: 
     assert tags["dag_run_id"] == trainings[0]["dag_run_id"]
     assert tags["drift_reason"] == request_["reason"] and tags["drift_report"] == request_["report_path"]
     assert tags["window_end"] == tags["drift_window_end"] == request_["window_end"]
+
+
+def test_sigterm_stops_every_process_it_started(stack: Stack) -> None:
+    """Last in this module: stopping `pipelines up` by its pid stops Airflow's components and
+    MLflow's workers too, not only the two servers `up` started itself."""
+    started = descendants(stack.up.pid)
+    assert len(started) >= 4, started  # API server, scheduler, DAG processor, triggerer, MLflow...
+    stack.up.send_signal(signal.SIGTERM)
+    assert stack.up.wait(timeout=120) == 0
+    assert alive(set(started), set(started.values())) == []

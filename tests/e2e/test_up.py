@@ -1,0 +1,53 @@
+"""`pipelines up` refuses a busy port before starting anything, and a start that fails stops every
+process the servers started (their whole process groups), not only the two it started itself."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pipelines.config import REPO_ROOT
+from tests.e2e.processes import alive, descendants
+from tests.e2e.test_standalone import clean_env, free_port
+
+
+def up(home: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "up", *args],
+        env=clean_env(home),
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def test_a_busy_port_is_named_and_nothing_starts(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        process = up(tmp_path / "home", "--airflow-port", "0", "--mlflow-port", str(port))
+        output, _ = process.communicate(timeout=120)
+    assert process.returncode == 2, output
+    assert f"port {port} is in use: pick another with --mlflow-port" in output
+    assert not (tmp_path / "home" / "airflow" / "airflow.db").exists()  # refused before doing anything
+
+
+def test_a_failed_start_stops_every_process_it_started(tmp_path: Path) -> None:
+    """Airflow cannot be healthy 20 s after it starts here: `up` gives up and must leave nothing."""
+    process = up(tmp_path / "home", "--airflow-port", str(free_port()), "--mlflow-port", "0", "--start-timeout", "20")
+    seen: dict[int, int] = {}
+    while process.poll() is None:
+        seen.update(descendants(process.pid))
+        time.sleep(0.5)
+    output = process.stdout.read() if process.stdout else ""
+    assert process.returncode == 1, output
+    assert "Airflow was not healthy within --start-timeout 20 s" in output
+    # Airflow standalone (its API server, scheduler...) and MLflow (its workers) were running.
+    assert len(seen) >= 4, seen
+    assert alive(set(seen), set(seen.values())) == []
