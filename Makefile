@@ -16,8 +16,8 @@ test: install  ## the whole test suite (unit, DAG integrity, integration through
 	$(RUN) pytest
 
 lint: install  ## ruff and mypy must stay clean
-	$(RUN) ruff check pipelines dags tests bench
-	$(RUN) ruff format --check pipelines dags tests bench
+	$(RUN) ruff check pipelines plugins dags tests bench
+	$(RUN) ruff format --check pipelines plugins dags tests bench
 	$(RUN) mypy
 
 up: install  ## Airflow (standalone) and the MLflow UI on the same home; Ctrl-C stops both

@@ -178,6 +178,11 @@ def replay_challenger(
     return labelled
 
 
+def plot_key(model_name: str, end: datetime) -> str:
+    """Where in the lake the plot of a backtest up to `end` lives."""
+    return f"{model_name}/reports/backtest/{end:%Y-%m-%dT%H%M}.png"
+
+
 def plot_metric(spec: ModelSpec) -> str:
     """The metric the backtest plot shows: the gate's when the backtest stores it, else the task's headline."""
     return spec.gate.metric if spec.gate.metric in TASK_METRICS[spec.task] else TASK_METRICS[spec.task][0]
@@ -295,8 +300,7 @@ def backtest(
         key=["model_name", "cohort", "model_version", "scored_by", "slice_column", "slice_value"],
     )
     png = plot_png(spec, metrics, end)
-    plot_key = f"{spec.name}/reports/backtest/{end:%Y-%m-%dT%H%M}.png"
-    settings.lake.put(plot_key, png)
+    settings.lake.put(plot_key(spec.name, end), png)
     summary = summary_metrics(spec, frame, replayed)
     run_id = log_to_mlflow(spec, settings, summary, metrics, png, end, dag_run_id)
     return BacktestResult(
@@ -306,6 +310,6 @@ def backtest(
         summary=summary,
         challenger_version=challenger,
         replayed_rows=len(replayed),
-        plot_uri=settings.lake.uri_of(plot_key),
+        plot_uri=settings.lake.uri_of(plot_key(spec.name, end)),
         mlflow_run_id=run_id,
     )

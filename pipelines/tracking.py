@@ -20,12 +20,16 @@ def use_tracking(settings: Settings) -> None:
     mlflow.set_registry_uri(settings.mlflow_tracking_uri)
 
 
+def experiment_name(model_name: str) -> str:
+    return f"pipelines/{model_name}"
+
+
 def experiment_id(settings: Settings, model_name: str) -> str:
     """Get or create the model's experiment; artifacts live next to our other state, not in ./mlruns."""
     import mlflow
 
     use_tracking(settings)
-    name = f"pipelines/{model_name}"
+    name = experiment_name(model_name)
     existing = mlflow.get_experiment_by_name(name)
     if existing is not None:
         return str(existing.experiment_id)

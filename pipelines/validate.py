@@ -197,6 +197,11 @@ def gx_results_dir(gx_root: Path) -> Path:
     return gx_root / "gx" / "uncommitted" / "validations"
 
 
+def data_docs_dir(gx_root: Path) -> Path:
+    """Where GX's file context keeps its default Data Docs site (what `data_docs_url` names)."""
+    return gx_root / "gx" / "uncommitted" / "data_docs" / "local_site"
+
+
 def prune_gx_results(gx_root: Path, keep: int | None = None) -> int:
     """Delete all but the `keep` newest results from GX's store; returns how many went."""
     keep = GX_RESULTS_KEPT if keep is None else keep

@@ -40,6 +40,16 @@ TRAIN_PARAMS = {
 }
 
 
+def airflow_run_url(dag_id: str, run_id: str) -> str | None:
+    """The run's page in the Airflow UI, when Airflow knows its own address ([api] base_url)."""
+    from urllib.parse import quote
+
+    from airflow.configuration import conf
+
+    base_url = conf.get("api", "base_url", fallback="")
+    return f"{base_url.rstrip('/')}/dags/{quote(dag_id)}/runs/{quote(run_id, safe='')}" if base_url else None
+
+
 def lineage_tags(env: TaskEnv, ingested: Ingested, validated: Validated, labelled: Labelled) -> dict[str, str]:
     """The MLflow run's tags that trace a model back to its data, suite, code and trigger."""
     from pipelines.config import git_sha
@@ -62,6 +72,8 @@ def lineage_tags(env: TaskEnv, ingested: Ingested, validated: Validated, labelle
         "labels_rows": str(labelled["rows"]),
         "trigger": ctx.trigger,
     }
+    if run_url := airflow_run_url(ctx.dag_id, ctx.run_id):  # the registered version links back to its run
+        tags["airflow_run_url"] = run_url
     if ctx.drift:  # the drift policy asked for this training: say why, and where the report is
         tags |= {
             "drift_reason": str(ctx.drift["reason"]),
