@@ -114,8 +114,7 @@ def readable_spec(settings: Settings, user: Any, model: str) -> ModelSpec:
 
 
 def safe_key(key: str) -> str:
-    parts = PurePosixPath(key).parts
-    if not key or "\\" in key or key.startswith("/") or any(p in {"..", "."} for p in parts) or "\0" in key:
+    if "\\" in key or "\0" in key or any(part in {"", ".", ".."} for part in key.split("/")):
         raise HTTPException(404, "not an artifact of the lake")
     return key
 
@@ -164,9 +163,9 @@ def page(title: str, body: str) -> HTMLResponse:
     )
 
 
-def link(href: str, text: str, top: bool = False) -> str:
-    target = ' target="_top"' if top else ' target="_blank" rel="noopener"'
-    return f'<a href="{escape(href)}"{target}>{escape(text)}</a>'
+def link(href: str, text: str) -> str:
+    # Airflow sandboxes the page's iframe (no popups, no top navigation): links open in it.
+    return f'<a href="{escape(href)}">{escape(text)}</a>'
 
 
 def uri_link(settings: Settings, root: str, uri: str | None, text: str) -> str:
@@ -183,7 +182,7 @@ def mlflow_link(root: str, run_id: str | None, text: str) -> str:
 def airflow_run_link(root: str, dag_id: str | None, run_id: str | None) -> str:
     if not dag_id or not run_id:
         return escape(run_id or "")
-    return link(f"{root}../dags/{quote(dag_id)}/runs/{quote(run_id, safe='')}", run_id, top=True)
+    return link(f"{root}../dags/{quote(dag_id)}/runs/{quote(run_id, safe='')}", run_id)
 
 
 def line_chart(cohorts: list[str], series: dict[str, list[dict[str, Any]]], metric: str) -> str:
@@ -245,7 +244,7 @@ def drift_chart(settings: Settings, root: str, windows: list[dict[str, Any]]) ->
             f'height="{bar:.1f}" fill="{color}"><title>{escape(tip)}</title></rect>'
         )
         key = lake_key(settings.lake, w["report"])
-        parts.append(f'<a href="{escape(root)}lake/{quote(key)}" target="_blank">{rect}</a>' if key else rect)
+        parts.append(f'<a href="{escape(root)}lake/{quote(key)}">{rect}</a>' if key else rect)
     parts.append(f'<text x="{pad}" y="{height - 6}" font-size="10">{escape(windows[0]["interval_start"][:16])}</text>')
     parts.append(
         f'<text x="{width - pad - 100}" y="{height - 6}" font-size="10">{escape(windows[-1]["interval_end"][:16])}</text>'
@@ -280,18 +279,16 @@ def model_html(settings: Settings, root: str, data: dict[str, Any], may_trigger:
     if waiting:
         body.append(
             f'<p class="bad">Waiting for approval: promote v{escape(str(waiting["to_version"]))} '
-            f"({escape(waiting['reason'])}). "
-            + link(f"{root}../required_actions", "Open Required Actions", top=True)
-            + "</p>"
+            f"({escape(waiting['reason'])}). " + link(f"{root}../required_actions", "Open Required Actions") + "</p>"
         )
     if may_trigger:
         versions = sorted({e["to_version"] for e in data["history"] if e["to_version"]}, key=lambda v: int(v))
         options = "".join(f"<option>{escape(v)}</option>" for v in versions)
         body.append(
-            f'<p><form method="post" target="_top" action="{escape(quote(model))}/rollback">Roll back to '
+            f'<p><form method="post" action="{escape(quote(model))}/rollback">Roll back to '
             f'<select name="version">{options}</select> because <input name="reason" value="rolled back from the Models page" size="30"> '
             '<button type="submit">Roll back</button></form>'
-            f'<form method="post" target="_top" action="{escape(quote(model))}/dry-run"><button type="submit">Trigger a dry-run training</button></form></p>'
+            f'<form method="post" action="{escape(quote(model))}/dry-run"><button type="submit">Trigger a dry-run training</button></form></p>'
         )
 
     backtest = data["backtest"]
@@ -539,7 +536,9 @@ async def trigger(request: Request, dag_id: str, conf: dict[str, Any]) -> Respon
     if answer.status_code >= 300:
         raise HTTPException(answer.status_code, f"Airflow refused the run of {dag_id}: {answer.text[:500]}")
     run_id = answer.json()["dag_run_id"]
-    return RedirectResponse(f"../../../dags/{quote(dag_id)}/runs/{quote(run_id, safe='')}", status_code=303)
+    body = f'<h1>Triggered</h1><p id="triggered" data-dag="{escape(dag_id)}" data-run="{escape(run_id)}">'
+    body += f"{escape(dag_id)}: run {airflow_run_link('../../', dag_id, run_id)}</p>"
+    return page(f"Triggered {dag_id}", body + '<p><a href="../../models">All models</a></p>')
 
 
 @app.post("/models/{model}/rollback")

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from pipelines.config import REPO_ROOT
 from tests.e2e.processes import alive, descendants
 
 RUN_ID = "e2e_2026-01-03T12"
+CHROMIUM = "/usr/bin/chromium"
 
 
 @dataclass(frozen=True)
@@ -183,6 +185,106 @@ def test_both_uis_answer(stack: Stack) -> None:
     assert "<html" in request(stack.airflow_url + "/").lower()
     assert request(stack.airflow_url + "/api/v2/monitor/health")["scheduler"]["status"] == "healthy"
     assert "<html" in request(stack.mlflow_url + "/").lower()
+
+
+def test_the_models_pages_refuse_anonymous_requests(stack: Stack) -> None:
+    for path in ("/pipelines/models", "/pipelines/models/demo_churn", "/pipelines/lake/demo_churn/predictions"):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            request(stack.airflow_url + path)
+        assert refused.value.code == 401, path
+    # A browser is sent to Airflow's login, and comes back to the page after it.
+    page = urllib.request.Request(stack.airflow_url + "/pipelines/models", headers={"Accept": "text/html"})
+    with urllib.request.urlopen(page, timeout=120) as answer:
+        assert "/auth/login?next=" in answer.url and "pipelines%2Fmodels" in answer.url
+
+
+def browser() -> Any:
+    """Debian's Chromium, driven by Playwright (never a downloaded browser)."""
+    from tests.conftest import needs_server
+
+    if not Path(CHROMIUM).exists():
+        needs_server(f"Chromium at {CHROMIUM} (apt-get install chromium)", FileNotFoundError(CHROMIUM))
+    from playwright.sync_api import sync_playwright
+
+    playwright = sync_playwright().start()
+    return playwright, playwright.chromium.launch(
+        executable_path=CHROMIUM,
+        args=["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"],
+    )
+
+
+def plugin_frame(page: Any, path: str) -> Any:
+    """The Models page's iframe inside the Airflow UI, once its content has loaded."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        for frame in page.frames:
+            if frame.url.split("?")[0].endswith(path) and frame.query_selector("h1"):
+                return frame
+        page.wait_for_timeout(500)
+    raise AssertionError(f"no frame of {path} in {[f.url for f in page.frames]}")
+
+
+def test_the_models_pages_in_a_browser(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Log in to Airflow, open Models from its navigation and a model's tab on its DAG: the champion,
+    the backtest chart and a drift report that opens; screenshots are kept."""
+    shots = Path(os.environ.get("PIPELINES_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
+    shots.mkdir(parents=True, exist_ok=True)
+    expected = {m["model"]: m["champion_version"] for m in stack.status["models"]}
+    playwright, chromium = browser()
+    try:
+        page = chromium.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(stack.airflow_url + "/pipelines/models", timeout=120_000)
+        page.fill("input[name=username]", "admin", timeout=120_000)
+        page.fill("input[name=password]", stack.password)
+        page.click("button[type=submit]")
+        page.wait_for_url("**/pipelines/models", timeout=120_000)  # the login sends the user back
+
+        page.goto(stack.airflow_url + "/plugin/models", timeout=120_000)  # the "Models" navigation entry
+        models = plugin_frame(page, "/pipelines/models")
+        page.screenshot(path=str(shots / "models.png"), full_page=True)
+        rows = {
+            row.query_selector("td a").inner_text(): row.query_selector("td.champion").inner_text()
+            for row in models.query_selector_all("tr.model")
+        }
+        assert rows == {name: f"v{version}" for name, version in expected.items()}
+
+        page.goto(stack.airflow_url + "/dags/demo_churn__score/plugin/model", timeout=120_000)  # the DAG's tab
+        model = plugin_frame(page, "/pipelines/models/demo_churn")
+        page.screenshot(path=str(shots / "demo_churn.png"), full_page=True)
+        assert model.inner_text("#champion").split()[:2] == ["champion", f"v{expected['demo_churn']}"]
+        assert len(model.query_selector_all("svg.chart circle")) >= 1  # the backtest's points
+        assert len(model.query_selector_all("svg.chart rect")) >= 6  # a drift bar per monitored window
+        report = model.query_selector("a[href*='reports/drift/']").get_attribute("href")
+        opened = page.request.get(urllib.parse.urljoin(model.url, report))
+        assert opened.status == 200 and "Drifted Columns" in opened.text()  # Evidently's drift report
+        assert "sandbox" in opened.headers["content-security-policy"]  # its scripts cannot act as the user
+        # Nothing outside the lake, however the path is spelled.
+        for escape_attempt in ("../tables.db", "..%2Ftables.db", "demo_churn/..%2F..%2Ftables.db"):
+            assert page.request.get(f"{stack.airflow_url}/pipelines/lake/{escape_attempt}").status == 404
+
+        # A task's extra link opens what it wrote: the validation result of a demo score run.
+        api = stack.airflow_url + "/api/v2/dags/demo_churn__score/dagRuns"
+        run = page.request.get(f"{api}?limit=1&order_by=logical_date").json()["dag_runs"][0]["dag_run_id"]
+        links = page.request.get(f"{api}/{urllib.parse.quote(run, safe='')}/taskInstances/validate_interval/links")
+        evidence = links.json()["extra_links"]["Evidence"]
+        page.goto(evidence, timeout=120_000)
+        page.screenshot(path=str(shots / "evidence.png"), full_page=True)
+        result = page.query_selector("a[href*='/validation/']")
+        assert result is not None, page.content()
+        assert "passed" in result.inner_text()
+        assert page.request.get(urllib.parse.urljoin(page.url, result.get_attribute("href"))).json()["success"]
+
+        # An action: the dry-run training button triggers the model's train DAG as this user.
+        page.goto(stack.airflow_url + "/dags/demo_orders__score/plugin/model", timeout=120_000)
+        plugin_frame(page, "/pipelines/models/demo_orders").click("text=Trigger a dry-run training")
+        done = plugin_frame(page, "/pipelines/models/demo_orders/dry-run")
+        run_id = done.get_attribute("#triggered", "data-run")
+        triggered = page.request.get(f"{stack.airflow_url}/api/v2/dags/demo_orders__train/dagRuns/{run_id}").json()
+        assert triggered["conf"] == {"dry_run": True}
+    finally:
+        chromium.close()
+        playwright.stop()
+    print(f"screenshots: {shots}")
 
 
 def test_scheduler_executes_a_run_triggered_through_the_api(stack: Stack) -> None:
