@@ -251,7 +251,7 @@ def _up(args: argparse.Namespace) -> int:
     from pipelines.up import Ports, main
 
     ports = Ports(args.airflow_port, args.mlflow_port, args.worker_log_port, args.trigger_log_port)
-    return main(ports, args.start_timeout)
+    return main(ports, args.start_timeout, live_demo=not args.no_live_demo)
 
 
 def _airflow(args: argparse.Namespace) -> int:
@@ -350,6 +350,11 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--mlflow-port", type=int, default=5000, help="the MLflow UI (0: a free port)")
     up.add_argument("--worker-log-port", type=int, default=0, help="Airflow's task log server (0: a free port)")
     up.add_argument("--trigger-log-port", type=int, default=0, help="Airflow's triggerer log server (0: a free port)")
+    up.add_argument(
+        "--no-live-demo",
+        action="store_true",
+        help="do not extend the demo's sources to the current hour while running",
+    )
     up.add_argument(
         "--start-timeout", type=float, default=None, help="give up when Airflow is not healthy after this many seconds"
     )

@@ -113,6 +113,61 @@ def run_dag(dag_id: str, logical_date: datetime, conf: dict[str, str] | None = N
         raise RuntimeError(f"{dag_id} run for {logical_date} ended {run.state}; see the task logs above")
 
 
+# --- the live feed: `pipelines up` extends the demo sources to the current hour ---------------------
+
+LIVE_HOURS = 48  # the hourly feed starts this far back (the DAGs do not catch up on older hours)
+LIVE_DAYS = 7
+
+
+def feed_live(settings: Settings, now: datetime) -> list[str]:
+    """Extend each demo source up to `now` (complete hours and days only), so that scheduled runs
+    of unpaused demo DAGs find their data. Files regenerate identically: what exists is kept, and
+    the demo's own January data is never touched. Returns what was written, for the log."""
+    from pipelines.demo_data import DemoConfig, source_hour_file, write_sales_source, write_source
+    from pipelines.intervals import hours_between
+    from pipelines.spec import load_spec
+
+    def label_delay(model: str) -> timedelta:
+        return timedelta(hours=load_spec(settings.specs_dir / f"{model}.yaml").label.delay_hours)
+
+    written: list[str] = []
+    hour = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    day = hour.replace(hour=0)
+    churn = settings.source / MODEL
+    if churn.exists():
+        config = DemoConfig(label_delay_hours=label_delay(MODEL) // timedelta(hours=1), drift_from=DRIFT_FROM)
+        missing = [
+            h
+            for h in hours_between(max(DEMO_END, hour - timedelta(hours=LIVE_HOURS)), hour)
+            if not source_hour_file(churn / "events", h).exists()
+        ]
+        for h in missing:
+            write_source(churn, config, h, h + timedelta(hours=1))
+        if missing:
+            written.append(f"{MODEL} hours {missing[0]:%Y-%m-%d %H:00} .. {missing[-1]:%Y-%m-%d %H:00}")
+    sales = settings.source / SALES
+    if sales.exists():
+        days = [
+            day - timedelta(days=n)
+            for n in range(LIVE_DAYS, 0, -1)
+            if day - timedelta(days=n) >= SALES_END
+            and not (sales / "events" / f"dt={day - timedelta(days=n):%Y-%m-%d}.csv").exists()
+        ]
+        for d in days:
+            write_sales_source(sales, d, d + timedelta(days=1), label_delay(SALES))
+        if days:
+            written.append(f"{SALES} days {days[0]:%Y-%m-%d} .. {days[-1]:%Y-%m-%d}")
+    warehouse = settings.source / ORDERS / "warehouse.db"
+    until = warehouse.with_name("warehouse.until")
+    if warehouse.exists() and (not until.exists() or until.read_text().strip() < f"{day:%Y-%m-%d}"):
+        from pipelines.demo_data import write_orders_warehouse
+
+        write_orders_warehouse(warehouse, ORDERS_START, day, label_delay(ORDERS))
+        until.write_text(f"{day:%Y-%m-%d}\n")
+        written.append(f"{ORDERS} orders up to {day:%Y-%m-%d}")
+    return written
+
+
 # What a pipelines home holds; --reset refuses to delete a folder with anything else in it.
 HOME_ENTRIES = {"airflow", "gx", "lake", "logs", "mlflow", "source", "tables.db", "tables.db-shm", "tables.db-wal"}
 

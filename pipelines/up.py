@@ -14,14 +14,16 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pipelines.airflow.connections import cli_settings
-from pipelines.config import apply_airflow_environment, migrate_airflow_db
+from pipelines.config import Settings, apply_airflow_environment, migrate_airflow_db
 from pipelines.tables import upgrade_schema
 
 PASSWORDS_FILE = "simple_auth_manager_passwords.json.generated"
@@ -132,7 +134,24 @@ def wait_until_ready(
     return None
 
 
-def main(ports: Ports = Ports(), start_timeout_s: float | None = None) -> int:
+LIVE_FEED_EVERY_S = 30
+
+
+def feed_demo(settings: Settings, stop: threading.Event) -> None:
+    """Keep the demo sources up to the current hour while `up` runs, so scheduled runs find data."""
+    from pipelines.demo import feed_live
+
+    while True:
+        try:
+            for line in feed_live(settings, datetime.now(UTC)):
+                print(f"live demo source: wrote {line}", flush=True)
+        except Exception as exc:  # the feed is a convenience: say what went wrong and keep serving
+            print(f"live demo source: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        if stop.wait(LIVE_FEED_EVERY_S):
+            return
+
+
+def main(ports: Ports = Ports(), start_timeout_s: float | None = None, live_demo: bool = True) -> int:
     signal.signal(signal.SIGTERM, _stop_on_signal)
     signal.signal(signal.SIGHUP, _stop_on_signal)
     try:
@@ -174,6 +193,9 @@ def main(ports: Ports = Ports(), start_timeout_s: float | None = None) -> int:
         ],
     }
     processes: dict[str, subprocess.Popen[bytes]] = {}
+    stop_feed = threading.Event()
+    if live_demo:
+        threading.Thread(target=feed_demo, args=(settings, stop_feed), daemon=True, name="live-demo").start()
     try:
         for name, command in commands.items():
             processes[name] = subprocess.Popen(
@@ -193,7 +215,7 @@ def main(ports: Ports = Ports(), start_timeout_s: float | None = None) -> int:
         print(f"Models:     {airflow_url}/pipelines/models")
         print(f"MLflow UI:  {mlflow_url}")
         print(f"State:      {settings.home}   logs: {logs}")
-        print("DAGs start paused: unpause or trigger them in the UI (pick a logical date with source data).")
+        print("DAGs start paused: unpause them in the UI; the demo's sources are kept up to the current hour.")
         print("Ctrl-C stops both.", flush=True)
         while all(p.poll() is None for p in processes.values()):
             time.sleep(2)
@@ -203,4 +225,5 @@ def main(ports: Ports = Ports(), start_timeout_s: float | None = None) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
+        stop_feed.set()
         stop_groups(processes)

@@ -22,6 +22,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -120,6 +121,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             str(airflow_port),
             "--mlflow-port",
             str(mlflow_port),
+            "--no-live-demo",  # the tests below trigger their own January runs; the feed has its own test
         ],
         env=env,
         cwd=REPO_ROOT,
@@ -524,6 +526,40 @@ def test_drift_that_persists_starts_exactly_one_training_that_records_it(stack: 
     assert tags["dag_run_id"] == trainings[0]["dag_run_id"]
     assert tags["drift_reason"] == request_["reason"] and tags["drift_report"] == request_["report_path"]
     assert tags["window_end"] == tags["drift_window_end"] == request_["window_end"]
+
+
+def test_with_the_live_feed_the_scheduled_run_of_the_current_hour_succeeds(stack: Stack) -> None:
+    """The run the scheduler made for the latest hour when the score DAG was unpaused failed: the
+    demo's data was January's. The live feed `pipelines up` runs writes the hours up to now; the
+    same scheduled run, cleared, then succeeds and logs that hour's predictions."""
+    from dataclasses import replace
+
+    from pipelines.config import get_settings
+    from pipelines.demo import feed_live
+
+    api = stack.airflow_url + "/api/v2/dags/demo_churn__score"
+    token = request(
+        stack.airflow_url + "/auth/token", payload={"username": "admin", "password": stack.password}, method="POST"
+    )["access_token"]
+    (scheduled,) = request(f"{api}/dagRuns?run_type=scheduled&order_by=-logical_date&limit=1", token)["dag_runs"]
+    assert scheduled["state"] == "failed", scheduled  # no source data for that hour yet
+    feed_live(replace(get_settings(), source=stack.home / "source"), datetime.now(UTC))
+
+    run_id = scheduled["dag_run_id"]
+    request(
+        f"{api}/clearTaskInstances",
+        token,
+        {"dag_run_id": run_id, "dry_run": False, "only_failed": True, "reset_dag_runs": True},
+        "POST",
+    )
+    deadline, state = time.monotonic() + 420, "queued"
+    while time.monotonic() < deadline and state not in {"success", "failed"}:
+        time.sleep(5)
+        state = request(f"{api}/dagRuns/{urllib.parse.quote(run_id, safe='')}", token)["state"]
+    assert state == "success", state
+    with sqlite3.connect(stack.home / "tables.db") as connection:
+        (rows,) = connection.execute("select count(*) from predictions where dag_run_id = ?", (run_id,)).fetchone()
+    assert rows > 0
 
 
 def test_sigterm_stops_every_process_it_started(stack: Stack) -> None:

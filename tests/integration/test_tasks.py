@@ -177,6 +177,7 @@ def home(airflow_db: Path, tmp_path_factory: pytest.TempPathFactory, tickets_mod
 
 def run(dag_id: str, logical_date: datetime, conf: dict[str, Any] | None = None, attempt: int = 0) -> None:
     """One DAG run; `attempt` > 0 makes another run of the same interval (a new run id)."""
+    began = datetime.now(UTC)
     if dag_id.endswith("__monitor"):
         interval = {
             "interval_start": (logical_date - timedelta(days=1)).isoformat(),
@@ -188,6 +189,17 @@ def run(dag_id: str, logical_date: datetime, conf: dict[str, Any] | None = None,
             dag_id, logical_date, run_conf=conf, run_after=logical_date + timedelta(minutes=attempt)
         )
     assert dag_run.state == "success", f"{dag_id} {logical_date} ended {dag_run.state}"
+    # The UI shows the run from when it really started, not from its logical date.
+    assert stored_start(dag_id, dag_run.run_id) >= began
+
+
+def stored_start(dag_id: str, run_id: str) -> datetime:
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        start = session.scalar(select(DagRun.start_date).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id))
+    return start if start.tzinfo else start.replace(tzinfo=UTC)
 
 
 def gate_decisions(engine: Engine, model: str) -> list[tuple[str, str | None, str]]:

@@ -62,3 +62,44 @@ def test_labels_arrive_after_the_delay(tmp_path: Path) -> None:
     labels = pd.read_csv(label_file, parse_dates=["event_time", "arrived_at"])
     assert (labels["arrived_at"] - labels["event_time"] >= pd.Timedelta(hours=5)).all()
     assert written == sum(len(pd.read_csv(path)) for path in events)
+
+
+def test_the_live_feed_extends_the_demo_sources_to_the_current_hour(tmp_path: Path) -> None:
+    """What `pipelines up` runs every 30 s on a demo home: complete hours and days up to now, the same
+    files the generator would write for them, nothing of the demo's January rewritten, idempotent."""
+    from dataclasses import replace
+
+    from pipelines.config import get_settings
+    from pipelines.demo import DRIFT_FROM, MODEL, ORDERS, SALES, feed_live
+
+    settings = replace(get_settings(), source=tmp_path / "source")
+    january = source_hour_file(settings.source / MODEL / "events", datetime(2026, 1, 3, 4, tzinfo=UTC))
+    january.parent.mkdir(parents=True)
+    january.write_text("the demo's own file")
+    (settings.source / SALES).mkdir()
+    (settings.source / ORDERS).mkdir()
+    (settings.source / ORDERS / "warehouse.db").write_bytes(b"")
+    now = datetime(2026, 12, 3, 11, 41, tzinfo=UTC)
+
+    written = feed_live(settings, now)
+    assert written == [
+        f"{MODEL} hours 2026-12-01 11:00 .. 2026-12-03 10:00",
+        f"{SALES} days 2026-11-26 .. 2026-12-02",
+        f"{ORDERS} orders up to 2026-12-03",
+    ]
+    events = settings.source / MODEL / "events"
+    fed = sorted(p.relative_to(events).as_posix() for p in events.rglob("*.csv"))
+    assert len(fed) == 49 and fed[-1] == "dt=2026-12-03/hour=10.csv"  # not the hour still running
+    expected = generate_hour(DemoConfig(drift_from=DRIFT_FROM), datetime(2026, 12, 3, 10, tzinfo=UTC))
+    assert len(pd.read_csv(events / fed[-1])) == len(expected)
+    assert january.read_text() == "the demo's own file"
+    assert (settings.source / SALES / "events" / "dt=2026-12-02.csv").exists()
+    assert not (settings.source / SALES / "events" / "dt=2026-12-03.csv").exists()
+    import sqlite3
+
+    with sqlite3.connect(settings.source / ORDERS / "warehouse.db") as db:
+        (last,) = db.execute("select max(ordered_at) from orders").fetchone()
+    assert "2026-12-02" <= last < "2026-12-03"
+
+    assert feed_live(settings, now) == []  # nothing new until the next hour ends
+    assert feed_live(settings, now + timedelta(minutes=20)) == [f"{MODEL} hours 2026-12-03 11:00 .. 2026-12-03 11:00"]
