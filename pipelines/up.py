@@ -92,17 +92,31 @@ def admin_password(airflow_home: Path) -> str | None:
 
 
 def stop_groups(processes: dict[str, subprocess.Popen[bytes]]) -> None:
-    """SIGTERM to each server's whole process group, then SIGKILL to whatever is left of it."""
+    """SIGTERM to each server's whole process group, and to every process it started that left the
+    group (Airflow's task workers start sessions of their own); then SIGKILL to whatever is left."""
+    import psutil
+
+    family: list[psutil.Process] = []
+    for process in processes.values():
+        with contextlib.suppress(psutil.Error):
+            family += psutil.Process(process.pid).children(recursive=True)
     for process in processes.values():
         _signal_group(process, signal.SIGTERM)
+    for member in family:
+        with contextlib.suppress(psutil.Error):
+            member.terminate()
     deadline = time.monotonic() + STOP_GRACE_S
     for process in processes.values():
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=max(deadline - time.monotonic(), 0.1))
+    _, lingering = psutil.wait_procs(family, timeout=max(deadline - time.monotonic(), 0.1))
     # The leader may be gone while a child it started lingers (a scheduler ignoring SIGTERM, say).
     for process in processes.values():
         _signal_group(process, signal.SIGKILL)
         process.wait()
+    for member in lingering:
+        with contextlib.suppress(psutil.Error):
+            member.kill()
 
 
 def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:

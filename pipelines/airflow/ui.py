@@ -500,13 +500,21 @@ def data_docs(path: str, user: User) -> Response:
 @app.get("/mlflow/{run_id}")
 def mlflow_run(run_id: str, user: User) -> Response:
     """An MLflow run in the MLflow UI (`pipelines up` tells where it is), else its details here."""
+    from mlflow.exceptions import MlflowException
+
     from pipelines.registry import mlflow_client
 
-    run = mlflow_client(storage().settings).get_run(run_id)
+    client = mlflow_client(storage().settings)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise HTTPException(404, f"no MLflow run {run_id}") from None
+    # A model's runs live in its experiment, pipelines/<model>: readable by who may read the model.
+    experiment = client.get_experiment(run.info.experiment_id).name
+    if not experiment.startswith("pipelines/"):
+        raise HTTPException(404, f"MLflow run {run_id} is not a pipelines model's run")
+    readable_spec(storage().settings, user, experiment.removeprefix("pipelines/"))
     tags = run.data.tags
-    dag_id = tags.get("dag_id") or ""
-    if dag_id and not may(user, dag_id):
-        raise HTTPException(403, f"you may not read {dag_id}")
     ui = os.environ.get(MLFLOW_UI_ENV)
     if ui:
         return RedirectResponse(

@@ -19,7 +19,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 import pandas as pd
 import pytest
@@ -690,3 +690,42 @@ def test_pipelines_run_reruns_a_range_of_intervals(home: Settings, engine: Engin
         ["2026-01-03", f"{h:%H:%M}", "..", "2026-01-03"] for h in SCORED_HOURS
     ] and all("success" in line for line in lines)
     assert predictions_digest(engine) == before  # the same intervals again: the log keeps what served
+
+
+def test_the_models_pages_read_this_storage(home: Settings, engine: Engine) -> None:
+    """Airflow's own API app (with our plugin, its auth manager) in process: the Models pages show
+    this storage's champion and serve its artifacts, from the local lake or from S3."""
+    import re
+
+    from airflow.api_fastapi.app import create_app
+    from airflow.api_fastapi.auth.managers.simple.simple_auth_manager import SimpleAuthManager
+    from fastapi.testclient import TestClient
+
+    import pipelines.airflow.ui as ui
+
+    ui._storage = None  # each run of this module has storage of its own: read its connections again
+    client = TestClient(create_app())
+    assert client.get("/pipelines/models/demo_churn").status_code == 401
+    password = json.loads(Path(SimpleAuthManager.get_generated_password_file()).read_text())["admin"]
+    token = client.post("/auth/token", json={"username": "admin", "password": password}).json()["access_token"]
+    client.headers["Authorization"] = f"Bearer {token}"
+
+    page = client.get("/pipelines/models/demo_churn")
+    assert page.status_code == 200
+    assert re.search(r'id="champion".*?<div class="big">v(\d+)</div>', page.text).group(1) == champion(home)
+    assert page.text.count("<circle") >= 1  # the backtest chart
+    result = re.search(r'href="\.\./(lake/demo_churn/validation/[^"]+\.json)"', page.text).group(1)
+    assert client.get(f"/pipelines/{unquote(result)}").json()["success"] in {True, False}
+    expected = home.lake.get(unquote(result).removeprefix("lake/"))
+    assert client.get(f"/pipelines/{unquote(result)}").content == expected  # the lake's bytes, local or S3
+
+    b = tables.backtest_metrics
+    with engine.connect() as connection:
+        backtest_run = connection.execute(select(b.c.dag_run_id).limit(1)).scalar_one()
+    evidence = client.get(f"/pipelines/evidence/demo_churn__backtest/{quote(backtest_run, safe='')}/backtest").text
+    plot = re.search(r'href="\.\./\.\./\.\./(lake/demo_churn/reports/backtest/[^"]+\.png)"', evidence).group(1)
+    served = client.get(f"/pipelines/{unquote(plot)}")
+    assert served.headers["content-type"] == "image/png" and served.content.startswith(b"\x89PNG")
+    run_id = re.search(r'href="\.\./\.\./\.\./mlflow/(\w+)">backtest&#x27;s MLflow run', evidence).group(1)
+    assert "backtest_dag_run_id" in client.get(f"/pipelines/mlflow/{run_id}").text  # no MLflow UI set: its details
+    assert client.get("/pipelines/mlflow/0123456789abcdef0123456789abcdef").status_code == 404
