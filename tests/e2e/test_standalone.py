@@ -524,6 +524,9 @@ def test_drift_that_persists_starts_exactly_one_training_that_records_it(stack: 
     (run,) = client.search_runs([experiment.experiment_id], "tags.trigger = 'drift'")
     tags = run.data.tags
     assert tags["dag_run_id"] == trainings[0]["dag_run_id"]
+    # The version links back to the Airflow run that trained it.
+    run_page = f"{stack.airflow_url}/dags/demo_churn__train/runs/{urllib.parse.quote(tags['dag_run_id'], safe='')}"
+    assert tags["airflow_run_url"] == run_page
     assert tags["drift_reason"] == request_["reason"] and tags["drift_report"] == request_["report_path"]
     assert tags["window_end"] == tags["drift_window_end"] == request_["window_end"]
 
