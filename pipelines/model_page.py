@@ -8,7 +8,7 @@ Every value here is plain JSON-able data; pipelines/airflow/ui.py renders it.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, func, select
@@ -18,33 +18,26 @@ from pipelines.backtest import plot_key, plot_metric
 from pipelines.config import Settings
 from pipelines.registry import CHALLENGER, CHAMPION, alias_version
 from pipelines.spec import ModelSpec
+from pipelines.status import iso_utc, newest_rows
 
 WINDOWS = 48  # drift windows, validations and prediction runs shown
 
 
 def _iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+    return None if value is None else iso_utc(value)
 
 
 def events(engine: Engine, model_name: str, kinds: tuple[str, ...], limit: int) -> list[dict[str, Any]]:
     """The newest events of these kinds, newest first."""
     e = tables.model_events
-    with engine.connect() as connection:
-        rows = connection.execute(
-            select(e).where(e.c.model_name == model_name, e.c.event.in_(kinds)).order_by(e.c.id.desc()).limit(limit)
-        ).mappings()
-        return [
-            {
-                **{
-                    k: row[k] for k in ("event", "alias", "from_version", "to_version", "reason", "dag_run_id", "actor")
-                },
-                "at": _iso(row["at"]),
-                "details": json.loads(row["details"]) if row["details"] else None,
-            }
-            for row in rows
-        ]
+    return [
+        {
+            **{k: row[k] for k in ("event", "alias", "from_version", "to_version", "reason", "dag_run_id", "actor")},
+            "at": _iso(row["at"]),
+            "details": json.loads(row["details"]) if row["details"] else None,
+        }
+        for row in newest_rows(engine, e, model_name, e.c.id, limit, e.c.event.in_(kinds))
+    ]
 
 
 def serving(settings: Settings, engine: Engine, model_name: str, history: list[dict[str, Any]]) -> dict[str, Any]:
@@ -92,49 +85,41 @@ def backtest_series(engine: Engine, spec: ModelSpec) -> dict[str, Any]:
 
 def drift_timeline(engine: Engine, model_name: str, limit: int = WINDOWS) -> list[dict[str, Any]]:
     d = tables.drift_reports
-    with engine.connect() as connection:
-        rows = connection.execute(
-            select(d).where(d.c.model_name == model_name).order_by(d.c.interval_end.desc()).limit(limit)
-        ).mappings()
-        windows = [
-            {
-                "interval_start": _iso(r["interval_start"]),
-                "interval_end": _iso(r["interval_end"]),
-                "model_version": r["model_version"],
-                "drift_share": r["drift_share"],
-                "dataset_drift": bool(r["dataset_drift"]),
-                "drifted_columns": json.loads(r["drifted_column_names"]),
-                "prediction_drift": r["prediction_drift"],
-                "verdict": json.loads(r["verdict"]) if r["verdict"] else None,
-                "report": r["report_path"],
-                "dag_run_id": r["dag_run_id"],
-            }
-            for r in rows
-        ]
+    windows = [
+        {
+            "interval_start": _iso(r["interval_start"]),
+            "interval_end": _iso(r["interval_end"]),
+            "model_version": r["model_version"],
+            "drift_share": r["drift_share"],
+            "dataset_drift": bool(r["dataset_drift"]),
+            "drifted_columns": json.loads(r["drifted_column_names"]),
+            "prediction_drift": r["prediction_drift"],
+            "verdict": json.loads(r["verdict"]) if r["verdict"] else None,
+            "report": r["report_path"],
+            "dag_run_id": r["dag_run_id"],
+        }
+        for r in newest_rows(engine, d, model_name, d.c.interval_end, limit)
+    ]
     return windows[::-1]  # oldest first, as a timeline reads
 
 
 def validations(engine: Engine, model_name: str, limit: int = WINDOWS) -> list[dict[str, Any]]:
     v = tables.validation_runs
-    with engine.connect() as connection:
-        rows = connection.execute(
-            select(v).where(v.c.model_name == model_name).order_by(v.c.validated_at.desc()).limit(limit)
-        ).mappings()
-        return [
-            {
-                "dag_id": r["dag_id"],
-                "dag_run_id": r["dag_run_id"],
-                "interval_start": _iso(r["interval_start"]),
-                "interval_end": _iso(r["interval_end"]),
-                "success": bool(r["success"]),
-                "failed_expectations": json.loads(r["failed_expectations"]),
-                "rows_checked": r["rows_checked"],
-                "rows_quarantined": r["rows_quarantined"],
-                "result": r["result_path"],
-                "quarantine": r["quarantine_uri"],
-            }
-            for r in rows
-        ]
+    return [
+        {
+            "dag_id": r["dag_id"],
+            "dag_run_id": r["dag_run_id"],
+            "interval_start": _iso(r["interval_start"]),
+            "interval_end": _iso(r["interval_end"]),
+            "success": bool(r["success"]),
+            "failed_expectations": json.loads(r["failed_expectations"]),
+            "rows_checked": r["rows_checked"],
+            "rows_quarantined": r["rows_quarantined"],
+            "result": r["result_path"],
+            "quarantine": r["quarantine_uri"],
+        }
+        for r in newest_rows(engine, v, model_name, v.c.validated_at, limit)
+    ]
 
 
 def prediction_volume(engine: Engine, model_name: str, span: timedelta = timedelta(days=2)) -> list[dict[str, Any]]:
@@ -168,7 +153,6 @@ def model_page(settings: Settings, engine: Engine, spec: ModelSpec) -> dict[str,
         "awaiting_approval": awaiting_approval(decisions, [e for e in history if e["event"] == "approval"]),
         "backtest": backtest_series(engine, spec),
         "drift": drift_timeline(engine, spec.name),
-        "drift_triggers": events(engine, spec.name, ("drift_trigger",), 10),
         "validations": validations(engine, spec.name),
         "volume": prediction_volume(engine, spec.name),
     }

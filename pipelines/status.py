@@ -15,21 +15,25 @@ from pipelines.registry import CHALLENGER, CHAMPION, alias_since, alias_version
 from pipelines.spec import ModelSpec, SpecError, load_spec, spec_paths
 
 
-def _iso(value: datetime) -> str:
+def iso_utc(value: datetime) -> str:
     """SQLite hands back naive datetimes; everything we store is UTC."""
     return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
 
 
-def _latest(engine: Engine, table: Any, model_name: str, order_by: Any, *where: Any) -> dict[str, Any] | None:
+def newest_rows(
+    engine: Engine, table: Any, model_name: str, order_by: Any, limit: int, *where: Any
+) -> list[dict[str, Any]]:
+    """A model's newest rows of a table by `order_by`, newest first."""
     with engine.connect() as connection:
-        row = (
-            connection.execute(
-                select(table).where(table.c.model_name == model_name, *where).order_by(order_by.desc()).limit(1)
-            )
-            .mappings()
-            .first()
-        )
-    return dict(row) if row else None
+        rows = connection.execute(
+            select(table).where(table.c.model_name == model_name, *where).order_by(order_by.desc()).limit(limit)
+        ).mappings()
+        return [dict(row) for row in rows]
+
+
+def _latest(engine: Engine, table: Any, model_name: str, order_by: Any, *where: Any) -> dict[str, Any] | None:
+    rows = newest_rows(engine, table, model_name, order_by, 1, *where)
+    return rows[0] if rows else None
 
 
 RECENT = timedelta(hours=24)
@@ -80,7 +84,7 @@ def model_status(settings: Settings, engine: Engine, spec: ModelSpec) -> dict[st
         "model": model_name,
         "task": spec.task,
         "champion_version": champion,
-        "champion_since": None if since is None else _iso(since),
+        "champion_since": None if since is None else iso_utc(since),
         "challenger_version": alias_version(settings, model_name, CHALLENGER),
         "last_gate_decision": None
         if gate is None
@@ -89,10 +93,10 @@ def model_status(settings: Settings, engine: Engine, spec: ModelSpec) -> dict[st
             "champion_version": gate["from_version"],
             "action": json.loads(gate["details"])["action"] if gate["details"] else None,
             "reason": gate["reason"],
-            "at": _iso(gate["at"]),
+            "at": iso_utc(gate["at"]),
         },
         "predictions_last_24h": predictions,
-        "latest_prediction_as_of": None if latest_prediction is None else _iso(latest_prediction),
+        "latest_prediction_as_of": None if latest_prediction is None else iso_utc(latest_prediction),
         "labels_last_24h": recent_rows(engine, tables.labels, model_name)[0],
         "backtest_metrics": tables.count_rows(engine, tables.backtest_metrics, model_name),
         "latest_backtest": backtest,
@@ -100,8 +104,8 @@ def model_status(settings: Settings, engine: Engine, spec: ModelSpec) -> dict[st
         if validation is None
         else {
             "dag_id": validation["dag_id"],
-            "interval_start": _iso(validation["interval_start"]),
-            "interval_end": _iso(validation["interval_end"]),
+            "interval_start": iso_utc(validation["interval_start"]),
+            "interval_end": iso_utc(validation["interval_end"]),
             "success": validation["success"],
             "failed_expectations": json.loads(validation["failed_expectations"]),
             "result_path": validation["result_path"],
@@ -110,8 +114,8 @@ def model_status(settings: Settings, engine: Engine, spec: ModelSpec) -> dict[st
         if quality is None
         else {
             "path": quality["report_path"],
-            "interval_start": _iso(quality["interval_start"]),
-            "interval_end": _iso(quality["interval_end"]),
+            "interval_start": iso_utc(quality["interval_start"]),
+            "interval_end": iso_utc(quality["interval_end"]),
             "model_version": quality["model_version"],
             "rows": quality["rows"],
             "metrics": json.loads(quality["metrics"]),
@@ -120,7 +124,7 @@ def model_status(settings: Settings, engine: Engine, spec: ModelSpec) -> dict[st
         if drift is None
         else {
             "path": drift["report_path"],
-            "interval_end": _iso(drift["interval_end"]),
+            "interval_end": iso_utc(drift["interval_end"]),
             "drift_share": drift["drift_share"],
             "columns": drift["columns"],
             "drifted_columns": json.loads(drift["drifted_column_names"]),

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from pipelines.airflow.connections import cli_settings
 from pipelines.config import Settings, apply_airflow_environment, migrate_airflow_db
+from pipelines.errors import ConfigError
 from pipelines.tables import upgrade_schema
 
 PASSWORDS_FILE = "simple_auth_manager_passwords.json.generated"
@@ -41,10 +42,6 @@ class Ports:
     trigger_logs: int = 0  # Airflow's triggerer log server (8794 by default in Airflow)
 
 
-class PortBusy(Exception):
-    pass
-
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -60,7 +57,7 @@ def claim(port: int, option: str) -> int:
         try:
             sock.bind(("0.0.0.0", port))
         except OSError:
-            raise PortBusy(f"port {port} is in use: pick another with {option} (0 picks a free one)") from None
+            raise ConfigError(f"port {port} is in use: pick another with {option} (0 picks a free one)") from None
     return port
 
 
@@ -173,7 +170,7 @@ def main(ports: Ports = Ports(), start_timeout_s: float | None = None, live_demo
         mlflow_port = claim(ports.mlflow, "--mlflow-port")
         worker_logs = claim(ports.worker_logs, "--worker-log-port")
         trigger_logs = claim(ports.trigger_logs, "--trigger-log-port")
-    except PortBusy as exc:
+    except ConfigError as exc:
         print(f"pipelines up: {exc}", file=sys.stderr)
         return 2
     airflow_url, mlflow_url = f"http://localhost:{airflow_port}", f"http://localhost:{mlflow_port}"

@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 from typing import Annotated, Any
 from urllib.parse import quote
 
+from airflow.api_fastapi.core_api.security import get_user
 from fastapi import Depends, FastAPI, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from sqlalchemy import Engine
@@ -69,18 +70,9 @@ def specs(settings: Settings) -> tuple[list[ModelSpec], list[str]]:
 # --- access: Airflow's auth manager decides -----------------------------------------------------
 
 
-async def airflow_user(request: Request) -> Any:
-    """The logged-in Airflow user: 401 without a token, 403 with a bad one (Airflow's own check)."""
-    from airflow.api_fastapi.core_api.security import get_user
-    from fastapi.security import HTTPAuthorizationCredentials
-
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    bearer = HTTPAuthorizationCredentials(scheme=scheme, credentials=token) if token else None
-    return await get_user(request, None, bearer)
-
-
-User = Annotated[Any, Depends(airflow_user)]
+# Airflow's own dependency: the user of a Bearer token or of the UI's `_token` cookie; 401 without
+# one, 403 with a bad one.
+User = Annotated[Any, Depends(get_user)]
 
 
 def may(user: Any, dag_id: str, method: str = "GET", entity: str | None = None) -> bool:
