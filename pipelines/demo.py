@@ -213,6 +213,10 @@ def main(reset: bool = False) -> int:
         run_dag(f"{MODEL}__monitor", end, interval, when=f"{start:%H:%M}-{end:%H:%M} drift")
     run_dag(f"{MODEL}__train", first_night + timedelta(days=1))
     run_dag(f"{MODEL}__backtest", datetime(2026, 1, 4, 4, tzinfo=UTC))
+    # The promoted v2 serves the next night, so the next backtest has a cohort per version.
+    for hour in range(3):
+        run_dag(f"{MODEL}__score", first_night + timedelta(days=1, hours=hour + 1))
+    run_dag(f"{MODEL}__backtest", datetime(2026, 1, 5, 4, tzinfo=UTC))
     orders = write_orders_source(settings)
     print(f"  {ORDERS}: {orders} orders {ORDERS_START:%Y-%m-%d} .. {ORDERS_END:%Y-%m-%d} in a SQL warehouse")
     run_orders_demo()

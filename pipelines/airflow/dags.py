@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -57,9 +60,61 @@ def run_in_process(
         if dag is None:
             raise LookupError(f"DAG {dag_id} not found; import errors: {bag.import_errors or 'none'}")
     began = datetime.now(UTC)
-    run = dag.test(logical_date=logical_date, run_after=run_after or logical_date, run_conf=run_conf)
+    with task_log_files():
+        run = dag.test(logical_date=logical_date, run_after=run_after or logical_date, run_conf=run_conf)
     record_real_start(run, began)
     return run
+
+
+class TaskLogFiles(logging.Handler):
+    """Writes each log record of a task that dag.test() runs in this process to that task's log file.
+
+    A worker writes these files; dag.test() writes none, and the UI would say "not found on worker".
+    The lines are JSON in the shape Airflow's log reader parses (timestamp, level, event, logger).
+    """
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.INFO)
+        from airflow.configuration import conf
+        from jinja2 import Template
+
+        self.base = Path(conf.get("logging", "base_log_folder"))
+        self.filename = Template(conf.get("logging", "log_filename_template"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from airflow.sdk import get_current_context
+
+        try:
+            ti = get_current_context()["ti"]
+        except RuntimeError:  # a record from outside a task (dag.test's own loop)
+            return
+        try:
+            path = self.base / self.filename.render(ti=ti, try_number=ti.try_number)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            line = {
+                "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(),
+                "level": record.levelname.lower(),
+                "event": record.getMessage(),
+                "logger": record.name,
+            }
+            if record.exc_info:
+                line["error_detail"] = logging.Formatter().formatException(record.exc_info)
+            with path.open("a", encoding="utf-8") as file:
+                file.write(json.dumps(line, default=str) + "\n")
+        except Exception:
+            self.handleError(record)
+
+
+@contextmanager
+def task_log_files() -> Iterator[None]:
+    """Task log files for the tasks run in this process, while the block runs."""
+    handler = TaskLogFiles()
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
 
 
 def record_real_start(run: Any, began: datetime) -> None:

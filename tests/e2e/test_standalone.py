@@ -12,7 +12,6 @@ import json
 import os
 import re
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from urllib.parse import urlparse
 import pytest
 
 from pipelines.config import REPO_ROOT
+from tests.e2e.api import free_port, request
 from tests.e2e.processes import alive, descendants
 
 RUN_ID = "e2e_2026-01-03T12"
@@ -46,12 +46,6 @@ class Stack:
     up: subprocess.Popen[str]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def clean_env(home: Path) -> dict[str, str]:
     """The user's environment: none of this test session's Airflow, MLflow or pipelines settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "PIPELINES_", "MLFLOW_"))}
@@ -62,32 +56,6 @@ def clean_env(home: Path) -> dict[str, str]:
     env["PIPELINES_TASK_RETRIES"] = "0"
     env["PIPELINES_SOURCE_WAIT_S"] = "0"
     return env
-
-
-def request(url: str, token: str | None = None, payload: dict[str, Any] | None = None, method: str = "GET") -> Any:
-    headers = {"Content-Type": "application/json"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    data = json.dumps(payload).encode() if payload is not None else None
-    for attempt in range(6):
-        try:
-            with urllib.request.urlopen(urllib.request.Request(url, data, headers, method=method), timeout=120) as r:
-                body = r.read().decode()
-            break
-        except urllib.error.HTTPError as exc:
-            # 503 is Airflow's "database busy, try again" (e.g. a backfill while the scheduler holds
-            # the SQLite lock); anything else, or a sixth 503, is a real failure.
-            if exc.code != 503 or attempt == 5:
-                raise
-            time.sleep(2 * (attempt + 1))
-        except (TimeoutError, urllib.error.URLError) as exc:
-            # A loaded machine can keep the API server busy past the timeout: a read is safe to ask
-            # again, a write is not (it may have happened).
-            timed_out = isinstance(exc, TimeoutError) or isinstance(exc.reason, TimeoutError)
-            if not timed_out or method != "GET" or attempt == 5:
-                raise
-            time.sleep(2 * (attempt + 1))
-    return json.loads(body) if body.startswith(("{", "[")) else body
 
 
 def pipelines_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -161,10 +129,12 @@ def test_demo_leaves_a_full_status(stack: Stack) -> None:
     (model,) = [m for m in stack.status["models"] if m["model"] == "demo_churn"]
     assert model["champion_version"] == "2"  # the second training met the gate
     assert model["predictions_last_24h"] > 0 and model["labels_last_24h"] > 0 and model["backtest_metrics"] > 0
-    assert [(b["cohort"], b["model_version"], b["scored_by"]) for b in model["latest_backtest"]] == [
-        ("2026-01-03", "1", "logged")
+    # The second backtest: a cohort per version (v1 served 2026-01-03, the promoted v2 the next night).
+    assert sorted((b["cohort"], b["model_version"], b["scored_by"]) for b in model["latest_backtest"]) == [
+        ("2026-01-03", "1", "logged"),
+        ("2026-01-04", "2", "logged"),
     ]
-    assert model["latest_backtest"][0]["auc"] > 0.7
+    assert all(b["auc"] > 0.7 for b in model["latest_backtest"])
     assert model["last_validation"]["success"] is True
     assert Path(urlparse(model["last_drift_report"]["path"]).path).exists()
     # The generator's drift knob moves exactly these columns from 05:00; the last report is at 08:00.
@@ -254,7 +224,9 @@ def test_the_models_pages_in_a_browser(stack: Stack, tmp_path_factory: pytest.Te
         model = plugin_frame(page, "/pipelines/models/demo_churn")
         page.screenshot(path=str(shots / "demo_churn.png"), full_page=True)
         assert model.inner_text("#champion").split()[:2] == ["champion", f"v{expected['demo_churn']}"]
-        assert len(model.query_selector_all("svg.chart circle")) >= 1  # the backtest's points
+        # The backtest: a cohort per version, each version its own line.
+        assert len(model.query_selector_all("svg.chart circle")) >= 2
+        assert len(model.query_selector_all("svg.chart polyline")) >= 2
         assert len(model.query_selector_all("svg.chart rect")) >= 6  # a drift bar per monitored window
         report = model.query_selector("a[href*='reports/drift/']").get_attribute("href")
         opened = page.request.get(urllib.parse.urljoin(model.url, report))

@@ -692,9 +692,10 @@ def test_pipelines_run_reruns_a_range_of_intervals(home: Settings, engine: Engin
     assert predictions_digest(engine) == before  # the same intervals again: the log keeps what served
 
 
-def test_the_models_pages_read_this_storage(home: Settings, engine: Engine) -> None:
+def test_the_models_pages_read_this_storage(home: Settings, engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
     """Airflow's own API app (with our plugin, its auth manager) in process: the Models pages show
-    this storage's champion and serve its artifacts, from the local lake or from S3."""
+    this storage's champion and serve its artifacts, from the local lake or from S3, and follow the
+    user's Airflow role."""
     import re
 
     from airflow.api_fastapi.app import create_app
@@ -704,11 +705,22 @@ def test_the_models_pages_read_this_storage(home: Settings, engine: Engine) -> N
     import pipelines.airflow.ui as ui
 
     ui._storage = None  # each run of this module has storage of its own: read its connections again
+    monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", "admin:admin,reader:viewer")
     client = TestClient(create_app())
     assert client.get("/pipelines/models/demo_churn").status_code == 401
-    password = json.loads(Path(SimpleAuthManager.get_generated_password_file()).read_text())["admin"]
-    token = client.post("/auth/token", json={"username": "admin", "password": password}).json()["access_token"]
-    client.headers["Authorization"] = f"Bearer {token}"
+    passwords = json.loads(Path(SimpleAuthManager.get_generated_password_file()).read_text())
+
+    def login(user: str) -> dict[str, str]:
+        token = client.post("/auth/token", json={"username": user, "password": passwords[user]}).json()
+        return {"Authorization": f"Bearer {token['access_token']}"}
+
+    # Airflow's viewer role reads the page, without the actions, and may not trigger them.
+    reader = login("reader")
+    seen = client.get("/pipelines/models/demo_churn", headers=reader)
+    assert seen.status_code == 200 and 'id="champion"' in seen.text and "/rollback" not in seen.text
+    refused = client.post("/pipelines/models/demo_churn/dry-run", headers=reader)
+    assert refused.status_code == 403 and "demo_churn__train" in refused.json()["detail"]
+    client.headers.update(login("admin"))
 
     page = client.get("/pipelines/models/demo_churn")
     assert page.status_code == 200

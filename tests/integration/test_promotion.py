@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import quote
 from typing import Any
 
 import pytest
@@ -118,7 +119,11 @@ def test_first_model_becomes_champion_with_full_lineage(home: Settings, engine: 
     snapshot = json.loads(Path(version.tags["data_uri"].removeprefix("file://")).read_text())
     assert snapshot["sha256"] == version.tags["data_sha256"] and len(snapshot["partitions"]) == 48
     assert Path(version.tags["validation_result"].removeprefix("file://")).exists()
-    assert MlflowClient().get_run(version.run_id).inputs.dataset_inputs, "dataset logged with mlflow.log_input"
+    run = MlflowClient().get_run(version.run_id)
+    assert run.inputs.dataset_inputs, "dataset logged with mlflow.log_input"
+    # ... and links back to its Airflow run, where `pipelines up` serves the UI by default.
+    run_page = f"http://localhost:8080/dags/{dag_run.dag_id}/runs/{quote(dag_run.run_id, safe='')}"
+    assert run.data.tags["airflow_run_url"] == run_page
     assert version.tags["gate.verdict"] == "promote" and version.tags["gate.reason"] == "no champion yet"
     assert [(e["alias"], e["from_version"], e["to_version"]) for e in events(engine, "alias_moved")] == [
         ("challenger", None, "1"),

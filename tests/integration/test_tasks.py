@@ -191,6 +191,28 @@ def run(dag_id: str, logical_date: datetime, conf: dict[str, Any] | None = None,
     assert dag_run.state == "success", f"{dag_id} {logical_date} ended {dag_run.state}"
     # The UI shows the run from when it really started, not from its logical date.
     assert stored_start(dag_id, dag_run.run_id) >= began
+    # ... and each task's log, read the way the UI reads it (not "not found on worker").
+    for task_id, text in task_logs(dag_id, dag_run.run_id).items():
+        assert "pipelines." in text and "Could not read" not in text, f"{dag_id}.{task_id}: {text[:500]}"
+
+
+def task_logs(dag_id: str, run_id: str) -> dict[str, str]:
+    """The log text, as JSON lines, of each task that ran in a DAG run."""
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.log.log_reader import TaskLogReader
+    from airflow.utils.session import create_session
+
+    reader = TaskLogReader()
+    texts = {}
+    with create_session() as session:
+        tis = session.scalars(select(TaskInstance).where(TaskInstance.dag_id == dag_id, TaskInstance.run_id == run_id))
+        for ti in tis:
+            if ti.try_number == 0:  # skipped before it ran
+                continue
+            stream, _ = reader.read_log_chunks(ti, ti.try_number, {})
+            texts[ti.task_id] = "\n".join(message.model_dump_json() for message in stream)
+    assert texts, f"no task of {dag_id} {run_id} has a log"
+    return texts
 
 
 def stored_start(dag_id: str, run_id: str) -> datetime:
