@@ -28,7 +28,7 @@ class Settings:
     specs_dir: Path
     tables_url: str
     mlflow_tracking_uri: str
-    mlflow_artifacts: Path
+    mlflow_artifacts: Path | None  # None: a tracking server's own artifact store (its --artifacts-destination)
     gx_root: Path
     tables_from: str = "the embedded default"  # where tables_url came from, for the CLI to say
     lake_credentials_from: str = "the environment (boto3's default chain)"
@@ -36,6 +36,17 @@ class Settings:
     @property
     def airflow_home(self) -> Path:
         return self.home / "airflow"
+
+
+def mlflow_artifacts(home: Path) -> Path | None:
+    """Where new experiments keep their artifacts: PIPELINES_MLFLOW_ARTIFACTS, else the tracking
+    server's store when MLFLOW_TRACKING_URI names a server (workers on other machines upload through
+    it), else next to our other state."""
+    if explicit := os.environ.get("PIPELINES_MLFLOW_ARTIFACTS"):
+        return Path(explicit)
+    if os.environ.get("MLFLOW_TRACKING_URI", "").startswith(("http://", "https://")):
+        return None
+    return home / "mlflow" / "artifacts"
 
 
 def get_settings() -> Settings:
@@ -49,7 +60,7 @@ def get_settings() -> Settings:
         specs_dir=Path(os.environ.get("PIPELINES_SPECS_DIR", REPO_ROOT / "dags" / "models")),
         tables_url=os.environ.get("PIPELINES_TABLES_URL", f"sqlite:///{home / 'tables.db'}"),
         mlflow_tracking_uri=os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"),
-        mlflow_artifacts=Path(os.environ.get("PIPELINES_MLFLOW_ARTIFACTS", home / "mlflow" / "artifacts")),
+        mlflow_artifacts=mlflow_artifacts(home),
         gx_root=home / "gx",
         tables_from=tables_from,
     )
@@ -162,6 +173,9 @@ def airflow_environment(settings: Settings) -> dict[str, str]:
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC": "pipelines.config.AIRFLOW_SQLITE_CONNECT_ARGS",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
         "AIRFLOW__API__PORT": "8080",
+        # Where `pipelines up` serves the UI by default: a version trained by `pipelines demo` or
+        # `pipelines run` links back to its Airflow run there (`up --airflow-port` sets its own).
+        "AIRFLOW__API__BASE_URL": "http://localhost:8080",
         # MLflow imports GitPython, which warns loudly on machines without git.
         "GIT_PYTHON_REFRESH": "quiet",
         # The demo_orders model's SQL warehouse (a SQLite file `pipelines demo` writes), as an Airflow
@@ -175,7 +189,11 @@ def airflow_environment(settings: Settings) -> dict[str, str]:
 def apply_airflow_environment(settings: Settings | None = None) -> Settings:
     """Set the Airflow variables in this process unless the user already set them. Call before importing airflow."""
     settings = settings or get_settings()
-    for key, value in airflow_environment(settings).items():
+    defaults = airflow_environment(settings)
+    if "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN" in os.environ:  # the user's own database: no SQLite lock waits
+        for key in ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC"):
+            defaults.pop(key)
+    for key, value in defaults.items():
         os.environ.setdefault(key, value)
     settings.airflow_home.mkdir(parents=True, exist_ok=True)
     return settings

@@ -261,6 +261,11 @@ class TrainingSpec(_Strict):
     num_boost_round: int = Field(default=500, ge=1)
     early_stopping_rounds: int = Field(default=25, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    queue: str = Field(
+        default="default",
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="The Celery queue of the train task: a GPU worker serves `train` in docker-compose.yml",
+    )
     min_rows: int = Field(default=1000, ge=10)
     params: dict[str, float | int | str] = Field(default_factory=dict)
 

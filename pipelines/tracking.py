@@ -33,6 +33,8 @@ def experiment_id(settings: Settings, model_name: str) -> str:
     existing = mlflow.get_experiment_by_name(name)
     if existing is not None:
         return str(existing.experiment_id)
+    if settings.mlflow_artifacts is None:  # the tracking server's artifact store
+        return str(mlflow.create_experiment(name))
     location = settings.mlflow_artifacts / model_name
     location.mkdir(parents=True, exist_ok=True)
     return str(mlflow.create_experiment(name, artifact_location=location.as_uri()))

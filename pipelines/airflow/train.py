@@ -141,7 +141,7 @@ def train_dag(spec: ModelSpec) -> DAG:
         def ingest_labels_window(env: TaskEnv) -> Labelled:
             return ingest_labels(env, *spec.training_window(env.ctx.interval[1]))
 
-        @task
+        @task(queue=spec.training.queue)  # a GPU worker serves its own queue
         @step
         def train(env: TaskEnv, ingested: Ingested, validated: Validated, labelled: Labelled) -> Trained:
             from pipelines.train import assemble_training_set, previous_training, train_model
@@ -185,7 +185,8 @@ def train_dag(spec: ModelSpec) -> DAG:
             )  # fmt: skip
 
         @task.short_circuit(ignore_downstream_trigger_rules=False)
-        def awaits_approval(decision: dict[str, Any]) -> bool:
+        @step
+        def awaits_approval(env: TaskEnv, decision: dict[str, Any]) -> bool:
             """Only a passing verdict asks a human; otherwise the approval task is skipped."""
             return bool(decision["action"] == "await_approval")
 

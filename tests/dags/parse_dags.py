@@ -43,6 +43,7 @@ print(
                     "tags": sorted(dag.tags),
                     "doc_md": dag.doc_md or "",
                     "retries": [task.retries for task in dag.tasks],
+                    "queues": {task.task_id: task.queue for task in dag.tasks},
                     "tasks": sorted(dag.task_ids),
                     "params": sorted(dag.params),
                 }

@@ -94,6 +94,8 @@ def test_schedules_come_from_the_spec(parsed: dict[str, Any]) -> None:
         "require_approval",
         "xgboost_params",
     ]
+    # Every task on Airflow's default queue unless the spec names the train task's (training.queue).
+    assert set(parsed["dags"]["demo_churn__train"]["queues"].values()) == {"default"}
     assert parsed["dags"]["demo_churn__rollback"]["params"] == ["reason", "version"]
     assert parsed["dags"]["demo_churn__monitor"]["params"] == ["interval_end", "interval_start"]
     assert parsed["dags"]["demo_churn__rollback"]["schedule"] is None
@@ -147,3 +149,13 @@ def test_a_broken_spec_breaks_only_its_own_dags_naming_file_and_field(tmp_path: 
         message = parsed["import_errors"][str(folder / f"{model}.py")]
         assert f"{model}.yaml" in message and field in message, message
     assert set(parsed["dags"]) >= EXPECTED
+
+
+def test_the_train_task_runs_on_the_queue_the_spec_names(tmp_path: Path) -> None:
+    from pipelines.airflow.dags import model_dags
+
+    spec = (REPO_ROOT / "dags" / "models" / "demo_churn.yaml").read_text()
+    (tmp_path / "demo_churn.yaml").write_text(spec.replace("  device: auto\n", "  device: auto\n  queue: train\n"))
+    dag = model_dags(tmp_path / "demo_churn.yaml")["demo_churn__train"]
+    queues = {task.task_id: task.queue for task in dag.tasks}
+    assert queues.pop("train") == "train" and set(queues.values()) == {"default"}

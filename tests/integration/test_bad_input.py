@@ -222,6 +222,7 @@ def test_a_deleted_model_file_is_refused_naming_model_and_version(
     from pipelines.registry import read_booster_file
 
     _, data, _ = read_booster_file(home, "demo_churn", "1")
+    assert home.mlflow_artifacts is not None
     [booster] = list(home.mlflow_artifacts.rglob(Path(data).name))
     kept = booster.with_suffix(".kept")
     shutil.move(booster, kept)

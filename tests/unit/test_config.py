@@ -59,3 +59,18 @@ def test_connections_override_only_what_they_define(tmp_path: Path, monkeypatch:
     assert changed.lake.options.endpoint_url == "http://x"
     monkeypatch.setenv("PIPELINES_LAKE", str(tmp_path))
     assert isinstance(get_settings().lake, LocalLake)
+
+
+def test_a_tracking_server_keeps_the_artifacts_unless_told_otherwise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipelines.config import get_settings
+
+    monkeypatch.setenv("PIPELINES_HOME", str(tmp_path))
+    monkeypatch.delenv("PIPELINES_MLFLOW_ARTIFACTS", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert get_settings().mlflow_artifacts == tmp_path / "mlflow" / "artifacts"  # next to the SQLite store
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
+    assert get_settings().mlflow_artifacts is None  # the server's --artifacts-destination
+    monkeypatch.setenv("PIPELINES_MLFLOW_ARTIFACTS", str(tmp_path / "shared"))
+    assert get_settings().mlflow_artifacts == tmp_path / "shared"
