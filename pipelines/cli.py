@@ -254,6 +254,15 @@ def _up(args: argparse.Namespace) -> int:
     return main(ports, args.start_timeout, live_demo=not args.no_live_demo)
 
 
+def _init_stack(args: argparse.Namespace) -> int:
+    import os
+
+    from pipelines.scaleout import init_stack
+
+    init_stack(os.environ)
+    return 0
+
+
 def _airflow(args: argparse.Namespace) -> int:
     import os
     import subprocess
@@ -359,6 +368,11 @@ def main(argv: list[str] | None = None) -> int:
         "--start-timeout", type=float, default=None, help="give up when Airflow is not healthy after this many seconds"
     )
     up.set_defaults(func=_up)
+    init = commands.add_parser(
+        "init-stack",
+        help="prepare a scale-out stack from its environment (pipelines/scaleout.py): databases, buckets, schemas",
+    )
+    init.set_defaults(func=_init_stack)
     airflow = commands.add_parser(
         "airflow", help="the Airflow CLI on the pipelines home, e.g. `pipelines airflow dags list`"
     )
