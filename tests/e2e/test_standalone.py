@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import quote, urlparse
 
 import pytest
 
@@ -157,6 +157,21 @@ def test_both_uis_answer(stack: Stack) -> None:
     assert "<html" in request(stack.airflow_url + "/").lower()
     assert request(stack.airflow_url + "/api/v2/monitor/health")["scheduler"]["status"] == "healthy"
     assert "<html" in request(stack.mlflow_url + "/").lower()
+
+
+def test_the_demo_runs_task_logs_read_through_the_api(stack: Stack) -> None:
+    """The GATE and DRIFT lines of the demo's dag.test() runs, as the UI's log view fetches them."""
+    token = request(
+        stack.airflow_url + "/auth/token", payload={"username": "admin", "password": stack.password}, method="POST"
+    )["access_token"]
+    api = stack.airflow_url + "/api/v2/dags"
+    gate = f"{api}/demo_churn__train/dagRuns/{quote('manual__2026-01-04T02:00:00+00:00', safe='')}/taskInstances/gate"
+    lines = [line["event"] for line in request(f"{gate}/logs/1?full_content=true", token)["content"]]
+    assert any(line.startswith("GATE demo_churn v2 vs champion v1: PROMOTE") for line in lines), lines
+    runs = request(f"{api}/demo_churn__monitor/dagRuns?limit=100&order_by=run_after", token)["dag_runs"]
+    drift = f"{api}/demo_churn__monitor/dagRuns/{quote(runs[0]['dag_run_id'], safe='')}/taskInstances/drift_report"
+    lines = [line["event"] for line in request(f"{drift}/logs/1?full_content=true", token)["content"]]
+    assert any(line.startswith("DRIFT report") for line in lines), lines
 
 
 def test_the_models_pages_refuse_anonymous_requests(stack: Stack) -> None:
