@@ -3,3 +3,7 @@
 FROM apache/airflow:3.3.2-python3.11
 COPY --chown=airflow:root . /opt/pipelines
 RUN pip install --no-cache-dir "apache-airflow==3.3.2" /opt/pipelines
+# The shared home (a named volume takes the owner of the folder it is mounted on).
+USER root
+RUN mkdir -p /data/pipelines && chown airflow:root /data/pipelines
+USER airflow

@@ -16,7 +16,7 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
-from urllib.parse import quote
+from urllib.parse import quote, urlparse
 
 from pipelines.errors import ConfigError
 
@@ -116,6 +116,8 @@ def mlflow_environment(stack: Stack) -> dict[str, str]:
     PostgreSQL backend store, and artifacts proxied to the S3 bucket, so that clients upload through
     the server and need no S3 credentials."""
     return {
+        # MLflow answers only localhost by default: workers call it by its service name.
+        "MLFLOW_SERVER_ALLOWED_HOSTS": f"{urlparse(stack.mlflow_url).netloc},localhost:*,127.0.0.1:*",
         "MLFLOW_BACKEND_STORE_URI": stack.postgres_url(stack.mlflow_database),
         "MLFLOW_ARTIFACTS_DESTINATION": f"s3://{stack.mlflow_bucket}/",
         "MLFLOW_S3_ENDPOINT_URL": stack.s3_endpoint,
@@ -128,11 +130,14 @@ def mlflow_environment(stack: Stack) -> dict[str, str]:
 def create_databases(urls: list[str]) -> list[str]:
     """The databases of these PostgreSQL URLs that did not exist yet, created; returns their names."""
     import psycopg
+    from psycopg import sql
     from sqlalchemy import make_url
 
     created = []
     for url in urls:
         target = make_url(url)
+        if not target.database:
+            raise ConfigError(f"{target.render_as_string(hide_password=True)} names no database")
         admin = target.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
         try:
             connection = psycopg.connect(admin, autocommit=True, connect_timeout=10)
@@ -141,14 +146,15 @@ def create_databases(urls: list[str]) -> list[str]:
         with connection:
             name = target.database
             if connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
-                connection.execute(f'CREATE DATABASE "{name}"')  # a name cannot be a bind parameter
+                connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
                 created.append(str(name))
     return created
 
 
 def create_buckets(uris: list[str], env: Mapping[str, str]) -> list[str]:
     """The buckets of these s3:// URIs that did not exist yet, created (at MLFLOW_S3_ENDPOINT_URL,
-    with the AWS_* credentials of `env`); returns their names."""
+    with the AWS_* credentials of `env`: the stack has one S3, which the lake connection names too);
+    returns their names."""
     import boto3
 
     s3 = boto3.client(
@@ -175,8 +181,8 @@ def create_users(env: Mapping[str, str]) -> str | None:
         return None
     passwords = {user.partition(":")[0].strip(): secrets.token_urlsafe(12) for user in users.split(",") if user.strip()}
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "x", encoding="utf-8") as file:
-        json.dump(passwords, file)
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8") as file:
+        json.dump(passwords, file)  # readable by its owner only
     return path
 
 

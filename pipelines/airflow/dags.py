@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -67,38 +68,43 @@ def run_in_process(
 
 
 class TaskLogFiles(logging.Handler):
-    """Writes each log record of a task that dag.test() runs in this process to that task's log file.
+    """Writes each log record of a task that dag.test() runs in this thread to that task's log file.
 
     A worker writes these files; dag.test() writes none, and the UI would say "not found on worker".
-    The lines are JSON in the shape Airflow's log reader parses (timestamp, level, event, logger).
+    The lines are JSON in the shape Airflow's log reader parses (timestamp, level, event, logger),
+    with secrets masked as in a worker's log.
     """
 
     def __init__(self) -> None:
         super().__init__(level=logging.INFO)
         from airflow.configuration import conf
-        from jinja2 import Template
+        from airflow.utils.helpers import log_filename_template_renderer
 
         self.base = Path(conf.get("logging", "base_log_folder"))
-        self.filename = Template(conf.get("logging", "log_filename_template"))
+        self.filename = log_filename_template_renderer()  # the same renderer workers use
+        self.thread = threading.get_ident()  # the task context is process-wide: other threads' records are not its
 
     def emit(self, record: logging.LogRecord) -> None:
         from airflow.sdk import get_current_context
+        from airflow.sdk._shared.secrets_masker import redact
 
-        try:
-            ti = get_current_context()["ti"]
-        except RuntimeError:  # a record from outside a task (dag.test's own loop)
+        if record.thread != self.thread:
             return
         try:
-            path = self.base / self.filename.render(ti=ti, try_number=ti.try_number)
+            ti = get_current_context()["ti"]
+        except (RuntimeError, KeyError):  # a record from outside a task (dag.test's own loop)
+            return
+        try:
+            path = self.base / self.filename(ti=ti, try_number=ti.try_number)
             path.parent.mkdir(parents=True, exist_ok=True)
             line = {
                 "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(),
                 "level": record.levelname.lower(),
-                "event": record.getMessage(),
+                "event": redact(record.getMessage()),
                 "logger": record.name,
             }
             if record.exc_info:
-                line["error_detail"] = logging.Formatter().formatException(record.exc_info)
+                line["error_detail"] = redact(logging.Formatter().formatException(record.exc_info))
             with path.open("a", encoding="utf-8") as file:
                 file.write(json.dumps(line, default=str) + "\n")
         except Exception:

@@ -73,6 +73,8 @@ def test_images_carry_the_locked_versions_and_drivers() -> None:
     airflow = (REPO_ROOT / "docker" / "airflow.Dockerfile").read_text()
     assert f"FROM apache/airflow:{locked('apache-airflow')}-python3.11" in airflow
     assert f'"apache-airflow=={locked("apache-airflow")}" /opt/pipelines' in airflow  # our package, its drivers
+    assert "chown airflow:root /data/pipelines" in airflow  # the shared home's volume is writable by the tasks
+    assert {".venv", ".git", ".pipelines"} <= set((REPO_ROOT / ".dockerignore").read_text().split())
     mlflow = (REPO_ROOT / "docker" / "mlflow.Dockerfile").read_text()
     for package in ("mlflow", "psycopg", "boto3"):  # the server, its PostgreSQL store, its S3 artifacts
         assert f"{package}{'[binary]' if package == 'psycopg' else ''}=={locked(package)}" in mlflow, package
