@@ -33,6 +33,7 @@ from sqlalchemy import make_url
 
 from pipelines.config import REPO_ROOT
 from pipelines.scaleout import TRAIN_QUEUE, Stack, mlflow_environment, stack_environment
+from pipelines.up import stop_groups
 from tests.conftest import S3Endpoint, needs_server, postgres_database
 from tests.e2e.api import free_port, request
 
@@ -64,7 +65,7 @@ class Cluster:
             list(args), env=env or self.env, cwd=self.root, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
 
-    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+    def kill(self, name: str) -> None:
         """The process, its process group and every descendant that left the group, as a lost machine."""
         import psutil
 
@@ -74,10 +75,10 @@ class Cluster:
         except psutil.NoSuchProcess:
             family = []
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, sig)
+            os.killpg(process.pid, signal.SIGKILL)
         for member in family:
             with contextlib.suppress(psutil.NoSuchProcess):
-                member.send_signal(sig)
+                member.kill()
 
     def get(self, path: str) -> Any:
         return request(self.api + path, self.token)
@@ -223,13 +224,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: S3Endpoint) -
             wait_until_ready(cluster)
             yield cluster
         finally:
-            for name in list(cluster.processes):
-                cluster.kill(name, signal.SIGTERM)
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and any(p.poll() is None for p in cluster.processes.values()):
-                time.sleep(1)
-            for name in list(cluster.processes):
-                cluster.kill(name)
+            stop_groups(cluster.processes)  # what `pipelines up` does on Ctrl-C: groups, then strays
             print(f"distributed stack logs under {root / 'logs'}")
 
 
