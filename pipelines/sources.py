@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from pipelines.config import ConnectionFields, s3_options_from_connection
@@ -130,11 +130,24 @@ class FileReader:
     access: SourceAccess
 
     def locate(self, start: datetime, end: datetime) -> Location:
-        text = self.source.path.format(start=start, end=end)
-        if text.startswith("s3://"):
+        """The path rendered for an interval, checked as rendered: it stays under its root (the
+        source root, or the bucket the spec names), whatever the placeholders produced."""
+        template = self.source.path
+        text = template.format(start=start, end=end)
+        refused = f"source path '{template}' renders to '{text}' for {start.isoformat()}"
+        if template.startswith("s3://"):
             bucket, _, key = text.removeprefix("s3://").partition("/")
+            if bucket != template.removeprefix("s3://").split("/", 1)[0] or {".", ".."} & set(key.split("/")):
+                raise ConfigError(f"{refused}: it must stay in the bucket the spec names, without '.' or '..' parts")
             return Location(text, None, bucket, key)
-        return Location(str(self.access.root / text) + ("/" if text.endswith("/") else ""), self.access.root / text)
+        local = self.access.root / text
+        if PurePosixPath(text).is_absolute() or ".." in PurePosixPath(text).parts or not self.under_root(local):
+            raise ConfigError(f"{refused}, which is not under the source root {self.access.root.resolve()}")
+        return Location(str(local) + ("/" if text.endswith("/") else ""), local)
+
+    def under_root(self, path: Path) -> bool:
+        """Whether a local path, its links followed, is inside the source root."""
+        return path.resolve().is_relative_to(self.access.root.resolve())
 
     @cached_property
     def s3(self) -> Any:
@@ -162,9 +175,16 @@ class FileReader:
                 return [where.text] if where.local.is_file() else []
             if not where.local.is_dir():
                 return []
-            return sorted(
-                str(p) for p in where.local.iterdir() if p.name.endswith(suffix) and not p.name.startswith(("_", "."))
+            found = sorted(
+                p for p in where.local.iterdir() if p.name.endswith(suffix) and not p.name.startswith(("_", "."))
             )
+            outside = [str(p) for p in found if not self.under_root(p)]
+            if outside:
+                raise ConfigError(
+                    f"{where.text}: {outside[0]} links outside the source root {self.access.root.resolve()}; "
+                    "a source reads only what is under its root"
+                )
+            return [str(p) for p in found]
         if not where.is_folder:
             found = self._s3_call(
                 where.text, lambda: self.s3.list_objects_v2(Bucket=where.bucket, Prefix=where.key, MaxKeys=1)

@@ -37,13 +37,44 @@ def _check_location(value: str) -> str:
     return value
 
 
+# Date directives a placeholder may use: each renders digits or a month/day name, never a path
+# separator or a dot, so a rendered path cannot climb out of its root ({start:..} would render '..').
+DATE_DIRECTIVES = frozenset("YymdHMSjUWGVuwaAbB")
+# Text a placeholder may hold between directives: separators of dates, times and folders (no dot).
+PLACEHOLDER_TEXT = re.compile(r"[-_=:T /]*")
+
+
+def _check_placeholder(template: str, name: str, spec: str, conversion: str | None) -> None:
+    where = f"'{template}': placeholder {{{name}{'!' + conversion if conversion else ''}{':' + spec if spec else ''}}}"
+    if conversion:
+        raise ValueError(f"{where} converts the date (!{conversion}); give a date format, e.g. {{{name}:%Y-%m-%d}}")
+    pieces = re.split(r"%(.)", spec)  # literal text, directive, literal text, ...
+    directives, texts = pieces[1::2], pieces[0::2]
+    bad = sorted({f"%{d}" for d in directives if d not in DATE_DIRECTIVES})
+    if bad:
+        raise ValueError(
+            f"{where} uses {', '.join(bad)}; only the date directives "
+            f"{' '.join('%' + d for d in sorted(DATE_DIRECTIVES))} are allowed"
+        )
+    if (spec and not directives) or any(not PLACEHOLDER_TEXT.fullmatch(text) for text in texts):
+        raise ValueError(
+            f"{where} is not a date format: a placeholder holds date directives (%Y %m %d %H %M ...) "
+            "and the separators - _ = : T / or a space, nothing else"
+        )
+
+
 def template_fields(template: str) -> set[str]:
-    """The placeholders of a path template ({start:%Y-%m-%d}); only start and end are known."""
-    fields = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    """The placeholders of a path template ({start:%Y-%m-%d}); only start and end are known, and
+    only with date directives."""
+    parsed = [(name, spec or "", conversion) for _, name, spec, conversion in string.Formatter().parse(template)]
+    fields = {name for name, _, _ in parsed if name is not None}
     unknown = sorted(fields - {"start", "end"})
     if unknown:
         # Attribute or item access ({start.year}, {x[0]}) is refused too: a template formats two datetimes.
         raise ValueError(f"'{template}' has placeholder(s) {unknown}; only {{start:...}} and {{end:...}} are known")
+    for name, spec, conversion in parsed:
+        if name is not None:
+            _check_placeholder(template, name, spec, conversion)
     return fields
 
 
@@ -86,7 +117,7 @@ class FilesSource(_Strict):
 
     @property
     def per_partition(self) -> bool:
-        return bool(template_fields(self.path))
+        return any(name is not None for _, name, _, _ in string.Formatter().parse(self.path))
 
 
 class SqlSource(_Strict):

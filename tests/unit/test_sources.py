@@ -23,14 +23,16 @@ from pipelines.ingest import ingest
 from pipelines.labels import ingest_labels, labels_known_at
 from pipelines.lake import LocalLake, read_object, s3_client
 from pipelines.sources import (
+    FileReader,
     SourceAccess,
     SourceMissingError,
     SourceOverdueError,
     await_source,
     not_ready,
+    read_source,
     source_engine,
 )
-from pipelines.spec import ModelSpec
+from pipelines.spec import DATE_DIRECTIVES, FilesSource, ModelSpec
 from tests.conftest import S3Endpoint, needs_server, postgres_database
 from tests.unit.test_spec import DEMO_SPEC
 
@@ -310,3 +312,68 @@ def test_the_sqlite_time_filter_compares_times_not_text(tmp_path: Path) -> None:
     assert spec.source.events.kind == "sql"
     frame, _ = SqlReader(spec.source.events, access_to(conn, tmp_path), "event_time").read(START, END)
     assert frame["customer_id"].tolist() == ["A"]
+
+
+# --- paths are checked as rendered, not only as written ------------------------------------------
+
+
+@pytest.mark.parametrize("directive", sorted(DATE_DIRECTIVES))
+def test_every_accepted_placeholder_renders_under_the_source_root(tmp_path: Path, directive: str) -> None:
+    source = FilesSource(kind="files", path=f"feed/{{start:%{directive}}}/x={{end:%Y-%m-%dT%H:%M}}/{{start}}.csv")
+    reader = FileReader(source, SourceAccess(tmp_path))
+    # A year and more of hours, 37 apart: every month, weekday, hour and both years' ends.
+    for start in (datetime(2025, 12, 31, tzinfo=UTC) + timedelta(hours=37 * n) for n in range(260)):
+        where = reader.locate(start, start + timedelta(hours=1))
+        assert where.local is not None and where.local.resolve().is_relative_to(tmp_path.resolve()), where
+        rendered = where.text.removeprefix(str(tmp_path))
+        assert not {".", ".."} & set(rendered.split("/")), rendered
+
+
+def test_a_placeholder_that_renders_a_climb_is_a_spec_error_naming_the_field(tmp_path: Path) -> None:
+    from pipelines.spec import SpecError, load_spec
+    from tests.unit.test_spec import SOURCES, write_spec
+
+    attack = "demo_churn/{start:..}/{start:..}/{start:..}/srv/other/{start:%H}.csv"
+    with pytest.raises(
+        SpecError, match=r"field 'source.events.files.path': .*placeholder \{start:\.\.\} is not a date"
+    ):
+        load_spec(write_spec(tmp_path, "demo_churn", source={**SOURCES, "events": {"kind": "files", "path": attack}}))
+
+
+def unchecked(path: str) -> FilesSource:
+    """A source whose path skipped the spec's check (a spec validated by an older release, say)."""
+    return FilesSource.model_construct(kind="files", path=path, format="csv", when_missing="wait", connection=None)
+
+
+def test_a_rendered_path_that_leaves_its_root_reads_nothing(tmp_path: Path) -> None:
+    root, outside = tmp_path / "source", tmp_path / "srv" / "other"
+    outside.mkdir(parents=True)
+    events_of([START]).to_csv(outside / f"{START:%H}.csv", index=False)
+    (root / "demo_churn").mkdir(parents=True)
+    access = SourceAccess(root)
+    climb = unchecked("demo_churn/{start:..}/{start:..}/srv/other/{start:%H}.csv")
+    with pytest.raises(
+        ConfigError, match=r"renders to 'demo_churn/\.\./\.\./srv/other/10\.csv' .* not under the source root"
+    ):
+        read_source(climb, access, "event_time", START, START + timedelta(hours=1), "hour")
+    with pytest.raises(ConfigError, match="not under the source root"):
+        not_ready(climb, access, "event_time", START, START + timedelta(hours=1), "hour")
+    # A link inside the root that leads out of it: as a partition's file, and as a file of a folder.
+    (root / "demo_churn" / "linked").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(ConfigError, match="not under the source root"):
+        read_source(
+            unchecked("demo_churn/linked/{start:%H}.csv"),
+            access,
+            "event_time",
+            START,
+            START + timedelta(hours=1),
+            "hour",
+        )
+    (root / "feed").mkdir()
+    (root / "feed" / "part-0.csv").symlink_to(outside / f"{START:%H}.csv")
+    with pytest.raises(ConfigError, match=r"part-0.csv links outside the source root"):
+        read_source(unchecked("feed/"), access, "event_time", START, START + timedelta(hours=1), "hour")
+    # On S3: the bucket the spec names, and no '.' or '..' parts in the key.
+    for path in ("s3://lake/feed/{start:..}/x.csv", "s3://{start:%Y}/x.csv"):
+        with pytest.raises(ConfigError, match="must stay in the bucket the spec names"):
+            FileReader(unchecked(path), access).locate(START, START + timedelta(hours=1))

@@ -115,6 +115,14 @@ SOURCES = {
             r"field 'source.events.files.path': .* placeholder\(s\) \['start.__class__'\]; only \{start:...\}",
         ),
         (
+            {"source": {**SOURCES, "events": {"kind": "files", "path": "e/{start!r}.csv"}}},
+            r"field 'source.events.files.path': .* converts the date \(!r\); give a date format",
+        ),
+        (
+            {"source": {**SOURCES, "labels": {"kind": "files", "path": "l/{end:%s%f}.csv"}}},
+            r"field 'source.labels.files.path': .* uses %f, %s; only the date directives %A %B",
+        ),
+        (
             {"source": {**SOURCES, "events": {"kind": "files", "path": "events/{start:%Y}"}}},
             r"field 'source.events.files': .*give format \(csv or parquet\)",
         ),
