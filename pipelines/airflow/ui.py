@@ -8,6 +8,8 @@ read the model's DAGs. Links are relative, so the pages work behind a proxy's pa
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import mimetypes
 import os
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 from html import escape
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from airflow.api_fastapi.core_api.security import get_user
 from fastapi import Depends, FastAPI, Form, HTTPException, Request
@@ -118,10 +120,48 @@ def lake_key(lake: Lake, uri: str | None) -> str | None:
 
 
 def within(root: Path, relative: str) -> Path:
+    """The file `relative` names under `root`, its links followed: one that leaves `root` is not found."""
     path = (root / safe_key(relative)).resolve()
     if not path.is_relative_to(root.resolve()) or not path.is_file():
         raise HTTPException(404, "not found")
     return path
+
+
+# --- state-changing requests: from this site only -----------------------------------------------
+
+FORM_TOKEN = "form_token"
+
+
+def form_token(request: Request) -> str | None:
+    """The token the page's forms carry for this browser session: an HMAC of its Airflow session
+    cookie under the API server's secret key, so another site can neither read nor make it."""
+    from airflow.api_fastapi.auth.managers.base_auth_manager import COOKIE_NAME_JWT_TOKEN
+    from airflow.configuration import conf
+
+    session = request.cookies.get(COOKIE_NAME_JWT_TOKEN)
+    if not session:
+        return None
+    key = conf.get("api", "secret_key").encode()
+    return hmac.new(key, b"pipelines-form:" + session.encode(), hashlib.sha256).hexdigest()
+
+
+def same_site(request: Request, sent_token: str | None) -> None:
+    """A POST a browser sent on its own (with the session cookie) must prove it came from this site:
+    its Origin, else its Referer, names this site, and it carries this session's form token. A
+    request with an Authorization header is an API client's: no browser adds that header cross-site."""
+    if request.headers.get("authorization"):
+        return
+    here = f"{request.url.scheme}://{request.url.netloc}"
+    origin = request.headers.get("origin")
+    if origin is None and request.headers.get("referer"):
+        referer = urlsplit(request.headers["referer"])
+        origin = f"{referer.scheme}://{referer.netloc}"
+    if origin != here:
+        seen = "neither Origin nor Referer" if origin is None else f"it came from {origin}"
+        raise HTTPException(403, f"cross-site request refused: {seen}, not {here}")
+    expected = form_token(request)
+    if expected is None or not hmac.compare_digest(expected, sent_token or ""):
+        raise HTTPException(403, "the form's token is missing or stale: reload the page and submit it again")
 
 
 def artifact_response(name: str, payload: bytes) -> Response:
@@ -249,7 +289,8 @@ def _version(served: dict[str, Any]) -> str:
     return "none" if served["version"] is None else f"v{served['version']}"
 
 
-def model_html(settings: Settings, root: str, data: dict[str, Any], may_trigger: bool) -> str:
+def model_html(settings: Settings, root: str, data: dict[str, Any], form_token: str | None) -> str:
+    """A model's page; its action forms (rollback, dry run) only with a form token (a user who may trigger)."""
     model = data["model"]
     body = [
         f"<h1>Model {escape(model)} <span class='muted'>({escape(data['task'])}, owner {escape(data['owner'])})</span></h1>"
@@ -273,14 +314,15 @@ def model_html(settings: Settings, root: str, data: dict[str, Any], may_trigger:
             f'<p class="bad">Waiting for approval: promote v{escape(str(waiting["to_version"]))} '
             f"({escape(waiting['reason'])}). " + link(f"{root}../required_actions", "Open Required Actions") + "</p>"
         )
-    if may_trigger:
+    if form_token is not None:
+        token = f'<input type="hidden" name="{FORM_TOKEN}" value="{escape(form_token)}">'
         versions = sorted({e["to_version"] for e in data["history"] if e["to_version"]}, key=lambda v: int(v))
         options = "".join(f"<option>{escape(v)}</option>" for v in versions)
         body.append(
             f'<p><form method="post" action="{escape(quote(model))}/rollback">Roll back to '
             f'<select name="version">{options}</select> because <input name="reason" value="rolled back from the Models page" size="30"> '
-            '<button type="submit">Roll back</button></form>'
-            f'<form method="post" action="{escape(quote(model))}/dry-run"><button type="submit">Trigger a dry-run training</button></form></p>'
+            '<button type="submit">Roll back</button>{token}</form>'
+            f'<form method="post" action="{escape(quote(model))}/dry-run"><button type="submit">Trigger a dry-run training</button>{token}</form></p>'
         )
 
     backtest = data["backtest"]
@@ -414,15 +456,15 @@ def models(user: User) -> HTMLResponse:
 
 
 @app.get("/models/{model}", response_class=HTMLResponse)
-def model(model: str, user: User) -> HTMLResponse:
+def model(request: Request, model: str, user: User) -> HTMLResponse:
     from pipelines.model_page import model_page
 
     s = storage()
     spec = readable_spec(s.settings, user, model)
     data = model_page(s.settings, s.engine, spec)
-    may_trigger = may(user, f"{model}__rollback", "POST", "RUN")
+    form = (form_token(request) or "") if may(user, f"{model}__rollback", "POST", "RUN") else None
     return page(
-        f"Model {model}", '<p><a href="../models">All models</a></p>' + model_html(s.settings, "../", data, may_trigger)
+        f"Model {model}", '<p><a href="../models">All models</a></p>' + model_html(s.settings, "../", data, form)
     )
 
 
@@ -464,10 +506,12 @@ def lake_artifact(key: str, user: User) -> Response:
     """An object of the lake (local or S3), to a user who may read the model it belongs to."""
     s = storage()
     key = safe_key(key)
-    readable_spec(s.settings, user, key.split("/")[0])
+    model_name, _, rest = key.partition("/")
+    readable_spec(s.settings, user, model_name)
     lake = s.settings.lake
     if isinstance(lake, LocalLake):
-        return artifact_response(key, within(lake.root, key).read_bytes())
+        # Checked on the file itself: a link in this model's folder to another model's is not followed.
+        return artifact_response(key, within(lake.root / model_name, rest).read_bytes())
     try:
         return artifact_response(key, lake.get(key))
     except FileNotFoundError:
@@ -521,8 +565,6 @@ async def trigger(request: Request, user: Any, dag_id: str, conf: dict[str, Any]
     """A DAG run through Airflow's own REST API, as the calling user (their token, their rights)."""
     import httpx
 
-    if request.headers.get("origin") not in {None, f"{request.url.scheme}://{request.url.netloc}"}:
-        raise HTTPException(403, "cross-site request refused")
     if not may(user, dag_id, "POST", "RUN"):  # Airflow would refuse it too; say so before asking
         raise HTTPException(403, f"you may not trigger runs of {dag_id}")
     from airflow.api_fastapi.auth.managers.base_auth_manager import COOKIE_NAME_JWT_TOKEN
@@ -543,15 +585,25 @@ async def trigger(request: Request, user: Any, dag_id: str, conf: dict[str, Any]
     return page(f"Triggered {dag_id}", body + '<p><a href="../../models">All models</a></p>')
 
 
+FormToken = Annotated[str | None, Form(alias=FORM_TOKEN)]
+
+
 @app.post("/models/{model}/rollback")
 async def rollback(
-    request: Request, model: str, version: Annotated[str, Form()], reason: Annotated[str, Form()], user: User
+    request: Request,
+    model: str,
+    version: Annotated[str, Form()],
+    reason: Annotated[str, Form()],
+    user: User,
+    token: FormToken = None,
 ) -> Response:
+    same_site(request, token)
     readable_spec(storage().settings, user, model)
     return await trigger(request, user, f"{model}__rollback", {"version": version, "reason": reason})
 
 
 @app.post("/models/{model}/dry-run")
-async def dry_run(request: Request, model: str, user: User) -> Response:
+async def dry_run(request: Request, model: str, user: User, token: FormToken = None) -> Response:
+    same_site(request, token)
     readable_spec(storage().settings, user, model)
     return await trigger(request, user, f"{model}__train", {"dry_run": True})

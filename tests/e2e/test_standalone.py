@@ -31,6 +31,7 @@ import pytest
 from pipelines.config import REPO_ROOT
 from tests.e2e.api import free_port, request
 from tests.e2e.processes import alive, descendants
+from tests.servers import track
 
 RUN_ID = "e2e_2026-01-03T12"
 CHROMIUM = "/usr/bin/chromium"
@@ -98,6 +99,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         text=True,
         start_new_session=True,
     )
+    track(up)
     try:
         printed = ""
         assert up.stdout is not None
@@ -200,6 +202,38 @@ def browser() -> Any:
     )
 
 
+@contextlib.contextmanager
+def cross_site_page(target: str) -> Iterator[str]:
+    """Another site's page (a server on another port of localhost: another origin, but the same site
+    for cookies, so the browser sends its Airflow session along) that posts a rollback form to
+    `target` as it loads."""
+    import http.server
+    import threading
+
+    html = (
+        f'<form id="f" method="post" action="{target}"><input name="version" value="1">'
+        '<input name="reason" value="cross-site"></form><script>document.getElementById("f").submit()</script>'
+    ).encode()
+
+    class EvilPage(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(html)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), EvilPage)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://localhost:{server.server_address[1]}/"  # Airflow is at localhost too
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def plugin_frame(page: Any, path: str) -> Any:
     """The Models page's iframe inside the Airflow UI, once its content has loaded."""
     deadline = time.monotonic() + 120
@@ -270,6 +304,17 @@ def test_the_models_pages_in_a_browser(stack: Stack, tmp_path_factory: pytest.Te
         run_id = done.get_attribute("#triggered", "data-run")
         triggered = page.request.get(f"{stack.airflow_url}/api/v2/dags/demo_orders__train/dagRuns/{run_id}").json()
         assert triggered["conf"] == {"dry_run": True}
+
+        # The same logged-in browser on another site's page that posts a rollback on its own: refused,
+        # and no rollback run exists afterwards.
+        rollbacks = f"{stack.airflow_url}/api/v2/dags/demo_churn__rollback/dagRuns"
+        runs_before = page.request.get(rollbacks).json()["total_entries"]
+        with cross_site_page(f"{stack.airflow_url}/pipelines/models/demo_churn/rollback") as evil:
+            with page.expect_response(lambda r: r.url.endswith("/demo_churn/rollback")) as posted:
+                page.goto(evil, timeout=120_000)
+            assert posted.value.status == 403, posted.value.text()
+            assert "cross-site request refused" in posted.value.text()
+        assert page.request.get(rollbacks).json()["total_entries"] == runs_before
     finally:
         chromium.close()
         playwright.stop()

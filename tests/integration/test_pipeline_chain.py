@@ -29,7 +29,7 @@ from pipelines import tables
 from pipelines.config import Settings
 from pipelines.demo_data import DemoConfig, write_source
 from pipelines.errors import BadDataError, PermanentError
-from pipelines.lake import hour_partition, open_lake, open_partition
+from pipelines.lake import LocalLake, hour_partition, open_lake, open_partition
 from pipelines.tables import upgrade_schema
 from tests.conftest import S3Endpoint, module_home, postgres_database
 from tests.integration.conftest import status_report
@@ -247,9 +247,9 @@ def test_scoring_refuses_inputs_that_break_the_signature(home: Settings) -> None
 
 
 def fail_prediction_writes(engine: Engine) -> None:
-    """A real database failure after the lake write: a trigger refuses inserted predictions. On
-    PostgreSQL it fires at commit, after a new hour's chunks reached the lake; SQLite has no deferred
-    triggers, and its failed insert sends the hour down the merge path, which writes the lake first."""
+    """A real database failure after the lake's object is written: a trigger refuses inserted predictions.
+    On PostgreSQL it fires at commit, after a new hour's chunks were stored; SQLite has no deferred
+    triggers, and its failed insert sends the hour down the merge path, which stores the object first."""
     with engine.begin() as connection:
         if engine.dialect.name == "sqlite":
             connection.exec_driver_sql(
@@ -276,7 +276,7 @@ def allow_prediction_writes(engine: Engine) -> None:
             connection.exec_driver_sql("DROP FUNCTION refuse_predictions()")
 
 
-def test_a_failure_after_the_lake_write_then_a_retry_converges(home: Settings, engine: Engine) -> None:
+def test_a_failed_log_write_publishes_nothing_then_a_retry_converges(home: Settings, engine: Engine) -> None:
     hour = SCORED_HOURS[-1] + timedelta(hours=1)  # 05:00, never scored yet
     key = hour_partition("demo_churn", "scored", hour)
     before = predictions_digest(engine)
@@ -286,8 +286,9 @@ def test_a_failure_after_the_lake_write_then_a_retry_converges(home: Settings, e
     finally:
         allow_prediction_writes(engine)
     assert dag_run.state == "failed" and task_states(dag_run)["score"] == "failed"
-    assert open_partition(home.lake, key).rows > 0  # the lake holds the hour...
-    assert predictions_digest(engine) == before  # ...the database nothing of it, and nothing else moved
+    # The lake never shows what the log lacks: neither holds the hour, and nothing else moved.
+    assert not home.lake.exists(f"{key}/_manifest.json")
+    assert predictions_digest(engine) == before
 
     dag_run = run("demo_churn__score", hour + timedelta(hours=1))  # the retry
     assert dag_run.state == "success", task_states(dag_run)
@@ -720,7 +721,8 @@ def test_the_models_pages_read_this_storage(home: Settings, engine: Engine, monk
     assert seen.status_code == 200 and 'id="champion"' in seen.text and "/rollback" not in seen.text
     refused = client.post("/pipelines/models/demo_churn/dry-run", headers=reader)
     assert refused.status_code == 403 and "demo_churn__train" in refused.json()["detail"]
-    client.headers.update(login("admin"))
+    admin = login("admin")
+    client.headers.update(admin)
 
     page = client.get("/pipelines/models/demo_churn")
     assert page.status_code == 200
@@ -741,3 +743,42 @@ def test_the_models_pages_read_this_storage(home: Settings, engine: Engine, monk
     run_id = re.search(r'href="\.\./\.\./\.\./mlflow/(\w+)">backtest&#x27;s MLflow run', evidence).group(1)
     assert "backtest_dag_run_id" in client.get(f"/pipelines/mlflow/{run_id}").text  # no MLflow UI set: its details
     assert client.get("/pipelines/mlflow/0123456789abcdef0123456789abcdef").status_code == 404
+
+    # A browser's session (its cookie alone) must prove that a POST came from this site: Origin, else
+    # Referer, and the form token its page carries. None of these forgeries starts a run.
+    from airflow.models import DagRun
+    from airflow.utils.session import create_session
+
+    def rollback_runs() -> int:
+        with create_session() as session:
+            return session.query(DagRun).filter(DagRun.dag_id == "demo_churn__rollback").count()
+
+    admin_token = client.headers.pop("Authorization").removeprefix("Bearer ")
+    browser = TestClient(create_app(), cookies={"_token": admin_token})
+    token = re.search(r'name="form_token" value="(\w+)"', browser.get("/pipelines/models/demo_churn").text).group(1)
+    runs_before = rollback_runs()
+    here = "http://testserver"
+    for headers, sent_token, reason in [
+        ({"Referer": "http://evil.example/page"}, token, "it came from http://evil.example"),
+        ({"Origin": "http://evil.example", "Referer": f"{here}/x"}, token, "it came from http://evil.example"),
+        ({"Origin": "null"}, token, "it came from null"),
+        ({}, token, "neither Origin nor Referer"),
+        ({"Origin": here}, None, "the form's token is missing or stale"),
+        ({"Referer": f"{here}/pipelines/models/demo_churn"}, "0" * 64, "the form's token is missing or stale"),
+    ]:
+        form = {"version": "1", "reason": "forged", **({"form_token": sent_token} if sent_token else {})}
+        refused = browser.post("/pipelines/models/demo_churn/rollback", data=form, headers=headers)
+        assert refused.status_code == 403 and reason in refused.json()["detail"], (headers, refused.text)
+    assert rollback_runs() == runs_before
+
+    # A link in one model's lake folder to another's serves nothing: access is checked on the file.
+    if isinstance(home.lake, LocalLake):
+        other = home.lake.root / "another_model"
+        other.mkdir(exist_ok=True)
+        (other / "secret.json").write_text("{}")
+        (home.lake.root / "demo_churn" / "link").symlink_to(other, target_is_directory=True)
+        try:
+            assert client.get("/pipelines/lake/demo_churn/link/secret.json", headers=admin).status_code == 404
+            assert client.get(f"/pipelines/{unquote(result)}", headers=admin).status_code == 200
+        finally:
+            (home.lake.root / "demo_churn" / "link").unlink()
