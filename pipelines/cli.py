@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipelines.config import REPO_ROOT, Settings, get_settings
+
+if TYPE_CHECKING:
+    from pipelines.spec import ModelSpec
 
 
 def _settings() -> Settings:
@@ -37,16 +40,20 @@ def _status(args: argparse.Namespace) -> int:
     return 1 if report["spec_errors"] else 0
 
 
-def _model_names() -> list[str]:
+def _model_specs() -> list[ModelSpec]:
     from pipelines.spec import SpecError, load_spec, spec_paths
 
-    names = []
+    specs = []
     for path in spec_paths(get_settings().specs_dir):
         try:
-            names.append(load_spec(path).name)
+            specs.append(load_spec(path))
         except SpecError as exc:
             print(f"spec error: {exc}", file=sys.stderr)
-    return names
+    return specs
+
+
+def _model_names() -> list[str]:
+    return [spec.name for spec in _model_specs()]
 
 
 def _known_model(name: str) -> bool:
@@ -139,7 +146,7 @@ def _doctor(args: argparse.Namespace) -> int:
     from pipelines.doctor import doctor
 
     settings = _settings()
-    checkup = doctor(settings, _engine(settings), _model_names())
+    checkup = doctor(settings, _engine(settings), _model_specs())
     for line in checkup.ok:
         print(f"ok       {line}")
     for line in checkup.problems:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import uuid
 from abc import ABC, abstractmethod
@@ -30,6 +31,8 @@ from pipelines.intervals import PartitionUnit, partition_path
 
 if TYPE_CHECKING:  # pandas is imported where partitions are read or written, not when DAGs are parsed
     import pandas as pd
+
+log = logging.getLogger(__name__)
 
 DATA_FILE = "data.parquet"
 MANIFEST_FILE = "_manifest.json"
@@ -65,6 +68,10 @@ class Lake(ABC):
     @abstractmethod
     def exists(self, key: str) -> bool: ...
 
+    @abstractmethod
+    def keys(self, prefix: str) -> list[str]:
+        """Every key under `prefix` (a folder: 'model/scored/'), sorted; [] when there is none."""
+
     def uri_of(self, key: str) -> str:
         return f"{self.uri.rstrip('/')}/{key}"
 
@@ -98,6 +105,12 @@ class LocalLake(Lake):
 
     def exists(self, key: str) -> bool:
         return self.path_of(key).exists()
+
+    def keys(self, prefix: str) -> list[str]:
+        folder = self.path_of(prefix)
+        if not folder.is_dir():
+            return []
+        return sorted(p.relative_to(self.root).as_posix() for p in folder.rglob("*") if p.is_file())
 
     def uri_of(self, key: str) -> str:
         return self.path_of(key).resolve().as_uri()
@@ -182,6 +195,16 @@ class S3Lake(Lake):
             raise self._fail(exc, key) from exc
         return True
 
+    def keys(self, prefix: str) -> list[str]:
+        from botocore.exceptions import ClientError
+
+        strip = len(self._key(""))
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self._key(prefix))
+            return sorted(o["Key"][strip:] for page in pages for o in page.get("Contents", []))
+        except ClientError as exc:
+            raise self._fail(exc, prefix) from exc
+
 
 def open_lake(uri: str | Path, s3: S3Options | None = None) -> Lake:
     """`s3://bucket/prefix` is an S3 (or MinIO) lake; anything else is a local folder."""
@@ -232,11 +255,25 @@ def object_key(model: str, sha256: str) -> str:
 
 
 def put_object(lake: Lake, model: str, payload: bytes) -> tuple[str, str]:
-    """Store a parquet payload by its content; returns (sha256, key)."""
+    """Store a parquet payload by its content; returns (sha256, key).
+
+    An object already there is kept when its bytes match its address; one whose bytes do not (a
+    damaged copy) is rewritten with this payload, which is what its address says it holds."""
     sha256 = hashlib.sha256(payload).hexdigest()
     key = object_key(model, sha256)
-    if not lake.exists(key):  # the same content is the same object: never rewritten
+    try:
+        kept: bytes | None = lake.get(key)
+    except FileNotFoundError:
+        kept = None
+    if kept is None:
         lake.put(key, payload)
+    elif hashlib.sha256(kept).hexdigest() != sha256:
+        lake.put(key, payload)
+        log.warning(
+            "repaired %s: its bytes did not match its address (sha256 %s); rewritten from this run's data",
+            lake.uri_of(key),
+            sha256,
+        )
     return sha256, key
 
 
@@ -376,9 +413,19 @@ def _read_checked(lake: Lake, key: str) -> tuple[bytes, Partition]:
     if hashlib.sha256(payload).hexdigest() != manifest["sha256"]:
         raise PartitionError(
             f"{lake.uri_of(data)} does not match the sha256 in the manifest of {lake.uri_of(key)}; "
-            "re-run the task that writes it for this interval"
+            f"re-run the task that writes it for this interval: {rebuilt_from(manifest)}"
         )
     return payload, Partition(lake.uri_of(key), manifest)
+
+
+def rebuilt_from(manifest: dict[str, Any]) -> str:
+    """What a rerun rebuilds a damaged partition from, for the message that asks for the rerun."""
+    source = manifest.get("source")
+    if isinstance(source, dict) and source.get("uri"):
+        return f"it is rebuilt from its source {source['uri']} (restore that first if it is gone)"
+    if "model_version" in manifest:
+        return f"it is rebuilt by rescoring with v{manifest['model_version']}, checked against the prediction log"
+    return "it is rebuilt from what the task reads"
 
 
 def open_partition(lake: Lake, key: str) -> Partition:

@@ -42,6 +42,7 @@ from pipelines.lake import (
     MANIFEST_FILE,
     ParquetStream,
     Partition,
+    PartitionError,
     partition_chunks,
     partition_key,
     publish,
@@ -249,7 +250,7 @@ def write_new_partition(
     times: StepTimes,
 ) -> tuple[int, dict[str, int]] | None:
     """Score a partition never scored before chunk by chunk, each chunk appended to the scored object
-    and bulk-inserted into the log in one transaction, committed once the lake has the partition.
+    and bulk-inserted into the log in one transaction; the partition is published once that commits.
 
     Returns (rows, unseen categories), or None having written nothing when the log already holds one
     of its keys (a concurrent writer; duplicate keys under policy 'warn'): the merge path decides then.
@@ -272,15 +273,17 @@ def write_new_partition(
                         stream.write(scored)
                     with times.step("log"):
                         log_rows(prediction_rows(spec, scored, dag_run_id, scored_at))
-            # The lake before the commit: a partition logged is a partition kept, and a retry after a
-            # failed commit finds the lake's partition and merges the same rows.
+            # The object is stored before the commit, published after it: the lake never shows a
+            # partition the log lacks. A failed publication leaves the log ahead, which the retry
+            # repairs: it finds the logged rows, rescores them with their version and publishes.
             with times.step("lake"):
                 staged = stream.stage(
                     settings.lake, spec.name, scored_manifest(spec, contract, version, part, dag_run_id, dict(unseen))
                 )
-                publish(settings.lake, partition_key(spec.name, "scored", part, spec.partition), staged)
     except IntegrityError:
         return None
+    with times.step("lake"):
+        publish(settings.lake, partition_key(spec.name, "scored", part, spec.partition), staged)
     return stream.rows, dict(unseen)
 
 
@@ -317,22 +320,28 @@ def write_predictions(engine: Engine, spec: ModelSpec, part: datetime, rows: pd.
 class ServedPartition:
     version: str
     scores: pd.DataFrame  # what was logged: the lake's scored partition, else the log's own rows
-    partition: Partition | None  # the scored partition, when the lake still has it
+    partition: Partition | None  # the scored partition, when the lake still has it intact
+    damaged: str | None = None  # why the lake's scored partition could not be used, when it is damaged
 
 
 def served_partition(spec: ModelSpec, settings: Settings, engine: Engine, part: datetime) -> ServedPartition | None:
-    """What served this partition, read once (None for one never scored)."""
+    """What served this partition, read once (None for one never scored). The lake's scored partition
+    says so; where it is lost or damaged (its manifest or its object), the log does."""
     key = partition_key(spec.name, "scored", part, spec.partition)
+    damaged = None
     if settings.lake.exists(f"{key}/{MANIFEST_FILE}"):
-        frame, partition = read_partition(settings.lake, key)
-        return ServedPartition(str(partition.manifest["model_version"]), frame, partition)
-    logged = logged_predictions(spec, engine, part)  # the lake lost it (moved, expired): the log says
+        try:
+            frame, partition = read_partition(settings.lake, key)
+            return ServedPartition(str(partition.manifest["model_version"]), frame, partition)
+        except PartitionError as exc:
+            damaged = str(exc)
+    logged = logged_predictions(spec, engine, part)  # the lake lost it (moved, expired, damaged): the log says
     versions = sorted(set(logged["model_version"]))
     if len(versions) > 1:
         raise BadDataError(
             f"{spec.name}: the {spec.partition} {part.isoformat()} is logged under several versions {versions}"
         )
-    return ServedPartition(versions[0], logged, None) if versions else None
+    return ServedPartition(versions[0], logged, None, damaged) if versions else None
 
 
 def rewritten_rows(spec: ModelSpec, before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
@@ -448,18 +457,30 @@ def score_interval(
         contract = contract_of(model.booster)
         part_unseen = unseen_category_counts(scored, contract)
         unseen.update(part_unseen)
-        # Lake first: if the database write fails, the retry publishes the same object and merges again.
+        # The object first, the log next, the partition last: the lake never shows what the log lacks.
         with times.step("lake"):
             staged = scored_object(chunks_of(scored)).stage(
                 settings.lake, spec.name, scored_manifest(spec, contract, version, part, dag_run_id, part_unseen)
             )
-            if previous is None or previous.sha256 != staged["sha256"]:  # a re-run of the same scores changes nothing
-                publish(settings.lake, key, staged)
-        uris.append(settings.lake.uri_of(key))
         with times.step("log"):
             deleted += write_predictions(
                 engine, spec, part, prediction_rows(spec, scored, dag_run_id, scored_at), dag_run_id
             )
+        with times.step("lake"):
+            if previous is None or previous.sha256 != staged["sha256"]:  # a re-run of the same scores changes nothing
+                publish(settings.lake, key, staged)
+        if served is not None and served.damaged:
+            log.warning(
+                "%s: repaired the scored %s %s: %s; rewritten from rescoring it with v%s, which gave the %d "
+                "logged prediction(s) again",
+                spec.name,
+                spec.partition,
+                part.isoformat(),
+                served.damaged,
+                version,
+                len(scored),
+            )
+        uris.append(settings.lake.uri_of(key))
         total += len(scored)
         versions.append(version)
     if any(unseen.values()):

@@ -8,8 +8,12 @@ Tests run in file order on one timeline: a champion trained over 01-01..01-03, t
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import re
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,9 +23,9 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from pipelines import tables
-from pipelines.config import Settings
+from pipelines.config import REPO_ROOT, Settings
 from pipelines.demo_data import DemoConfig, source_hour_file, write_source
-from pipelines.lake import hour_partition
+from pipelines.lake import PartitionError, hour_partition
 from tests.conftest import module_home
 
 FIRST_NIGHT = datetime(2026, 1, 3, 2, tzinfo=UTC)
@@ -38,7 +42,7 @@ def home(airflow_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             settings.source / "demo_churn",
             DemoConfig(),
             datetime(2026, 1, 1, tzinfo=UTC),
-            datetime(2026, 1, 3, 12, tzinfo=UTC),
+            datetime(2026, 1, 3, 16, tzinfo=UTC),
         )
         yield settings
 
@@ -187,15 +191,115 @@ def test_an_unparseable_value_fails_ingest_at_once(
     fails_at_once(home, engine, caplog, hour, "ingest_interval", str(path), "'monthly_charges'", "['twelve']")
 
 
-def test_a_truncated_manifest_is_refused_naming_it(
+def flip_bytes(path: Path) -> None:
+    """Three flipped bytes, the length kept: what a bad disk or a bad copy leaves."""
+    damaged = bytearray(path.read_bytes())
+    for at in (len(damaged) // 4, len(damaged) // 2, 3 * len(damaged) // 4):
+        damaged[at] ^= 0xFF
+    path.write_bytes(bytes(damaged))
+
+
+def scored_rows_agree_with_the_log(home: Settings, engine: Engine, hour: datetime) -> int:
+    """The hour's scored partition reads (its sha256 checked) and holds exactly the logged rows."""
+    from pipelines.lake import read_partition
+
+    scored, _ = read_partition(home.lake, hour_partition("demo_churn", "scored", hour))
+    p = tables.predictions
+    with engine.connect() as connection:
+        logged = connection.execute(
+            select(p.c.entity_id, p.c.score).where(p.c.as_of >= hour, p.c.as_of < hour + timedelta(hours=1))
+        ).all()
+    assert sorted(logged) == sorted(zip(scored["customer_id"].astype(str), scored["score"], strict=True))
+    return len(logged)
+
+
+def test_a_truncated_manifest_is_named_and_the_rerun_rewrites_it(
     home: Settings, engine: Engine, caplog: pytest.LogCaptureFixture
 ) -> None:
+    from pipelines.lake import read_partition
+
     hour = FIRST_NIGHT + timedelta(hours=5)
     assert run("demo_churn__score", hour + timedelta(hours=1)).state == "success"
     manifest = lake_root(home) / hour_partition("demo_churn", "scored", hour) / "_manifest.json"
     manifest.write_bytes(manifest.read_bytes()[:40])
-    messages = fails_at_once(home, engine, caplog, hour, "score", f"{manifest.resolve().as_uri()}: not valid JSON")
-    assert "the manifest is damaged" in messages
+    with pytest.raises(PartitionError, match=f"{re.escape(manifest.resolve().as_uri())}: not valid JSON .* damaged"):
+        read_partition(home.lake, hour_partition("demo_churn", "scored", hour))  # what a reader meets
+    before = records(engine)
+    with caplog.at_level(logging.WARNING, logger="pipelines.score"):
+        assert run("demo_churn__score", hour + timedelta(hours=1)).state == "success"
+    assert f"repaired the scored hour {hour.isoformat()}: {manifest.resolve().as_uri()}: not valid JSON" in caplog.text
+    assert records(engine) == before  # the log is what served: not one row changed
+    assert scored_rows_agree_with_the_log(home, engine, hour) > 0
+
+
+def test_flipped_bytes_in_raw_and_scored_objects_are_repaired_by_the_rerun(
+    home: Settings, engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    from pipelines.lake import read_partition
+
+    hour = FIRST_NIGHT + timedelta(hours=10)
+    assert run("demo_churn__score", hour + timedelta(hours=1)).state == "success"
+    objects = {}
+    for zone in ("raw", "scored"):
+        manifest = json.loads(home.lake.get(f"{hour_partition('demo_churn', zone, hour)}/_manifest.json"))
+        objects[zone] = lake_root(home) / manifest["data"]
+        flip_bytes(objects[zone])
+    with pytest.raises(
+        PartitionError, match=f"it is rebuilt from its source {re.escape(str(source_file(home, hour)))}"
+    ):
+        read_partition(home.lake, hour_partition("demo_churn", "raw", hour))  # what training would meet
+    before = records(engine)
+    with caplog.at_level(logging.WARNING, logger="pipelines"):
+        assert run("demo_churn__score", hour + timedelta(hours=1)).state == "success"
+    for zone in ("raw", "scored"):
+        assert f"repaired {objects[zone].resolve().as_uri()}: its bytes did not match its address" in caplog.text
+    assert f"repaired the scored hour {hour.isoformat()}" in caplog.text
+    assert records(engine) == before
+    read_partition(home.lake, hour_partition("demo_churn", "raw", hour))  # its sha256 matches again
+    assert scored_rows_agree_with_the_log(home, engine, hour) > 0
+
+
+def test_doctor_lists_where_lake_and_log_disagree_and_its_command_reconciles(home: Settings, engine: Engine) -> None:
+    """A log restored from an older backup (an hour's rows gone) and a lake that lost an hour's
+    scored partition: `pipelines doctor` names both, and the command it gives repairs each."""
+    from pipelines.doctor import Checkup, check_lake_and_log
+    from pipelines.spec import load_spec
+
+    spec = load_spec(home.specs_dir / "demo_churn.yaml")
+    lost_log, lost_lake = FIRST_NIGHT + timedelta(hours=11), FIRST_NIGHT + timedelta(hours=12)
+    for hour in (lost_log, lost_lake):
+        assert run("demo_churn__score", hour + timedelta(hours=1)).state == "success"
+    kept = {hour: scored_rows_agree_with_the_log(home, engine, hour) for hour in (lost_log, lost_lake)}
+    p = tables.predictions
+    with engine.begin() as connection:
+        connection.execute(p.delete().where(p.c.as_of >= lost_log, p.c.as_of < lost_log + timedelta(hours=1)))
+    (lake_root(home) / hour_partition("demo_churn", "scored", lost_lake) / "_manifest.json").unlink()
+
+    checkup = Checkup()
+    check_lake_and_log(home, engine, spec, checkup)
+    commands = {}
+    for hour, lake_rows, log_rows in ((lost_log, kept[lost_log], 0), (lost_lake, 0, kept[lost_lake])):
+        start, end = f"{hour:%Y-%m-%dT%H:%MZ}", f"{hour + timedelta(hours=1):%Y-%m-%dT%H:%MZ}"
+        [problem] = [line for line in checkup.problems if f"hour {start}:" in line]
+        assert f"{lake_rows} row(s) in the lake, {log_rows} in the log" in problem, problem
+        commands[hour] = f"pipelines run demo_churn__score --start {start} --end {end}"
+        assert f"`{commands[hour]}`" in problem
+    assert len(checkup.problems) == 2, checkup.problems
+
+    # The command given, as a user runs it; the other hour's in process (the same run, without the CLI's start-up).
+    given = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", *commands[lost_log].split()[1:]],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+    )
+    assert given.returncode == 0, given.stdout[-2000:] + given.stderr[-2000:]
+    assert run("demo_churn__score", lost_lake + timedelta(hours=1)).state == "success"
+    for hour in (lost_log, lost_lake):
+        assert scored_rows_agree_with_the_log(home, engine, hour) == kept[hour]
+    checkup = Checkup()
+    check_lake_and_log(home, engine, spec, checkup)
+    assert checkup.problems == [] and "the lake and the log agree" in checkup.ok[0]
 
 
 def test_a_source_overdue_for_an_old_interval_fails_at_its_first_check_naming_it(

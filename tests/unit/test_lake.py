@@ -144,3 +144,34 @@ def test_a_partition_streamed_in_chunks_is_the_same_object_as_written_whole(
     write_partition(lake, "m/raw/empty", frame.head(0), {"model": "m"})
     (empty,) = partition_chunks(lake, "m/raw/empty", 100)
     assert empty.empty and list(empty.columns) == list(frame.columns)
+
+
+def test_writing_the_same_content_again_repairs_a_damaged_object(lake: Lake, caplog: pytest.LogCaptureFixture) -> None:
+    frame = pd.DataFrame({"a": [1.0, 2.0, 3.0]})
+    partition = write_partition(lake, "m/raw/p", frame, {"source": {"kind": "files", "uri": "/data/feed/10.csv"}})
+    key = str(partition.manifest["data"])
+    damaged = bytearray(lake.get(key))
+    for at in (10, 20, 30):
+        damaged[at] ^= 0xFF  # three flipped bytes, the length kept
+    lake.put(key, bytes(damaged))
+    with pytest.raises(PartitionError, match=r"it is rebuilt from its source /data/feed/10.csv \(restore that first"):
+        read_partition(lake, "m/raw/p")
+    with caplog.at_level("WARNING", logger="pipelines.lake"):
+        write_partition(lake, "m/raw/p", frame, partition.manifest)  # the task's rerun: the same content
+    assert f"repaired {lake.uri_of(key)}: its bytes did not match its address" in caplog.text
+    pd.testing.assert_frame_equal(read_partition(lake, "m/raw/p")[0], frame)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="pipelines.lake"):
+        write_partition(lake, "m/raw/p", frame, partition.manifest)  # intact: kept, nothing said
+    assert caplog.text == ""
+
+
+def test_keys_lists_a_folder_of_the_lake(lake: Lake) -> None:
+    write_partition(lake, "m/scored/dt=2026-01-02/hour=03", pd.DataFrame({"a": [1]}), {})
+    write_partition(lake, "m/scored/dt=2026-01-02/hour=04", pd.DataFrame({"a": [2]}), {})
+    write_partition(lake, "other/scored/dt=2026-01-02/hour=03", pd.DataFrame({"a": [3]}), {})
+    assert lake.keys("m/scored/") == [
+        f"m/scored/dt=2026-01-02/hour=03/{MANIFEST_FILE}",
+        f"m/scored/dt=2026-01-02/hour=04/{MANIFEST_FILE}",
+    ]
+    assert lake.keys("absent/") == []
