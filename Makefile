@@ -2,7 +2,7 @@
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 RUN := $(UV) run --frozen
 
-.PHONY: install demo test lint up bench clean
+.PHONY: install demo test check lint up bench clean
 
 install:
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -14,6 +14,9 @@ demo: install  ## the demo model through its whole life, from an empty .pipeline
 
 test: install  ## the whole test suite (unit, DAG integrity, integration through dag.test())
 	$(RUN) pytest
+
+check: lint  ## the inner loop: lint, unit tests and DAG integrity (`make test` is the whole suite)
+	$(RUN) pytest -q tests/unit tests/dags
 
 lint: install  ## ruff and mypy must stay clean
 	$(RUN) ruff check pipelines plugins dags tests bench

@@ -32,6 +32,12 @@ apply_airflow_environment()
 POSTGRES_URL = os.environ.get("PIPELINES_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    from tests.servers import install
+
+    install()  # SIGTERM to pytest stops every server a test started
+
+
 def needs_server(what: str, exc: Exception) -> NoReturn:
     """Skip a test whose server is not running here; CI sets PIPELINES_REQUIRE_SERVERS=1 to fail instead."""
     if os.environ.get("PIPELINES_REQUIRE_SERVERS") == "1":

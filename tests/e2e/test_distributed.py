@@ -36,6 +36,7 @@ from pipelines.scaleout import TRAIN_QUEUE, Stack, mlflow_environment, stack_env
 from pipelines.up import stop_groups
 from tests.conftest import S3Endpoint, needs_server, postgres_database
 from tests.e2e.api import free_port, request
+from tests.servers import track
 
 MODEL = "demo_churn"
 REDIS = os.environ.get("PIPELINES_TEST_REDIS_URL", "redis://127.0.0.1:6379")
@@ -61,8 +62,15 @@ class Cluster:
 
     def start(self, name: str, *args: str, env: dict[str, str] | None = None) -> None:
         out = (self.root / "logs" / f"{name}.log").open("ab")
-        self.processes[name] = subprocess.Popen(
-            list(args), env=env or self.env, cwd=self.root, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        self.processes[name] = track(
+            subprocess.Popen(
+                list(args),
+                env=env or self.env,
+                cwd=self.root,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         )
 
     def kill(self, name: str) -> None:

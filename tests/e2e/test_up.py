@@ -12,17 +12,20 @@ from pathlib import Path
 from pipelines.config import REPO_ROOT
 from tests.e2e.processes import alive, descendants
 from tests.e2e.test_standalone import clean_env, free_port
+from tests.servers import track
 
 
 def up(home: Path, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "pipelines.cli", "up", *args],
-        env=clean_env(home),
-        cwd=REPO_ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
+    return track(
+        subprocess.Popen(
+            [sys.executable, "-m", "pipelines.cli", "up", *args],
+            env=clean_env(home),
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
     )
 
 
