@@ -133,16 +133,15 @@ FORM_TOKEN = "form_token"
 
 
 def form_token(request: Request) -> str | None:
-    """The token the page's forms carry for this browser session: an HMAC of its Airflow session
-    cookie under the API server's secret key, so another site can neither read nor make it."""
+    """The token the page's forms carry for this browser session: a digest of its Airflow session
+    cookie, which another site can neither read nor compute. (No server key: every API server
+    process, however many, gives the same token.)"""
     from airflow.api_fastapi.auth.managers.base_auth_manager import COOKIE_NAME_JWT_TOKEN
-    from airflow.configuration import conf
 
     session = request.cookies.get(COOKIE_NAME_JWT_TOKEN)
     if not session:
         return None
-    key = conf.get("api", "secret_key").encode()
-    return hmac.new(key, b"pipelines-form:" + session.encode(), hashlib.sha256).hexdigest()
+    return hashlib.sha256(b"pipelines-form:" + session.encode()).hexdigest()
 
 
 def same_site(request: Request, sent_token: str | None) -> None:
