@@ -12,8 +12,12 @@ demo: install  ## the demo model through its whole life, from an empty .pipeline
 	$(RUN) pipelines demo --reset
 	$(RUN) pipelines status --json
 
-test: install  ## the whole test suite (unit, DAG integrity, integration through dag.test())
-	$(RUN) pytest
+# Test modules run in parallel, each whole on one worker (its module-scoped world built once, its
+# tests in file order); each worker has its own session home, Airflow database and S3 endpoint.
+TEST_WORKERS ?= 2
+
+test: install  ## the whole test suite (unit, DAG integrity, integration through dag.test(), e2e)
+	$(RUN) pytest -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 check: lint  ## the inner loop: lint, unit tests and DAG integrity (`make test` is the whole suite)
 	$(RUN) pytest -q tests/unit tests/dags

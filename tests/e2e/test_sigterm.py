@@ -9,13 +9,16 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from pipelines.config import REPO_ROOT
 from tests.e2e.processes import alive
 
 
-def test_sigterm_to_pytest_stops_every_server_a_test_started(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [[], ["-n", "1"]], ids=["in-process", "xdist-worker"])
+def test_sigterm_to_pytest_stops_every_server_a_test_started(tmp_path: Path, workers: list[str]) -> None:
     session = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "tests/e2e/stopped_session.py"],
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *workers, "tests/e2e/stopped_session.py"],
         cwd=REPO_ROOT,
         env={**os.environ, "STOPPED_SESSION_DIR": str(tmp_path)},
         stdout=subprocess.PIPE,
