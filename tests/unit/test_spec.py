@@ -115,14 +115,6 @@ SOURCES = {
             r"field 'source.events.files.path': .* placeholder\(s\) \['start.__class__'\]; only \{start:...\}",
         ),
         (
-            {"source": {**SOURCES, "events": {"kind": "files", "path": "e/{start!r}.csv"}}},
-            r"field 'source.events.files.path': .* converts the date \(!r\); give a date format",
-        ),
-        (
-            {"source": {**SOURCES, "labels": {"kind": "files", "path": "l/{end:%s%f}.csv"}}},
-            r"field 'source.labels.files.path': .* uses %f, %s; only the date directives %A %B",
-        ),
-        (
             {"source": {**SOURCES, "events": {"kind": "files", "path": "events/{start:%Y}"}}},
             r"field 'source.events.files': .*give format \(csv or parquet\)",
         ),
@@ -146,6 +138,14 @@ SOURCES = {
             r"features\.categorical \['device_type'\] not among the columns of suite 'demo_churn'",
         ),
         ({"entity_key": "account_id"}, r"entity_key \['account_id'\] not among the columns of suite"),
+        (
+            {"source": {**SOURCES, "events": {"kind": "files", "path": "e/{start!r}.csv"}}},
+            r"field 'source.events.files.path': .* converts the date \(!r\); give a date format",
+        ),
+        (
+            {"source": {**SOURCES, "labels": {"kind": "files", "path": "l/{end:%s%f}.csv"}}},
+            r"field 'source.labels.files.path': .* uses %f, %s; only the date directives %A %B",
+        ),
     ],
 )
 def test_paths_stay_in_their_roots_and_the_suite_knows_every_column(
