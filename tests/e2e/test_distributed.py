@@ -297,7 +297,9 @@ def test_the_train_task_runs_on_the_train_queue_and_its_model_lands_in_s3(cluste
     import boto3
     from mlflow import MlflowClient
 
-    version = MlflowClient(tracking_uri=cluster.stack.mlflow_url).get_model_version_by_alias(MODEL, "champion")
+    # Both URIs: a module run earlier in this process may have set the process's registry URI.
+    server = cluster.stack.mlflow_url
+    version = MlflowClient(tracking_uri=server, registry_uri=server).get_model_version_by_alias(MODEL, "champion")
     assert version.version == "1"
     s3 = boto3.client(
         "s3",
