@@ -14,7 +14,7 @@ demo: install  ## the demo model through its whole life, from an empty .pipeline
 
 # Test modules run in parallel, each whole on one worker (its module-scoped world built once, its
 # tests in file order); each worker has its own session home, Airflow database and S3 endpoint.
-TEST_WORKERS ?= 2
+TEST_WORKERS ?= 2  # 0: one process
 
 test: install  ## the whole test suite (unit, DAG integrity, integration through dag.test(), e2e)
 	$(RUN) pytest -n $(TEST_WORKERS) --dist loadfile --durations=25

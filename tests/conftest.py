@@ -7,12 +7,10 @@ first imported.
 from __future__ import annotations
 
 import os
-import shutil
-import sqlite3
 import tempfile
 import uuid
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -100,38 +98,33 @@ def s3_endpoint() -> Iterator[S3Endpoint]:
     server.stop()
 
 
-AIRFLOW_DB = SESSION_HOME / "airflow" / "airflow.db"
-MIGRATED_AIRFLOW_DB = SESSION_HOME / "airflow" / "migrated.db"  # as `airflow db migrate` left it
-
-
 @pytest.fixture(scope="session")
 def airflow_db() -> Path:
     """A migrated Airflow metadata database under the session home."""
+    global _airflow_migrated
     migrate_airflow_db(get_settings())
-    if os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "") == f"sqlite:///{AIRFLOW_DB}":
-        with closing(sqlite3.connect(AIRFLOW_DB)) as live, closing(sqlite3.connect(MIGRATED_AIRFLOW_DB)) as kept:
-            live.backup(kept)
-    return AIRFLOW_DB
+    _airflow_migrated = True
+    return SESSION_HOME / "airflow" / "airflow.db"
+
+
+_airflow_migrated = False
 
 
 @pytest.fixture(scope="module", autouse=True)
 def airflow_runs_of_this_module_only() -> None:
-    """Each module starts on the Airflow database as migrated, with no task log: a DAG run, task
-    instance, asset event or log line of an earlier module in this process (a run id the same
-    interval gives, say) never stands in for one of its own, whichever modules ran before it."""
-    if not MIGRATED_AIRFLOW_DB.exists():
-        return
-    from airflow import settings
-    from airflow.configuration import conf
-    from sqlalchemy.orm.session import close_all_sessions
+    """Each module starts with no DAG run, task instance or asset event in the session's Airflow
+    database: a run of an earlier module in this process (the same interval gives the same run id)
+    never stands in for one of its own, whichever modules ran before it (xdist decides that)."""
+    if not _airflow_migrated:
+        return  # no module of this process has used Airflow yet
+    from airflow.models.asset import AssetDagRunQueue, AssetEvent
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from sqlalchemy import delete
 
-    close_all_sessions()
-    if settings.engine is not None:
-        settings.engine.dispose()
-    # SQLite's backup replaces the whole content in one transaction (WAL and all).
-    with closing(sqlite3.connect(MIGRATED_AIRFLOW_DB)) as kept, closing(sqlite3.connect(AIRFLOW_DB)) as live:
-        kept.backup(live)
-    shutil.rmtree(conf.get("logging", "base_log_folder"), ignore_errors=True)
+    with create_session() as session:  # task instances and what hangs on them go with their run (ON DELETE CASCADE)
+        for table in (AssetDagRunQueue, AssetEvent, DagRun):
+            session.execute(delete(table))
 
 
 @pytest.fixture
