@@ -101,30 +101,8 @@ def s3_endpoint() -> Iterator[S3Endpoint]:
 @pytest.fixture(scope="session")
 def airflow_db() -> Path:
     """A migrated Airflow metadata database under the session home."""
-    global _airflow_migrated
     migrate_airflow_db(get_settings())
-    _airflow_migrated = True
     return SESSION_HOME / "airflow" / "airflow.db"
-
-
-_airflow_migrated = False
-
-
-@pytest.fixture(scope="module", autouse=True)
-def airflow_runs_of_this_module_only() -> None:
-    """Each module starts with no DAG run, task instance or asset event in the session's Airflow
-    database: a run of an earlier module in this process (the same interval gives the same run id)
-    never stands in for one of its own, whichever modules ran before it (xdist decides that)."""
-    if not _airflow_migrated:
-        return  # no module of this process has used Airflow yet
-    from airflow.models.asset import AssetDagRunQueue, AssetEvent
-    from airflow.models.dagrun import DagRun
-    from airflow.utils.session import create_session
-    from sqlalchemy import delete
-
-    with create_session() as session:  # task instances and what hangs on them go with their run (ON DELETE CASCADE)
-        for table in (AssetDagRunQueue, AssetEvent, DagRun):
-            session.execute(delete(table))
 
 
 @pytest.fixture
