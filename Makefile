@@ -12,14 +12,13 @@ demo: install  ## the demo model through its whole life, from an empty .pipeline
 	$(RUN) pipelines demo --reset
 	$(RUN) pipelines status --json
 
-# TEST_WORKERS=2 runs test modules in parallel (pytest-xdist), each module whole on one worker. Off
-# by default: some modules still depend on what ran before them in the same process (test_promotion
-# after another module fails), so only one process gives the answer CI relies on.
-TEST_WORKERS ?= 0
-PARALLEL := $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile,)
+# Two worker processes (pytest-xdist): the integration modules on one, the e2e, DAG and unit tests on
+# the other, each in serial order (tests/conftest.py: world_of). TEST_WORKERS=0 runs one process.
+TEST_WORKERS ?= 2
+PARALLEL := $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS),)
 
 test: install  ## the whole test suite (unit, DAG integrity, integration through dag.test(), e2e)
-	$(RUN) pytest $(PARALLEL) --durations=25
+	$(RUN) pytest $(PARALLEL) --durations=0 --durations-min=1
 
 check: lint  ## the inner loop: lint, unit tests and DAG integrity (`make test` is the whole suite)
 	$(RUN) pytest -q tests/unit tests/dags

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import pytest
 
@@ -36,6 +36,26 @@ def pytest_configure(config: pytest.Config) -> None:
     from tests.servers import install
 
     install()  # SIGTERM to pytest stops every server a test started
+
+
+def world_of(nodeid: str) -> str:
+    """Which worker process of a parallel run (`pytest -n 2`) runs a test: the integration modules
+    (Airflow in this process, `dag.test()`) on one, the e2e modules (servers in their own processes),
+    the DAG integrity and the unit tests on the other. Each world keeps the order a serial run gives,
+    so a module has the same predecessors in its process as under plain `pytest`; the two take about
+    the same time."""
+    return "integration" if nodeid.startswith("tests/integration/") else "servers-and-unit"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByWorld(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return world_of(nodeid)
+
+    return ByWorld(config, log)
 
 
 def needs_server(what: str, exc: Exception) -> NoReturn:

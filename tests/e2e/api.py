@@ -10,6 +10,10 @@ import urllib.request
 from typing import Any
 
 
+class ApiError(urllib.error.HTTPError):
+    """An HTTP error whose text carries the request and the server's answer, so a failure in CI says why."""
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -30,7 +34,10 @@ def request(url: str, token: str | None = None, payload: dict[str, Any] | None =
             # 503 is Airflow's "database busy, try again" (e.g. a backfill while the scheduler holds
             # the SQLite lock); anything else, or a sixth 503, is a real failure.
             if exc.code != 503 or attempt == 5:
-                raise
+                answer = exc.read().decode(errors="replace")[-6000:]
+                raise ApiError(
+                    exc.url, exc.code, f"{exc.reason} for {method} {url}: {answer}", exc.headers, None
+                ) from exc
             time.sleep(2 * (attempt + 1))
         except (TimeoutError, urllib.error.URLError) as exc:
             # A loaded machine can keep the API server busy past the timeout: a read is safe to ask

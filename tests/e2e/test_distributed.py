@@ -401,3 +401,69 @@ def test_drift_under_the_scheduler_retrains_on_the_train_worker_then_a_backtest_
         ).all()
     engine.dispose()
     assert ("2026-01-03", "1") in [(str(c)[:10], v) for c, v in cohorts]
+
+
+def test_backfilling_three_hours_twice_gives_the_same_rows(cluster: Cluster) -> None:
+    """Airflow's own backfill (REST API, executed by the scheduler on the Celery workers) over three
+    score intervals; the second backfill re-runs the completed runs and must change no logged
+    prediction. Here, on PostgreSQL: Airflow refuses backfills on SQLite under concurrent access
+    (its answer is 503, 'Please use PostgreSQL or MySQL', and a half-made backfill can stop the
+    scheduler), so the embedded `pipelines up` reruns intervals with `pipelines run` instead."""
+    # The monitor would follow each score run (drift was the previous test's story): paused here.
+    request(f"{cluster.api}/dags/{MODEL}__monitor", cluster.token, {"is_paused": True}, "PATCH")
+    hours = [datetime(2026, 1, 4, h, tzinfo=UTC) for h in (12, 13, 14)]  # the three intervals' starts
+
+    def backfill(reprocess: str) -> dict[str, str]:
+        body = {
+            "dag_id": f"{MODEL}__score",
+            # Airflow places a backfill's dates on interval starts: runs for 12:00-13:00 ... 14:00-15:00.
+            "from_date": hours[0].isoformat(),
+            "to_date": hours[-1].isoformat(),
+            "reprocess_behavior": reprocess,
+            "max_active_runs": 1,
+        }
+        created = request(f"{cluster.api}/backfills", cluster.token, body, "POST")
+        deadline = time.monotonic() + 600
+        while not cluster.get(f"/backfills/{created['id']}")["completed_at"]:
+            assert time.monotonic() < deadline, f"backfill {created['id']} not completed after 600 s"
+            cluster.check_alive()
+            time.sleep(3)
+        runs = cluster.get(f"/dags/{MODEL}__score/dagRuns?run_type=backfill&limit=100")["dag_runs"]
+        return {r["dag_run_id"]: r["state"] for r in runs}
+
+    from sqlalchemy import create_engine, text
+
+    from pipelines.lake import S3Options, open_lake, partition_key, read_partition
+
+    def logged() -> tuple[dict[datetime, int], list[Any]]:
+        """Per-hour counts of the three hours' logged predictions, and every column of every row."""
+        engine = create_engine(cluster.stack.postgres_url(cluster.stack.tables_database))
+        with engine.connect() as db:
+            rows = db.execute(
+                text(
+                    "select * from predictions where model_name = :m and as_of >= :s and as_of < :e "
+                    "order by entity_id, as_of"
+                ),
+                {"m": MODEL, "s": hours[0], "e": hours[-1] + timedelta(hours=1)},
+            ).all()
+        engine.dispose()
+        counts: dict[datetime, int] = {}
+        for row in rows:
+            hour = row.as_of.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+            counts[hour] = counts.get(hour, 0) + 1
+        return counts, [tuple(row) for row in rows]
+
+    first = backfill("none")
+    assert sorted(first.values()) == ["success"] * 3, first
+    counts, rows = logged()
+    options = S3Options(
+        cluster.stack.s3_endpoint, cluster.stack.s3_access_key, cluster.stack.s3_secret_key, None, "us-east-1"
+    )
+    lake = open_lake(cluster.stack.lake, options)
+    for hour in hours:
+        frame, _ = read_partition(lake, partition_key(MODEL, "raw", hour))
+        assert counts.get(hour) == len(frame) > 0, hour
+
+    second = backfill("completed")
+    assert second == first  # the same three runs, re-run
+    assert logged() == (counts, rows)
