@@ -12,13 +12,14 @@ demo: install  ## the demo model through its whole life, from an empty .pipeline
 	$(RUN) pipelines demo --reset
 	$(RUN) pipelines status --json
 
-# Two worker processes (pytest-xdist): the integration modules on one, the e2e, DAG and unit tests on
-# the other, each in serial order (tests/conftest.py: world_of). TEST_WORKERS=0 runs one process.
-TEST_WORKERS ?= 2
+# TEST_WORKERS=2 runs two worker processes (pytest-xdist): the integration modules on one, the e2e,
+# DAG and unit tests on the other, each in serial order (tests/conftest.py: world_of). Off by default:
+# the suite is CPU-bound, and on a 2-core machine two workers took 40 min against 38 in one process.
+TEST_WORKERS ?= 0
 PARALLEL := $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS),)
 
 test: install  ## the whole test suite (unit, DAG integrity, integration through dag.test(), e2e)
-	$(RUN) pytest $(PARALLEL) --durations=0 --durations-min=1
+	$(RUN) pytest $(PARALLEL) --durations=25
 
 check: lint  ## the inner loop: lint, unit tests and DAG integrity (`make test` is the whole suite)
 	$(RUN) pytest -q tests/unit tests/dags
