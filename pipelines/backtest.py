@@ -74,8 +74,6 @@ def cohort_predictions(spec: ModelSpec, engine: Engine, end: datetime) -> pd.Dat
     # Two indexed range reads joined here: SQLite plans an outer join with the grouped labels badly.
     known = labels_known_at(engine, spec, since, end, end)  # each label as it was known at `end`
     frame = frame.merge(known, on=["entity_id", "as_of"], how="left", validate="one_to_one")
-    # One row order whatever the database returns: the metrics' float sums are then bit-for-bit reproducible.
-    frame = frame.sort_values(["as_of", "entity_id"], ignore_index=True)
     if spec.task != "multiclass":
         frame["label"] = pd.to_numeric(frame["label"], errors="coerce")  # no label yet: NaN
     return with_probability_columns(spec, frame)
