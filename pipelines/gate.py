@@ -54,7 +54,6 @@ class Verdict:
     reason: str
     interval: Interval | None
     slices: list[SliceCheck]
-    floor: Interval | None = None  # the candidate's improvement over its task's trivial baseline
 
 
 def weighted_metric(metric: str, labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -221,62 +220,27 @@ def slice_checks(
     return checks
 
 
-def describe(metric: str, interval: Interval, rows: int, over: str = "") -> str:
-    return (
-        f"{metric} improvement{over} {interval.point:+.4f}, {interval.confidence:.0%} CI "
-        f"[{interval.lower:+.4f}, {interval.upper:+.4f}] over {rows} holdout rows"
-    )
-
-
-def below_the_base_rate(
-    gate: GateSpec, frame: pd.DataFrame, label: str, candidate: np.ndarray, baseline: np.ndarray
-) -> tuple[Verdict | None, Interval]:
-    """The candidate against its task's trivial model: a keeping verdict unless the improvement's lower
-    bound exceeds 0, and the interval either way."""
-    labels = frame[label].to_numpy(dtype="float64")
-    floor = bootstrap_improvement(
-        gate.metric, labels, candidate, baseline, gate.bootstrap_samples, gate.confidence, gate.seed
-    )
-    if floor.lower > 0:
-        return None, floor
-    reason = (
-        f"no better than the base rate: {describe(gate.metric, floor, len(frame), ' over the base rate')}; "
-        "the lower bound must exceed 0 (gate.beat_base_rate)"
-    )
-    return Verdict(False, reason, None, [], floor), floor
-
-
 def judge(
-    gate: GateSpec,
-    frame: pd.DataFrame,
-    label: str,
-    challenger: np.ndarray,
-    champion: np.ndarray | None,
-    baseline: np.ndarray | None = None,
+    gate: GateSpec, frame: pd.DataFrame, label: str, challenger: np.ndarray, champion: np.ndarray | None
 ) -> Verdict:
-    """Promote only on a real improvement whose interval clears `min_improvement`, with no slice regressed;
-    with a `baseline` (the task's trivial model), only a candidate whose improvement over it is real too."""
+    """Promote only on a real improvement whose interval clears `min_improvement`, with no slice regressed."""
     labels = frame[label].to_numpy(dtype="float64")
-    floor = None
-    if baseline is not None:
-        kept, floor = below_the_base_rate(gate, frame, label, challenger, baseline)
-        if kept is not None:
-            return kept
     if champion is None:
-        beats = "" if floor is None else f" and beats the base rate: {describe(gate.metric, floor, len(frame))}"
-        return Verdict(True, f"no champion yet{beats}", None, [], floor)
+        return Verdict(True, "no champion yet", None, [])
     interval = bootstrap_improvement(
         gate.metric, labels, challenger, champion, gate.bootstrap_samples, gate.confidence, gate.seed
     )
     slices = slice_checks(gate, frame, label, challenger, champion)
-    summary = describe(gate.metric, interval, len(frame))
+    summary = (
+        f"{gate.metric} improvement {interval.point:+.4f}, {interval.confidence:.0%} CI "
+        f"[{interval.lower:+.4f}, {interval.upper:+.4f}] over {len(frame)} holdout rows"
+    )
     if interval.lower <= gate.min_improvement:
         return Verdict(
             False,
             f"no real improvement: {summary}; the lower bound must exceed min_improvement={gate.min_improvement}",
             interval,
             slices,
-            floor,
         )
     regressed = [s for s in slices if s.status == "regressed"]
     if regressed:
@@ -286,6 +250,5 @@ def judge(
             f"slice regression beyond tolerance {gate.slice_tolerance}: {worst} (overall {summary})",
             interval,
             slices,
-            floor,
         )
-    return Verdict(True, f"real improvement: {summary}", interval, slices, floor)
+    return Verdict(True, f"real improvement: {summary}", interval, slices)

@@ -14,7 +14,6 @@ from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from sqlalchemy import Engine, select
 
@@ -22,10 +21,9 @@ from pipelines import tables
 from pipelines.config import Settings
 from pipelines.errors import PermanentError
 from pipelines.features import aligned_probabilities, class_index, contract_of, predict
-from pipelines.gate import HIGHER_IS_BETTER, Verdict, below_the_base_rate, bounded_holdout, judge
+from pipelines.gate import HIGHER_IS_BETTER, Verdict, bounded_holdout, judge
 from pipelines.registry import (
     APPROVE,
-    BASELINE_TAG,
     CHALLENGER,
     CHAMPION,
     LoadedModel,
@@ -99,44 +97,15 @@ def gate_labels(spec: ModelSpec, holdout: pd.DataFrame) -> pd.DataFrame:
     return holdout.assign(**{spec.label.column: index})
 
 
-def baseline_scores(spec: ModelSpec, baseline: dict[str, Any] | None, rows: int) -> np.ndarray | None:
-    """What the task's trivial model (recorded at training) predicts for `rows` holdout rows; None when
-    the floor is off (gate.beat_base_rate) or the version predates recorded baselines."""
-    if baseline is None or not spec.gate.beat_base_rate:
-        return None
-    if spec.task == "multiclass":
-        priors = baseline["class_priors"]
-        return np.tile([float(priors.get(c, 0.0)) for c in spec.label.classes or []], (rows, 1))
-    return np.full(rows, float(baseline["base_rate" if spec.task == "binary" else "mean"]))
-
-
 def _judge_against_champion(
-    spec: ModelSpec,
-    settings: Settings,
-    challenger: LoadedModel,
-    champion: LoadedModel | None,
-    holdout: pd.DataFrame,
-    baseline: dict[str, Any] | None,
+    spec: ModelSpec, settings: Settings, challenger: LoadedModel, champion: LoadedModel | None, holdout: pd.DataFrame
 ) -> tuple[Verdict, dict[str, Any]]:
     """The verdict and what it was based on (the holdout actually used)."""
     gate, ts = spec.gate, spec.timestamp
     used = {"rows_offered": len(holdout), "fresh_from": None}
     if champion is None:
-        holdout = bounded_holdout(holdout, gate.max_holdout_rows, gate.seed)
-        scores = _scores(spec, challenger, holdout)
-        verdict = judge(gate, holdout, spec.label.column, scores, None, baseline_scores(spec, baseline, len(holdout)))
+        verdict = judge(gate, holdout, spec.label.column, _scores(spec, challenger, holdout), None)
         return verdict, {**used, "rows": len(holdout)}
-    # The floor first, on the candidate's whole holdout (rows it never saw): a model that learned
-    # nothing is kept out whatever the champion, and however few rows are newer than the champion's.
-    whole = bounded_holdout(holdout, gate.max_holdout_rows, gate.seed)
-    baseline_rows = baseline_scores(spec, baseline, len(whole))
-    floor = None
-    if baseline_rows is not None:
-        kept, floor = below_the_base_rate(
-            gate, whole, spec.label.column, _scores(spec, challenger, whole), baseline_rows
-        )
-        if kept is not None:
-            return kept, {**used, "rows": len(whole)}
     champion_seen = fresh_from(settings, spec.name, champion.version)
     seen_until = None if champion_seen is None else pd.Timestamp(champion_seen)
     fresh = holdout if seen_until is None else holdout[holdout[ts] >= seen_until]
@@ -146,20 +115,15 @@ def _judge_against_champion(
             f"only {len(fresh)} holdout rows are newer than champion v{champion.version}'s training data "
             f"(from {seen_until}); need gate.min_holdout_rows={gate.min_holdout_rows} for a fair comparison"
         )
-        return Verdict(False, reason, None, [], floor), used
+        return Verdict(False, reason, None, []), used
     fresh = bounded_holdout(fresh, gate.max_holdout_rows, gate.seed)
     used["rows"] = len(fresh)
     verdict = judge(gate, fresh, spec.label.column, _scores(spec, challenger, fresh), _scores(spec, champion, fresh))
-    return replace(verdict, floor=floor), used
+    return verdict, used
 
 
 def _verdict(
-    spec: ModelSpec,
-    settings: Settings,
-    version: str,
-    champion: str | None,
-    holdout: pd.DataFrame,
-    baseline: dict[str, Any] | None,
+    spec: ModelSpec, settings: Settings, version: str, champion: str | None, holdout: pd.DataFrame
 ) -> tuple[Verdict, dict[str, Any]]:
     """Challenger `version` judged against `champion`, each model loaded once."""
     if champion == version:
@@ -167,16 +131,16 @@ def _verdict(
         return Verdict(False, "already champion (a re-run of the training that promoted it)", None, []), used
     challenger = load_model(settings, spec.name, version, spec.task)
     if champion is None:
-        return _judge_against_champion(spec, settings, challenger, None, holdout, baseline)
+        return _judge_against_champion(spec, settings, challenger, None, holdout)
     try:
         champion_model = load_model(settings, spec.name, champion, spec.task)
     except VersionNotServable as exc:
         # A champion that cannot serve (scoring refuses it too) is no yardstick: judge the challenger alone.
-        verdict, used = _judge_against_champion(spec, settings, challenger, None, holdout, baseline)
+        verdict, used = _judge_against_champion(spec, settings, challenger, None, holdout)
         return replace(
             verdict, reason=f"champion v{champion} cannot serve ({exc}); judged alone: {verdict.reason}"
         ), used
-    return _judge_against_champion(spec, settings, challenger, champion_model, holdout, baseline)
+    return _judge_against_champion(spec, settings, challenger, champion_model, holdout)
 
 
 def planned_action(promote: bool, mode: str) -> str:
@@ -205,14 +169,11 @@ def gate_challenger(
         return earlier
 
     client = mlflow_client(settings)
-    model_version = client.get_model_version(spec.name, version)
-    run_id = model_version.run_id
-    recorded_baseline = model_version.tags.get(BASELINE_TAG)
-    baseline = json.loads(recorded_baseline) if recorded_baseline else None
+    run_id = client.get_model_version(spec.name, version).run_id
     holdout = download_run_artifact(settings, run_id, "holdout/holdout.parquet", f"{spec.name} v{version}")
     holdout[spec.timestamp] = pd.to_datetime(holdout[spec.timestamp], utc=True)
     champion = champion_version(settings, spec.name)
-    verdict, used = _verdict(spec, settings, version, champion, gate_labels(spec, holdout), baseline)
+    verdict, used = _verdict(spec, settings, version, champion, gate_labels(spec, holdout))
     # A run's params can only make the spec's mode more cautious: dry_run > manual > enabled.
     mode = spec.gate.mode
     if dry_run:
@@ -235,11 +196,6 @@ def gate_challenger(
             "end": holdout[spec.timestamp].max().isoformat() if len(holdout) else None,
         },
         "interval": None if verdict.interval is None else asdict(verdict.interval),
-        # The candidate against its task's trivial model (gate.beat_base_rate), and that model.
-        "base_rate": {
-            "baseline": baseline if spec.gate.beat_base_rate else None,
-            "interval": None if verdict.floor is None else asdict(verdict.floor),
-        },
         "slices": [asdict(s) for s in verdict.slices],
         "verdict": "promote" if verdict.promote else "keep",
         "action": planned_action(verdict.promote, mode),

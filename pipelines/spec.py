@@ -329,12 +329,6 @@ class GateSpec(_Strict):
     slices: list[str] = Field(default_factory=list, description="Categorical features whose values must not regress")
     slice_tolerance: float = Field(default=0.02, ge=0, description="The most a slice may get worse (metric units)")
     min_slice_rows: int = Field(default=200, ge=10, description="Smaller slices are reported but not judged")
-    beat_base_rate: bool = Field(
-        default=True,
-        description="Every promotion, the first included, needs the candidate to beat its task's trivial "
-        "baseline on the holdout (the training base rate, class priors or mean), with the same bootstrap "
-        "confidence; otherwise it is registered but not promoted",
-    )
 
 
 # Evidently's drift tests by the column types they accept (a unit test checks these against its registry).

@@ -1,4 +1,4 @@
-"""The backtest DAG: ingest the window's labels, then metrics of whole cohorts of logged predictions."""
+"""The backtest DAG: ingest the day's labels, then metrics of the logged predictions whose labels matured."""
 
 from __future__ import annotations
 
@@ -26,11 +26,10 @@ class Backtested(TypedDict):
 
 def backtest_dag(spec: ModelSpec) -> DAG:
     doc = (
-        f"Daily: ingest the labels that arrived over the last {spec.backtest.lookback_days} whole day(s), "
-        "then join every logged prediction of those days (cohorts, by as_of date) with its label as known "
-        f"at the interval's end; metrics per cohort x model version x slice of {spec.backtest.slices or '[]'} "
-        "with the cohort's coverage (labelled of all predictions) and whether its labels are all due "
-        f"({spec.label.delay_hours} h), appended to `backtest_metrics`, a plot in the lake and an MLflow run. "
+        f"Daily: ingest the labels that arrived in the interval, then join the logged predictions of "
+        f"the last {spec.backtest.lookback_days} day(s) with labels whose {spec.label.delay_hours} h "
+        "delay has passed; metrics per cohort (as_of date) x model version x slice of "
+        f"{spec.backtest.slices or '[]'} into `backtest_metrics`, a plot in the lake and an MLflow run. "
         f"A challenger that is not serving replays the logged inputs of the last "
         f"{spec.backtest.replay_intervals} matured hours; its rows have scored_by = replay."
     )
@@ -42,12 +41,8 @@ def backtest_dag(spec: ModelSpec) -> DAG:
 
         @task(task_id="ingest_labels")
         @step
-        def ingest_window_labels(env: TaskEnv) -> Labelled:
-            from pipelines.backtest import cohort_window
-
-            # Every label that arrived in the window, not only in this interval: the result then depends
-            # on the run's end alone, not on which runs (of this DAG or the monitor) ingested before.
-            return ingest_labels(env, *cohort_window(spec, env.ctx.interval[1]))
+        def ingest_interval_labels(env: TaskEnv) -> Labelled:
+            return ingest_labels(env, *env.ctx.interval)
 
         @task
         @step
@@ -60,7 +55,7 @@ def backtest_dag(spec: ModelSpec) -> DAG:
                 challenger = None  # already serving: its logged scores are its backtest
             result = run_backtest(spec, env.settings, env.engine, env.ctx.interval[1], env.ctx.run_id, challenger)
             log.info(
-                "backtest: %d labelled predictions over %d cohort(s); challenger %s replayed on %d rows; plot: %s",
+                "backtest: %d matured predictions over %d cohort(s); challenger %s replayed on %d rows; plot: %s",
                 result.rows,
                 result.cohorts,
                 f"v{challenger}" if challenger else "(none)",
@@ -77,5 +72,5 @@ def backtest_dag(spec: ModelSpec) -> DAG:
                 "mlflow_run_id": result.mlflow_run_id,
             }
 
-        backtest(ingest_window_labels())  # type: ignore[arg-type]
+        backtest(ingest_interval_labels())  # type: ignore[arg-type]
     return dag

@@ -80,8 +80,14 @@ def test_a_daily_sql_model_runs_through_every_dag_across_a_quiet_day(home: Setti
                 tables.drift_reports.c.model_name == ORDERS
             )
         ).all()
-        b = tables.current_backtest(ORDERS, slice_column="ALL")
-        cohorts = dict(db.execute(select(b.c.cohort, b.c.n).where(b.c.scored_by == "logged")).all())
+        b = tables.backtest_metrics
+        cohorts = dict(
+            db.execute(
+                select(b.c.cohort, b.c.n).where(
+                    b.c.model_name == ORDERS, b.c.slice_column == "ALL", b.c.scored_by == "logged"
+                )
+            ).all()
+        )
     logged = pd.Series(as_of.strftime("%Y-%m-%d")).value_counts().to_dict()
     assert logged == {"2025-12-26": counts["2025-12-26"], "2025-12-27": counts["2025-12-27"]}
     assert len(reports) == 3 and all(not drifted for _, drifted in reports)

@@ -349,11 +349,6 @@ def test_bad_data_fails_validation_and_scores_nothing(home: Settings, engine: En
 BACKTEST_RUN = datetime(2026, 1, 4, 4, tzinfo=UTC)  # interval [01-03 04:00, 01-04 04:00)
 
 
-def utc(value: datetime) -> datetime:
-    """SQLite hands back naive datetimes; everything stored is UTC."""
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
 def backtest_rows(engine: Engine) -> list[dict[str, Any]]:
     b = tables.backtest_metrics
     with engine.connect() as connection:
@@ -407,13 +402,13 @@ def test_labels_and_backtest_rerun_change_nothing(home: Settings, engine: Engine
 
 
 def test_backtest_has_no_look_ahead(home: Settings, engine: Engine) -> None:
-    from pipelines.backtest import cohort_predictions, labelled
+    from pipelines.backtest import matured_predictions
 
     spec = demo_spec(home)
     # Labels of the 02:00 hour arrive at 08:00: a backtest up to 08:00 knows none of them, one up to
     # 09:00 knows exactly that hour, though the labels table already holds later arrivals.
-    assert labelled(cohort_predictions(spec, engine, datetime(2026, 1, 3, 8, tzinfo=UTC))).empty
-    early = labelled(cohort_predictions(spec, engine, datetime(2026, 1, 3, 9, tzinfo=UTC)))
+    assert matured_predictions(spec, engine, datetime(2026, 1, 3, 8, tzinfo=UTC)).empty
+    early = matured_predictions(spec, engine, datetime(2026, 1, 3, 9, tzinfo=UTC))
     assert len(early) > 0
     assert early["as_of"].min() >= SCORED_HOURS[0] and early["as_of"].max() < SCORED_HOURS[1]
 
@@ -597,38 +592,29 @@ def test_a_lake_that_lost_the_hour_still_cannot_rewrite_the_log(home: Settings, 
 NEXT_BACKTEST = BACKTEST_RUN + timedelta(days=1)
 
 
-def test_each_backtest_ingests_the_labels_of_its_whole_cohort_window(home: Settings, engine: Engine) -> None:
-    """A backtest reads every label file that arrived in its window (whole days from `lookback_days`
-    before its end), whatever ingested them before: its result depends on its end only."""
-    from pipelines.backtest import cohort_window
-
-    spec = demo_spec(home)
-    for end in (BACKTEST_RUN, NEXT_BACKTEST):
-        dag_run = run("demo_churn__backtest", end)
-        assert dag_run.state == "success", task_states(dag_run)
-        since, _ = cohort_window(spec, end)
-        on_disk = [
-            path
-            for path in (home.source / "demo_churn" / "labels").rglob("hour=*.csv")
-            if since
-            <= datetime.strptime(f"{path.parent.name[3:]} {path.stem[5:]}", "%Y-%m-%d %H").replace(tzinfo=UTC)
-            < end
-        ]
-        assert xcom(dag_run, "ingest_labels")["files_read"] == len(on_disk) > 24
+def test_consecutive_backtests_read_every_label_file_exactly_once(home: Settings, engine: Engine) -> None:
+    first = run("demo_churn__backtest", BACKTEST_RUN)
+    second = run("demo_churn__backtest", NEXT_BACKTEST)
+    assert first.state == second.state == "success"
+    on_disk = [
+        path
+        for path in (home.source / "demo_churn" / "labels").rglob("hour=*.csv")
+        if BACKTEST_RUN - timedelta(days=1)
+        <= datetime.strptime(f"{path.parent.name[3:]} {path.stem[5:]}", "%Y-%m-%d %H").replace(tzinfo=UTC)
+        < NEXT_BACKTEST
+    ]
+    read = [xcom(dag_run, "ingest_labels")["files_read"] for dag_run in (first, second)]
+    assert sum(read) == len(on_disk) > 24  # the 03:00 file of each day too
 
 
 def test_a_label_correction_counts_from_its_arrival_and_survives_a_reingest(home: Settings, engine: Engine) -> None:
-    from pipelines.backtest import cohort_predictions, labelled
+    from pipelines.backtest import matured_predictions
 
     spec = demo_spec(home)
-    target = labelled(cohort_predictions(spec, engine, BACKTEST_RUN)).iloc[0]
+    target = matured_predictions(spec, engine, BACKTEST_RUN).iloc[0]
 
     def first_cohort() -> list[dict[str, Any]]:
-        return [
-            r
-            for r in backtest_rows(engine)
-            if r["cohort"] == "2026-01-03" and r["scored_by"] == "logged" and utc(r["labels_as_of"]) == BACKTEST_RUN
-        ]
+        return [r for r in backtest_rows(engine) if r["cohort"] == "2026-01-03" and r["scored_by"] == "logged"]
 
     assert run("demo_churn__backtest", BACKTEST_RUN).state == "success"
     as_of_backtest = first_cohort()
@@ -657,7 +643,7 @@ def test_a_label_correction_counts_from_its_arrival_and_survives_a_reingest(home
     assert sorted(d.label for d in deliveries) == [0.0, 1.0]  # both kept
 
     def label_known_at(end: datetime) -> float:
-        frame = labelled(cohort_predictions(spec, engine, end))
+        frame = matured_predictions(spec, engine, end)
         return float(
             frame.loc[(frame["entity_id"] == target["entity_id"]) & (frame["as_of"] == target["as_of"]), "label"].iloc[
                 0
@@ -796,72 +782,3 @@ def test_the_models_pages_read_this_storage(home: Settings, engine: Engine, monk
             assert client.get(f"/pipelines/{unquote(result)}", headers=admin).status_code == 200
         finally:
             (home.lake.root / "demo_churn" / "link").unlink()
-
-
-def test_backtests_in_any_order_leave_the_same_table(home: Settings, engine: Engine) -> None:
-    """Last in this module (it empties the labels): backtests up to three ends, oldest first, then,
-    from no labels and no backtest rows again, newest first with re-runs: the same rows. The row that
-    counts for the cohort is the one that knew the most labels, and its figures are those of an
-    independent computation (sklearn on the predictions joined with the labels known at its end)."""
-    from sklearn.metrics import roc_auc_score
-    from sqlalchemy import delete
-
-    from pipelines.backtest import backtest, cohort_window
-    from pipelines.labels import ingest_labels
-    from pipelines.sources import SourceAccess
-
-    spec = demo_spec(home)
-    # Labels of the scored hours (02:00-04:00) arrive 08:00-10:00 + minutes: none, some, all known.
-    ends = [datetime(2026, 1, 3, 8, tzinfo=UTC), datetime(2026, 1, 3, 10, tzinfo=UTC), BACKTEST_RUN]
-
-    def backtest_up_to(end: datetime) -> None:
-        ingest_labels(spec, SourceAccess(home.source), engine, *cohort_window(spec, end))
-        backtest(spec, home, engine, end, f"order_{end:%Y%m%dT%H}")
-
-    def table() -> list[tuple[Any, ...]]:
-        return sorted((tuple(sorted(r.items())) for r in backtest_rows(engine)), key=repr)
-
-    def forget() -> None:
-        with engine.begin() as connection:
-            connection.execute(delete(tables.backtest_metrics))
-            connection.execute(delete(tables.labels))
-
-    forget()
-    for end in ends:
-        backtest_up_to(end)
-    oldest_first = table()
-    forget()
-    for end in (ends[2], ends[1], ends[2], ends[0], ends[1]):
-        backtest_up_to(end)
-    assert table() == oldest_first
-    stored = {
-        utc(r["labels_as_of"]): r
-        for r in backtest_rows(engine)
-        if r["slice_column"] == "ALL" and r["cohort"] == "2026-01-03"
-    }
-    assert set(stored) == set(ends[1:])  # up to 08:00 no label was known: no row
-    assert stored[ends[1]]["n"] < stored[ends[2]]["n"] == stored[ends[2]]["predictions"]
-
-    current = tables.current_backtest("demo_churn", slice_column="ALL")
-    with engine.connect() as connection:
-        (counted,) = connection.execute(select(current).where(current.c.cohort == "2026-01-03")).mappings().all()
-        predictions = pd.DataFrame(
-            connection.execute(
-                select(tables.predictions.c.entity_id, tables.predictions.c.as_of, tables.predictions.c.score)
-            ).all()
-        )
-        labels = pd.DataFrame(
-            connection.execute(
-                select(tables.labels.c.entity_id, tables.labels.c.as_of, tables.labels.c.label).where(
-                    tables.labels.c.arrived_at < BACKTEST_RUN
-                )
-            ).all()
-        )
-    assert utc(counted["labels_as_of"]) == BACKTEST_RUN
-    for frame in (predictions, labels):
-        frame["as_of"] = pd.to_datetime(frame["as_of"], utc=True)
-    joined = predictions[predictions["as_of"].dt.strftime("%Y-%m-%d") == "2026-01-03"].merge(
-        labels, on=["entity_id", "as_of"]
-    )
-    assert counted["n"] == len(joined) and counted["positives"] == int(joined["label"].sum())
-    assert counted["auc"] == pytest.approx(roc_auc_score(joined["label"], joined["score"]))
