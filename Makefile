@@ -14,7 +14,7 @@ demo: install  ## the demo model through its whole life, from an empty .pipeline
 
 # TEST_WORKERS=2 runs two worker processes (pytest-xdist): the integration modules on one, the e2e,
 # DAG and unit tests on the other, each in serial order (tests/conftest.py: world_of). Off by default:
-# the suite is CPU-bound, and on a 2-core machine two workers took 40 min against 38 in one process.
+# the suite is CPU-bound, and on a 2-core machine two workers took 40 min against 39 in one process.
 TEST_WORKERS ?= 0
 PARALLEL := $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS),)
 
