@@ -64,6 +64,7 @@ def test_invalid_yaml_is_reported(tmp_path: Path) -> None:
     [
         ("backtest", "30 3 * * *", r"field 'schedules.backtest': .*'30 3 \* \* \*' fires at 03:30, inside an hour"),
         ("score", "*/15 * * * *", r"field 'schedules.score': .*fires at 00:15, inside an hour"),
+        ("train", "0 2 * * * 30", r"field 'schedules.train': .*fires at 02:00:30, inside an hour"),
         ("train", "0 2 * *", r"field 'schedules.train': .*'0 2 \* \*' is not a valid cron expression"),
         ("train", "0 25 * * *", r"field 'schedules.train': .*is not a valid cron expression"),
     ],
