@@ -4,9 +4,12 @@ RUN := $(UV) run --frozen
 
 .PHONY: install demo test check lint up bench clean
 
+# --compile-bytecode: every process (a task, an Airflow component, a CLI call) reads compiled .pyc files
+# instead of compiling Airflow, GX and MLflow from source, which cost ~7 s a process where
+# PYTHONDONTWRITEBYTECODE is set (as on our CI machines); once 26 s at install, 2 s on re-runs.
 install:
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
-	$(UV) sync --frozen
+	$(UV) sync --frozen --compile-bytecode
 
 demo: install  ## the demo model through its whole life, from an empty .pipelines/ home
 	$(RUN) pipelines demo --reset
