@@ -102,7 +102,7 @@ class Cluster:
             if run["state"] in {"success", "failed"} or time.monotonic() > deadline:
                 return dict(run)
             self.check_alive()
-            time.sleep(3)
+            time.sleep(1)
 
     def task(self, dag_id: str, run_id: str, task_id: str) -> dict[str, Any]:
         return dict(self.get(f"/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances/{task_id}"))
@@ -247,7 +247,7 @@ def wait_until_ready(cluster: Cluster, timeout: float = 900) -> None:
     password = ""
     while time.monotonic() < deadline:
         cluster.check_alive()
-        time.sleep(3)
+        time.sleep(1)
         try:
             health = request(cluster.api + "/monitor/health")
         except (OSError, ValueError):
@@ -280,7 +280,7 @@ def wait_for_scheduled_runs(cluster: Cluster) -> None:
             runs = cluster.get(f"/dags/{MODEL}__{kind}/dagRuns?run_type=scheduled&state=queued&state=running")
             if not runs["total_entries"]:
                 break
-            time.sleep(3)
+            time.sleep(1)
 
 
 def test_the_train_task_runs_on_the_train_queue_and_its_model_lands_in_s3(cluster: Cluster) -> None:
@@ -376,7 +376,7 @@ def test_drift_under_the_scheduler_retrains_on_the_train_worker_then_a_backtest_
         if trainings and all(t["state"] in {"success", "failed"} for t in trainings):
             break
         cluster.check_alive()
-        time.sleep(5)
+        time.sleep(1)
     monitors = cluster.get(f"/dags/{MODEL}__monitor/dagRuns?run_type=asset_triggered")["dag_runs"]
     assert monitors and all(m["state"] == "success" for m in monitors), monitors
     assert len(trainings) == 1 and trainings[0]["state"] == "success", trainings
@@ -427,7 +427,7 @@ def test_backfilling_three_hours_twice_gives_the_same_rows(cluster: Cluster) -> 
         while not cluster.get(f"/backfills/{created['id']}")["completed_at"]:
             assert time.monotonic() < deadline, f"backfill {created['id']} not completed after 600 s"
             cluster.check_alive()
-            time.sleep(3)
+            time.sleep(1)
         runs = cluster.get(f"/dags/{MODEL}__score/dagRuns?run_type=backfill&limit=100")["dag_runs"]
         return {r["dag_run_id"]: r["state"] for r in runs}
 

@@ -338,7 +338,7 @@ def test_scheduler_executes_a_run_triggered_through_the_api(stack: Stack) -> Non
 
     deadline, state = time.monotonic() + 420, "queued"
     while time.monotonic() < deadline and state not in {"success", "failed"}:
-        time.sleep(5)
+        time.sleep(1)
         state = request(f"{api}/dags/demo_churn__score/dagRuns/{RUN_ID}", token)["state"]
     tasks = request(f"{api}/dags/demo_churn__score/dagRuns/{RUN_ID}/taskInstances", token)["task_instances"]
     assert state == "success", [(t["task_id"], t["state"]) for t in tasks]
@@ -393,7 +393,7 @@ def test_promotion_waits_for_a_human_approval_through_the_api(stack: Stack) -> N
     deadline, states = time.monotonic() + 600, task_states()
     while time.monotonic() < deadline and states.get("approve") != "awaiting_input":
         assert request(run_url, token)["state"] not in {"success", "failed"}, states
-        time.sleep(5)
+        time.sleep(1)
         states = task_states()
     assert states.get("approve") == "awaiting_input", states
     models = json.loads(pipelines_cli(env, "status", "--json").stdout)["models"]
@@ -407,7 +407,7 @@ def test_promotion_waits_for_a_human_approval_through_the_api(stack: Stack) -> N
 
     deadline, state = time.monotonic() + 300, "running"
     while time.monotonic() < deadline and state not in {"success", "failed"}:
-        time.sleep(5)
+        time.sleep(1)
         state = request(run_url, token)["state"]
     assert state == "success", task_states()
 
@@ -437,7 +437,7 @@ def test_drift_that_persists_starts_exactly_one_training_that_records_it(stack: 
         while time.monotonic() < deadline and not (
             len(runs) >= count and all(r["state"] in {"success", "failed"} for r in runs)
         ):
-            time.sleep(5)
+            time.sleep(1)
             runs = request(url, token)["dag_runs"]
         return list(runs)
 
@@ -452,7 +452,7 @@ def test_drift_that_persists_starts_exactly_one_training_that_records_it(stack: 
         )
         deadline, scored = time.monotonic() + 300, {"state": "queued"}
         while time.monotonic() < deadline and scored["state"] not in {"success", "failed"}:
-            time.sleep(5)
+            time.sleep(1)
             scored = request(f"{api}/dags/demo_churn__score/dagRuns/{run_id}", token)
         assert scored["state"] == "success", scored
 
@@ -517,7 +517,7 @@ def test_with_the_live_feed_the_scheduled_run_of_the_current_hour_succeeds(stack
     )
     deadline, state = time.monotonic() + 420, "queued"
     while time.monotonic() < deadline and state not in {"success", "failed"}:
-        time.sleep(5)
+        time.sleep(1)
         state = request(f"{api}/dagRuns/{urllib.parse.quote(run_id, safe='')}", token)["state"]
     assert state == "success", state
     with sqlite3.connect(stack.home / "tables.db") as connection:
