@@ -1,8 +1,11 @@
-"""Stage 6: join logged predictions with the labels that have matured; metrics per cohort x version x slice.
+"""Stage 6: join logged predictions with the labels known at the run's end; metrics per cohort x version x slice.
 
-A cohort is the UTC date of `as_of`. Only labels that had arrived before the end of the
-backtest's interval are used (intervals are half-open), and only predictions whose label delay
-had passed by then: a backtest run for a past interval gives the same answer today as it did then.
+A cohort is the UTC date of `as_of`, and a backtest computes whole cohorts only: every prediction
+of each day from the one `lookback_days` before its end, with the labels that had arrived before
+that end (intervals are half-open). Each row says how many of the cohort's predictions had a label
+(`n` of `predictions`) and whether all of them were past their label delay (`complete`). The table
+is append-only by `labels_as_of`, and readers take per cohort the row computed from the most
+labelled predictions: runs in any order, and re-runs, leave the same table and the same answer.
 
 The challenger (when it is not the champion) is replayed on the logged inputs of the last
 `backtest.replay_intervals` matured hours after its training data ends, so it is judged on
@@ -16,17 +19,17 @@ import io
 import json
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import Engine, and_, select
+from sqlalchemy import Engine, select
 
 from pipelines import tables
 from pipelines.config import Settings
 from pipelines.features import parse_probabilities
 from pipelines.intervals import PANDAS_FREQ, interval_key
-from pipelines.labels import label_of, labels_as_known
+from pipelines.labels import labels_known_at
 from pipelines.metrics import TASK_METRICS, task_metrics
 from pipelines.spec import ModelSpec
 
@@ -49,25 +52,38 @@ class BacktestResult:
     mlflow_run_id: str
 
 
-def matured_predictions(spec: ModelSpec, engine: Engine, end: datetime) -> pd.DataFrame:
+def cohort_window(spec: ModelSpec, end: datetime) -> tuple[datetime, datetime]:
+    """The as_of range a backtest up to `end` reads: whole UTC days, from the day `lookback_days` before `end`."""
+    since = (end - timedelta(days=spec.backtest.lookback_days)).astimezone(UTC)
+    return since.replace(hour=0, minute=0, second=0, microsecond=0), end
+
+
+def cohort_predictions(spec: ModelSpec, engine: Engine, end: datetime, since: datetime | None = None) -> pd.DataFrame:
+    """Every logged prediction of the window's cohorts (or from `since`), with its label as known at `end`
+    (missing: none yet)."""
     p = tables.predictions
-    since = end - timedelta(days=spec.backtest.lookback_days)
-    matured_before = end - timedelta(hours=spec.label.delay_hours)
+    since = since or cohort_window(spec, end)[0]
     tables.refresh_statistics(engine, tables.predictions, tables.labels)
-    known = labels_as_known(spec.name, end, since, matured_before)  # each label as it was known at `end`
-    columns = [p.c.entity_id, p.c.as_of, p.c.model_version, p.c.score, label_of(spec.task, known)]
+    columns = [p.c.entity_id, p.c.as_of, p.c.model_version, p.c.score]
     if spec.task == "multiclass":
         columns.append(p.c.class_probabilities)
-    query = (
-        select(*columns)
-        .select_from(p.join(known, and_(known.c.entity_id == p.c.entity_id, known.c.as_of == p.c.as_of)))
-        .where(p.c.model_name == spec.name, p.c.as_of >= since, p.c.as_of < matured_before)
-    )
+    query = select(*columns).where(p.c.model_name == spec.name, p.c.as_of >= since, p.c.as_of < end)
     with engine.connect() as connection:
         frame = pd.DataFrame(connection.execute(query).all(), columns=[c.name for c in columns])
     frame["as_of"] = pd.to_datetime(frame["as_of"], utc=True)
     frame["model_version"] = frame["model_version"].astype(str)
+    # Two indexed range reads joined here: SQLite plans an outer join with the grouped labels badly.
+    known = labels_known_at(engine, spec, since, end, end)  # each label as it was known at `end`
+    frame = frame.merge(known, on=["entity_id", "as_of"], how="left", validate="one_to_one")
+    # One row order whatever the database returns: the metrics' float sums are then bit-for-bit reproducible.
+    frame = frame.sort_values(["as_of", "entity_id"], ignore_index=True)
+    if spec.task != "multiclass":
+        frame["label"] = pd.to_numeric(frame["label"], errors="coerce")  # no label yet: NaN
     return with_probability_columns(spec, frame)
+
+
+def labelled(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame[frame["label"].notna()]
 
 
 def with_probability_columns(spec: ModelSpec, frame: pd.DataFrame) -> pd.DataFrame:
@@ -124,18 +140,46 @@ def _metrics(spec: ModelSpec, group: pd.DataFrame) -> dict[str, Any]:
     return {**row, **values, "mean_label": float(labels.mean())}
 
 
-def cohort_metrics(spec: ModelSpec, frame: pd.DataFrame, slices: list[str], scored_by: str) -> list[dict[str, Any]]:
-    """One row per cohort x model version for the whole cohort, and one per value of each slice column."""
+def cohort_complete(spec: ModelSpec, cohort: str, end: datetime) -> bool:
+    """Every prediction of the day was past its label delay at `end`: no label of it is still due."""
+    day_end = datetime.fromisoformat(cohort).replace(tzinfo=UTC) + timedelta(days=1)
+    return day_end + timedelta(hours=spec.label.delay_hours) <= end
+
+
+def _row(spec: ModelSpec, base: dict[str, Any], part: pd.DataFrame, column: str, value: str) -> dict[str, Any]:
+    counted = len(part) if base["scored_by"] == LOGGED else None
+    return {
+        **base,
+        "slice_column": column,
+        "slice_value": value,
+        "predictions": counted,
+        **_metrics(spec, labelled(part)),
+    }
+
+
+def cohort_metrics(
+    spec: ModelSpec, frame: pd.DataFrame, slices: list[str], scored_by: str, end: datetime
+) -> list[dict[str, Any]]:
+    """One row per cohort x model version for the whole cohort, and one per value of each slice column,
+    over the labelled predictions; `predictions` counts them all (replayed rows are labelled ones only)."""
     rows: list[dict[str, Any]] = []
     if frame.empty:
         return rows
     cohorts = frame["as_of"].dt.strftime("%Y-%m-%d")
     for (cohort, version), group in frame.groupby([cohorts, "model_version"]):
-        base = {"cohort": cohort, "model_version": str(version), "scored_by": scored_by}
-        rows.append({**base, "slice_column": ALL, "slice_value": ALL, **_metrics(spec, group)})
+        if labelled(group).empty:
+            continue  # no label known yet: nothing to measure, and no row to outrank a later one
+        base = {
+            "cohort": cohort,
+            "model_version": str(version),
+            "scored_by": scored_by,
+            "complete": cohort_complete(spec, str(cohort), end),
+        }
+        rows.append(_row(spec, base, group, ALL, ALL))
         for column in slices:
             for value, part in group.dropna(subset=[column]).groupby(column):
-                rows.append({**base, "slice_column": column, "slice_value": str(value), **_metrics(spec, part)})
+                if not labelled(part).empty:
+                    rows.append(_row(spec, base, part, column, str(value)))
     return rows
 
 
@@ -176,6 +220,43 @@ def replay_challenger(
         {"model": spec.name, "model_version": challenger, "partitions": [p.isoformat() for p in parts]},
     )
     return labelled
+
+
+def replay_evidence(
+    spec: ModelSpec, settings: Settings, engine: Engine, challenger: str, champion: str, end: datetime
+) -> pd.DataFrame:
+    """The rows champion `champion` scored in production of every cohort whose labels were all due by `end`
+    and whose every labelled row the challenger replayed (in any of its replay partitions), with the
+    label known at `end`. The champion's
+    score is `score` (multiclass `_p<k>`), the challenger's `score_challenger` (`_p<k>_challenger`)."""
+    from pipelines.lake import MANIFEST_FILE, read_partition
+
+    prefix = f"{spec.name}/replay/v{challenger}/"
+    keys = [k.rsplit("/", 1)[0] for k in settings.lake.keys(prefix) if k.endswith(f"/{MANIFEST_FILE}")]
+    if not keys:
+        return pd.DataFrame()
+    replayed = pd.concat([read_partition(settings.lake, key)[0] for key in keys], ignore_index=True)
+    replayed["as_of"] = pd.to_datetime(replayed["as_of"], utc=True)
+    # A row replayed by several runs has the same score each time (replays are bit-for-bit).
+    replayed = replayed.drop_duplicates(["entity_id", "as_of"]).assign(entity_id=lambda f: f["entity_id"].astype(str))
+    replayed = replayed[replayed["logged_version"].astype(str) == champion]
+    if replayed.empty:
+        return pd.DataFrame()
+    first_day = replayed["as_of"].min().floor("D").to_pydatetime()
+    served = labelled(cohort_predictions(spec, engine, end, since=first_day))
+    served = served[served["model_version"] == champion]
+    whole = [c for c in served["as_of"].dt.strftime("%Y-%m-%d").unique() if cohort_complete(spec, c, end)]
+    served = served[served["as_of"].dt.strftime("%Y-%m-%d").isin(whole)]
+    said = ["score", *(c for c in served.columns if c.startswith(PROBABILITY_PREFIX))]
+    challenger_scores = with_probability_columns(spec, replayed)[["entity_id", "as_of", *said]]
+    evidence = served.merge(
+        challenger_scores, on=["entity_id", "as_of"], how="left", validate="one_to_one", suffixes=("", "_challenger")
+    )
+    evidence["cohort"] = evidence["as_of"].dt.strftime("%Y-%m-%d")
+    # Whole cohorts only: a day the challenger replayed in part would be judged on a biased subset.
+    replayed_whole = evidence.groupby("cohort")["score_challenger"].transform(lambda s: bool(s.notna().all()))
+    evidence = evidence[replayed_whole.astype(bool)]
+    return evidence.sort_values(["as_of", "entity_id"], ignore_index=True)
 
 
 def plot_key(model_name: str, end: datetime) -> str:
@@ -281,15 +362,16 @@ def backtest(
     dag_run_id: str,
     challenger: str | None = None,
 ) -> BacktestResult:
-    frame = matured_predictions(spec, engine, end)
-    needs_inputs = (spec.backtest.slices or challenger is not None) and not frame.empty
+    frame = cohort_predictions(spec, engine, end)
+    needs_inputs = (spec.backtest.slices or challenger is not None) and not labelled(frame).empty
     logged = logged_inputs_of(spec, settings, frame) if needs_inputs else pd.DataFrame()
     frame = with_slice_values(spec, frame, logged)
-    metrics = cohort_metrics(spec, frame, spec.backtest.slices, LOGGED)
+    metrics = cohort_metrics(spec, frame, spec.backtest.slices, LOGGED, end)
+    frame = labelled(frame)
     replayed = pd.DataFrame()
     if challenger is not None and not frame.empty:
         replayed = replay_challenger(spec, settings, frame, logged, challenger, end)
-        metrics += cohort_metrics(spec, replayed, spec.backtest.slices, REPLAY)
+        metrics += cohort_metrics(spec, replayed, spec.backtest.slices, REPLAY, end)
     tables.merge_frame(
         engine,
         tables.backtest_metrics,
@@ -297,7 +379,7 @@ def backtest(
             [{**row, "model_name": spec.name, "labels_as_of": end, "dag_run_id": dag_run_id} for row in metrics],
             columns=[c.name for c in tables.backtest_metrics.columns],
         ),
-        key=["model_name", "cohort", "model_version", "scored_by", "slice_column", "slice_value"],
+        key=["model_name", "cohort", "model_version", "scored_by", "slice_column", "slice_value", "labels_as_of"],
     )
     png = plot_png(spec, metrics, end)
     settings.lake.put(plot_key(spec.name, end), png)

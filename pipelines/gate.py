@@ -54,6 +54,7 @@ class Verdict:
     reason: str
     interval: Interval | None
     slices: list[SliceCheck]
+    floor: Interval | None = None  # the candidate's improvement over its task's trivial baseline
 
 
 def weighted_metric(metric: str, labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -145,15 +146,23 @@ def bootstrap_improvement(
     samples: int,
     confidence: float,
     seed: int,
+    groups: np.ndarray | None = None,
 ) -> Interval:
-    """Percentile interval of the paired improvement over `samples` resamples of the rows."""
+    """Percentile interval of the paired improvement over `samples` resamples of the rows, or, with
+    `groups` (a cohort per row), of whole groups: rows of one day share its conditions, so resampling
+    days is honest about how much the days differ."""
     labels = np.asarray(labels, dtype="float64")
     n = len(labels)
     rng = np.random.default_rng(seed)
     block = max(1, _BLOCK_CELLS // max(n, 1))
+    group_of_row = None if groups is None else np.unique(groups, return_inverse=True)[1]
+    units = n if group_of_row is None or n == 0 else int(group_of_row.max()) + 1
     diffs = []
     for done in range(0, samples, block):
-        counts = rng.multinomial(n, np.full(n, 1.0 / n), size=min(block, samples - done))
+        # Each resample draws as many units (rows or groups) as there are, with replacement.
+        counts = rng.multinomial(units, np.full(units, 1.0 / units), size=min(block, samples - done))
+        if group_of_row is not None:
+            counts = counts[:, group_of_row]  # a row weighs as often as its group was drawn
         diffs.append(
             improvement(
                 metric,
@@ -220,27 +229,98 @@ def slice_checks(
     return checks
 
 
-def judge(
-    gate: GateSpec, frame: pd.DataFrame, label: str, challenger: np.ndarray, champion: np.ndarray | None
+def describe(metric: str, interval: Interval, rows: int, over: str = "") -> str:
+    return (
+        f"{metric} improvement{over} {interval.point:+.4f}, {interval.confidence:.0%} CI "
+        f"[{interval.lower:+.4f}, {interval.upper:+.4f}] over {rows} holdout rows"
+    )
+
+
+def judge_replay(
+    gate: GateSpec,
+    frame: pd.DataFrame,
+    label: str,
+    challenger: np.ndarray,
+    champion: np.ndarray,
+    cohorts: np.ndarray,
 ) -> Verdict:
-    """Promote only on a real improvement whose interval clears `min_improvement`, with no slice regressed."""
+    """The second hearing of a kept challenger: its replay against the champion's logged scores on the
+    same rows of whole cohorts, with a bootstrap over cohorts; the same threshold and slice checks as
+    the gate at training."""
     labels = frame[label].to_numpy(dtype="float64")
+    interval = bootstrap_improvement(
+        gate.metric, labels, challenger, champion, gate.bootstrap_samples, gate.confidence, gate.seed, cohorts
+    )
+    days = len(np.unique(cohorts))
+    summary = (
+        f"{gate.metric} improvement {interval.point:+.4f}, {interval.confidence:.0%} CI "
+        f"[{interval.lower:+.4f}, {interval.upper:+.4f}] over {len(frame)} replayed rows of {days} whole cohorts "
+        "(resampled by cohort)"
+    )
+    slices = slice_checks(gate, frame, label, challenger, champion)
+    if interval.lower <= gate.min_improvement:
+        reason = (
+            f"no real improvement in the replay: {summary}; "
+            f"the lower bound must exceed min_improvement={gate.min_improvement}"
+        )
+        return Verdict(False, reason, interval, slices)
+    regressed = [s for s in slices if s.status == "regressed"]
+    if regressed:
+        worst = ", ".join(f"{s.column}={s.value} by {s.regression:.4f}" for s in regressed)
+        reason = f"slice regression in the replay beyond tolerance {gate.slice_tolerance}: {worst} (overall {summary})"
+        return Verdict(False, reason, interval, slices)
+    return Verdict(True, f"second hearing: the replay beat the champion: {summary}", interval, slices)
+
+
+def below_the_base_rate(
+    gate: GateSpec, frame: pd.DataFrame, label: str, candidate: np.ndarray, baseline: np.ndarray
+) -> tuple[Verdict | None, Interval]:
+    """The candidate against its task's trivial model: a keeping verdict unless the improvement's lower
+    bound exceeds 0, and the interval either way."""
+    labels = frame[label].to_numpy(dtype="float64")
+    floor = bootstrap_improvement(
+        gate.metric, labels, candidate, baseline, gate.bootstrap_samples, gate.confidence, gate.seed
+    )
+    if floor.lower > 0:
+        return None, floor
+    reason = (
+        f"no better than the base rate: {describe(gate.metric, floor, len(frame), ' over the base rate')}; "
+        "the lower bound must exceed 0 (gate.beat_base_rate)"
+    )
+    return Verdict(False, reason, None, [], floor), floor
+
+
+def judge(
+    gate: GateSpec,
+    frame: pd.DataFrame,
+    label: str,
+    challenger: np.ndarray,
+    champion: np.ndarray | None,
+    baseline: np.ndarray | None = None,
+) -> Verdict:
+    """Promote only on a real improvement whose interval clears `min_improvement`, with no slice regressed;
+    with a `baseline` (the task's trivial model), only a candidate whose improvement over it is real too."""
+    labels = frame[label].to_numpy(dtype="float64")
+    floor = None
+    if baseline is not None:
+        kept, floor = below_the_base_rate(gate, frame, label, challenger, baseline)
+        if kept is not None:
+            return kept
     if champion is None:
-        return Verdict(True, "no champion yet", None, [])
+        beats = "" if floor is None else f" and beats the base rate: {describe(gate.metric, floor, len(frame))}"
+        return Verdict(True, f"no champion yet{beats}", None, [], floor)
     interval = bootstrap_improvement(
         gate.metric, labels, challenger, champion, gate.bootstrap_samples, gate.confidence, gate.seed
     )
     slices = slice_checks(gate, frame, label, challenger, champion)
-    summary = (
-        f"{gate.metric} improvement {interval.point:+.4f}, {interval.confidence:.0%} CI "
-        f"[{interval.lower:+.4f}, {interval.upper:+.4f}] over {len(frame)} holdout rows"
-    )
+    summary = describe(gate.metric, interval, len(frame))
     if interval.lower <= gate.min_improvement:
         return Verdict(
             False,
             f"no real improvement: {summary}; the lower bound must exceed min_improvement={gate.min_improvement}",
             interval,
             slices,
+            floor,
         )
     regressed = [s for s in slices if s.status == "regressed"]
     if regressed:
@@ -250,5 +330,6 @@ def judge(
             f"slice regression beyond tolerance {gate.slice_tolerance}: {worst} (overall {summary})",
             interval,
             slices,
+            floor,
         )
-    return Verdict(True, f"real improvement: {summary}", interval, slices)
+    return Verdict(True, f"real improvement: {summary}", interval, slices, floor)

@@ -69,13 +69,11 @@ def awaiting_approval(decisions: list[dict[str, Any]], approvals: list[dict[str,
 
 def backtest_series(engine: Engine, spec: ModelSpec) -> dict[str, Any]:
     """The plotted metric per cohort, one series per (version, logged or replayed), whole cohorts only."""
-    b = tables.backtest_metrics
+    b = tables.current_backtest(spec.name, slice_column="ALL")
     metric = plot_metric(spec)
     with engine.connect() as connection:
         rows = connection.execute(
-            select(b.c.cohort, b.c.model_version, b.c.scored_by, b.c.n, b.c[metric])
-            .where(b.c.model_name == spec.name, b.c.slice_column == "ALL")
-            .order_by(b.c.cohort)
+            select(b.c.cohort, b.c.model_version, b.c.scored_by, b.c.n, b.c[metric]).order_by(b.c.cohort)
         ).all()
     series: dict[str, list[dict[str, Any]]] = {}
     for cohort, version, scored_by, n, value in rows:

@@ -70,6 +70,7 @@ def champion_version(settings: Settings, model_name: str) -> str | None:
 # What a version's MLmodel may say, for us to load it: the booster class itself, stored as JSON or UBJ,
 # and no bundled code. Anything else is refused before a byte of the model is read.
 MODEL_SHA256_TAG = "model_sha256"  # the booster file's sha256, recorded at training time
+BASELINE_TAG = "training_baseline"  # JSON: the task's trivial model from the training split (pipelines/train.py)
 BOOSTER_CLASS = "xgboost.core.Booster"
 MODEL_FORMATS = ("json", "ubj")
 

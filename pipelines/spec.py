@@ -353,6 +353,19 @@ class GateSpec(_Strict):
     slices: list[str] = Field(default_factory=list, description="Categorical features whose values must not regress")
     slice_tolerance: float = Field(default=0.02, ge=0, description="The most a slice may get worse (metric units)")
     min_slice_rows: int = Field(default=200, ge=10, description="Smaller slices are reported but not judged")
+    beat_base_rate: bool = Field(
+        default=True,
+        description="Every promotion, the first included, needs the candidate to beat its task's trivial "
+        "baseline on the holdout (the training base rate, class priors or mean), with the same bootstrap "
+        "confidence; otherwise it is registered but not promoted",
+    )
+    second_hearing_cohorts: int = Field(
+        default=7,
+        ge=0,
+        description="A kept challenger whose replay (the backtest's) beat the champion on the same rows over at "
+        "least this many whole cohorts, by the same threshold and a bootstrap over cohorts, is proposed for "
+        "promotion in this mode by the backtest DAG; 0: never",
+    )
 
 
 # Evidently's drift tests by the column types they accept (a unit test checks these against its registry).

@@ -57,21 +57,14 @@ def model_status(settings: Settings, engine: Engine, spec: ModelSpec) -> dict[st
     validation = _latest(engine, tables.validation_runs, model_name, tables.validation_runs.c.validated_at)
     drift = _latest(engine, tables.drift_reports, model_name, tables.drift_reports.c.interval_end)
     quality = _latest(engine, tables.quality_reports, model_name, tables.quality_reports.c.interval_end)
-    b = tables.backtest_metrics
+    b = tables.current_backtest(model_name, slice_column="ALL")
+    columns = [b.c.cohort, b.c.model_version, b.c.scored_by, b.c.n, b.c.predictions, b.c.complete, b.c.labels_as_of]
     with engine.connect() as connection:
         backtest = [
-            dict(r)
+            {**r, "labels_as_of": iso_utc(r["labels_as_of"])}
             for r in connection.execute(
-                select(b.c.cohort, b.c.model_version, b.c.scored_by, b.c.n, *[b.c[m] for m in TASK_METRICS[spec.task]])
-                .where(
-                    tables.backtest_metrics.c.model_name == model_name,
-                    tables.backtest_metrics.c.slice_column == "ALL",
-                )
-                .order_by(
-                    tables.backtest_metrics.c.cohort.desc(),
-                    tables.backtest_metrics.c.scored_by,
-                    tables.backtest_metrics.c.model_version,
-                )
+                select(*columns, *[b.c[m] for m in TASK_METRICS[spec.task]])
+                .order_by(b.c.cohort.desc(), b.c.scored_by, b.c.model_version)
                 .limit(5)
             ).mappings()
         ]
@@ -167,8 +160,11 @@ def format_status(report: dict[str, Any]) -> str:
     for m in report["models"]:
         lines.append(f"\nmodel {m['model']} ({m['task']})")
         since = f" since {m['champion_since']}" if m["champion_since"] else ""
-        lines.append(f"  champion: v{m['champion_version']}{since}   challenger: v{m['challenger_version']}")
         g = m["last_gate_decision"]
+        if m["champion_version"] is None and g and g["reason"].startswith("no better than the base rate"):
+            # Say why there is no champion, with the figures: the candidate learned nothing the base rate lacks.
+            lines.append(f"  no champion: v{g['challenger_version']} is {g['reason']}")
+        lines.append(f"  champion: v{m['champion_version']}{since}   challenger: v{m['challenger_version']}")
         if g:
             lines.append(
                 f"  last gate ({g['at']}): v{g['challenger_version']} vs v{g['champion_version']}: {g['action']} ({g['reason']})"
@@ -180,7 +176,11 @@ def format_status(report: dict[str, Any]) -> str:
         )
         for b in m["latest_backtest"]:
             lines.append(
-                f"  backtest cohort {b['cohort']} v{b['model_version']} ({b['scored_by']}): n={b['n']} "
+                f"  backtest cohort {b['cohort']} v{b['model_version']} ({b['scored_by']}): n={b['n']}"
+                + (f" of {b['predictions']} predictions" if b["predictions"] is not None else "")
+                + f", labels as of {b['labels_as_of']}"
+                + (" (labels still due)" if b["complete"] is False else "")
+                + " "
                 + _metric_text(b, TASK_METRICS[m["task"]])
             )
         q = m["last_quality_report"]

@@ -20,6 +20,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Subquery,
     Table,
     Text,
     UniqueConstraint,
@@ -103,7 +104,12 @@ backtest_metrics = Table(
     Column("scored_by", String(8), nullable=False),
     Column("slice_column", String(128), nullable=False),  # ALL for the whole cohort
     Column("slice_value", String(256), nullable=False),
-    Column("n", Integer, nullable=False),
+    Column("n", Integer, nullable=False),  # the cohort's predictions that had a label at labels_as_of
+    # All of the cohort's logged predictions (labelled or not): coverage is n / predictions. NULL on
+    # replayed rows (the challenger replays labelled rows only) and on rows stored before 0006.
+    Column("predictions", Integer),
+    # Every prediction of the cohort was past its label delay at labels_as_of: its labels are all in.
+    Column("complete", Boolean),
     # The task's metrics (pipelines/metrics.py); the others stay NULL.
     Column("positives", Integer),  # binary
     Column("auc", Float),  # binary
@@ -127,6 +133,7 @@ backtest_metrics = Table(
         "scored_by",
         "slice_column",
         "slice_value",
+        "labels_as_of",  # append-only history: each backtest adds the cohorts as its labels knew them
         name="uq_backtest_metrics_key",
     ),
 )
@@ -241,7 +248,7 @@ def _sqlite_read_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 # Schema versions are Alembic revisions (pipelines/migrations); tasks only check the version.
 SCHEMA_VERSION_TABLE = "pipelines_schema_version"
-HEAD_REVISION = "0005"
+HEAD_REVISION = "0006"
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
@@ -613,3 +620,26 @@ def count_rows(engine: Engine, table: Table, model_name: str) -> int:
                 select(func.count()).select_from(table).where(table.c.model_name == model_name)
             ).scalar_one()
         )
+
+
+BACKTEST_KEY = ("model_name", "cohort", "model_version", "scored_by", "slice_column", "slice_value")
+
+
+def current_backtest(model_name: str, slice_column: str | None = None) -> Subquery:
+    """The model's backtest rows that count: per cohort x version x scorer x slice, the one computed
+    from the most labelled predictions (the latest `labels_as_of` on a tie). History stays in the table."""
+    b = backtest_metrics
+    rank = (
+        func.row_number()
+        .over(partition_by=[b.c[k] for k in BACKTEST_KEY], order_by=[b.c.n.desc(), b.c.labels_as_of.desc()])
+        .label("rank_in_cohort")
+    )
+    ranked = select(b, rank).where(b.c.model_name == model_name)
+    if slice_column is not None:
+        ranked = ranked.where(b.c.slice_column == slice_column)
+    subquery = ranked.subquery()
+    return (
+        select(*[subquery.c[c.name] for c in b.columns])
+        .where(subquery.c.rank_in_cohort == 1)
+        .subquery("current_backtest")
+    )

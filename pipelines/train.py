@@ -25,7 +25,7 @@ from pipelines.intervals import partitions_between
 from pipelines.labels import labels_known_at
 from pipelines.lake import Lake, read_partitions
 from pipelines.metrics import task_metrics
-from pipelines.registry import MODEL_SHA256_TAG
+from pipelines.registry import BASELINE_TAG, MODEL_SHA256_TAG
 from pipelines.spec import ModelSpec, TrainingSpec, check_objective
 from pipelines.tracking import experiment_id, use_tracking
 
@@ -126,6 +126,15 @@ DATASET_SAMPLE_ROWS = 1000  # rows of the training frame logged as the run's MLf
 DATASET_DIGEST_CHARS = 36  # MLflow keeps at most this much of a dataset digest
 
 
+def training_baseline(task: str, labels: pd.Series) -> dict[str, Any]:
+    """The task's trivial model from the training split: the positive rate, the class priors by name, or the mean."""
+    if task == "multiclass":
+        priors = labels.astype("string").value_counts(normalize=True)
+        return {"class_priors": {str(k): float(v) for k, v in priors.items()}}
+    key = "base_rate" if task == "binary" else "mean"
+    return {key: float(pd.to_numeric(labels).astype("float64").mean())}
+
+
 def train_model(
     spec: ModelSpec,
     frame: pd.DataFrame,
@@ -186,6 +195,8 @@ def train_model(
         "xgboost_version": xgb.__version__,
         # Rows from here on were never fitted or early-stopped on: the gate compares models there.
         "trained_until": holdout[spec.timestamp].min().isoformat(),
+        # What a model that learned nothing would say: the gate's floor (gate.beat_base_rate).
+        BASELINE_TAG: json.dumps(training_baseline(spec.task, train[label])),
         **{f"rows_{k}": str(v) for k, v in sizes.items()},
     }
 

@@ -1,14 +1,15 @@
-"""The backtest DAG: ingest the day's labels, then metrics of the logged predictions whose labels matured."""
+"""The backtest DAG: ingest the window's labels, then metrics of whole cohorts of logged predictions."""
 
 from __future__ import annotations
 
 import logging
-from typing import TypedDict
+from typing import Any, TypedDict
 
-from airflow.sdk import DAG, CronDataIntervalTimetable, task
+from airflow.sdk import DAG, CronDataIntervalTimetable, get_current_context, task
 
 from pipelines.airflow.context import TaskEnv, common_dag_args, pipeline_task
 from pipelines.airflow.ingest import Labelled, ingest_labels
+from pipelines.airflow.train import approval_task
 from pipelines.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -22,16 +23,21 @@ class Backtested(TypedDict):
     summary: dict[str, float]
     plot_uri: str
     mlflow_run_id: str
+    hearing: dict[str, Any] | None  # the kept challenger's second hearing (pipelines/promotion.py)
 
 
 def backtest_dag(spec: ModelSpec) -> DAG:
     doc = (
-        f"Daily: ingest the labels that arrived in the interval, then join the logged predictions of "
-        f"the last {spec.backtest.lookback_days} day(s) with labels whose {spec.label.delay_hours} h "
-        "delay has passed; metrics per cohort (as_of date) x model version x slice of "
-        f"{spec.backtest.slices or '[]'} into `backtest_metrics`, a plot in the lake and an MLflow run. "
+        f"Daily: ingest the labels that arrived over the last {spec.backtest.lookback_days} whole day(s), "
+        "then join every logged prediction of those days (cohorts, by as_of date) with its label as known "
+        f"at the interval's end; metrics per cohort x model version x slice of {spec.backtest.slices or '[]'} "
+        "with the cohort's coverage (labelled of all predictions) and whether its labels are all due "
+        f"({spec.label.delay_hours} h), appended to `backtest_metrics`, a plot in the lake and an MLflow run. "
         f"A challenger that is not serving replays the logged inputs of the last "
-        f"{spec.backtest.replay_intervals} matured hours; its rows have scored_by = replay."
+        f"{spec.backtest.replay_intervals} matured hours; its rows have scored_by = replay. When its replays "
+        f"beat the champion over {spec.gate.second_hearing_cohorts} whole cohorts (gate.second_hearing_cohorts), "
+        f"the gate proposes it again, in mode {spec.gate.mode}: `approve` asks a human in manual mode, `promote` "
+        "moves the alias."
     )
     with DAG(
         schedule=CronDataIntervalTimetable(spec.schedules.backtest, timezone="UTC"),
@@ -41,13 +47,18 @@ def backtest_dag(spec: ModelSpec) -> DAG:
 
         @task(task_id="ingest_labels")
         @step
-        def ingest_interval_labels(env: TaskEnv) -> Labelled:
-            return ingest_labels(env, *env.ctx.interval)
+        def ingest_window_labels(env: TaskEnv) -> Labelled:
+            from pipelines.backtest import cohort_window
+
+            # Every label that arrived in the window, not only in this interval: the result then depends
+            # on the run's end alone, not on which runs (of this DAG or the monitor) ingested before.
+            return ingest_labels(env, *cohort_window(spec, env.ctx.interval[1]))
 
         @task
         @step
         def backtest(env: TaskEnv, labelled: Labelled) -> Backtested:
             from pipelines.backtest import backtest as run_backtest
+            from pipelines.promotion import rehear_challenger
             from pipelines.registry import CHALLENGER, alias_version, champion_version
 
             challenger = alias_version(env.settings, spec.name, CHALLENGER)
@@ -55,12 +66,16 @@ def backtest_dag(spec: ModelSpec) -> DAG:
                 challenger = None  # already serving: its logged scores are its backtest
             result = run_backtest(spec, env.settings, env.engine, env.ctx.interval[1], env.ctx.run_id, challenger)
             log.info(
-                "backtest: %d matured predictions over %d cohort(s); challenger %s replayed on %d rows; plot: %s",
+                "backtest: %d labelled predictions over %d cohort(s); challenger %s replayed on %d rows; plot: %s",
                 result.rows,
                 result.cohorts,
                 f"v{challenger}" if challenger else "(none)",
                 result.replayed_rows,
                 result.plot_uri,
+            )
+            ctx = env.ctx
+            hearing = rehear_challenger(
+                spec, env.settings, env.engine, ctx.interval[1], ctx.dag_id, ctx.run_id, ctx.actor
             )
             return {
                 "rows": result.rows,
@@ -70,7 +85,31 @@ def backtest_dag(spec: ModelSpec) -> DAG:
                 "summary": result.summary,
                 "plot_uri": result.plot_uri,
                 "mlflow_run_id": result.mlflow_run_id,
+                "hearing": hearing,
             }
 
-        backtest(ingest_interval_labels())  # type: ignore[arg-type]
+        @task.branch
+        @step
+        def route(env: TaskEnv, backtested: Backtested) -> list[str]:
+            """A second hearing that passed goes on to `promote`, through `approve` in manual mode; else both skip."""
+            action = (backtested["hearing"] or {}).get("action")
+            return {"promote": ["promote"], "await_approval": ["approve", "promote"]}.get(str(action), [])
+
+        # Runs after an approval, and also when the approval was skipped (no human needed).
+        @task(trigger_rule="none_failed")
+        @step
+        def promote(env: TaskEnv, backtested: Backtested) -> str:
+            from pipelines.promotion import apply_decision
+
+            approval = get_current_context()["ti"].xcom_pull(task_ids="approve")
+            decision = backtested["hearing"]
+            if decision is None:  # only when run by hand: route skips it then
+                return "no second hearing"
+            return apply_decision(env.settings, env.engine, decision, approval, env.ctx.run_id, env.ctx.actor)
+
+        backtested = backtest(ingest_window_labels())  # type: ignore[arg-type]
+        approve = approval_task(spec, "ti.xcom_pull(task_ids='backtest')['hearing']")
+        promoted = promote(backtested)  # type: ignore[arg-type]
+        route(backtested) >> [approve, promoted]  # type: ignore[arg-type]
+        approve >> promoted
     return dag

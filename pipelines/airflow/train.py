@@ -83,18 +83,20 @@ def lineage_tags(env: TaskEnv, ingested: Ingested, validated: Validated, labelle
     return tags
 
 
-def approval_task(spec: ModelSpec) -> HITLOperator:
+def approval_task(spec: ModelSpec, decision: str = "ti.xcom_pull(task_ids='gate')") -> HITLOperator:
+    """The human's say on a passing verdict in manual mode; `decision` is the Jinja expression of the
+    gate's decision (the train DAG's `gate` task, or the backtest's second hearing)."""
     from pipelines.registry import APPROVE, KEEP
 
     return HITLOperator(
         task_id="approve",
-        subject=f"Promote {spec.name} v{{{{ ti.xcom_pull(task_ids='gate')['challenger_version'] }}}} to champion?",
+        subject=f"Promote {spec.name} v{{{{ {decision}['challenger_version'] }}}} to champion?",
         body=(
-            "The gate's verdict: **{{ ti.xcom_pull(task_ids='gate')['verdict'] }}**\n\n"
-            "{{ ti.xcom_pull(task_ids='gate')['reason'] }}\n\n"
-            "Current champion: v{{ ti.xcom_pull(task_ids='gate')['champion_version'] }}. "
-            "The full record is `gate/decision.json` in MLflow run "
-            "`{{ ti.xcom_pull(task_ids='gate')['challenger_run_id'] }}`."
+            f"The gate's verdict: **{{{{ {decision}['verdict'] }}}}**\n\n"
+            f"{{{{ {decision}['reason'] }}}}\n\n"
+            f"Current champion: v{{{{ {decision}['champion_version'] }}}}. "
+            "The full record is under `gate/` in MLflow run "
+            f"`{{{{ {decision}['challenger_run_id'] }}}}`."
         ),
         options=[APPROVE, KEEP],
         defaults=[KEEP],

@@ -11,10 +11,11 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 import pandas as pd
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 
 from pipelines import tables
 from pipelines.config import DEMO_WAREHOUSE_CONN_ID, REPO_ROOT, Settings
@@ -80,14 +81,8 @@ def test_a_daily_sql_model_runs_through_every_dag_across_a_quiet_day(home: Setti
                 tables.drift_reports.c.model_name == ORDERS
             )
         ).all()
-        b = tables.backtest_metrics
-        cohorts = dict(
-            db.execute(
-                select(b.c.cohort, b.c.n).where(
-                    b.c.model_name == ORDERS, b.c.slice_column == "ALL", b.c.scored_by == "logged"
-                )
-            ).all()
-        )
+        b = tables.current_backtest(ORDERS, slice_column="ALL")
+        cohorts = dict(db.execute(select(b.c.cohort, b.c.n).where(b.c.scored_by == "logged")).all())
     logged = pd.Series(as_of.strftime("%Y-%m-%d")).value_counts().to_dict()
     assert logged == {"2025-12-26": counts["2025-12-26"], "2025-12-27": counts["2025-12-27"]}
     assert len(reports) == 3 and all(not drifted for _, drifted in reports)
@@ -151,3 +146,111 @@ def test_new_model_scaffolds_a_model_that_trains_and_scores(home: Settings, scaf
     pipelines_run(f"{scaffolded}__score", "2025-12-24T00:00Z", "2025-12-26T00:00Z")  # the 25th is quiet
     assert open_partition(home.lake, f"{scaffolded}/scored/dt=2025-12-25").rows == 0
     assert open_partition(home.lake, f"{scaffolded}/scored/dt=2025-12-24").rows == orders_per_day(home)["2025-12-24"]
+
+
+def test_a_kept_challenger_that_wins_its_replay_gets_a_second_hearing(
+    home: Settings, engine: Engine, airflow_db: object
+) -> None:
+    """A weak model serves (a human rolled back to it); a strong one trained after it is kept out (a
+    dry run). Once its replays beat the champion on the same orders over `gate.second_hearing_cohorts`
+    (3) whole days, the backtest DAG proposes it through the gate, in the spec's mode (enabled), and
+    promotes it; the decision's figures are those of an independent join of the stored rows."""
+    from mlflow import MlflowClient
+    from sklearn.metrics import roc_auc_score
+
+    from pipelines.airflow.dags import run_in_process
+    from pipelines.lake import read_partition
+    from pipelines.registry import CHALLENGER, CHAMPION, alias_version, fresh_from
+
+    def states(dag_run: Any) -> dict[str, str]:
+        return {ti.task_id: str(ti.state) for ti in dag_run.get_task_instances()}
+
+    def run(dag_id: str, at: datetime, conf: dict[str, Any] | None = None) -> Any:
+        dag_run = run_in_process(f"{ORDERS}__{dag_id}", at, run_conf=conf)
+        assert dag_run.state == "success", states(dag_run)
+        return dag_run
+
+    weak = {"num_boost_round": 2, "xgboost_params": {"max_depth": 1}}
+    run("train", datetime(2025, 12, 27, 2, tzinfo=UTC), weak)
+    weak_version = alias_version(home, ORDERS, CHALLENGER)
+    rollback = run_in_process(
+        f"{ORDERS}__rollback", None, run_conf={"version": weak_version, "reason": "test"}, run_after=datetime.now(UTC)
+    )
+    assert rollback.state == "success", states(rollback)
+    run("train", datetime(2025, 12, 28, 2, tzinfo=UTC), {"dry_run": True})
+    strong = alias_version(home, ORDERS, CHALLENGER)
+    assert strong != weak_version and alias_version(home, ORDERS, CHAMPION) == weak_version
+    since = fresh_from(home, ORDERS, str(strong))  # its holdout's start: rows from then on are new to it
+    assert since is not None and since < datetime(2025, 12, 28, tzinfo=UTC)
+    days = ["2025-12-28", "2025-12-29", "2025-12-30"]  # served by the weak champion, new to the strong one
+    pipelines_run(f"{ORDERS}__score", "2025-12-28T00:00Z", "2025-12-31T00:00Z")
+
+    # Up to 01-02 04:00 the 30th's labels (72 h) are still due: two whole days, no hearing yet.
+    early = run("backtest", datetime(2026, 1, 2, 4, tzinfo=UTC))
+    assert states(early)["route"] == "success" and states(early)["promote"] == "skipped"
+    assert alias_version(home, ORDERS, CHAMPION) == weak_version
+
+    heard = run("backtest", datetime(2026, 1, 3, 4, tzinfo=UTC))
+    assert {k: states(heard)[k] for k in ("route", "approve", "promote")} == {
+        "route": "success",
+        "approve": "skipped",
+        "promote": "success",
+    }
+    assert alias_version(home, ORDERS, CHAMPION) == strong
+    e = tables.model_events
+    with engine.connect() as db:
+        events = [dict(r) for r in db.execute(select(e).where(e.c.model_name == ORDERS).order_by(e.c.id)).mappings()]
+        p = tables.predictions
+        served = pd.DataFrame(
+            db.execute(
+                select(p.c.entity_id, p.c.as_of, p.c.score).where(
+                    p.c.model_name == ORDERS, p.c.model_version == weak_version
+                )
+            ).all(),
+            columns=["entity_id", "as_of", "champion"],
+        )
+    decision = json.loads(next(x for x in reversed(events) if x["event"] == "gate_decision")["details"])
+    moved = events[-1]
+    assert (moved["event"], moved["to_version"], moved["from_version"]) == ("alias_moved", strong, weak_version)
+    assert moved["reason"].startswith("second hearing: the replay beat the champion")
+    assert (decision["challenger_version"], decision["champion_version"], decision["action"]) == (
+        strong,
+        weak_version,
+        "promote",
+    )
+    assert decision["replay"]["cohorts"] == days
+
+    # The same figures from the stored rows, joined here: the champion's logged scores, the warehouse's
+    # labels and every replayed score of the strong version in the lake.
+    served["as_of"] = pd.to_datetime(served["as_of"], utc=True)
+    with sqlite3.connect(home.source / ORDERS / "warehouse.db") as db:
+        labels = pd.read_sql("SELECT order_id AS entity_id, ordered_at AS as_of, returned FROM returns", db)
+    labels["as_of"] = pd.to_datetime(labels["as_of"], utc=True, format="ISO8601")
+    replay_keys = {k.rsplit("/", 1)[0] for k in home.lake.keys(f"{ORDERS}/replay/v{strong}/")}
+    replayed = pd.concat([read_partition(home.lake, key)[0] for key in replay_keys]).drop_duplicates(
+        ["entity_id", "as_of"]
+    )
+    replayed["as_of"] = pd.to_datetime(replayed["as_of"], utc=True)
+    joined = (
+        served.assign(entity_id=served["entity_id"].astype(str))
+        .merge(labels.assign(entity_id=labels["entity_id"].astype(str)), on=["entity_id", "as_of"])
+        .merge(replayed[["entity_id", "as_of", "score"]].astype({"entity_id": str}), on=["entity_id", "as_of"])
+    )
+    joined = joined[joined["as_of"].dt.strftime("%Y-%m-%d").isin(days)]
+    counts = orders_per_day(home)
+    assert decision["replay"]["rows"] == len(joined) == sum(counts[d] for d in days)
+    expected = roc_auc_score(joined["returned"], joined["score"]) - roc_auc_score(
+        joined["returned"], joined["champion"]
+    )
+    assert decision["interval"]["point"] == pytest.approx(expected, rel=1e-9)
+    assert decision["interval"]["lower"] > 0
+    run_id = MlflowClient().get_model_version(ORDERS, str(strong)).run_id
+    assert "gate/second_hearing_20260103T0400.json" in {a.path for a in MlflowClient().list_artifacts(run_id, "gate")}
+
+    # A re-run of the same DAG run decides nothing new; the status says why the champion moved.
+    before = len(events)
+    run("backtest", datetime(2026, 1, 3, 4, tzinfo=UTC))
+    with engine.connect() as db:
+        assert db.execute(select(func.count()).select_from(e).where(e.c.model_name == ORDERS)).scalar_one() == before
+    status = cli_output("status")
+    assert f"champion: v{strong}" in status and "second hearing: the replay beat the champion" in status

@@ -349,6 +349,11 @@ def test_bad_data_fails_validation_and_scores_nothing(home: Settings, engine: En
 BACKTEST_RUN = datetime(2026, 1, 4, 4, tzinfo=UTC)  # interval [01-03 04:00, 01-04 04:00)
 
 
+def utc(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes; everything stored is UTC."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
 def backtest_rows(engine: Engine) -> list[dict[str, Any]]:
     b = tables.backtest_metrics
     with engine.connect() as connection:
@@ -402,13 +407,13 @@ def test_labels_and_backtest_rerun_change_nothing(home: Settings, engine: Engine
 
 
 def test_backtest_has_no_look_ahead(home: Settings, engine: Engine) -> None:
-    from pipelines.backtest import matured_predictions
+    from pipelines.backtest import cohort_predictions, labelled
 
     spec = demo_spec(home)
     # Labels of the 02:00 hour arrive at 08:00: a backtest up to 08:00 knows none of them, one up to
     # 09:00 knows exactly that hour, though the labels table already holds later arrivals.
-    assert matured_predictions(spec, engine, datetime(2026, 1, 3, 8, tzinfo=UTC)).empty
-    early = matured_predictions(spec, engine, datetime(2026, 1, 3, 9, tzinfo=UTC))
+    assert labelled(cohort_predictions(spec, engine, datetime(2026, 1, 3, 8, tzinfo=UTC))).empty
+    early = labelled(cohort_predictions(spec, engine, datetime(2026, 1, 3, 9, tzinfo=UTC)))
     assert len(early) > 0
     assert early["as_of"].min() >= SCORED_HOURS[0] and early["as_of"].max() < SCORED_HOURS[1]
 
@@ -592,29 +597,39 @@ def test_a_lake_that_lost_the_hour_still_cannot_rewrite_the_log(home: Settings, 
 NEXT_BACKTEST = BACKTEST_RUN + timedelta(days=1)
 
 
-def test_consecutive_backtests_read_every_label_file_exactly_once(home: Settings, engine: Engine) -> None:
-    first = run("demo_churn__backtest", BACKTEST_RUN)
-    second = run("demo_churn__backtest", NEXT_BACKTEST)
-    assert first.state == second.state == "success"
-    on_disk = [
-        path
-        for path in (home.source / "demo_churn" / "labels").rglob("hour=*.csv")
-        if BACKTEST_RUN - timedelta(days=1)
-        <= datetime.strptime(f"{path.parent.name[3:]} {path.stem[5:]}", "%Y-%m-%d %H").replace(tzinfo=UTC)
-        < NEXT_BACKTEST
-    ]
-    read = [xcom(dag_run, "ingest_labels")["files_read"] for dag_run in (first, second)]
-    assert sum(read) == len(on_disk) > 24  # the 03:00 file of each day too
+def test_each_backtest_ingests_the_labels_of_its_whole_cohort_window(home: Settings, engine: Engine) -> None:
+    """A backtest reads every label file that arrived in its window (whole days from `lookback_days`
+    before its end), whatever ingested them before: its result depends on its end only."""
+    from pipelines.backtest import cohort_window
+
+    spec = demo_spec(home)
+    for end in (BACKTEST_RUN, NEXT_BACKTEST):
+        dag_run = run("demo_churn__backtest", end)
+        assert dag_run.state == "success", task_states(dag_run)
+        since, _ = cohort_window(spec, end)
+        on_disk = [
+            path
+            for path in (home.source / "demo_churn" / "labels").rglob("hour=*.csv")
+            if since
+            <= datetime.strptime(f"{path.parent.name[3:]} {path.stem[5:]}", "%Y-%m-%d %H").replace(tzinfo=UTC)
+            < end
+        ]
+        assert xcom(dag_run, "ingest_labels")["files_read"] == len(on_disk) > 24
 
 
 def test_a_label_correction_counts_from_its_arrival_and_survives_a_reingest(home: Settings, engine: Engine) -> None:
-    from pipelines.backtest import matured_predictions
+    from pipelines.backtest import cohort_predictions, labelled
 
     spec = demo_spec(home)
-    target = matured_predictions(spec, engine, BACKTEST_RUN).iloc[0]
+    target = labelled(cohort_predictions(spec, engine, BACKTEST_RUN)).iloc[0]
 
     def first_cohort() -> list[dict[str, Any]]:
-        return [r for r in backtest_rows(engine) if r["cohort"] == "2026-01-03" and r["scored_by"] == "logged"]
+        rows = [
+            r
+            for r in backtest_rows(engine)
+            if r["cohort"] == "2026-01-03" and r["scored_by"] == "logged" and utc(r["labels_as_of"]) == BACKTEST_RUN
+        ]
+        return sorted(rows, key=lambda r: (r["model_version"], r["slice_column"], r["slice_value"]))  # any order
 
     assert run("demo_churn__backtest", BACKTEST_RUN).state == "success"
     as_of_backtest = first_cohort()
@@ -643,7 +658,7 @@ def test_a_label_correction_counts_from_its_arrival_and_survives_a_reingest(home
     assert sorted(d.label for d in deliveries) == [0.0, 1.0]  # both kept
 
     def label_known_at(end: datetime) -> float:
-        frame = matured_predictions(spec, engine, end)
+        frame = labelled(cohort_predictions(spec, engine, end))
         return float(
             frame.loc[(frame["entity_id"] == target["entity_id"]) & (frame["as_of"] == target["as_of"]), "label"].iloc[
                 0
@@ -652,7 +667,15 @@ def test_a_label_correction_counts_from_its_arrival_and_survives_a_reingest(home
 
     assert label_known_at(BACKTEST_RUN) == target["label"]  # the backtest as of then is unchanged
     assert label_known_at(third) == 1 - target["label"]  # the correction counts from its arrival
-    assert first_cohort() == as_of_backtest  # its metrics too: a backtest as of T is reproducible
+    # Its metrics too: a backtest as of T is reproducible.
+    again = first_cohort()
+    changed = [
+        (row["slice_column"], row["slice_value"], key, row[key], again_row[key])
+        for row, again_row in zip(as_of_backtest, again, strict=True)
+        for key in row
+        if row[key] != again_row[key]
+    ]
+    assert len(again) == len(as_of_backtest) and changed == []
 
 
 def test_an_hour_with_no_rows_is_scored_as_empty(home: Settings, engine: Engine) -> None:
@@ -782,3 +805,99 @@ def test_the_models_pages_read_this_storage(home: Settings, engine: Engine, monk
             assert client.get(f"/pipelines/{unquote(result)}", headers=admin).status_code == 200
         finally:
             (home.lake.root / "demo_churn" / "link").unlink()
+
+
+def test_backtests_in_any_order_leave_the_same_table(home: Settings, engine: Engine) -> None:
+    """Last in this module (it empties the labels): backtests up to three ends, oldest first, then,
+    from no labels and no backtest rows again, newest first with re-runs: the same rows. Every stored
+    row of the first cohort matches an independent computation (sklearn on the logged predictions
+    joined with the latest label delivered before its end), and the row that counts is the most labelled."""
+    from sklearn.metrics import roc_auc_score
+    from sqlalchemy import delete
+
+    from pipelines.backtest import backtest, cohort_window
+    from pipelines.labels import ingest_labels
+    from pipelines.sources import SourceAccess
+
+    spec = demo_spec(home)
+    cohort = "2026-01-03"
+
+    def logged_and_delivered() -> tuple[pd.DataFrame, pd.DataFrame]:
+        p, lab = tables.predictions, tables.labels
+        with engine.connect() as connection:
+            predictions = pd.DataFrame(
+                connection.execute(select(p.c.entity_id, p.c.as_of, p.c.model_version, p.c.score)).all()
+            )
+            deliveries = pd.DataFrame(
+                connection.execute(select(lab.c.entity_id, lab.c.as_of, lab.c.label, lab.c.arrived_at)).all()
+            )
+        for frame, column in ((predictions, "as_of"), (deliveries, "as_of"), (deliveries, "arrived_at")):
+            frame[column] = pd.to_datetime(frame[column], utc=True)
+        return predictions[predictions["as_of"].dt.strftime("%Y-%m-%d") == cohort], deliveries
+
+    # Three ends from what earlier tests left: before the first label of the most scored version's
+    # predictions arrived (none known), after its first arrival hour (some), and BACKTEST_RUN (all).
+    predictions, deliveries = logged_and_delivered()
+    busiest = predictions["model_version"].value_counts().index[0]
+    arrivals = predictions[predictions["model_version"] == busiest].merge(deliveries, on=["entity_id", "as_of"])
+    hours = sorted(
+        arrivals.loc[arrivals["arrived_at"] < pd.Timestamp(BACKTEST_RUN), "arrived_at"].dt.floor("h").unique()
+    )
+    assert len(hours) >= 2, hours
+    ends = [hours[0].to_pydatetime(), hours[1].to_pydatetime(), BACKTEST_RUN]
+
+    def backtest_up_to(end: datetime) -> None:
+        ingest_labels(spec, SourceAccess(home.source), engine, *cohort_window(spec, end))
+        backtest(spec, home, engine, end, f"order_{end:%Y%m%dT%H%M}")
+
+    def table() -> list[tuple[Any, ...]]:
+        return sorted((tuple(sorted(r.items())) for r in backtest_rows(engine)), key=repr)
+
+    def forget() -> None:
+        with engine.begin() as connection:
+            connection.execute(delete(tables.backtest_metrics))
+            connection.execute(delete(tables.labels))
+
+    forget()
+    for end in ends:
+        backtest_up_to(end)
+    oldest_first = table()
+    forget()
+    for end in (ends[2], ends[1], ends[2], ends[0], ends[1]):
+        backtest_up_to(end)
+    assert table() == oldest_first
+
+    predictions, deliveries = logged_and_delivered()
+    stored = [r for r in backtest_rows(engine) if r["slice_column"] == "ALL" and r["cohort"] == cohort]
+    expected_rows = 0
+    for end in ends:
+        known = deliveries[deliveries["arrived_at"] < pd.Timestamp(end)].sort_values("arrived_at")
+        known = known.drop_duplicates(["entity_id", "as_of"], keep="last")  # the latest delivery counts
+        for version, scored in predictions.groupby("model_version"):
+            joined = scored.merge(known, on=["entity_id", "as_of"])
+            rows = [r for r in stored if r["model_version"] == version and utc(r["labels_as_of"]) == end]
+            if joined.empty:
+                assert rows == []  # no label known yet: nothing measured, no row
+                continue
+            expected_rows += 1
+            (row,) = rows
+            assert (row["n"], row["predictions"], row["positives"]) == (
+                len(joined),
+                len(scored),
+                int(joined["label"].sum()),
+            )
+            assert row["complete"] is (
+                end >= datetime(2026, 1, 4, tzinfo=UTC) + timedelta(hours=spec.label.delay_hours)
+            )
+            if joined["label"].nunique() == 2:
+                assert row["auc"] == pytest.approx(roc_auc_score(joined["label"], joined["score"]))
+    assert expected_rows >= 2 and len([r for r in stored if r["scored_by"] == "logged"]) == expected_rows
+    (partial,) = [r for r in stored if r["model_version"] == busiest and utc(r["labels_as_of"]) == ends[1]]
+    assert 0 < partial["n"] < partial["predictions"]  # the middle end knew some of its labels only
+
+    current = tables.current_backtest("demo_churn", slice_column="ALL")
+    with engine.connect() as connection:
+        counted = connection.execute(select(current).where(current.c.cohort == cohort)).mappings().all()
+    for row in counted:  # per version, the most labelled row counts: the latest end's
+        same = [r for r in stored if r["model_version"] == row["model_version"] and r["scored_by"] == row["scored_by"]]
+        assert row["n"] == max(r["n"] for r in same) and utc(row["labels_as_of"]) == BACKTEST_RUN

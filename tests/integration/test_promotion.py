@@ -124,7 +124,8 @@ def test_first_model_becomes_champion_with_full_lineage(home: Settings, engine: 
     # ... and links back to its Airflow run, where `pipelines up` serves the UI by default.
     run_page = f"http://localhost:8080/dags/{dag_run.dag_id}/runs/{quote(dag_run.run_id, safe='')}"
     assert run.data.tags["airflow_run_url"] == run_page
-    assert version.tags["gate.verdict"] == "promote" and version.tags["gate.reason"] == "no champion yet"
+    assert version.tags["gate.verdict"] == "promote"
+    assert version.tags["gate.reason"].startswith("no champion yet and beats the base rate: auc improvement")
     assert [(e["alias"], e["from_version"], e["to_version"]) for e in events(engine, "alias_moved")] == [
         ("challenger", None, "1"),
         ("champion", None, "1"),
@@ -417,3 +418,29 @@ def test_a_champion_from_before_sha256_checks_is_replaced_by_the_gate_or_adopted
     refused = cli("adopt-model", MODEL, with_code)
     assert refused.returncode == 1 and "bundles code" in refused.stderr
     assert MODEL_SHA256_TAG not in MlflowClient().get_model_version(MODEL, with_code).tags
+
+
+def test_a_challenger_no_better_than_the_base_rate_is_registered_but_never_promoted(
+    home: Settings, engine: Engine
+) -> None:
+    """A model that learned nothing (no split is ever worth it: one constant score, AUC 0.5) is
+    registered as challenger, but the floor keeps it from champion, judged on its own holdout before
+    any comparison; the decision records the training base rate and the figures, and `status` says why."""
+    from mlflow import MlflowClient
+
+    champion_before = aliases(home)[0]
+    dag_run = train(SECOND_NIGHT, {"xgboost_params": {"min_child_weight": 1e9}}, attempt=9)
+    assert dag_run.state == "success", states(dag_run)
+    champion, challenger = aliases(home)
+    assert champion == champion_before and challenger not in (None, champion)
+    decision = decision_of(str(challenger))
+    assert decision["verdict"] == "keep" and decision["action"] == "keep_champion"
+    assert decision["reason"].startswith("no better than the base rate: auc improvement over the base rate +0.0000")
+    floor = decision["base_rate"]["interval"]
+    assert floor["point"] == floor["lower"] == floor["upper"] == 0.0  # one score: AUC 0.5 on every resample
+    version = MlflowClient().get_model_version(MODEL, str(challenger))
+    base_rate = decision["base_rate"]["baseline"]["base_rate"]
+    assert 0 < base_rate < 1 and json.loads(version.tags["training_baseline"]) == {"base_rate": base_rate}
+    status = cli("status")
+    assert status.returncode == 0, status.stderr
+    assert f"v{challenger} vs v{champion}: keep_champion (no better than the base rate" in status.stdout

@@ -138,12 +138,8 @@ def test_a_parquet_model_on_s3_added_with_new_model_runs_every_dag(
         reports = db.execute(
             select(tables.drift_reports.c.current_rows).where(tables.drift_reports.c.model_name == scaffolded)
         ).all()
-        b = tables.backtest_metrics
-        backtested = db.execute(
-            select(func.sum(b.c.n)).where(
-                b.c.model_name == scaffolded, b.c.slice_column == "ALL", b.c.scored_by == "logged"
-            )
-        ).scalar_one()
+        b = tables.current_backtest(scaffolded, slice_column="ALL")
+        backtested = db.execute(select(func.sum(b.c.n)).where(b.c.scored_by == "logged")).scalar_one()
     assert logged == sum(expected.values())
     assert sorted(r.current_rows for r in reports) == sorted(expected.values())
     assert backtested == sum(expected.values())  # every scored event's label had arrived by 01-04 04:00

@@ -288,11 +288,9 @@ def labelled(spec: ModelSpec, engine: Engine, scored: pd.DataFrame) -> pd.DataFr
 
 
 def check_backtest_equals_sklearn(spec: ModelSpec, settings: Settings, engine: Engine, challenger: str) -> None:
-    b, p = tables.backtest_metrics, tables.predictions
+    b, p = tables.current_backtest(spec.name, slice_column="ALL"), tables.predictions
     with engine.connect() as db:
-        stored = pd.DataFrame(
-            db.execute(select(b).where(b.c.model_name == spec.name, b.c.slice_column == "ALL")).mappings().all()
-        )
+        stored = pd.DataFrame(db.execute(select(b)).mappings().all())
         logged = pd.DataFrame(
             db.execute(
                 select(p.c.entity_id, p.c.as_of, p.c.model_version, p.c.score, p.c.class_probabilities).where(

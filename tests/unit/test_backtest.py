@@ -1,6 +1,7 @@
 """Backtest metrics per cohort, version and slice."""
 
 import json
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -12,6 +13,7 @@ from pipelines.spec import load_spec
 
 CHURN = load_spec(REPO_ROOT / "dags" / "models" / "demo_churn.yaml")
 SALES = load_spec(REPO_ROOT / "dags" / "models" / "demo_sales.yaml")
+END = datetime(2026, 1, 10, tzinfo=UTC)  # labels of the test cohorts are all due by then
 
 
 def test_cohort_metrics_per_day_and_version() -> None:
@@ -27,7 +29,7 @@ def test_cohort_metrics_per_day_and_version() -> None:
             "plan": rng.choice(["basic", "pro", None], 400),
         }
     )
-    rows = cohort_metrics(CHURN, frame, ["plan"], "logged")
+    rows = cohort_metrics(CHURN, frame, ["plan"], "logged", END)
     whole = [r for r in rows if r["slice_column"] == "ALL"]
     assert {(r["cohort"], r["model_version"]) for r in whole} == {
         ("2026-01-03", "1"),
@@ -55,7 +57,7 @@ def test_regression_cohorts_have_regression_metrics_equal_to_sklearn() -> None:
             "label": labels,
         }
     )
-    (row,) = cohort_metrics(SALES, frame, [], "logged")
+    (row,) = cohort_metrics(SALES, frame, [], "logged", END)
     assert row["rmse"] == pytest.approx(np.sqrt(mean_squared_error(labels, frame["score"])))
     assert row["mae"] == pytest.approx(mean_absolute_error(labels, frame["score"]))
     assert row["r2"] == pytest.approx(r2_score(labels, frame["score"]))
@@ -84,7 +86,7 @@ def test_multiclass_cohorts_read_the_logged_probabilities() -> None:
             "class_probabilities": probabilities_json(probabilities, classes),
         }
     )
-    (row,) = cohort_metrics(spec, with_probability_columns(spec, frame), [], "logged")
+    (row,) = cohort_metrics(spec, with_probability_columns(spec, frame), [], "logged", END)
     predicted = probabilities.argmax(axis=1)
     assert row["logloss"] == pytest.approx(log_loss(truth, probabilities), rel=1e-12)
     assert row["accuracy"] == pytest.approx(accuracy_score(truth, predicted))
@@ -111,4 +113,33 @@ def test_a_stored_label_of_a_class_the_spec_dropped_is_named() -> None:
         }
     )
     with pytest.raises(ContractError, match=r"demo_churn backtest, stored labels: label\(s\) \['mid'\] are not among"):
-        cohort_metrics(spec, with_probability_columns(spec, frame), [], "logged")
+        cohort_metrics(spec, with_probability_columns(spec, frame), [], "logged", END)
+
+
+def test_a_cohort_counts_all_its_predictions_and_says_whether_its_labels_are_all_due() -> None:
+    """n counts the labelled predictions, `predictions` all of the day's (a slice's too); a day is
+    complete once its last hour is past the label delay (demo_churn: 6 h), and a day without any
+    known label gets no row."""
+    day = pd.Timestamp("2026-01-03", tz="UTC")
+    hours = [day + pd.Timedelta(hours=h) for h in range(48)]  # two days, one prediction an hour
+    frame = pd.DataFrame(
+        {
+            "as_of": hours,
+            "model_version": "1",
+            "score": [0.2, 0.8] * 24,
+            # The first day's labels are all in but two; the second day has none yet.
+            "label": [np.nan, np.nan, *([0.0, 1.0] * 11), *([np.nan] * 24)],
+            "plan": ["basic", "pro"] * 24,
+        }
+    )
+    due = day.to_pydatetime() + timedelta(days=1, hours=6)
+    for end, complete in ((due - timedelta(minutes=1), False), (due, True)):
+        rows = cohort_metrics(CHURN, frame, ["plan"], "logged", end)
+        assert {r["cohort"] for r in rows} == {"2026-01-03"}
+        (whole,) = [r for r in rows if r["slice_column"] == "ALL"]
+        assert (whole["n"], whole["predictions"], whole["complete"]) == (22, 24, complete)
+        assert whole["auc"] == 1.0 and whole["positives"] == 11
+        by_plan = {r["slice_value"]: (r["n"], r["predictions"]) for r in rows if r["slice_column"] == "plan"}
+        assert by_plan == {"basic": (11, 12), "pro": (11, 12)}
+    replayed = cohort_metrics(CHURN, frame[frame["label"].notna()], [], "replay", due)
+    assert [(r["n"], r["predictions"]) for r in replayed] == [(22, None)]

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
 
-from pipelines.gate import bootstrap_improvement, bounded_holdout, judge, weighted_metric
+from pipelines.gate import bootstrap_improvement, bounded_holdout, judge, judge_replay, weighted_metric
 from pipelines.spec import GateSpec
 
 RNG = np.random.default_rng(42)
@@ -40,7 +40,7 @@ def test_weighted_metric_equals_sklearn_on_the_resampled_rows(metric: str) -> No
 
 def test_first_model_is_promoted_without_a_comparison() -> None:
     verdict = judge(GateSpec(), frame(), "y", scores(SIGNAL, 0.5, 1), None)
-    assert verdict.promote and verdict.reason == "no champion yet" and verdict.interval is None
+    assert verdict.promote and verdict.reason == "no champion yet" and verdict.interval is None  # no floor given
 
 
 def test_identical_models_tie_and_keep_the_champion() -> None:
@@ -172,3 +172,90 @@ def test_each_metric_is_judged_in_its_own_direction(
     assert not judge(gate, holdout, "y", worse, better).promote
     tie = judge(gate, holdout, "y", better, better.copy())
     assert not tie.promote and tie.interval is not None and tie.interval.point == 0.0
+
+
+def test_a_first_model_no_better_than_the_base_rate_is_not_promoted() -> None:
+    """The floor (gate.beat_base_rate): a first model must beat its task's trivial model with the
+    gate's confidence. A useless score (noise) is kept out; a real one is promoted and says by how much."""
+    base_rate = np.full(N, LABELS.mean())
+    # Noise: AUC 0.5035 here (seed 5); 1 draw in 40 of such noise clears a 95% bound by chance.
+    useless = judge(GateSpec(), frame(), "y", np.random.default_rng(5).random(N), None, base_rate)
+    assert not useless.promote and useless.reason.startswith("no better than the base rate: auc improvement")
+    assert useless.floor is not None and useless.floor.lower <= 0
+    good = scores(SIGNAL, 0.5, 1)
+    promoted = judge(GateSpec(), frame(), "y", good, None, base_rate)
+    assert promoted.promote and promoted.reason.startswith("no champion yet and beats the base rate")
+    assert promoted.floor is not None and promoted.floor.point == pytest.approx(roc_auc_score(LABELS, good) - 0.5)
+    # Log loss too: a calibrated base rate beats an overconfident guess.
+    overconfident = np.where(np.random.default_rng(8).random(N) < 0.5, 0.99, 0.01)
+    assert not judge(GateSpec(metric="logloss"), frame(), "y", overconfident, None, base_rate).promote
+
+
+def test_the_floor_holds_for_regression_and_multiclass() -> None:
+    from sklearn.metrics import r2_score
+
+    rng = np.random.default_rng(9)
+    y = rng.gamma(2.0, 50.0, N)
+    training_mean = np.full(N, y.mean() + 5)  # the training split's mean, a little off the holdout's
+    regression = pd.DataFrame({"y": y})
+    worse = judge(GateSpec(metric="r2"), regression, "y", y.mean() + rng.normal(0, 60, N), None, training_mean)
+    assert not worse.promote and worse.reason.startswith("no better than the base rate: r2")
+    fitted = y + rng.normal(0, 20, N)
+    better = judge(GateSpec(metric="r2"), regression, "y", fitted, None, training_mean)
+    assert better.promote and better.floor is not None
+    assert better.floor.point == pytest.approx(r2_score(y, fitted) - r2_score(y, training_mean))
+
+    truth = rng.integers(0, 3, N)
+    priors = np.bincount(truth, minlength=3) / N
+    multiclass = pd.DataFrame({"y": truth.astype(float)})
+    uniform = np.full((N, 3), 1 / 3)
+    prior_rows = np.tile(priors, (N, 1))
+    assert not judge(GateSpec(metric="logloss"), multiclass, "y", uniform, None, prior_rows).promote
+    informed = 0.5 * prior_rows + 0.5 * np.eye(3)[truth]
+    assert judge(GateSpec(metric="logloss"), multiclass, "y", informed, None, prior_rows).promote
+
+
+def cohort_days(days: int, rows_per_day: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Labels, a shared signal and each row's cohort (a day) for `days` days."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, days * rows_per_day).astype(float)
+    signal = labels + rng.normal(0, 1, len(labels))
+    return labels, signal, np.repeat([f"2026-01-{d + 1:02d}" for d in range(days)], rows_per_day)
+
+
+def test_the_cohort_bootstrap_resamples_whole_days_as_an_independent_count_does() -> None:
+    labels, signal, cohorts = cohort_days(6, 100, 7)
+    challenger, champion = scores(signal, 0.3, 1), scores(signal, 1.0, 2)
+    got = bootstrap_improvement("auc", labels, challenger, champion, 200, 0.9, 5, cohorts)
+    # The same draws, counted the slow way: each drawn day's rows repeated, then sklearn's AUC.
+    draws = np.random.default_rng(5).multinomial(6, np.full(6, 1 / 6), size=200)
+    days = np.unique(cohorts)
+    diffs = []
+    for draw in draws:
+        rows = np.concatenate(
+            [np.flatnonzero(cohorts == day) for day, k in zip(days, draw, strict=True) for _ in range(k)]
+        )
+        diffs.append(roc_auc_score(labels[rows], challenger[rows]) - roc_auc_score(labels[rows], champion[rows]))
+    assert (got.lower, got.upper) == pytest.approx((np.percentile(diffs, 5), np.percentile(diffs, 95)), rel=1e-9)
+    # One row per group is the row bootstrap, draw for draw.
+    by_row = bootstrap_improvement("auc", labels, challenger, champion, 200, 0.9, 5)
+    each_alone = bootstrap_improvement("auc", labels, challenger, champion, 200, 0.9, 5, np.arange(len(labels)))
+    assert each_alone == by_row
+
+
+def test_a_replay_that_wins_every_day_passes_and_one_that_wins_half_the_days_does_not() -> None:
+    labels, signal, cohorts = cohort_days(10, 300, 11)
+    table = pd.DataFrame({"y": labels})
+    gate = GateSpec(bootstrap_samples=500)
+    steady = judge_replay(gate, table, "y", scores(signal, 0.2, 1), scores(signal, 1.5, 2), cohorts)
+    assert steady.promote and steady.reason.startswith("second hearing: the replay beat the champion")
+    assert "of 10 whole cohorts (resampled by cohort)" in steady.reason
+    # Much better on five days, much worse on the other five: pooled rows look like a small win, the
+    # days say it is luck of which days were drawn.
+    good_days = np.isin(cohorts, np.unique(cohorts)[:5])
+    mixed = np.where(good_days, scores(signal, 0.1, 3), scores(signal, 2.5, 4))
+    middling = scores(signal, 1.2, 5)
+    row_wise = bootstrap_improvement("auc", labels, mixed, middling, 500, 0.95, 0)
+    kept = judge_replay(gate, table, "y", mixed, middling, cohorts)
+    assert not kept.promote and kept.reason.startswith("no real improvement in the replay")
+    assert kept.interval is not None and kept.interval.upper - kept.interval.lower > row_wise.upper - row_wise.lower

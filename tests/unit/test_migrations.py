@@ -167,8 +167,8 @@ def test_upgrading_the_schema_of_0fc3fec_keeps_every_row(url: str) -> None:
 
     with pytest.raises(tables.SchemaError, match=r"predate schema versions: run `pipelines db upgrade`"):
         tables.make_engine(url)
-    assert "schema unversioned -> 0005" in db_upgrade(url)
-    assert "schema 0005, up to date" in db_upgrade(url)  # a second upgrade is a no-op
+    assert "schema unversioned -> 0006" in db_upgrade(url)
+    assert "schema 0006, up to date" in db_upgrade(url)  # a second upgrade is a no-op
 
     upgraded = tables.make_engine(url)
     assert contents(upgraded) == before
@@ -207,7 +207,7 @@ def test_a_database_behind_the_code_names_its_revision(url: str) -> None:
     engine = create_engine(url)
     with engine.begin() as connection:
         connection.execute(text(f"UPDATE {tables.SCHEMA_VERSION_TABLE} SET version_num = '0001'"))
-    with pytest.raises(tables.SchemaError, match=r"schema revision 0001, this code needs 0005: run `pipelines db"):
+    with pytest.raises(tables.SchemaError, match=r"schema revision 0001, this code needs 0006: run `pipelines db"):
         tables.make_engine(url)
     engine.dispose()
 
