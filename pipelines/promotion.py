@@ -388,6 +388,9 @@ def rehear_challenger(
             gate.min_holdout_rows,
         )  # fmt: skip
         return None
+    offered = len(evidence)
+    # The bootstrap costs rows x resamples: a seeded uniform sample keeps every cohort in proportion.
+    evidence = bounded_holdout(evidence, gate.max_holdout_rows, gate.seed).reset_index(drop=True)
     if gate.slices:  # the slice columns' logged values, as the gate at training reads them from the holdout
         logged = logged_inputs_of(spec, settings, evidence)
         inputs = logged[[spec.entity_key, spec.timestamp, *gate.slices]].rename(
@@ -415,7 +418,7 @@ def rehear_challenger(
         "higher_is_better": HIGHER_IS_BETTER[gate.metric],
         "mode": mode,
         "gate": gate.model_dump(),
-        "replay": {"rows": len(evidence), "cohorts": cohorts, "labels_as_of": end.isoformat()},
+        "replay": {"rows_offered": offered, "rows": len(evidence), "cohorts": cohorts, "labels_as_of": end.isoformat()},
         "interval": None if verdict.interval is None else asdict(verdict.interval),
         "slices": [asdict(s) for s in verdict.slices],
         "verdict": "promote" if verdict.promote else "keep",

@@ -238,7 +238,9 @@ def test_a_kept_challenger_that_wins_its_replay_gets_a_second_hearing(
     )
     joined = joined[joined["as_of"].dt.strftime("%Y-%m-%d").isin(days)]
     counts = orders_per_day(home)
-    assert decision["replay"]["rows"] == len(joined) == sum(counts[d] for d in days)
+    assert (
+        decision["replay"]["rows"] == decision["replay"]["rows_offered"] == len(joined) == sum(counts[d] for d in days)
+    )
     expected = roc_auc_score(joined["returned"], joined["score"]) - roc_auc_score(
         joined["returned"], joined["champion"]
     )
