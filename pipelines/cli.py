@@ -171,6 +171,17 @@ def _db_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
+def _param(text: str) -> tuple[str, Any]:
+    """KEY=VALUE; the value is read as JSON where it is JSON (2, true, {"max_depth": 1}), else as text."""
+    key, equals, value = text.partition("=")
+    if not equals or not key.strip():
+        raise ValueError(f"'{text}' is not KEY=VALUE, e.g. rescore_with=champion")
+    try:
+        return key.strip(), json.loads(value)
+    except json.JSONDecodeError:
+        return key.strip(), value
+
+
 def _run(args: argparse.Namespace) -> int:
     import time
     from datetime import datetime
@@ -191,14 +202,26 @@ def _run(args: argparse.Namespace) -> int:
     if not runs:
         print(f"{args.dag_id}: no whole interval of its schedule lies in [{args.start}, {args.end})", file=sys.stderr)
         return 2
+    try:
+        params = dict(_param(text) for text in args.param)
+    except ValueError as exc:
+        print(f"error: --param: {exc}", file=sys.stderr)
+        return 2
     settings = apply_airflow_environment()
     migrate_airflow_db(settings)
-    from pipelines.airflow.dags import run_in_process
+    from pipelines.airflow.dags import load_dag, run_in_process
 
+    accepted = set(load_dag(args.dag_id).params.keys()) if params else set()
+    unknown = sorted(set(params) - accepted)
+    if unknown:
+        known = ", ".join(sorted(accepted)) or "none"
+        print(f"error: --param: {args.dag_id} has no param {', '.join(unknown)}; its params: {known}", file=sys.stderr)
+        return 2
     for run in runs:
         started = time.perf_counter()
-        conf = run.conf
-        dag_run = run_in_process(run.dag_id, None if conf else run.end, run_conf=conf, run_after=run.end)
+        # A monitor run by hand takes its interval as params (no logical date); the others keep theirs.
+        conf = {**(run.conf or {}), **params} or None
+        dag_run = run_in_process(run.dag_id, None if run.conf else run.end, run_conf=conf, run_after=run.end)
         took = time.perf_counter() - started
         print(
             f"{run.dag_id}  {run.start:%Y-%m-%d %H:%M} .. {run.end:%Y-%m-%d %H:%M}  {dag_run.state}  ({took:.1f}s)",
@@ -334,6 +357,14 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("dag_id", help="e.g. demo_churn__score (train, score, monitor, backtest)")
     run.add_argument("--start", required=True, help="ISO time with zone, e.g. 2026-01-03T02:00Z")
     run.add_argument("--end", required=True, help="ISO time with zone, e.g. 2026-01-03T06:00Z")
+    run.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a DAG param for every run, as the trigger form sets it, e.g. rescore_with=champion or dry_run=true "
+        "(repeatable; VALUE is read as JSON where it is JSON)",
+    )
     run.set_defaults(func=_run)
     new = commands.add_parser(
         "new-model", help="scaffold a model on your data: its spec, DAG file and a starter GX suite from a sample"

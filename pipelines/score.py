@@ -435,7 +435,8 @@ def score_interval(
                     f"{spec.name}: scoring {part.isoformat()} again would change or remove {len(rewritten)} "
                     f"prediction(s) logged by v{served.version} (its inputs changed since), e.g. "
                     f"{rewritten.head(3).to_dict('records')}; the log keeps what served. To replace them, trigger "
-                    f"{spec.name}__score for this interval with the param rescore_with ('champion' or a version): "
+                    f"{spec.name}__score for this interval with the param rescore_with ('champion' or a version), "
+                    f"or run `pipelines run {spec.name}__score --start ... --end ... --param rescore_with=champion`: "
                     "the replaced rows are kept in predictions_history"
                 )
             if len(rewritten) and previous is not None:

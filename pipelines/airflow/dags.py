@@ -35,18 +35,8 @@ def model_dags(spec_path: Path | str) -> dict[str, DAG]:
     return {dag.dag_id: dag for dag in (build(spec) for build in DAG_BUILDERS.values())}
 
 
-def run_in_process(
-    dag_id: str,
-    logical_date: datetime | None,
-    run_conf: dict[str, Any] | None = None,
-    run_after: datetime | None = None,
-) -> Any:
-    """Run one DAG run of our dags/ folder with `dag.test()` (no scheduler) and return the DagRun.
-
-    run_after defaults to the logical date, so the run id names the interval (not the wall clock)
-    and running the same interval again re-runs that same DAG run; pass another run_after for a
-    second run of the same interval. A DAG without a schedule takes logical_date=None.
-    """
+def load_dag(dag_id: str) -> Any:
+    """One DAG of our dags/ folder, parsed."""
     from airflow.dag_processing.dagbag import DagBag
 
     from pipelines.config import REPO_ROOT
@@ -60,6 +50,22 @@ def run_in_process(
         dag = bag.get_dag(dag_id)
         if dag is None:
             raise LookupError(f"DAG {dag_id} not found; import errors: {bag.import_errors or 'none'}")
+    return dag
+
+
+def run_in_process(
+    dag_id: str,
+    logical_date: datetime | None,
+    run_conf: dict[str, Any] | None = None,
+    run_after: datetime | None = None,
+) -> Any:
+    """Run one DAG run of our dags/ folder with `dag.test()` (no scheduler) and return the DagRun.
+
+    run_after defaults to the logical date, so the run id names the interval (not the wall clock)
+    and running the same interval again re-runs that same DAG run; pass another run_after for a
+    second run of the same interval. A DAG without a schedule takes logical_date=None.
+    """
+    dag = load_dag(dag_id)
     began = datetime.now(UTC)
     with task_log_files():
         run = dag.test(logical_date=logical_date, run_after=run_after or logical_date, run_conf=run_conf)

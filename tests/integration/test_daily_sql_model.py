@@ -48,11 +48,12 @@ def orders_per_day(home: Settings) -> dict[str, int]:
         return dict(db.execute("SELECT substr(ordered_at, 1, 10), count(*) FROM orders GROUP BY 1").fetchall())
 
 
-def pipelines_run(dag_id: str, start: str, end: str) -> list[str]:
-    """`pipelines run` over a range; every run line must say success."""
+def pipelines_run(dag_id: str, start: str, end: str, *params: str) -> list[str]:
+    """`pipelines run` over a range (`params`: KEY=VALUE, each a --param); every run line must say success."""
+    flags = [arg for param in params for arg in ("--param", param)]
     lines = [
         line
-        for line in cli_output("run", dag_id, "--start", start, "--end", end).splitlines()
+        for line in cli_output("run", dag_id, "--start", start, "--end", end, *flags).splitlines()
         if line.startswith(f"{dag_id}  ")
     ]
     assert lines and all("  success  " in line for line in lines), lines
@@ -170,13 +171,21 @@ def test_a_kept_challenger_that_wins_its_replay_gets_a_second_hearing(
         assert dag_run.state == "success", states(dag_run)
         return dag_run
 
-    weak = {"num_boost_round": 2, "xgboost_params": {"max_depth": 1}}
-    run("train", datetime(2025, 12, 27, 2, tzinfo=UTC), weak)
+    # Params as the trigger form sets them, through `pipelines run --param` (values read as JSON).
+    weak = ("num_boost_round=2", 'xgboost_params={"max_depth": 1}')
+    pipelines_run(f"{ORDERS}__train", "2025-12-26T02:00Z", "2025-12-27T02:00Z", *weak)
     weak_version = alias_version(home, ORDERS, CHALLENGER)
     rollback = run_in_process(
         f"{ORDERS}__rollback", None, run_conf={"version": weak_version, "reason": "test"}, run_after=datetime.now(UTC)
     )
     assert rollback.state == "success", states(rollback)
+    typo = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "run", f"{ORDERS}__train", "--start", "2025-12-27T02:00Z",
+         "--end", "2025-12-28T02:00Z", "--param", "dryrun=true"],
+        capture_output=True, text=True, cwd=REPO_ROOT,
+    )  # fmt: skip
+    assert typo.returncode == 2 and f"{ORDERS}__train has no param dryrun; its params: " in typo.stderr
+    assert "dry_run" in typo.stderr and alias_version(home, ORDERS, CHALLENGER) == weak_version  # nothing ran
     run("train", datetime(2025, 12, 28, 2, tzinfo=UTC), {"dry_run": True})
     strong = alias_version(home, ORDERS, CHALLENGER)
     assert strong != weak_version and alias_version(home, ORDERS, CHAMPION) == weak_version

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import insert, make_url
 
 from pipelines import tables
@@ -107,3 +108,16 @@ def test_history_shows_a_version_only_where_the_event_has_one() -> None:
     )
     assert event_summary(event("approval", "2", reason="approved")) == "approval of v2: approved"
     assert event_summary(event("model_adopted", "1")) == "adopted v1"
+
+
+def test_run_params_are_key_equals_value_read_as_json_where_they_are_json() -> None:
+    from pipelines.cli import _param
+
+    assert _param("num_boost_round=2") == ("num_boost_round", 2)
+    assert _param("dry_run=true") == ("dry_run", True)
+    assert _param('xgboost_params={"max_depth": 1}') == ("xgboost_params", {"max_depth": 1})
+    assert _param("rescore_with=champion") == ("rescore_with", "champion")
+    assert _param("reason=a=b") == ("reason", "a=b")
+    for bad in ("rescore_with", "=2"):
+        with pytest.raises(ValueError, match=r"is not KEY=VALUE, e\.g\. rescore_with=champion"):
+            _param(bad)
