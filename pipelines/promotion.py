@@ -179,6 +179,20 @@ def _verdict(
     return _judge_against_champion(spec, settings, challenger, champion_model, holdout, baseline)
 
 
+def verdict_fields(verdict: Verdict, mode: str, dag_id: str, dag_run_id: str) -> dict[str, Any]:
+    """What every gate decision records of its verdict, whichever evidence it was reached on."""
+    return {
+        "interval": None if verdict.interval is None else asdict(verdict.interval),
+        "slices": [asdict(s) for s in verdict.slices],
+        "verdict": "promote" if verdict.promote else "keep",
+        "action": planned_action(verdict.promote, mode),
+        "reason": verdict.reason,
+        "dag_id": dag_id,
+        "dag_run_id": dag_run_id,
+        "decided_at": datetime.now(UTC).isoformat(),
+    }
+
+
 def planned_action(promote: bool, mode: str) -> str:
     if not promote:
         return "keep_champion"
@@ -261,19 +275,12 @@ def gate_challenger(
             "start": holdout[spec.timestamp].min().isoformat() if len(holdout) else None,
             "end": holdout[spec.timestamp].max().isoformat() if len(holdout) else None,
         },
-        "interval": None if verdict.interval is None else asdict(verdict.interval),
         # The candidate against its task's trivial model (gate.beat_base_rate), and that model.
         "base_rate": {
             "baseline": baseline if spec.gate.beat_base_rate else None,
             "interval": None if verdict.floor is None else asdict(verdict.floor),
         },
-        "slices": [asdict(s) for s in verdict.slices],
-        "verdict": "promote" if verdict.promote else "keep",
-        "action": planned_action(verdict.promote, mode),
-        "reason": verdict.reason,
-        "dag_id": dag_id,
-        "dag_run_id": dag_run_id,
-        "decided_at": datetime.now(UTC).isoformat(),
+        **verdict_fields(verdict, mode, dag_id, dag_run_id),
     }
     record_decision(settings, engine, decision, "gate/decision.json", actor)
     return decision
@@ -336,7 +343,7 @@ def rejected_by_a_human(engine: Engine, model_name: str, version: str) -> bool:
                     e.c.event == "approval",
                     e.c.reason == "rejected",
                     e.c.to_version == version,
-                    ~e.c.actor.in_(["airflow:timeout"]),
+                    e.c.actor != "airflow:timeout",  # a timeout took the default; nobody said no
                 )
             ).first()
             is not None
@@ -419,14 +426,7 @@ def rehear_challenger(
         "mode": mode,
         "gate": gate.model_dump(),
         "replay": {"rows_offered": offered, "rows": len(evidence), "cohorts": cohorts, "labels_as_of": end.isoformat()},
-        "interval": None if verdict.interval is None else asdict(verdict.interval),
-        "slices": [asdict(s) for s in verdict.slices],
-        "verdict": "promote" if verdict.promote else "keep",
-        "action": planned_action(verdict.promote, mode),
-        "reason": verdict.reason,
-        "dag_id": dag_id,
-        "dag_run_id": dag_run_id,
-        "decided_at": datetime.now(UTC).isoformat(),
+        **verdict_fields(verdict, mode, dag_id, dag_run_id),
     }
     record_decision(settings, engine, decision, f"gate/second_hearing_{end:%Y%m%dT%H%M}.json", actor)
     return decision
