@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from sqlalchemy import Engine, select
 
@@ -24,7 +25,7 @@ from pipelines import tables
 from pipelines.config import Settings
 from pipelines.errors import PermanentError
 from pipelines.features import contract_of, predict, prediction_columns
-from pipelines.intervals import interval_key, partitions_between
+from pipelines.intervals import PartitionUnit, interval_key, partitions_between
 from pipelines.lake import MANIFEST_FILE, partition_key, read_partition
 from pipelines.registry import load_booster
 from pipelines.score import read_scored
@@ -97,43 +98,136 @@ def column_results(snapshot: dict[str, Any]) -> list[ColumnDrift]:
     return results
 
 
+@dataclass(frozen=True)
+class ColumnTest:
+    method: str
+    threshold: float
+
+
+MIN_CALIBRATION_PARTITIONS = 5  # fewer reference partitions than this say nothing of their spread
+MIN_PARTITION_ROWS = 30  # a partition with fewer rows is too noisy to compare
+CALIBRATION_QUANTILE = 0.95
+
+
+def column_tests(spec: DriftSpec, numeric: list[str], categorical: list[str]) -> dict[str, ColumnTest]:
+    """Each column's test and stated threshold: the spec's own choice for it, else the kind's default."""
+    tests = {}
+    for column in [*numeric, *categorical]:
+        kind_method, kind_threshold = (
+            (spec.num_method, spec.num_threshold) if column in numeric else (spec.cat_method, spec.cat_threshold)
+        )
+        chosen = spec.tests.get(column)
+        method = chosen.method if chosen and chosen.method else kind_method
+        # A threshold stated for another test means nothing to this one: a chosen method keeps its default.
+        default = kind_threshold if method == kind_method else stattest_default_threshold(method, column in numeric)
+        tests[column] = ColumnTest(method, chosen.threshold if chosen and chosen.threshold is not None else default)
+    return tests
+
+
+def _stattest(method: str, numeric: bool) -> Any:
+    from evidently.legacy.calculations.stattests.registry import get_registered_stattest
+    from evidently.legacy.core import ColumnType
+
+    kind = ColumnType.Numerical if numeric else ColumnType.Categorical
+    return get_registered_stattest(method, kind), kind
+
+
+def stattest_default_threshold(method: str, numeric: bool) -> float:
+    return float(_stattest(method, numeric)[0].default_threshold)
+
+
+def calibrate(
+    reference: pd.DataFrame,
+    tests: dict[str, ColumnTest],
+    numeric: list[str],
+    timestamp: str,
+    unit: PartitionUnit,
+    fixed: set[str],
+) -> tuple[dict[str, ColumnTest], str]:
+    """Raise each distance's threshold to the spread of the reference's own partitions, and say how.
+
+    Each partition (a day or an hour of the reference) is compared with the rest of the reference by
+    the column's own test; the threshold becomes the 95th percentile of those distances when that is
+    higher. A window then drifts only when it is further from the reference than the reference's
+    own days usually are: daily seasonality and values repeated within a day (hourly weather across
+    a day's flights) are not drift, a shift beyond them is. Columns in `fixed` (a threshold the spec
+    stated for them) and p-value tests are left as stated.
+    """
+    if timestamp not in reference.columns:
+        return tests, "stated thresholds (the reference has no timestamps to calibrate them on)"
+    stamps = pd.to_datetime(reference[timestamp], utc=True)
+    parts = stamps.dt.floor("D" if unit == "day" else "h")
+    sizes = parts.value_counts()
+    usable = [p for p in sizes.index if sizes[p] >= MIN_PARTITION_ROWS]
+    if len(usable) < MIN_CALIBRATION_PARTITIONS:
+        return tests, (
+            f"stated thresholds (the reference has {len(usable)} {unit}(s) of at least {MIN_PARTITION_ROWS} rows; "
+            f"calibrating needs {MIN_CALIBRATION_PARTITIONS})"
+        )
+    calibrated = dict(tests)
+    for column, test in tests.items():
+        if column in fixed or column not in reference.columns or test.method in P_VALUE_DRIFT_TESTS:
+            continue
+        stattest, kind = _stattest(test.method, column in numeric)
+        values = reference[column] if column in numeric else reference[column].astype("string").astype(object)
+        distances = []
+        for part in usable:
+            inside = (parts == part).to_numpy()
+            here, rest = values[inside].dropna(), values[~inside].dropna()
+            if len(here) and len(rest):
+                distances.append(float(stattest(rest, here, kind, test.threshold).drift_score))
+        if len(distances) >= MIN_CALIBRATION_PARTITIONS:
+            spread = float(np.quantile(distances, CALIBRATION_QUANTILE))
+            calibrated[column] = ColumnTest(test.method, round(max(test.threshold, spread), 6))
+    return calibrated, f"thresholds calibrated on {len(usable)} {unit}s of the reference"
+
+
 def run_report(
     reference: pd.DataFrame,
     current: pd.DataFrame,
     numeric: list[str],
     categorical: list[str],
     spec: DriftSpec,
+    tests: dict[str, ColumnTest] | None = None,
+    html: bool = True,
 ) -> tuple[list[ColumnDrift], bytes]:
-    """Per-column drift results and the report's HTML.
+    """Per-column drift results and the report's HTML (empty when `html` is False).
 
-    The preset covers the features only, so the report's headline ("k of n columns drifted") is the
-    count the log, `drift_reports` and status give; the model's score, when present, is judged by a
-    metric of its own (prediction drift) next to it.
+    Every column is judged by its test in `tests` (default: `column_tests`). The preset covers the
+    features only, so the report's headline ("k of n columns drifted") is the count the log,
+    `drift_reports` and status give; the model's score, when present, is judged by a metric of its
+    own (prediction drift) next to it.
     """
     from evidently import DataDefinition, Dataset, Report  # slow import: only inside the task
     from evidently.metrics import ValueDrift
     from evidently.presets import DataDriftPreset
 
+    tests = tests or column_tests(spec, numeric, categorical)
     features = [c for c in [*numeric, *categorical] if c not in PREDICTION_COLUMNS]
-    tests = {c: t for c, t in spec.tests.items() if c in features}
     preset = DataDriftPreset(
         columns=features,
         drift_share=spec.drift_share,
-        per_column_method={c: t.method for c, t in tests.items() if t.method} or None,
-        per_column_threshold={c: t.threshold for c, t in tests.items() if t.threshold is not None} or None,
+        per_column_method={c: tests[c].method for c in features},
+        per_column_threshold={c: tests[c].threshold for c in features},
     )
     metrics: list[Any] = [preset]
-    metrics += [ValueDrift(column=c) for c in [*numeric, *categorical] if c in PREDICTION_COLUMNS]
+    metrics += [
+        ValueDrift(column=c, method=tests[c].method, threshold=tests[c].threshold)
+        for c in [*numeric, *categorical]
+        if c in PREDICTION_COLUMNS
+    ]
     definition = DataDefinition(numerical_columns=numeric, categorical_columns=categorical)
     snapshot = Report(metrics).run(
         current_data=Dataset.from_pandas(current, data_definition=definition),
         reference_data=Dataset.from_pandas(reference, data_definition=definition),
     )
+    if not html:
+        return column_results(snapshot.dict()), b""
     with tempfile.TemporaryDirectory() as scratch:
         html_path = Path(scratch) / "report.html"
         snapshot.save_html(str(html_path))
-        html = html_path.read_bytes()
-    return column_results(snapshot.dict()), html
+        page = html_path.read_bytes()
+    return column_results(snapshot.dict()), page
 
 
 def model_run_id(settings: Settings, model_name: str, version: str) -> str:
@@ -323,6 +417,11 @@ def monitor_interval(
     if PREDICTED_CLASS_COLUMN in reference.columns:
         categorical.append(PREDICTED_CLASS_COLUMN)
     columns = [*numeric, *categorical]
+    tests = column_tests(spec.drift, numeric, categorical)
+    how = "stated thresholds"
+    if spec.drift.calibrate:
+        fixed = {c for c, t in spec.drift.tests.items() if t.threshold is not None}
+        tests, how = calibrate(reference, tests, numeric, spec.timestamp, spec.partition, fixed)
     report_key = f"{spec.name}/reports/drift/{interval_key(start, end)}.html"
     results, html = run_report(
         _as_categorical_text(reference[columns], categorical),
@@ -330,8 +429,10 @@ def monitor_interval(
         numeric,
         categorical,
         spec.drift,
+        tests,
     )
     settings.lake.put(report_key, html)
+    described = f"{described}; {how}"
     summary = DriftSummary(version, len(reference), len(current), results, settings.lake.uri_of(report_key), described)
 
     record_summary(spec, engine, start, end, summary, dag_run_id)

@@ -446,6 +446,17 @@ class DriftSpec(_Strict):
     exclude: list[str] = Field(default_factory=list, description="Features never tested (e.g. calendar features)")
     tests: dict[str, ColumnDriftTest] = Field(default_factory=dict, description="Per-column test and threshold")
     reference: DriftReference = Field(default_factory=DriftReference)
+    # Effect sizes, not p-values: a p-value test treats every row as independent, so with hundreds of
+    # rows sharing one hourly reading any two days differ "significantly".
+    num_method: DriftTest = Field(default="wasserstein", description="Test of numeric features (and the score)")
+    num_threshold: float = Field(default=0.1, gt=0, description="Its threshold (normed Wasserstein: share of a std)")
+    cat_method: DriftTest = Field(default="jensenshannon", description="Test of categorical features")
+    cat_threshold: float = Field(default=0.1, gt=0, description="Its threshold")
+    calibrate: bool = Field(
+        default=True,
+        description="Raise a distance's threshold to how far the reference's own partitions (days or hours) are "
+        "from the rest of it (their 95th percentile), so seasonality and values repeated within a day are not drift",
+    )
 
     drift_share: float = Field(
         default=0.5, gt=0, le=1, description="A window drifted when at least this share of its feature columns did"

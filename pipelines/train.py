@@ -246,7 +246,14 @@ def train_model(
         signature = infer_signature(raw_inputs.head(100), predict(booster, contract, train.head(100)))
         with tempfile.TemporaryDirectory() as scratch:
             reference = train.sample(n=min(spec.drift.reference_rows, len(train)), random_state=0)
-            reference[contract.columns].to_parquet(Path(scratch) / "reference.parquet", index=False)
+            # With its timestamps: the monitor calibrates drift thresholds on the reference's own days.
+            stamp = (
+                [spec.timestamp]
+                if spec.timestamp in reference.columns and spec.timestamp not in contract.columns
+                else []
+            )
+            kept = [*contract.columns, *stamp]
+            reference[kept].to_parquet(Path(scratch) / "reference.parquet", index=False)
             holdout.to_parquet(Path(scratch) / "holdout.parquet", index=False)
             mlflow.log_artifact(str(Path(scratch) / "reference.parquet"), artifact_path="reference")
             mlflow.log_artifact(str(Path(scratch) / "holdout.parquet"), artifact_path="holdout")

@@ -199,11 +199,21 @@ def test_drift_table_names_the_shifted_columns_and_no_other(home: Settings, engi
 
 
 def test_status_shows_the_last_drift_verdict(home: Settings) -> None:
-    drift = status_report()["models"][0]["last_drift_report"]
+    report = status_report()
+    model = report["models"][0]
+    # Only models that ran here are reported; the other shipped examples are named once.
+    assert [m["model"] for m in report["models"]] == ["demo_churn"]
+    assert {"demo_orders", "demo_sales"} <= set(report["not_run_here"])
+    assert 0.5 < model["champion_holdout"]["auc"] <= 1.0
+    story = model["since_champion"]
+    assert (story["drift_windows"], story["drifted_windows"], story["retrain_requests"]) == (6, 3, 1)
+    assert story["latest_retrain_request"]["window_end"] == "2026-01-03T07:00:00+00:00"
+    drift = model["last_drift_report"]
     assert sorted(drift["drifted_columns"]) == sorted(SHIFTED)
     assert drift["verdict"]["retrain"] is False and drift["verdict"]["reason"].startswith("cooldown until")
     text = cli_output("status")
     assert "drift verdict: no retraining: cooldown until" in text
+    assert "drift window(s) drifted, 1 retraining request(s)" in text and "3 of 6 drift window(s)" in text
     n, k = len(drift["drifted_columns"]), drift["columns"]
     assert f"{n} of {k} feature columns drifted ({n / k:.3f})" in text
 
@@ -276,7 +286,8 @@ def test_drift_settings_pick_columns_tests_and_a_seasonal_reference(home: Settin
         },
     }
     training, engine = measure("training", **tuned)
-    assert training.reference == "the training sample of v1"
+    calibrated = "the training sample of v1; thresholds calibrated on 31 hours of the reference"
+    assert training.reference == calibrated
     assert set(training.drifted_columns) >= SHIFTED - {"monthly_charges"}
     tested = {c.column: c for c in training.columns}
     assert "region" not in tested and len(tested) == len(base.features.all)  # 7 features and the score
@@ -286,15 +297,19 @@ def test_drift_settings_pick_columns_tests_and_a_seasonal_reference(home: Settin
     assert (calls.stattest, calls.threshold, calls.drifted) == ("mannw", 0.01, True) and calls.score < 1e-6
     d = tables.drift_reports
     with engine.connect() as connection:
-        assert connection.execute(select(d.c.reference)).scalar_one() == "the training sample of v1"
+        assert connection.execute(select(d.c.reference)).scalar_one() == calibrated
 
     seasonal, _ = measure("same_period", reference={"kind": "same_period", "offset_days": 1})
-    assert seasonal.reference == "published data of [2026-01-03T06:00:00+00:00, 2026-01-03T07:00:00+00:00)"
+    assert seasonal.reference == (
+        "published data of [2026-01-03T06:00:00+00:00, 2026-01-03T07:00:00+00:00); "
+        "stated thresholds (the reference has 1 hour(s) of at least 30 rows; calibrating needs 5)"
+    )
     assert not set(seasonal.drifted_columns) & SHIFTED and len(seasonal.drifted_columns) <= 1  # chance at most
 
     no_history, _ = measure("fallback", reference={"kind": "same_period", "offset_days": 364})
     assert no_history.reference == (
-        "the training sample of v1 (the same period [2025-01-05T06:00:00+00:00, 2025-01-05T07:00:00+00:00) has no data)"
+        "the training sample of v1 (the same period [2025-01-05T06:00:00+00:00, 2025-01-05T07:00:00+00:00) has no data); "
+        "thresholds calibrated on 31 hours of the reference"
     )
     assert set(no_history.drifted_columns) >= SHIFTED
 
