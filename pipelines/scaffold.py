@@ -8,7 +8,9 @@ Nothing existing is overwritten.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import math
+import re
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -46,6 +48,43 @@ class Inferred:
     categorical: list[str]
     left_out: dict[str, str]  # column: why it is not a feature
     expectations: list[dict[str, Any]]
+    window_days: int = 28
+    window_reason: str = ""
+    unchecked: dict[str, str] = field(default_factory=dict)  # column: why it has no null check
+    drift_exclude: dict[str, str] = field(default_factory=dict)  # feature: why drift leaves it alone
+
+
+# Allowed null share: the worst partition's, plus a quarter of the spread between partitions, at least
+# NULL_MARGIN: a column whose share swings from day to day gets room to swing further.
+NULL_MARGIN = 0.05
+NO_NULL_CHECK_ABOVE = 0.9  # a check that allows more nulls than this says nothing: none is written
+TRAINING_ROWS_TARGET = 20_000  # the scaffold sizes the training window to hold at least this many rows
+# Parts of the timestamp that never repeat within a training window as they will when scored (a
+# model learns "January" and then sees only March), and parts that repeat but that one window holds
+# a single value of (a day is one weekday): features, but drift on every window.
+CALENDAR_PARTS: dict[str, tuple[bool, Any]] = {  # part: (repeats within a window, how to compute it)
+    "year": (False, lambda t: t.dt.year),
+    "quarter": (False, lambda t: t.dt.quarter),
+    "month": (False, lambda t: t.dt.month),
+    "week": (False, lambda t: t.dt.isocalendar().week.astype("int64")),
+    "day of month": (False, lambda t: t.dt.day),
+    "day of year": (False, lambda t: t.dt.dayofyear),
+    "day of week": (True, lambda t: t.dt.dayofweek),
+    "day of week (1-7)": (True, lambda t: t.dt.dayofweek + 1),
+    "hour": (True, lambda t: t.dt.hour),
+}
+NEVER_REPEATING_NAMES = {
+    "year", "yr", "quarter", "qtr", "month", "mon", "week", "weekofyear", "day", "dayofmonth", "dom",
+    "dayofyear", "doy", "date",
+}  # fmt: skip
+SEASONAL_NAMES = {"dayofweek", "dow", "weekday", "hour", "hr", "minute"}
+IDENTIFIER_TOKENS = {"id", "uuid", "guid", "num", "number", "nbr", "identifier"}
+
+
+def _tokens(name: str) -> list[str]:
+    """`FlightNum`, `flight_num` and `flight-num` all give ["flight", "num"]."""
+    spaced = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name)
+    return [t for t in re.split(r"[^A-Za-z0-9]+", spaced.lower()) if t]
 
 
 def _numeric(values: pd.Series) -> pd.Series | None:
@@ -58,20 +97,122 @@ def _numeric(values: pd.Series) -> pd.Series | None:
     return parsed if present.any() and parsed[present].notna().mean() >= 0.99 else None
 
 
-def infer(frame: pd.DataFrame, key: str, timestamp: str, not_features: set[str]) -> Inferred:
-    """Features and a starter suite from a sample: what was seen, widened a little, for review."""
+@dataclass(frozen=True)
+class Role:
+    """What a column is when it is not a plain feature: left out of features (and so of drift), or
+    a feature that drift leaves alone."""
+
+    feature: bool
+    why: str
+
+
+def column_role(
+    column: str, values: pd.Series, numbers: pd.Series | None, stamps: pd.Series, unit: PartitionUnit
+) -> Role | None:
+    """Time and identifiers, by their values or their names; None for a plain feature.
+
+    Identifiers carry no pattern a model can reuse for the next row.
+    """
+    if pd.api.types.is_datetime64_any_dtype(values):
+        return Role(False, "a time: use it through features you derive on purpose, not as a number")
+    tokens = _tokens(column)
+    part = None
+    if numbers is not None:
+        present = numbers.notna() & stamps.notna()
+        for name, (repeats, of) in CALENDAR_PARTS.items():
+            seen = of(stamps[present])
+            # a part constant over the sample (the month of a January sample) could match by chance
+            if present.any() and seen.nunique() > 1 and (numbers[present] == seen).mean() >= 0.95:
+                part = (f"the timestamp's {name}", repeats)
+                break
+    for names, repeats in ((NEVER_REPEATING_NAMES, False), (SEASONAL_NAMES, True)):
+        if part is None and tokens and (tokens[-1] in names or "".join(tokens) in names):
+            part = ("a calendar part by its name", repeats)
+    if part is not None:
+        what, repeats = part
+        if not repeats:
+            return Role(False, f"{what}: it does not repeat within a training window as it will when scored")
+        if "hour" not in what or unit == "hour":
+            return Role(True, f"{what}: a feature, but one {unit} holds one value of it, so not tested for drift")
+        return None  # an hour of the day: a day holds every hour, a plain feature
+    whole = numbers is not None and bool((numbers.dropna() % 1 == 0).all())
+    if whole and IDENTIFIER_TOKENS & set(tokens):
+        return Role(False, "an identifier by its name (whole numbers): it names a row, it is no pattern")
+    if whole and values.notna().sum() >= 1000 and values.nunique() >= 0.99 * values.notna().sum():
+        return Role(False, "a whole number unique to almost every row: an identifier")
+    return None
+
+
+def training_window(rows: int, sample_days: float) -> tuple[int, str]:
+    """Whole weeks (so every weekday weighs the same) holding at least TRAINING_ROWS_TARGET rows at
+    the sample's rate, between 4 weeks and a year."""
+    per_day = rows / max(sample_days, 1 / 24)
+    weeks = math.ceil(TRAINING_ROWS_TARGET / per_day / 7) if per_day else 52
+    days = min(max(weeks, 4), 52) * 7
+    return days, (
+        f"{per_day:,.0f} rows a day in the sample: {days} days hold ~{per_day * days:,.0f} rows "
+        f"(target {TRAINING_ROWS_TARGET:,}, whole weeks, 28 to 364 days)"
+    )
+
+
+def _null_check(
+    column: str, is_null: pd.Series, parts: pd.Series, unit: PartitionUnit
+) -> tuple[dict[str, Any] | None, str]:
+    """A not-null expectation every partition of the sample passes, or None, and where it came from."""
+    shares = is_null.groupby(parts).mean()
+    worst, best = float(shares.max()), float(shares.min())
+    if worst == 0:
+        return {"column": column}, f"never null in the {len(shares)} {unit}s of the sample"
+    allowed = worst + max(NULL_MARGIN, (worst - best) / 4)
+    seen = f"null in {best:.1%} to {worst:.1%} of a {unit}'s rows over the {len(shares)} {unit}s of the sample"
+    if allowed >= NO_NULL_CHECK_ABOVE:
+        return None, f"{seen}: no null check (one the sample supports would allow almost every row null)"
+    mostly = math.floor((1 - allowed) * 1000) / 1000
+    return {"column": column, "mostly": mostly}, (
+        f"{seen}; allows {allowed:.1%}: the worst {unit} plus a quarter of the spread (at least {NULL_MARGIN:.0%})"
+    )
+
+
+def _expectation(kind: str, kwargs: dict[str, Any], why: str) -> dict[str, Any]:
+    return {"type": kind, "kwargs": kwargs, "meta": {"notes": why}}
+
+
+def infer(
+    frame: pd.DataFrame,
+    key: str,
+    timestamp: str,
+    not_features: set[str],
+    unit: PartitionUnit = "day",
+    sample_days: float | None = None,
+) -> Inferred:
+    """Features and a starter suite from a sample: what was seen, widened a little, for review.
+
+    Sound by construction: every expectation passes on every partition (day or hour) of the sample,
+    since each bound is the extreme over those partitions, widened. Each says where it came from.
+    """
+    stamps = pd.to_datetime(frame[timestamp], utc=True, errors="coerce")
+    parts = stamps.dt.floor("D" if unit == "day" else "h")
+    sample = f"{len(frame)} rows, {parts.nunique()} {unit}s"
     expectations: list[dict[str, Any]] = [
-        {
-            "type": "expect_table_columns_to_match_set",
-            "kwargs": {"column_set": list(frame.columns), "exact_match": True},
-        },
-        # A quiet partition (no rows) is a normal outcome; raise min_value if your feed is never quiet.
-        {"type": "expect_table_row_count_to_be_between", "kwargs": {"min_value": 0}},
-        {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": key}},
-        {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": timestamp}},
-        {"type": "expect_compound_columns_to_be_unique", "kwargs": {"column_list": [key, timestamp]}},
+        _expectation(
+            "expect_table_columns_to_match_set",
+            {"column_set": list(frame.columns), "exact_match": True},
+            f"the sample's columns ({sample})",
+        ),
+        _expectation(
+            "expect_table_row_count_to_be_between",
+            {"min_value": 0},
+            f"a quiet {unit} (no rows) is a normal outcome; raise min_value if your feed is never quiet",
+        ),
+        _expectation("expect_column_values_to_not_be_null", {"column": key}, "the entity key: every row has one"),
+        _expectation("expect_column_values_to_not_be_null", {"column": timestamp}, "the event time: every row has one"),
+        _expectation(
+            "expect_compound_columns_to_be_unique",
+            {"column_list": [key, timestamp]},
+            "one row per entity and time: predictions are logged by this key",
+        ),
     ]
-    numeric, categorical, left_out = [], [], {}
+    numeric, categorical, left_out, unchecked, drift_exclude = [], [], {}, {}, {}
     for column in frame.columns:
         if column in {key, timestamp}:
             continue
@@ -79,28 +220,53 @@ def infer(frame: pd.DataFrame, key: str, timestamp: str, not_features: set[str])
             left_out[column] = "the label or its arrival time: never a feature"
             continue
         values = frame[column]
-        null_share = float(values.isna().mean())
-        if null_share == 1.0:
+        if values.isna().all():
             left_out[column] = "always empty in the sample"
             continue
         numbers = _numeric(values)
+        role = column_role(column, values, numbers, stamps, unit)
+        if role is not None and not role.feature:
+            left_out[column] = role.why
+            continue
+        if role is not None:
+            drift_exclude[column] = role.why
         if numbers is not None:
             numeric.append(column)
             low, high = float(numbers.min()), float(numbers.max())
             margin = (high - low) or abs(high) or 1.0  # seen values, widened by their span either way
             between = {"column": column, "min_value": round(low - margin, 6), "max_value": round(high + margin, 6)}
-            expectations.append({"type": "expect_column_values_to_be_between", "kwargs": between})
+            why = f"seen {low:g} to {high:g} in the sample ({sample}), widened by that span either way"
+            expectations.append(_expectation("expect_column_values_to_be_between", between, why))
         elif values.nunique() <= MAX_CATEGORIES:
             categorical.append(column)
             seen = sorted(str(v) for v in values.dropna().unique())
+            why = f"the {len(seen)} values seen in the sample ({sample}); up to 1% of a {unit}'s rows may be new"
             in_set = {"column": column, "value_set": seen, "mostly": 0.99}
-            expectations.append({"type": "expect_column_values_to_be_in_set", "kwargs": in_set})
+            expectations.append(_expectation("expect_column_values_to_be_in_set", in_set, why))
         else:
             left_out[column] = f"{values.nunique()} distinct text values: an identifier or free text"
             continue
-        mostly = {} if null_share == 0 else {"mostly": round(max(0.5, 1 - 2 * null_share), 3)}
-        expectations.append({"type": "expect_column_values_to_not_be_null", "kwargs": {"column": column, **mostly}})
-    return Inferred(numeric, categorical, left_out, expectations)
+        check, why = _null_check(column, values.isna(), parts, unit)
+        if check is None:
+            unchecked[column] = why
+        else:
+            expectations.append(_expectation("expect_column_values_to_not_be_null", check, why))
+    if sample_days is None:  # the span of partitions seen
+        sample_days = (parts.max() - parts.min()).total_seconds() / 86400 + (1 if unit == "day" else 1 / 24)
+    window_days, window_reason = training_window(len(frame), sample_days)
+    return Inferred(numeric, categorical, left_out, expectations, window_days, window_reason, unchecked, drift_exclude)
+
+
+def suite_failures_on_sample(
+    suite: dict[str, Any], frame: pd.DataFrame, timestamp: str, unit: PartitionUnit
+) -> dict[str, list[str]]:
+    """Which partitions (days or hours) of the sample the suite fails, and how: none, by construction."""
+    from pipelines.validate import failed_by_partition  # GX imports slowly: only when scaffolding
+
+    parts = pd.to_datetime(frame[timestamp], utc=True, errors="coerce").dt.floor("D" if unit == "day" else "h")
+    partitions = {str(p.isoformat()): part.reset_index(drop=True) for p, part in frame.groupby(parts)}
+    failed = failed_by_partition(suite, partitions)
+    return {partition: [f.describe() for f in failures] for partition, failures in failed.items()}
 
 
 def spec_text(name: str, args: dict[str, Any], inferred: Inferred, rows: int) -> str:
@@ -139,7 +305,16 @@ def spec_text(name: str, args: dict[str, Any], inferred: Inferred, rows: int) ->
         f"suite: {name}\n"
         "validation_policy: block   # block | warn | quarantine\n"
         f"schedules:\n{schedules}"
-        "training:\n  window_days: 7\n  min_rows: 1000\n"
+        "drift:\n"
+        "  # Effect sizes (normed Wasserstein, Jensen-Shannon), each threshold raised to how far the\n"
+        "  # training window's own days are from the rest of it: see DriftSpec in pipelines/spec.py.\n"
+        "  num_method: wasserstein\n  cat_method: jensenshannon\n  calibrate: true\n"
+        + (
+            "  exclude:\n" + "".join(f"    - {c}   # {why}\n" for c, why in inferred.drift_exclude.items())
+            if inferred.drift_exclude
+            else ""
+        )
+        + f"training:\n  window_days: {inferred.window_days}   # {inferred.window_reason}\n  min_rows: 1000\n"
         f"  params:\n    objective: {TASK_OBJECTIVES[args['task']][0]}\n"
     )
 
@@ -189,14 +364,18 @@ def new_model(
             f"{name}: the sample [{sample[0].isoformat()}, {sample[1].isoformat()}) of {events} has "
             + (f"no column(s) {missing}; it has {list(frame.columns)}" if missing else "no rows; pick a busier range")
         )
-    inferred = infer(frame, columns["entity_key"], columns["timestamp"], {columns["label"], columns["arrived_at"]})
+    sample_days = (sample[1] - sample[0]).total_seconds() / 86400
+    not_features = {columns["label"], columns["arrived_at"]}
+    inferred = infer(frame, columns["entity_key"], columns["timestamp"], not_features, partition, sample_days)
     if not inferred.numeric and not inferred.categorical:
         raise ConfigError(f"{name}: no column of the sample can be a feature: {inferred.left_out}")
     suite = {
         "name": name,
         "meta": {
             "notes": f"Starter suite inferred by `pipelines new-model` from {len(frame)} rows of "
-            f"[{sample[0].isoformat()}, {sample[1].isoformat()}): review every range and set before relying on it."
+            f"[{sample[0].isoformat()}, {sample[1].isoformat()}): review every range and set before relying on it. "
+            "Every expectation passes on every partition of that sample; each says where its bound came from.",
+            **({"no_null_check": inferred.unchecked} if inferred.unchecked else {}),
         },
         "expectations": inferred.expectations,
     }
@@ -210,6 +389,9 @@ def new_model(
         "sample_start": sample[0].isoformat(),
         "sample_end": sample[1].isoformat(),
     }
+    broken = suite_failures_on_sample(suite, frame, columns["timestamp"], partition)
+    if broken:
+        raise ConfigError(f"{name}: the inferred suite fails its own sample, so nothing was written: {broken}")
     contents = [spec_text(name, args, inferred, len(frame)), DAG_FILE.format(name=name), json.dumps(suite, indent=2)]
     written: list[Path] = []
     try:

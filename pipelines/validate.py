@@ -50,6 +50,7 @@ class FailedExpectation:
     unexpected_count: int | None
     samples: list[Any]
     rows: list[int] | None = None  # positions of the offending rows, for row-level expectations
+    kwargs: dict[str, Any] = field(default_factory=dict)  # the expectation's own, to say what it allowed
 
     def describe(self) -> str:
         where = f" on column '{self.column}'" if self.column else ""
@@ -70,11 +71,13 @@ class ValidationOutcome:
     rows_checked: int = 0
     rows_quarantined: int = 0
     quarantine_uris: list[str] = field(default_factory=list)
-    held_back: list[str] = field(default_factory=list)  # the source files of the deliveries not published
+    held_back: list[str] = field(default_factory=list)  # the partitions not published, and their sources
+    advice: list[str] = field(default_factory=list)  # per failure: allowed, observed, where, how to accept
 
     def describe_failures(self) -> str:
         lines = [f"suite '{self.suite}': {len(self.failed)} of {self.evaluated} expectations failed"]
         lines += [f"  - {failure.describe()}" for failure in self.failed]
+        lines += self.advice
         lines += [f"  held back: {source}" for source in self.held_back]
         lines.append(f"  result: {self.result_uri}")
         lines.append(f"  data docs: {self.data_docs_path}")
@@ -122,6 +125,7 @@ def _failures(result: dict[str, Any]) -> list[FailedExpectation]:
                 rows=[int(r) for r in rows]
                 if isinstance(rows, list) and all(isinstance(r, int) for r in rows)
                 else None,
+                kwargs=dict(config["kwargs"]),
             )
         )
     return failures
@@ -257,6 +261,29 @@ def validate_frame(
     )
 
 
+def failed_by_partition(
+    definition: dict[str, Any], partitions: dict[str, pd.DataFrame]
+) -> dict[str, list[FailedExpectation]]:
+    """Each partition's failed expectations under a suite definition not yet saved anywhere, through
+    an ephemeral GX context: `new-model` checks that the suite it infers passes its own sample."""
+    import great_expectations as gx
+
+    context = gx.get_context(mode="ephemeral")
+    suite = context.suites.add(gx.ExpectationSuite(**definition))
+    batch_definition = (
+        context.data_sources.add_pandas(name="sample")
+        .add_dataframe_asset(name="frames")
+        .add_batch_definition_whole_dataframe("whole")
+    )
+    failed = {}
+    for name, frame in partitions.items():
+        result = batch_definition.get_batch(batch_parameters={"dataframe": frame.copy()}).validate(suite)
+        broken = _failures(result.to_json_dict())
+        if broken:
+            failed[name] = broken
+    return failed
+
+
 def quarantine_key(spec: ModelSpec, delivery: dict[str, Any]) -> str:
     """Where a delivery's bad rows are kept: beside its partition, in the quarantine zone, by content."""
     start = datetime.fromisoformat(str(delivery["interval_start"]))
@@ -337,6 +364,38 @@ def _keep_failed_deliveries(
     return quarantined, uris
 
 
+def failure_advice(
+    spec: ModelSpec, batch: list[Staged], failed: list[FailedExpectation], start: datetime, end: datetime
+) -> list[str]:
+    """Per failed expectation of the suite: what it allowed, what each failing partition showed, and the
+    exact edit (or command) that accepts it. Faults outside the suite (a column's type) get none."""
+    from pipelines.suites import Widening, allowed, find_expectation, observed, suite_command_hint, widened
+
+    definition, _ = load_suite_definition(spec.suite)
+    path = str(suite_file(spec.suite))
+    lines = []
+    for failure in failed:
+        index = find_expectation(definition, failure.expectation, failure.kwargs)
+        if index is None:
+            continue
+        kind, kwargs = failure.expectation, definition["expectations"][index]["kwargs"]
+        offending = set(failure.rows or [])
+        where = [
+            (str(d["interval_start"]), frame)
+            for d, frame, positions in batch
+            if failure.rows is None or not offending.isdisjoint(positions)
+        ]
+        lines.append(f"    #{index} allowed {allowed(kind, kwargs)}")
+        after: dict[str, Any] | None = kwargs
+        for partition, frame in where:
+            lines.append(f"    observed {observed(kind, kwargs, frame)} in the partition starting {partition}")
+            after = widened(kind, after, frame) if after is not None else None
+        if after != kwargs:
+            edit = Widening(index, kind, kwargs, after).edit(path)
+            lines.append(f"    to accept: {edit}, or run `{suite_command_hint(spec, start, end)}`")
+    return lines
+
+
 def validate_and_publish(
     spec: ModelSpec,
     settings: Settings,
@@ -379,11 +438,14 @@ def validate_and_publish(
     else:  # block, or quarantine of a fault no row split can fix (a missing column, too few rows)
         quarantined, uris = _keep_failed_deliveries(spec, settings.lake, batch, outcome, bad)
         held_back = [
-            str(d.get("source", {}).get("uri") or d["interval_start"])
+            f"{d['interval_start']}" + (f" from {d['source']['uri']}" if d.get("source", {}).get("uri") else "")
             for d, _, positions in batch
             if bad is None or not bad.isdisjoint(positions)
         ]
-        outcome = replace(outcome, rows_quarantined=quarantined, quarantine_uris=uris, held_back=held_back)
+        advice = failure_advice(spec, batch, outcome.failed, start, end)
+        outcome = replace(
+            outcome, rows_quarantined=quarantined, quarantine_uris=uris, held_back=held_back, advice=advice
+        )
     record_validation(spec, engine, outcome, start, end, dag_id, dag_run_id)
     log.info("validation result: %s; Data Docs: %s", outcome.result_uri, outcome.data_docs_path)
     if outcome.success:

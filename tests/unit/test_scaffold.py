@@ -1,5 +1,6 @@
 """What `pipelines new-model` infers from a sample, and how it reads the source arguments."""
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -28,7 +29,8 @@ def test_features_and_suite_are_inferred_from_the_sample() -> None:
         "column": "price", "min_value": -89.0, "max_value": 208.0
     }  # fmt: skip
     assert by_column[("expect_column_values_to_be_in_set", "plan")]["value_set"] == ["a", "b"]
-    assert by_column[("expect_column_values_to_not_be_null", "plan")]["mostly"] == 0.8  # 10% null, widened
+    # 10 of the first day's 24 rows are null, none later: the worst day, plus a quarter of the spread.
+    assert by_column[("expect_column_values_to_not_be_null", "plan")]["mostly"] == 0.479
     assert by_column[("expect_table_row_count_to_be_between", None)] == {"min_value": 0}
 
 
@@ -60,3 +62,75 @@ def test_the_scaffolded_spec_is_valid_for_each_task(task: str, classes: list[str
     spec = ModelSpec.model_validate(yaml.safe_load(text))
     assert (spec.task, spec.label.classes, spec.objective) == (task, classes, TASK_OBJECTIVES[task][0])
     assert spec.gate.metric == TASK_GATE_METRICS[task][0]
+
+
+def flights_sample(days: int = 7, per_day: int = 600) -> pd.DataFrame:
+    """Flights joined to hourly weather, as a warehouse table holds them: calendar columns, a flight
+    number, a pressure reading whose null share swings by day, and wind gusts and snow depth that an
+    outer join leaves mostly empty."""
+    rng = np.random.default_rng(3)
+    frames = []
+    for d in range(days):
+        day = pd.Timestamp("2026-01-05", tz="UTC") + pd.Timedelta(days=d)
+        stamps = day + pd.to_timedelta(rng.integers(0, 24 * 60, per_day), unit="min")
+        pressure = rng.normal(1013, 5, per_day)
+        pressure[rng.random(per_day) < [0.0, 0.6, 0.1, 0.0, 0.3, 0.05, 0.45][d % 7]] = np.nan
+        gusts = rng.normal(30, 8, per_day)
+        gusts[rng.random(per_day) < 0.76] = np.nan
+        snow = rng.normal(5, 2, per_day)
+        snow[rng.random(per_day) < 0.93] = np.nan
+        frames.append(
+            pd.DataFrame(
+                {
+                    "flight_id": [f"f{d}-{i}" for i in range(per_day)],
+                    "scheduled_at": stamps,
+                    "Year": stamps.year,
+                    "Month": stamps.month,
+                    "DayofMonth": stamps.day,
+                    "DayOfWeek": stamps.dayofweek + 1,
+                    "FlightNum": rng.integers(1, 3000, per_day),
+                    "distance": rng.lognormal(6.5, 0.6, per_day).round(),
+                    "carrier": rng.choice(["AA", "DL", "UA", "WN"], per_day),
+                    "pressure": pressure,
+                    "wind_gust": gusts,
+                    "snow_depth": snow,
+                    "delayed": rng.integers(0, 2, per_day),
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_time_and_identifiers_are_no_features_and_every_bound_holds_on_every_day() -> None:
+    from pipelines.scaffold import suite_failures_on_sample
+
+    sample = flights_sample()
+    inferred = infer(sample, "flight_id", "scheduled_at", {"delayed"}, "day", sample_days=7)
+    assert (inferred.numeric, inferred.categorical) == (
+        ["DayOfWeek", "distance", "pressure", "wind_gust", "snow_depth"],
+        ["carrier"],
+    )
+    assert set(inferred.left_out) == {"Year", "Month", "DayofMonth", "FlightNum", "delayed"}
+    assert "does not repeat within a training window" in inferred.left_out["Month"]
+    assert "identifier" in inferred.left_out["FlightNum"]
+    assert list(inferred.drift_exclude) == ["DayOfWeek"]  # a weekday is a feature, but a day holds only one
+    # 600 rows a day: five weeks hold 21,000 rows, the first whole number of weeks past 20,000.
+    assert inferred.window_days == 35 and "600 rows a day" in inferred.window_reason
+
+    checks = {(e["type"], e["kwargs"].get("column")): e for e in inferred.expectations}
+    pressure = checks[("expect_column_values_to_not_be_null", "pressure")]
+    # Null on 0% to 60% of a day's rows: the pooled share (~21%) would fail the 60% day.
+    assert pressure["kwargs"]["mostly"] < 0.4 and "null in 0.0% to" in pressure["meta"]["notes"]
+    # 76% null: a check the sample supports; 93% null: none, and the suite says why.
+    assert checks[("expect_column_values_to_not_be_null", "wind_gust")]["kwargs"]["mostly"] < 0.2
+    assert ("expect_column_values_to_not_be_null", "snow_depth") not in checks
+    assert "no null check" in inferred.unchecked["snow_depth"]
+    assert all(e["meta"]["notes"] for e in inferred.expectations)  # each says where it came from
+
+    suite = {"name": "flights", "expectations": inferred.expectations}
+    assert suite_failures_on_sample(suite, sample, "scheduled_at", "day") == {}
+    # The check can fail: the old pooled rule (mostly = 1 - 2 x the pooled null share) breaks the 60% day.
+    pooled = 1 - 2 * float(sample["pressure"].isna().mean())
+    strict = {**pressure, "kwargs": {"column": "pressure", "mostly": pooled}}
+    broken = suite_failures_on_sample({"name": "flights", "expectations": [strict]}, sample, "scheduled_at", "day")
+    assert list(broken) == ["2026-01-06T00:00:00+00:00"] and "pressure" in broken["2026-01-06T00:00:00+00:00"][0]
