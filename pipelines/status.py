@@ -6,12 +6,13 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, case, func, select
 
 from pipelines import tables
 from pipelines.config import Settings
+from pipelines.drift_policy import DRIFT_TRIGGER
 from pipelines.metrics import TASK_METRICS
-from pipelines.registry import CHALLENGER, CHAMPION, alias_since, alias_version
+from pipelines.registry import CHALLENGER, CHAMPION, alias_since, alias_version, mlflow_client
 from pipelines.spec import ModelSpec, SpecError, load_spec, spec_paths
 
 
@@ -70,6 +71,7 @@ def model_status(settings: Settings, engine: Engine, spec: ModelSpec) -> dict[st
         ]
     champion = alias_version(settings, model_name, CHAMPION)
     since = None if champion is None else alias_since(engine, model_name, CHAMPION, champion)
+    holdout, trained_until = champion_record(settings, model_name, champion)
     events = tables.model_events
     predictions, latest_prediction = recent_rows(engine, tables.predictions, model_name)
     gate = _latest(engine, events, model_name, events.c.id, events.c.event == "gate_decision")
@@ -79,6 +81,8 @@ def model_status(settings: Settings, engine: Engine, spec: ModelSpec) -> dict[st
         "champion_version": champion,
         "champion_since": None if since is None else iso_utc(since),
         "challenger_version": alias_version(settings, model_name, CHALLENGER),
+        "champion_holdout": holdout,
+        "since_champion": since_champion(engine, model_name, trained_until),
         "last_gate_decision": None
         if gate is None
         else {
@@ -127,23 +131,102 @@ def model_status(settings: Settings, engine: Engine, spec: ModelSpec) -> dict[st
     }
 
 
+def has_run(engine: Engine, model_name: str) -> bool:
+    """Whether any task of the model has run in this home: a validation, a prediction or an event."""
+    with engine.connect() as connection:
+        return any(
+            connection.execute(select(t.c.model_name).where(t.c.model_name == model_name).limit(1)).first()
+            for t in (tables.validation_runs, tables.model_events, tables.predictions, tables.drift_reports)
+        )
+
+
+def champion_record(
+    settings: Settings, model_name: str, version: str | None
+) -> tuple[dict[str, float], datetime | None]:
+    """The champion's own holdout metrics, as its training run logged them (what to read its live
+    backtest against), and the end of its training window: the month's story starts there."""
+    if version is None:
+        return {}, None
+    client = mlflow_client(settings)
+    run = client.get_run(client.get_model_version(model_name, version).run_id)
+    holdout = {
+        k.removeprefix("holdout_"): float(v)
+        for k, v in run.data.metrics.items()
+        if k.startswith("holdout_") and "." not in k
+    }
+    window_end = run.data.tags.get("window_end")
+    return holdout, datetime.fromisoformat(window_end) if window_end else None
+
+
+def since_champion(engine: Engine, model_name: str, since: datetime | None) -> dict[str, Any]:
+    """What happened to the data after the champion's training window (all of it, without one):
+    blocked intervals, drift windows and retraining requests. Data time throughout, like the policy."""
+    v, d, e = tables.validation_runs, tables.drift_reports, tables.model_events
+    floor = since or datetime(1970, 1, 1, tzinfo=UTC)
+    with engine.connect() as connection:
+        blocked = connection.execute(
+            select(v.c.interval_start, v.c.interval_end, v.c.failed_expectations)
+            .where(v.c.model_name == model_name, v.c.success.is_(False), v.c.interval_end > floor)
+            .order_by(v.c.interval_end.desc())
+        ).all()
+        windows = connection.execute(
+            select(func.count(), func.coalesce(func.sum(case((d.c.dataset_drift, 1), else_=0)), 0)).where(
+                d.c.model_name == model_name, d.c.interval_end > floor
+            )
+        ).one()
+        triggers = connection.execute(
+            select(e.c.reason, e.c.details).where(e.c.model_name == model_name, e.c.event == DRIFT_TRIGGER)
+        ).all()
+    requests = sorted(
+        (
+            (datetime.fromisoformat(json.loads(t.details)["window_end"]), t.reason)
+            for t in triggers
+            if t.details and "window_end" in json.loads(t.details)
+        ),
+        reverse=True,
+    )
+    requests = [r for r in requests if r[0] > floor]
+    return {
+        "since": None if since is None else iso_utc(since),
+        "blocked_intervals": len(blocked),
+        "latest_blocked": [
+            {"interval": f"[{iso_utc(r[0])}, {iso_utc(r[1])})", "failed": json.loads(r[2])} for r in blocked[:3]
+        ],
+        "drift_windows": int(windows[0]),
+        "drifted_windows": int(windows[1]),
+        "retrain_requests": len(requests),
+        "latest_retrain_request": None
+        if not requests
+        else {"window_end": iso_utc(requests[0][0]), "reason": requests[0][1]},
+    }
+
+
 def status(settings: Settings, engine: Engine) -> dict[str, Any]:
     from sqlalchemy import make_url
 
-    models, errors = [], []
+    models, errors, never_run = [], [], []
     for path in spec_paths(settings.specs_dir):
         try:
             spec = load_spec(path)
         except SpecError as exc:
             errors.append(str(exc))
             continue
-        models.append(model_status(settings, engine, spec))
+        if has_run(engine, spec.name):
+            models.append(model_status(settings, engine, spec))
+        else:
+            never_run.append(spec.name)  # e.g. the shipped examples in a home that runs your own models
     storage = {
         "tables": make_url(settings.tables_url).render_as_string(hide_password=True),
         "tables_from": settings.tables_from,
         "lake": settings.lake.uri,
     }
-    return {"home": str(settings.home), "storage": storage, "models": models, "spec_errors": errors}
+    return {
+        "home": str(settings.home),
+        "storage": storage,
+        "models": models,
+        "not_run_here": never_run,
+        "spec_errors": errors,
+    }
 
 
 def _metric_text(values: dict[str, Any], names: tuple[str, ...]) -> str:
@@ -165,6 +248,21 @@ def format_status(report: dict[str, Any]) -> str:
             # Say why there is no champion, with the figures: the candidate learned nothing the base rate lacks.
             lines.append(f"  no champion: v{g['challenger_version']} is {g['reason']}")
         lines.append(f"  champion: v{m['champion_version']}{since}   challenger: v{m['challenger_version']}")
+        if m["champion_holdout"]:
+            lines.append(
+                f"  champion's holdout at training: {_metric_text(m['champion_holdout'], TASK_METRICS[m['task']])}"
+            )
+        story = m["since_champion"]
+        start = f"the champion's training data ({story['since']})" if story["since"] else "the start"
+        lines.append(
+            f"  since {start}: {story['blocked_intervals']} blocked interval(s), {story['drifted_windows']} of "
+            f"{story['drift_windows']} drift window(s) drifted, {story['retrain_requests']} retraining request(s)"
+        )
+        for b in story["latest_blocked"]:
+            lines.append(f"    blocked {b['interval']}: {'; '.join(b['failed'])}")
+        if story["latest_retrain_request"]:
+            r = story["latest_retrain_request"]
+            lines.append(f"    latest retraining request (window ending {r['window_end']}): {r['reason']}")
         if g:
             lines.append(
                 f"  last gate ({g['at']}): v{g['challenger_version']} vs v{g['champion_version']}: {g['action']} ({g['reason']})"
@@ -204,5 +302,7 @@ def format_status(report: dict[str, Any]) -> str:
                 action = "RETRAIN requested" if d["verdict"]["retrain"] else "no retraining"
                 lines.append(f"  drift verdict: {action}: {d['verdict']['reason']}")
             lines.append(f"    {d['path']}")
+    if report["not_run_here"]:
+        lines.append(f"\nnot run in this home: {', '.join(report['not_run_here'])}")
     lines += [f"\nspec error: {e}" for e in report["spec_errors"]]
     return "\n".join(lines)
