@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +22,8 @@ def _settings() -> Settings:
 
     settings = cli_settings()
     tables = make_url(settings.tables_url).render_as_string(hide_password=True)
-    print(f"tables: {tables} (from {settings.tables_from}); lake: {settings.lake.uri}", file=sys.stderr)
+    home = f"{settings.home}{'' if os.environ.get('PIPELINES_HOME') else ' (PIPELINES_HOME unset: the default)'}"
+    print(f"home: {home}; tables: {tables} (from {settings.tables_from}); lake: {settings.lake.uri}", file=sys.stderr)
     return settings
 
 
@@ -267,7 +269,51 @@ def _new_model(args: argparse.Namespace) -> int:
     )
     for path in written:
         print(f"wrote {path}")
+    # One command from nothing to a trainable model: the home's tables are prepared here, not by a
+    # first train that fails asking for `db upgrade`.
+    from sqlalchemy import make_url
+
+    from pipelines.tables import upgrade_schema
+
+    before, after = upgrade_schema(settings.tables_url)
+    where = make_url(settings.tables_url).render_as_string(hide_password=True)
+    print(f"tables {where}: " + (f"created at schema {after}" if before is None else f"schema {after}, ready"))
     print(f"review them, then: pipelines run {args.name}__train --start ... --end ...")
+    return 0
+
+
+def _suite(args: argparse.Namespace) -> int:
+    """Check a model's suite against a range of the source's partitions; with --accept, widen what failed."""
+    from datetime import datetime
+
+    from pipelines.airflow.connections import cli_connection
+    from pipelines.sources import SourceAccess
+    from pipelines.spec import load_spec
+    from pipelines.suites import accept, check_suite, source_partitions
+    from pipelines.validate import load_suite_definition, suite_file
+
+    settings = _settings()
+    spec = load_spec(settings.specs_dir / f"{args.model}.yaml")
+    start, end = datetime.fromisoformat(args.start), datetime.fromisoformat(args.end)
+    definition, sha = load_suite_definition(spec.suite)
+    path = str(suite_file(spec.suite))
+    parts = source_partitions(spec, SourceAccess(settings.source, cli_connection), start, end)
+    check = check_suite(definition, path, parts)
+    print(f"suite {path} (sha256 {sha[:12]}) on {check.partitions} {spec.partition}(s) of [{args.start}, {args.end}):")
+    for partition in (p.isoformat() for p in parts):
+        failed = check.failing.get(partition)
+        print(f"  {partition}  {'FAILS' if failed else 'passes'}")
+        for line in failed or []:
+            print(f"      {line}")
+    for widening in check.widenings:
+        print(f"  to accept: {widening.edit(path)}")
+    if not check.failing:
+        return 0
+    if not args.accept:
+        print("rerun with --accept to write these edits (the old suite's sha256 is kept in its meta)")
+        return 1
+    before, after = accept(path, check.widenings, f"[{args.start}, {args.end})")
+    print(f"accepted: {path} sha256 {before[:12]} -> {after[:12]}")
     return 0
 
 
@@ -389,6 +435,14 @@ def main(argv: list[str] | None = None) -> int:
     new.add_argument("--s3-connection", help="the Airflow 'aws' connection for s3:// paths")
     new.add_argument("--dags-dir", default=str(REPO_ROOT / "dags"), help="where the DAG file and models/ go")
     new.set_defaults(func=_new_model)
+    suite = commands.add_parser(
+        "suite", help="check a model's suite on a range of source partitions; --accept widens what failed"
+    )
+    suite.add_argument("model")
+    suite.add_argument("--start", required=True, help="ISO time with zone: the first partition to check")
+    suite.add_argument("--end", required=True, help="ISO time with zone: the end of the range (exclusive)")
+    suite.add_argument("--accept", action="store_true", help="rewrite the failed bounds from these partitions")
+    suite.set_defaults(func=_suite)
     demo = commands.add_parser("demo", help="run the demo model end to end through Airflow")
     demo.add_argument("--reset", action="store_true", help="delete the pipelines home first")
     demo.set_defaults(func=_demo)

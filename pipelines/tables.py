@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -301,10 +302,17 @@ def require_current_schema(engine: Engine) -> None:
         state = "predate schema versions" if inspect(engine).has_table("predictions") else "do not exist yet"
     else:
         state = f"are at schema revision {revision}, this code needs {HEAD_REVISION}"
-    raise SchemaError(
-        f"the pipeline's tables at {where} {state}: run `pipelines db upgrade` "
+    advice = (
+        "run `pipelines db upgrade` "
         "(it migrates the tables tasks use: the pipelines_tables Airflow connection, else PIPELINES_TABLES_URL)"
     )
+    if revision is None and not os.environ.get("PIPELINES_HOME") and not os.environ.get("PIPELINES_TABLES_URL"):
+        # The default home is a guess: creating tables there would start a second, empty home.
+        advice = (
+            "PIPELINES_HOME is not set, so this is the default home; if your pipeline's home is elsewhere, "
+            f"set PIPELINES_HOME to it; only if this is the home you mean, {advice}"
+        )
+    raise SchemaError(f"the pipeline's tables at {where} {state}: {advice}")
 
 
 def upgrade_schema(url: str) -> tuple[str | None, str]:

@@ -5,12 +5,14 @@ scores with nothing but its generated files."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -46,6 +48,12 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
 def orders_per_day(home: Settings) -> dict[str, int]:
     with sqlite3.connect(home.source / ORDERS / "warehouse.db") as db:
         return dict(db.execute("SELECT substr(ordered_at, 1, 10), count(*) FROM orders GROUP BY 1").fetchall())
+
+
+def max_basket_value(home: Settings, first_day: str, end_day: str) -> float:
+    with sqlite3.connect(home.source / ORDERS / "warehouse.db") as db:
+        query = "SELECT max(basket_value) FROM orders WHERE ordered_at >= ? AND ordered_at < ?"
+        return float(db.execute(query, (first_day, end_day)).fetchone()[0])
 
 
 def pipelines_run(dag_id: str, start: str, end: str, *params: str) -> list[str]:
@@ -114,15 +122,19 @@ def scaffolded() -> Iterator[str]:
             path.unlink(missing_ok=True)
 
 
-def test_new_model_scaffolds_a_model_that_trains_and_scores(home: Settings, scaffolded: str) -> None:
+def test_new_model_scaffolds_a_model_that_trains_and_scores(home: Settings, scaffolded: str, tmp_path: Path) -> None:
     warehouse = f"sql://{DEMO_WAREHOUSE_CONN_ID}"
+    fresh = tmp_path / "fresh" / "tables.db"  # a home nothing has run in: new-model prepares its tables
     out = cli_output(
         "new-model", scaffolded,
         "--events", f"{warehouse}/orders", "--labels", f"{warehouse}/returns",
         "--entity-key", "order_id", "--timestamp", "ordered_at", "--label", "returned",
         "--partition", "day", "--sample-start", "2025-12-01T00:00Z", "--sample-end", "2025-12-08T00:00Z",
+        tables_url=f"sqlite:///{fresh}",
     )  # fmt: skip
     assert f"wrote {REPO_ROOT / 'dags' / 'models' / f'{scaffolded}.yaml'}" in out
+    assert f"tables sqlite:///{fresh}: created at schema {tables.HEAD_REVISION}" in out
+    assert tables.schema_revision(tables.make_engine(f"sqlite:///{fresh}")) == tables.HEAD_REVISION
     spec = load_spec(REPO_ROOT / "dags" / "models" / f"{scaffolded}.yaml")
     assert spec.partition == "day" and spec.schedules.score == "0 0 * * *"
     assert spec.features.numeric == ["basket_value", "items", "discount_pct", "customer_tenure_days"]
@@ -132,6 +144,7 @@ def test_new_model_scaffolds_a_model_that_trains_and_scores(home: Settings, scaf
     assert ("expect_column_values_to_be_in_set", "channel") in kinds
     assert ("expect_column_values_to_be_between", "basket_value") in kinds
     assert ("expect_table_row_count_to_be_between", None) in kinds
+    assert all(e["meta"]["notes"] for e in suite["expectations"])  # each bound says where it came from
 
     # Nothing existing is replaced: a second scaffold of the name is refused, naming the files.
     again = subprocess.run(
@@ -142,6 +155,39 @@ def test_new_model_scaffolds_a_model_that_trains_and_scores(home: Settings, scaf
     )  # fmt: skip
     assert again.returncode == 2 and "already exist; new-model writes new files only" in again.stderr
     assert load_spec(REPO_ROOT / "dags" / "models" / f"{scaffolded}.yaml") == spec
+
+    # A bound too tight for the data: `pipelines suite` says which days fail and how; --accept widens it.
+    path = EXPECTATIONS_DIR / f"{scaffolded}.json"
+    tight = json.loads(path.read_text())
+    index = next(
+        i
+        for i, e in enumerate(tight["expectations"])
+        if e["type"] == "expect_column_values_to_be_between" and e["kwargs"]["column"] == "basket_value"
+    )
+    tight["expectations"][index]["kwargs"]["max_value"] = tight["expectations"][index]["kwargs"]["min_value"] + 1
+    path.write_text(json.dumps(tight, indent=2))
+    old_sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    # The range the first training validates: its window, sized by the scaffold, up to the 14th.
+    first = (datetime(2025, 12, 14, tzinfo=UTC) - timedelta(days=spec.training.window_days)).isoformat()
+    days = ["suite", scaffolded, "--start", first, "--end", "2025-12-14T00:00Z"]
+    checked = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", *days], capture_output=True, text=True, cwd=REPO_ROOT
+    )
+    assert checked.returncode == 1, checked.stderr
+    assert (
+        "  2025-12-08T00:00:00+00:00  FAILS" in checked.stdout
+        and "  2025-12-09T00:00:00+00:00  FAILS" in checked.stdout
+    )
+    assert f"#{index} expect_column_values_to_be_between on basket_value: allowed " in checked.stdout
+    assert (
+        'to accept: set {"max_value": ' in checked.stdout and path.read_bytes() == json.dumps(tight, indent=2).encode()
+    )
+    accepted = cli_output(*days, "--accept")
+    assert f"accepted: {path} sha256 {old_sha[:12]} -> " in accepted
+    widened = json.loads(path.read_text())
+    assert widened["meta"]["accepted_changes"][-1]["previous_sha256"] == old_sha
+    new_max = widened["expectations"][index]["kwargs"]["max_value"]
+    assert new_max == max_basket_value(home, first[:10], "2025-12-14")
 
     pipelines_run(f"{scaffolded}__train", "2025-12-14T02:00Z", "2025-12-15T02:00Z")
     pipelines_run(f"{scaffolded}__score", "2025-12-24T00:00Z", "2025-12-26T00:00Z")  # the 25th is quiet

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import Engine, select
 
 from pipelines import tables
-from pipelines.config import Settings
+from pipelines.config import REPO_ROOT, Settings
 from pipelines.demo_data import DemoConfig, write_source
 from pipelines.ingest import ingest
 from pipelines.lake import hour_partition, open_partition, read_object, read_partition
@@ -47,8 +47,6 @@ def engine(home: Settings, request: pytest.FixtureRequest) -> Iterator[Engine]:
 
 
 def spec_with(policy: str) -> ModelSpec:
-    from pipelines.config import REPO_ROOT
-
     return load_spec(REPO_ROOT / "dags" / "models" / "demo_churn.yaml").model_copy(update={"validation_policy": policy})
 
 
@@ -94,8 +92,19 @@ def test_block_publishes_nothing_of_a_bad_delivery(home: Settings, engine: Engin
     spoil(home, HOURS[1], 3)
     with pytest.raises(
         ValidationFailed, match=r"expect_column_values_to_be_in_set on column 'plan' failed \(3 unexpected\)"
-    ):
+    ) as failed:
         stage_and_validate(spec, home, engine)
+    # What to do: the bound, what the failing hour showed, and the edit or command that accepts it.
+    message = str(failed.value)
+    assert "    #12 allowed 3 values, mostly 1.0\n" in message
+    hour = HOURS[1].isoformat()
+    assert f"    observed values outside the set: ['platinum_legacy'] in the partition starting {hour}\n" in message
+    assert (
+        '    to accept: set {"value_set": ["basic", "platinum_legacy", "premium", "standard"]} in expectation #12 '
+        f"(expect_column_values_to_be_in_set) of {REPO_ROOT / 'expectations' / 'demo_churn.json'}, or run "
+        f"`pipelines suite demo_churn --start {START.isoformat()} --end {(START + timedelta(hours=2)).isoformat()} --accept`"
+    ) in message
+    assert message.count("held back: ") == 1 and f"held back: {hour} from " in message
     after = [open_partition(home.lake, hour_partition("demo_churn", "raw", h)).manifest for h in HOURS]
     assert after == before  # the bad re-delivery did not replace the good partition
     row = validation_row(engine)

@@ -1,6 +1,7 @@
 """Upserts on both backends we support: SQLite (embedded default) and the PostgreSQL on this machine."""
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
@@ -363,3 +364,18 @@ def test_bulk_insert_names_the_column_of_a_mixed_text_column(postgres_url: str) 
         tables.insert_frame(connection, tables.predictions, frame)
     assert snapshot(engine, model) == []
     engine.dispose()
+
+
+def test_missing_tables_in_the_default_home_ask_where_the_home_is_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without PIPELINES_HOME the home is a guess: `db upgrade` there could start a second, empty home."""
+    from pipelines.tables import SchemaError, make_engine
+
+    monkeypatch.delenv("PIPELINES_HOME", raising=False)
+    monkeypatch.delenv("PIPELINES_TABLES_URL", raising=False)
+    with pytest.raises(SchemaError, match="PIPELINES_HOME is not set, so this is the default home; if your"):
+        make_engine(f"sqlite:///{tmp_path / 'default.db'}")
+    monkeypatch.setenv("PIPELINES_HOME", str(tmp_path))
+    with pytest.raises(SchemaError, match=r"do not exist yet: run `pipelines db upgrade`"):
+        make_engine(f"sqlite:///{tmp_path / 'chosen.db'}")
