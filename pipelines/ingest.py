@@ -18,7 +18,7 @@ from pipelines.distinct import by_distinct
 from pipelines.errors import BadDataError, PermanentError
 from pipelines.intervals import STEP, interval_key, partitions_between
 from pipelines.lake import Lake, partition_key, stage
-from pipelines.sources import SourceAccess, SourceMissingError, read_source
+from pipelines.sources import CSV_MISSING, SourceAccess, SourceMissingError, read_source
 from pipelines.spec import EXPECTATIONS_DIR, ModelSpec, SqlSource, suite_columns
 
 __all__ = ["SourceMissingError", "ingest", "type_events"]
@@ -35,10 +35,28 @@ def expected_columns(spec: ModelSpec) -> list[str]:
     return ours + sorted(suite_columns(suite) - set(ours))
 
 
-def type_events(spec: ModelSpec, frame: pd.DataFrame, where: str) -> pd.DataFrame:
+SET_ASIDE_BECAUSE = "set_aside_because"  # why a row was set aside at ingest (policy quarantine)
+
+
+def _missing_markers_as_missing(values: pd.Series) -> pd.Series:
+    """The texts read_csv reads as missing ("n/a", "NULL", "") mean missing in every source: a parquet
+    file or a table holding them says what a CSV file holding them says."""
+    if values.dtype == ARROW_TEXT or not (pd.api.types.is_object_dtype(values) or pd.api.types.is_string_dtype(values)):
+        return values  # a CSV read by Arrow has them as nulls already; numbers and times hold none
+    return values.mask(values.isin(CSV_MISSING))
+
+
+def type_events(spec: ModelSpec, frame: pd.DataFrame, where: str, set_aside: bool = False) -> pd.DataFrame:
     """Give every spec'd column its type (key and categories text, numbers float, time UTC);
-    a value that cannot take its type is an error naming `where` and the column."""
+    a value that cannot take its type is an error naming `where` and the column.
+
+    set_aside (policy quarantine): a number that does not parse is missing in its row instead, and
+    the row carries the reason, column and value in SET_ASIDE_BECAUSE for `split_off_set_aside`."""
     frame = frame.copy()
+    because = pd.Series(None, index=frame.index, dtype=object)
+    for column in [spec.entity_key, *spec.features.categorical, *spec.features.numeric]:
+        if column in frame:
+            frame[column] = _missing_markers_as_missing(frame[column])
     for column in [spec.entity_key, *spec.features.categorical]:
         if column in frame:
             frame[column] = to_text(frame[column])
@@ -60,14 +78,39 @@ def type_events(spec: ModelSpec, frame: pd.DataFrame, where: str) -> pd.DataFram
             continue
         numbers = to_numbers(frame[column])
         unparseable = frame[column].notna() & numbers.isna()
-        if unparseable.any():
+        if unparseable.any() and not set_aside:
             samples = frame.loc[unparseable, column].head(5).tolist()
             raise BadDataError(f"{where}: column '{column}' has non-numeric values, e.g. {samples}")
+        if unparseable.any():
+            reasons = f"column '{column}' holds a value that is not a number: " + frame.loc[unparseable, column].map(
+                repr
+            )
+            because = because.where(because.notna(), reasons.reindex(because.index))
         frame[column] = numbers
     for column in frame.columns:
         if frame[column].dtype == ARROW_TEXT:  # the rest of a CSV's text as pandas' read_csv leaves it
             frame[column] = frame[column].astype(object).where(frame[column].notna(), np.nan)
+    if set_aside:
+        frame[SET_ASIDE_BECAUSE] = because
     return frame
+
+
+def split_off_set_aside(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(rows kept, rows set aside with their reason): rows typing marked, and every exact copy of an
+    earlier row, so one copy of a duplicated row is still scored. A frame typed without set_aside
+    is kept whole."""
+    if SET_ASIDE_BECAUSE not in frame:
+        return frame, frame.iloc[:0]
+    because = frame[SET_ASIDE_BECAUSE]
+    rows = frame.drop(columns=SET_ASIDE_BECAUSE)
+    marked = because.notna()
+    copies = ~marked & rows.duplicated(keep="first")
+    aside = marked | copies
+    if not aside.any():
+        return rows, rows.iloc[:0]
+    set_aside = rows[aside].copy()
+    set_aside[SET_ASIDE_BECAUSE] = because[aside].fillna("an exact copy of an earlier row")
+    return rows[~aside].reset_index(drop=True), set_aside.reset_index(drop=True)
 
 
 def to_text(values: pd.Series) -> pd.Series:
@@ -141,7 +184,7 @@ def ingest(spec: ModelSpec, access: SourceAccess, lake: Lake, start: datetime, e
         read = reads.pop(0)
         origin = read.read.origin
         raw = read.read.frame if len(read.read.frame.columns) else pd.DataFrame(columns=expected_columns(spec))
-        frame = type_events(spec, raw, str(origin["uri"]))
+        frame = type_events(spec, raw, str(origin["uri"]), set_aside=spec.validation_policy == "quarantine")
         whole_interval, read_start = read.whole_interval, read.start
         del read, raw  # the raw rows go once typed: staging reuses their memory
         parts = split_by_partition(spec, origin, frame, starts) if whole_interval else [(read_start, frame)]
@@ -152,6 +195,13 @@ def ingest(spec: ModelSpec, access: SourceAccess, lake: Lake, start: datetime, e
                 "partition": partition_key(spec.name, "raw", part_start, spec.partition),
                 "source": origin,
             }
+            part, aside = split_off_set_aside(part)
+            if len(aside):
+                # Staged beside the delivery; validation keeps them in the quarantine zone, named.
+                reasons = aside[SET_ASIDE_BECAUSE].value_counts().head(5)
+                manifest["set_aside"] = stage(
+                    lake, spec.name, aside, {"reasons": [f"{n} row(s): {why}" for why, n in reasons.items()]}
+                )
             deliveries.append(stage(lake, spec.name, part, manifest))
     quiet = [d["interval_start"] for d in deliveries if not d["rows"]]
     if quiet:

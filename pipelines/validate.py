@@ -2,8 +2,9 @@
 then publish them. Validate, then publish: a delivery that fails never replaces a good partition.
 
 Policies: `block` fails and keeps the deliveries in the quarantine zone with their result; `warn`
-publishes anyway; `quarantine` splits off the rows that broke a row-level expectation (kept in the
-quarantine zone) and publishes the rest, recording both counts. The result JSON is kept in the lake
+publishes anyway; `quarantine` splits off the rows that broke a row-level expectation, and the rows
+ingest set aside (a value that is no number, an exact copy of a row), keeps them in the quarantine
+zone and publishes the rest, recording both counts. The result JSON is kept in the lake
 (GX's own store keeps the newest GX_RESULTS_KEPT); Data Docs are rebuilt by the nightly training and
 `pipelines data-docs`, not by every hourly run. `ValidationFailed` names each failed
 expectation and sample offending values.
@@ -317,6 +318,22 @@ def _column_mismatches(batch: list[Staged]) -> list[FailedExpectation]:
     return faults
 
 
+def _set_aside_at_ingest(deliveries: list[dict[str, Any]]) -> list[FailedExpectation]:
+    """Rows ingest set aside (policy quarantine): each delivery's count and reasons, naming column and
+    value. They are row faults (rows=[]: none of them is in the batch the suite checked)."""
+    return [
+        FailedExpectation(
+            "rows_set_aside_at_ingest",
+            None,
+            int(d["set_aside"]["rows"]),
+            [f"{d['interval_start']}: {reason}" for reason in d["set_aside"]["reasons"]],
+            rows=[],
+        )
+        for d in deliveries
+        if d.get("set_aside")
+    ]
+
+
 def _split_bad_rows(
     spec: ModelSpec, lake: Lake, batch: list[Staged], outcome: ValidationOutcome, bad: set[int]
 ) -> tuple[int, list[str]]:
@@ -334,6 +351,11 @@ def _split_bad_rows(
             )
             quarantined += part.rows
             uris.append(part.uri)
+        aside = delivery.get("set_aside")
+        if aside:  # rows ingest could not type, and exact copies: staged apart, kept here with their reasons
+            record = {**base, **aside, "delivery_sha256": delivery["sha256"], "validation_result": outcome.result_uri}
+            uris.append(publish(lake, f"{quarantine_key(spec, delivery)}-set-aside", record).uri)
+            quarantined += int(aside["rows"])
         write_partition(
             lake,
             str(delivery["partition"]),
@@ -342,7 +364,7 @@ def _split_bad_rows(
                 **base,
                 "partition": delivery["partition"],
                 "delivery_sha256": delivery["sha256"],
-                "quarantined_rows": int(is_bad.sum()),
+                "quarantined_rows": int(is_bad.sum()) + int((aside or {}).get("rows", 0)),
             },
         )
     return quarantined, uris
@@ -424,8 +446,12 @@ def validate_and_publish(
         frame, spec.suite, settings.gx_root, settings.lake, result_key, f"{dag_id} {key}", data_docs
     )
     faults = _column_mismatches(batch)
+    set_aside = _set_aside_at_ingest(deliveries)
     outcome = replace(
-        outcome, rows_checked=len(frame), success=outcome.success and not faults, failed=[*faults, *outcome.failed]
+        outcome,
+        rows_checked=len(frame) + sum(f.unexpected_count or 0 for f in set_aside),
+        success=outcome.success and not faults and not set_aside,
+        failed=[*faults, *set_aside, *outcome.failed],
     )
     table_level = [f for f in outcome.failed if f.rows is None]
     bad = None if table_level else {row for failure in outcome.failed for row in failure.rows or []}

@@ -85,6 +85,33 @@ def test_quarantine_keeps_bad_rows_aside_and_publishes_the_rest(home: Settings, 
     assert partition.manifest["validation_result"] == row["result_path"]
 
 
+def test_quarantine_sets_aside_a_value_that_is_no_number_and_a_copied_row(home: Settings, engine: Engine) -> None:
+    """Under quarantine a row fault ingest can isolate costs that row, not the hour: the row whose
+    monthly_charges is text goes aside naming column and value; of a row sent twice one copy stays."""
+    path = home.source / "demo_churn" / "events" / "dt=2026-01-02" / "hour=11.csv"
+    frame = pd.read_csv(path, dtype=str)
+    original = len(frame)
+    frame.loc[5, "monthly_charges"] = "twelve"
+    pd.concat([frame, frame.iloc[[0]]], ignore_index=True).to_csv(path, index=False)
+    outcome = stage_and_validate(spec_with("quarantine"), home, engine)
+    kept, published = read_partition(home.lake, hour_partition("demo_churn", "raw", HOURS[1]))
+    assert len(kept) == original - 1 and published.manifest["quarantined_rows"] == 2
+    assert kept["customer_id"].tolist().count(frame.loc[0, "customer_id"]) == 1
+    row = validation_row(engine)
+    assert row["success"] is False and row["rows_quarantined"] == 2 == outcome.rows_quarantined
+    failed = " ".join(json.loads(str(row["failed_expectations"])))
+    assert "rows_set_aside_at_ingest failed (2 unexpected)" in failed
+    assert "column 'monthly_charges' holds a value that is not a number: 'twelve'" in failed
+    assert "an exact copy of an earlier row" in failed
+    (uri,) = json.loads(str(row["quarantine_uri"]))
+    key = uri.removeprefix(home.lake.uri_of("").rstrip("/") + "/").replace("%3D", "=")
+    aside, _ = read_partition(home.lake, key)
+    assert sorted(aside["set_aside_because"]) == [
+        "an exact copy of an earlier row",
+        "column 'monthly_charges' holds a value that is not a number: 'twelve'",
+    ]
+
+
 def test_block_publishes_nothing_of_a_bad_delivery(home: Settings, engine: Engine) -> None:
     spec = spec_with("block")
     stage_and_validate(spec, home, engine)  # a clean first delivery of both hours

@@ -182,3 +182,32 @@ def test_quoted_line_breaks_across_arrow_blocks_are_read_as_pandas_reads_them() 
     assert by_arrow is not None
     by_pandas = pd.read_csv(io.BytesIO(payload), dtype=str, keep_default_na=True)
     pd.testing.assert_frame_equal(by_arrow.astype(object), by_pandas)
+
+
+def test_missing_markers_mean_missing_in_every_source_and_bad_rows_are_set_aside_under_quarantine() -> None:
+    """A parquet file (or a table) holding "n/a" in a numeric column says what a CSV file does: missing.
+    A value that is no number and an exact copy of a row are set aside, one row each, naming why."""
+    from pipelines.ingest import SET_ASIDE_BECAUSE, split_off_set_aside, type_events
+
+    spec = load_spec(DEMO_SPEC)
+    raw = pd.DataFrame(
+        {
+            "customer_id": ["c1", "c2", "c3", "c1"],
+            "event_time": ["2026-01-02T10:00:00Z"] * 3 + ["2026-01-02T10:00:00Z"],
+            "monthly_charges": ["12.5", "n/a", "abc", "12.5"],  # object text, as a parquet string column holds it
+            "plan": ["basic", "NULL", "basic", "basic"],
+        }
+    )
+    with pytest.raises(BadDataError, match=r"'monthly_charges' has non-numeric values, e.g. \['abc'\]"):
+        type_events(spec, raw, "day.parquet")  # policies block and warn: the read fails, naming the value
+    typed = type_events(spec, raw, "day.parquet", set_aside=True)
+    assert typed["monthly_charges"].isna().tolist() == [False, True, True, False]
+    assert typed["plan"].isna().tolist() == [False, True, False, False]  # "NULL" is missing, as in a CSV
+    kept, aside = split_off_set_aside(typed)
+    assert kept["customer_id"].tolist() == ["c1", "c2"]  # one copy of the duplicated row is kept
+    assert aside[SET_ASIDE_BECAUSE].tolist() == [
+        "column 'monthly_charges' holds a value that is not a number: 'abc'",
+        "an exact copy of an earlier row",
+    ]
+    untouched, nothing = split_off_set_aside(type_events(spec, raw.iloc[:2], "day.parquet"))
+    assert len(untouched) == 2 and nothing.empty
