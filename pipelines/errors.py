@@ -9,6 +9,8 @@ connection errors, so the task wrapper needs no list of its own.
 
 from __future__ import annotations
 
+import errno
+
 
 class PipelineError(Exception):
     """Base of every error the pipeline raises on purpose."""
@@ -54,19 +56,55 @@ class StorageUnavailable(TransientError):
     """The tables database, the lake or the tracking server did not answer."""
 
 
+def _chain(exc: BaseException) -> list[BaseException]:
+    """The error and those it was raised from, outermost first."""
+    seen: list[BaseException] = []
+    link: BaseException | None = exc
+    while link is not None and all(link is not s for s in seen):
+        seen.append(link)
+        link = link.__cause__ or (None if link.__suppress_context__ else link.__context__)
+    return seen
+
+
+# A machine that refuses to store anything: waiting and retrying cannot fix it, a person must.
+_DISK_ERRNOS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is used up",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+}
+_SQLITE_FAULTS = {
+    "attempt to write a readonly database": "the tables database is read-only to this process",
+    "database or disk is full": "the tables database's disk is full",
+    "unable to open database file": "the tables database file cannot be opened (a missing folder or no permission)",
+}
+
+
+def machine_fault(exc: BaseException, tables: str | None = None) -> str | None:
+    """What is wrong with the machine, in words naming the file (`tables`: the tables' URL, which a
+    database error does not name), when storage refused a write for good (a full disk, a read-only
+    file or database); None for anything else."""
+    for link in _chain(exc):
+        if isinstance(link, OSError) and link.errno in _DISK_ERRNOS:
+            where = f" writing {link.filename}" if link.filename else ""
+            return f"{_DISK_ERRNOS[link.errno]}{where} ({link.strerror or link})"
+        text = str(link)
+        for marker, meaning in _SQLITE_FAULTS.items():
+            if marker in text:
+                return f"{meaning}{f' ({tables})' if tables else ''} (sqlite: {marker})"
+    return None
+
+
 def is_transient(exc: BaseException) -> bool:
     """Whether a retry may fix this error: ours say so; another is transient when it, or an error it
-    was raised from (MLflow wraps the refused connection of its HTTP client), is connection trouble."""
+    was raised from (MLflow wraps the refused connection of its HTTP client), is connection trouble,
+    and not a machine that refuses to store anything (`machine_fault`)."""
     if isinstance(exc, PipelineError):
         return exc.transient
-    seen: set[int] = set()
-    link: BaseException | None = exc
-    while link is not None and id(link) not in seen:
-        seen.add(id(link))
-        if _connection_trouble(link):
-            return True
-        link = link.__cause__ or (None if link.__suppress_context__ else link.__context__)
-    return False
+    if machine_fault(exc) is not None:
+        return False
+    return any(_connection_trouble(link) for link in _chain(exc))
 
 
 def _connection_trouble(exc: BaseException) -> bool:

@@ -13,6 +13,7 @@ import hashlib
 import io
 import logging
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
@@ -303,6 +304,7 @@ class SqlReader:
         if self.source.query is not None:
             return text(self.source.query)
         schema, _, name = self.source.table.rpartition(".") if self.source.table else ("", "", "")
+        self.require_time_column(name, schema or None)
         rows = table(name, schema=schema or None)
         when: Any = column(self.time_column)
         start, end = text(":start"), text(":end")
@@ -314,6 +316,17 @@ class SqlReader:
             )
         return select(literal_column("*")).select_from(rows).where(when >= start, when < end)
 
+    def require_time_column(self, name: str, schema: str | None) -> None:
+        """The table has the spec's time column. SQLite would read a quoted name it lacks as a string
+        literal, filter on that, and fail far from the cause."""
+        from sqlalchemy import inspect
+
+        columns = [c["name"] for c in inspect(self.engine).get_columns(name, schema=schema)]
+        if columns and self.time_column not in columns:
+            raise ConfigError(
+                f"{self.where()}: the table has no column '{self.time_column}' (the spec's timestamp); it has {columns}"
+            )
+
     @staticmethod
     def params(start: datetime, end: datetime) -> dict[str, datetime]:
         # Naive UTC: every session is in UTC (source_engine), and SQLite compares text.
@@ -322,24 +335,31 @@ class SqlReader:
     def where(self) -> str:
         return f"sql source (connection '{self.source.connection}', {self.source.table or 'query'})"
 
-    def chunks(self, start: datetime, end: datetime) -> Iterator[pd.DataFrame]:
-        import pandas as pd
+    @contextmanager
+    def refusals_named(self, what: str) -> Iterator[None]:
+        """The database refusing `what` (the query, the ready_query) is the spec's fault, said once and
+        not retried; only a database out of reach is worth a retry."""
         from sqlalchemy.exc import DBAPIError, NoSuchTableError, ProgrammingError
 
         try:
-            with self.engine.connect() as conn:
-                streamed = conn.execution_options(stream_results=True, max_row_buffer=self.source.chunk_rows)
-                yield from pd.read_sql_query(
-                    self.statement(), streamed, params=self.params(start, end), chunksize=self.source.chunk_rows
-                )
+            yield
         except NoSuchTableError as exc:
             raise ConfigError(f"{self.where()}: no such table: {exc}") from exc
         except ProgrammingError as exc:
-            raise ConfigError(f"{self.where()}: the database refused the query: {exc.orig or exc}") from exc
+            raise ConfigError(f"{self.where()}: the database refused the {what}: {exc.orig or exc}") from exc
         except DBAPIError as exc:
             if exc.connection_invalidated or "connect" in str(exc.orig).lower():
                 raise StorageUnavailable(f"{self.where()}: cannot reach the database: {exc.orig}") from exc
-            raise ConfigError(f"{self.where()}: the database refused the query: {exc.orig or exc}") from exc
+            raise ConfigError(f"{self.where()}: the database refused the {what}: {exc.orig or exc}") from exc
+
+    def chunks(self, start: datetime, end: datetime) -> Iterator[pd.DataFrame]:
+        import pandas as pd
+
+        with self.refusals_named("query"), self.engine.connect() as conn:
+            streamed = conn.execution_options(stream_results=True, max_row_buffer=self.source.chunk_rows)
+            yield from pd.read_sql_query(
+                self.statement(), streamed, params=self.params(start, end), chunksize=self.source.chunk_rows
+            )
 
     def read(self, start: datetime, end: datetime) -> tuple[pd.DataFrame, dict[str, Any]]:
         import pandas as pd
@@ -360,7 +380,7 @@ class SqlReader:
 
         if self.source.ready_query is None:
             return True
-        with self.engine.connect() as conn:
+        with self.refusals_named("ready_query (a spec field)"), self.engine.connect() as conn:
             return bool(conn.execute(text(self.source.ready_query), self.params(start, end)).scalar())
 
 

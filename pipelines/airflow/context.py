@@ -22,7 +22,7 @@ from airflow.sdk import Asset, get_current_context
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from pipelines.airflow.connections import task_connection, task_settings
-from pipelines.errors import PermanentError, PipelineError, is_transient
+from pipelines.errors import PermanentError, PipelineError, is_transient, machine_fault
 from pipelines.spec import ModelSpec
 
 if TYPE_CHECKING:
@@ -166,12 +166,16 @@ class TaskEnv:
             self._engine.dispose()
 
 
-def fail_or_retry(exc: Exception) -> BaseException:
-    """What a task raises for an error: Airflow retries the error itself, or fails at once on AirflowFailException."""
+def fail_or_retry(exc: Exception, tables: str | None = None) -> BaseException:
+    """What a task raises for an error: Airflow retries the error itself, or fails at once on AirflowFailException.
+    `tables`: the tables' URL, for a database error to name."""
     if isinstance(exc, AirflowException) or is_transient(exc):
         return exc
     if isinstance(exc, PipelineError):
         return AirflowFailException(str(exc))
+    fault = machine_fault(exc, tables)
+    if fault is not None:
+        return AirflowFailException(f"{fault}: free space or fix permissions, then clear this task (not retried)")
     # Not ours and not a connection error: a retry would run the same code on the same input.
     return AirflowFailException(f"unexpected {type(exc).__name__}: {exc} (not retried; please report it with this log)")
 
@@ -220,7 +224,7 @@ def pipeline_task(spec: ModelSpec) -> Callable[[Callable[Concatenate[TaskEnv, P]
             except AirflowException:
                 raise  # Airflow's own control flow (skip, fail, defer), as raised
             except Exception as exc:
-                raised = fail_or_retry(exc)
+                raised = fail_or_retry(exc, None if env is None else env.settings.tables_url)
                 verdict = failure_verdict(exc, raised, ti)
                 log.error("OUTCOME %s %s after %.1fs: %s", where, verdict, time.perf_counter() - started, exc)
                 if raised is exc:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from pipelines.airflow.context import fail_or_retry, failure_verdict, outcome_line
@@ -44,3 +46,27 @@ def test_the_outcome_line_keeps_the_scalars() -> None:
         "rows=3, model_version=1, x=None"
     )
     assert outcome_line([1, 2]) == "2 item(s)"
+
+
+def test_a_read_only_tables_database_and_a_full_disk_fail_at_once_naming_the_file(tmp_path: Path) -> None:
+    """Real faults: SQLite refusing a write to a read-only database, and the kernel's ENOSPC from
+    /dev/full. Retrying cannot fix either: the task fails at once and says what to fix, not "unexpected"."""
+    import sqlalchemy.exc
+    from sqlalchemy import create_engine, text
+
+    database = tmp_path / "tables.db"
+    create_engine(f"sqlite:///{database}").connect().close()
+    read_only = create_engine(f"sqlite:///file:{database}?mode=ro&uri=true")
+    with pytest.raises(sqlalchemy.exc.OperationalError) as refused, read_only.begin() as connection:
+        connection.execute(text("CREATE TABLE t (x INTEGER)"))
+    url = f"sqlite:///{database}"
+    raised = fail_or_retry(refused.value, url)
+    assert isinstance(raised, AirflowFailException)
+    assert str(raised).startswith(f"the tables database is read-only to this process ({url})")
+
+    with pytest.raises(OSError) as full, open("/dev/full", "wb") as handle:
+        handle.write(b"a partition")
+        handle.flush()
+    raised = fail_or_retry(full.value)
+    assert isinstance(raised, AirflowFailException) and str(raised).startswith("the disk is full")
+    assert "not retried" in str(raised) and "unexpected" not in str(raised)

@@ -198,8 +198,26 @@ def test_sql_source_faults_name_the_connection(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"Airflow connection 'warehouse' \(a sql source\) is not defined"):
         ingest(spec, SourceAccess(tmp_path), LocalLake(tmp_path / "lake"), START, END)
     conn = ConnectionFields("warehouse", "sqlite", host=str(tmp_path / "w.db"))
-    with pytest.raises(ConfigError, match=r"connection 'warehouse', no_such_table\): the database refused"):
+    with pytest.raises(ConfigError, match=r"connection 'warehouse', no_such_table\): no such table: no_such_table"):
         ingest(spec, access_to(conn, tmp_path), LocalLake(tmp_path / "lake"), START, END)
+    # A timestamp column the table lacks is named, on SQLite too (which would read it as a string).
+    load_table(conn, "events", events_of(HOURS).drop(columns="event_time").assign(at="x"), [])
+    renamed = spec_with({"kind": "sql", "connection": "warehouse", "table": "events"})
+    with pytest.raises(ConfigError, match=r"events\): the table has no column 'event_time' \(the spec's timestamp\)"):
+        ingest(renamed, access_to(conn, tmp_path), LocalLake(tmp_path / "lake"), START, END)
+    # A ready_query the database refuses is the spec's fault, said once: not a wait, not a retry.
+    broken = spec_with(
+        {
+            "kind": "sql",
+            "connection": "warehouse",
+            "table": "events",
+            "ready_query": "SELECT 1 FROM nowhere WHERE :start < :end",
+        }
+    )
+    with pytest.raises(
+        ConfigError, match=r"events\): the database refused the ready_query \(a spec field\): no such table"
+    ):
+        not_ready(broken.source.events, access_to(conn, tmp_path), broken.timestamp, START, END, "hour")
     odd = ConnectionFields("warehouse", "snowflake", host="x")
     with pytest.raises(ConfigError, match="has type 'snowflake'; a sql source reads postgres, mysql"):
         ingest(spec, access_to(odd, tmp_path), LocalLake(tmp_path / "lake"), START, END)
