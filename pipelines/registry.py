@@ -10,9 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, insert, select
@@ -113,6 +115,24 @@ def booster_file_of(mlmodel: Any, label: str) -> str:
     return data
 
 
+# A booster larger than this is refused before a byte of it is read: no model we train comes near it
+# (a 2,000-tree, depth-10 booster is ~100 MB as JSON), and reading one costs the scorer its memory.
+MAX_MODEL_BYTES = int(os.environ.get("PIPELINES_MAX_MODEL_BYTES", str(512 * 2**20)))
+
+
+def require_bounded_size(base: str, data: str, label: str) -> None:
+    """The registry's listing gives the file's size: a file over MAX_MODEL_BYTES is refused unread."""
+    import mlflow
+
+    sizes = {Path(f.path).name: f.file_size for f in mlflow.artifacts.list_artifacts(artifact_uri=base)}
+    size = sizes.get(data)
+    if size is not None and size > MAX_MODEL_BYTES:
+        raise UnsafeModelError(
+            f"{label}: its model file '{data}' is {size:,} bytes, over the {MAX_MODEL_BYTES:,} a booster may be "
+            "(PIPELINES_MAX_MODEL_BYTES); it was not read"
+        )
+
+
 def read_booster_file(settings: Settings, model_name: str, version: str) -> tuple[dict[str, Any], str, bytes]:
     """A version's MLmodel (as data), the name of its booster file, and that file's bytes; nothing is imported."""
     import tempfile
@@ -138,6 +158,7 @@ def read_booster_file(settings: Settings, model_name: str, version: str) -> tupl
         if not isinstance(mlmodel, dict):
             raise UnsafeModelError(f"{label}: its MLmodel is not a mapping")
         data = booster_file_of(mlmodel, label)
+        require_bounded_size(base, data, label)
         try:
             payload = Path(
                 mlflow.artifacts.download_artifacts(artifact_uri=f"{base}/{data}", dst_path=scratch)
@@ -340,10 +361,14 @@ def move_alias(
 ) -> bool:
     """Point `alias` at `version` and log the move; False (and no event) if it already points there."""
     current = alias_version(settings, model_name, alias)
-    if current == version:
+    recorded = recorded_alias(engine, model_name, alias)
+    if current == version == recorded:
         return False
+    # A move made in MLflow by hand is recorded now, from where the history last had it: it gets a
+    # reason and an actor, and scoring serves it again.
+    previous = current if current != version else recorded
     with engine.begin() as connection:
-        record_event(connection, model_name, "alias_moved", reason, dag_run_id, actor, alias, current, version)
+        record_event(connection, model_name, "alias_moved", reason, dag_run_id, actor, alias, previous, version)
         mlflow_client(settings).set_registered_model_alias(model_name, alias, version)
     log.info("%s: alias %s moved v%s -> v%s by %s (%s)", model_name, alias, current, version, actor, reason)
     return True

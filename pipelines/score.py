@@ -48,7 +48,7 @@ from pipelines.lake import (
     publish,
     read_partition,
 )
-from pipelines.registry import LoadedModel, champion_version, load_booster, load_model
+from pipelines.registry import CHAMPION, LoadedModel, champion_version, load_booster, load_model, recorded_alias
 from pipelines.spec import ModelSpec
 from pipelines.tables import RecordConflict
 from pipelines.timing import StepTimes
@@ -371,6 +371,18 @@ def _resolve(settings: Settings, spec: ModelSpec, choice: str) -> str:
     return choice
 
 
+def require_recorded_champion(spec: ModelSpec, engine: Engine, version: str) -> None:
+    """The champion alias points where the pipeline's history last moved it: a move made in MLflow by
+    hand has no reason, actor or gate decision on record, and is not served until it has one."""
+    recorded = recorded_alias(engine, spec.name, CHAMPION)
+    if recorded != version:
+        raise VersionRefused(
+            f"{spec.name}@champion -> v{version} in MLflow, but the pipeline's history last moved it to "
+            f"{'nothing' if recorded is None else f'v{recorded}'}: it was moved outside the pipeline, so it is "
+            f"not served; record the move with `pipelines rollback {spec.name} {version}` (or move it back)"
+        )
+
+
 def logged_predictions(spec: ModelSpec, engine: Engine, part: datetime) -> pd.DataFrame:
     """The partition's rows of the prediction log, under the scored frame's column names."""
     p = tables.predictions
@@ -408,12 +420,17 @@ def score_interval(
     for part in partitions_between(start, end, spec.partition):
         with times.step("read"):
             served = served_partition(spec, settings, engine, part)
-        if rescore_with or served is None:
-            version = _resolve(settings, spec, rescore_with or "champion")
+        # A new partition gets the champion, a scored one the version that served it, unless rescore_with says.
+        choice = (rescore_with or "champion") if rescore_with or served is None else None
+        if choice is not None:
+            version = _resolve(settings, spec, choice)
         else:
+            assert served is not None
             version = served.version
         if version not in models:
             models[version] = load_model(settings, spec.name, version, spec.task)
+            if choice == "champion":  # after load_model: an unsafe version is refused as such first
+                require_recorded_champion(spec, engine, version)
         model = models[version]
         key = partition_key(spec.name, "scored", part, spec.partition)
         written = None

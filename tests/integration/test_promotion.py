@@ -27,6 +27,7 @@ from sqlalchemy import Engine, func, select
 from pipelines import tables
 from pipelines.config import REPO_ROOT, Settings
 from pipelines.demo_data import DemoConfig, write_source
+from pipelines.errors import VersionRefused
 from tests.conftest import module_home
 
 MODEL = "demo_churn"
@@ -268,8 +269,15 @@ def test_history_and_status_tell_the_story(home: Settings) -> None:
     assert status["last_gate_decision"]["action"] == "dry_run"
 
 
-def test_doctor_passes_then_fails_on_a_broken_alias(home: Settings) -> None:
+def test_doctor_passes_then_fails_on_a_broken_alias(
+    home: Settings, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from mlflow import MlflowClient
+
+    from pipelines import registry
+    from pipelines.airflow.dags import run_in_process
+    from pipelines.score import require_recorded_champion
+    from pipelines.spec import load_spec
 
     healthy = cli("doctor")
     assert healthy.returncode == 0, healthy.stdout + healthy.stderr
@@ -286,6 +294,26 @@ def test_doctor_passes_then_fails_on_a_broken_alias(home: Settings) -> None:
     client.set_registered_model_alias(MODEL, "champion", "3")  # moved behind the pipeline's back
     drifted = cli("doctor")
     assert drifted.returncode == 1 and "moved outside the pipeline" in drifted.stdout
+    # Scoring does not serve it either until the move is on record.
+    hour = datetime(2026, 1, 4, 5, tzinfo=UTC)
+    refused = run_in_process(f"{MODEL}__score", hour + timedelta(hours=1))
+    assert refused.state == "failed" and states(refused)["score"] == "failed"
+    with pytest.raises(VersionRefused, match=r"demo_churn@champion -> v3 in MLflow, but the pipeline's history last"):
+        require_recorded_champion(load_spec(home.specs_dir / f"{MODEL}.yaml"), engine, "3")
+    with engine.connect() as connection:
+        p = tables.predictions
+        assert connection.execute(select(func.count()).where(p.c.as_of >= hour)).scalar_one() == 0
+    recorded = cli("rollback", MODEL, "3", "--reason", "moved in MLflow by hand")
+    assert recorded.returncode == 0, recorded.stderr
+    move = events(engine, "alias_moved")[-1]
+    assert (move["from_version"], move["to_version"], move["reason"]) == ("1", "3", "rollback: moved in MLflow by hand")
+    require_recorded_champion(load_spec(home.specs_dir / f"{MODEL}.yaml"), engine, "3")  # on record: served
+    registry.rollback(home, engine, MODEL, "binary", "1", "back to v1 for the next tests", None, "test")
+
+    # A model file over the size limit is refused from the registry's listing, before it is read.
+    monkeypatch.setattr(registry, "MAX_MODEL_BYTES", 1024)
+    with pytest.raises(registry.UnsafeModelError, match=r"demo_churn v1: its model file 'model.\w+' is [\d,]+ bytes"):
+        registry.load_model(home, MODEL, "1")
 
 
 def craft_version(
