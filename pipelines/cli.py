@@ -189,7 +189,7 @@ def _run(args: argparse.Namespace) -> int:
     from datetime import datetime
 
     from pipelines.config import apply_airflow_environment, migrate_airflow_db
-    from pipelines.runs import planned_runs
+    from pipelines.runs import RunInProgress, interval_lock, planned_runs
     from pipelines.spec import load_spec
 
     model, _, kind = args.dag_id.rpartition("__")
@@ -223,7 +223,12 @@ def _run(args: argparse.Namespace) -> int:
         started = time.perf_counter()
         # A monitor run by hand takes its interval as params (no logical date); the others keep theirs.
         conf = {**(run.conf or {}), **params} or None
-        dag_run = run_in_process(run.dag_id, None if run.conf else run.end, run_conf=conf, run_after=run.end)
+        try:
+            with interval_lock(settings.home, run.dag_id, run.start, run.end):
+                dag_run = run_in_process(run.dag_id, None if run.conf else run.end, run_conf=conf, run_after=run.end)
+        except RunInProgress as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         took = time.perf_counter() - started
         print(
             f"{run.dag_id}  {run.start:%Y-%m-%d %H:%M} .. {run.end:%Y-%m-%d %H:%M}  {dag_run.state}  ({took:.1f}s)",

@@ -7,12 +7,50 @@ follows the score schedule, as its predictions events would). Only whole interva
 
 from __future__ import annotations
 
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
+from pathlib import Path
 
 from pipelines.errors import PermanentError
+from pipelines.intervals import interval_key
 from pipelines.spec import ModelSpec
+
+
+class RunInProgress(PermanentError):
+    """Another `pipelines run` is running the same DAG over the same interval."""
+
+
+@contextmanager
+def interval_lock(home: Path, dag_id: str, start: datetime, end: datetime) -> Iterator[None]:
+    """One `pipelines run` of a DAG's interval at a time in a home: a second is told the first is
+    running, rather than both failing inside Airflow ("Task Instance not found"). The lock is the
+    kernel's (flock): it goes with its process, so a killed run never leaves it behind."""
+    folder = home / "locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{dag_id}__{interval_key(start, end)}.lock"
+    with path.open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise RunInProgress(
+                f"{dag_id} for [{start.isoformat()}, {end.isoformat()}) is already being run by another "
+                f"`pipelines run` (pid {holder}); wait for it to finish, then run again if it failed"
+            ) from None
+        try:
+            handle.truncate(0)
+            handle.write(str(os.getpid()))
+            handle.flush()
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
 
 SCHEDULED_KINDS = ("train", "score", "monitor", "backtest")
 

@@ -1,6 +1,7 @@
 """Which DAG runs `pipelines run` makes over a range: whole intervals of the schedule, oldest first."""
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -37,3 +38,39 @@ def test_a_dag_without_a_schedule_or_a_bad_range_is_refused() -> None:
         planned_runs(load_spec(DEMO_SPEC), "rollback", at(3, 2), at(3, 3))
     with pytest.raises(PermanentError, match="must be non-empty, with time zones"):
         planned_runs(load_spec(DEMO_SPEC), "score", at(3, 3), at(3, 2))
+
+
+def test_a_second_run_of_the_same_interval_is_told_the_first_is_running(tmp_path: Path) -> None:
+    """Another process holds the interval (as a first `pipelines run` does): the second is refused,
+    naming its pid; once that process dies, even killed, the interval is free."""
+    import subprocess
+    import sys
+
+    from pipelines.runs import RunInProgress, interval_lock
+
+    start, end = datetime(2026, 1, 3, 2, tzinfo=UTC), datetime(2026, 1, 3, 3, tzinfo=UTC)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from datetime import datetime; from pathlib import Path; "
+            "from pipelines.runs import interval_lock; "
+            f"lock = interval_lock(Path({str(tmp_path)!r}), 'm__score', datetime.fromisoformat({start.isoformat()!r}), "
+            f"datetime.fromisoformat({end.isoformat()!r})); lock.__enter__(); print('held', flush=True); sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        refusal = rf"m__score for \[.*\) is already being run .* \(pid {holder.pid}\)"
+        with pytest.raises(RunInProgress, match=refusal), interval_lock(tmp_path, "m__score", start, end):
+            pass
+        with interval_lock(tmp_path, "m__score", end, end.replace(hour=4)):  # another interval: free
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with interval_lock(tmp_path, "m__score", start, end):  # the killed holder left no lock behind
+        pass
