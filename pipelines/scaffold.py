@@ -60,24 +60,32 @@ NULL_MARGIN = 0.05
 NO_NULL_CHECK_ABOVE = 0.9  # a check that allows more nulls than this says nothing: none is written
 TRAINING_ROWS_TARGET = 20_000  # the scaffold sizes the training window to hold at least this many rows
 # Parts of the timestamp that never repeat within a training window as they will when scored (a
-# model learns "January" and then sees only March), and parts that repeat but that one window holds
-# a single value of (a day is one weekday): features, but drift on every window.
-CALENDAR_PARTS: dict[str, tuple[bool, Any]] = {  # part: (repeats within a window, how to compute it)
-    "year": (False, lambda t: t.dt.year),
-    "quarter": (False, lambda t: t.dt.quarter),
-    "month": (False, lambda t: t.dt.month),
-    "week": (False, lambda t: t.dt.isocalendar().week.astype("int64")),
-    "day of month": (False, lambda t: t.dt.day),
-    "day of year": (False, lambda t: t.dt.dayofyear),
-    "day of week": (True, lambda t: t.dt.dayofweek),
-    "day of week (1-7)": (True, lambda t: t.dt.dayofweek + 1),
-    "hour": (True, lambda t: t.dt.hour),
+# model learns "January" and then sees only March), and parts that repeat, whose range is the
+# calendar's, never the sample's: a weekday, which one window (a day or an hour) holds a single
+# value of, so it would drift on every window, and the hour and minute.
+NEVER, WEEKDAY, HOUR, MINUTE = "never repeats", "weekday", "hour", "minute"
+CALENDAR_PARTS: dict[str, tuple[str, Any]] = {  # part: (kind, how to compute it)
+    "year": (NEVER, lambda t: t.dt.year),
+    "quarter": (NEVER, lambda t: t.dt.quarter),
+    "month": (NEVER, lambda t: t.dt.month),
+    "week": (NEVER, lambda t: t.dt.isocalendar().week.astype("int64")),
+    "day of month": (NEVER, lambda t: t.dt.day),
+    "day of year": (NEVER, lambda t: t.dt.dayofyear),
+    "day of week": (WEEKDAY, lambda t: t.dt.dayofweek),
+    "day of week (1-7)": (WEEKDAY, lambda t: t.dt.dayofweek + 1),
+    "hour": (HOUR, lambda t: t.dt.hour),
 }
-NEVER_REPEATING_NAMES = {
-    "year", "yr", "quarter", "qtr", "month", "mon", "week", "weekofyear", "day", "dayofmonth", "dom",
-    "dayofyear", "doy", "date",
+CALENDAR_NAMES = {
+    **dict.fromkeys(
+        ["year", "yr", "quarter", "qtr", "month", "mon", "week", "weekofyear", "day", "dayofmonth", "dom",
+         "dayofyear", "doy", "date"],
+        NEVER,
+    ),
+    **dict.fromkeys(["dayofweek", "dow", "weekday"], WEEKDAY),
+    **dict.fromkeys(["hour", "hr"], HOUR),
+    "minute": MINUTE,
 }  # fmt: skip
-SEASONAL_NAMES = {"dayofweek", "dow", "weekday", "hour", "hr", "minute"}
+NATURAL_RANGE = {WEEKDAY: (0, 7), HOUR: (0, 23), MINUTE: (0, 59)}  # 0-6 and 1-7 weekdays both fit
 IDENTIFIER_TOKENS = {"id", "uuid", "guid", "num", "number", "nbr", "identifier"}
 
 
@@ -100,10 +108,12 @@ def _numeric(values: pd.Series) -> pd.Series | None:
 @dataclass(frozen=True)
 class Role:
     """What a column is when it is not a plain feature: left out of features (and so of drift), or
-    a feature that drift leaves alone."""
+    a feature that drift leaves alone, or one whose range is the calendar's."""
 
     feature: bool
     why: str
+    drift: bool = True  # tested for drift
+    natural_range: tuple[int, int] | None = None
 
 
 def column_role(
@@ -119,22 +129,27 @@ def column_role(
     part = None
     if numbers is not None:
         present = numbers.notna() & stamps.notna()
-        for name, (repeats, of) in CALENDAR_PARTS.items():
+        for name, (kind, of) in CALENDAR_PARTS.items():
             seen = of(stamps[present])
             # a part constant over the sample (the month of a January sample) could match by chance
             if present.any() and seen.nunique() > 1 and (numbers[present] == seen).mean() >= 0.95:
-                part = (f"the timestamp's {name}", repeats)
+                part = (f"the timestamp's {name}", kind)
                 break
-    for names, repeats in ((NEVER_REPEATING_NAMES, False), (SEASONAL_NAMES, True)):
-        if part is None and tokens and (tokens[-1] in names or "".join(tokens) in names):
-            part = ("a calendar part by its name", repeats)
+    named = CALENDAR_NAMES.get(tokens[-1] if tokens else "") or CALENDAR_NAMES.get("".join(tokens))
+    if part is None and named is not None:
+        part = ("a calendar part by its name", named)
     if part is not None:
-        what, repeats = part
-        if not repeats:
+        what, kind = part
+        if kind == NEVER:
             return Role(False, f"{what}: it does not repeat within a training window as it will when scored")
-        if "hour" not in what or unit == "hour":
-            return Role(True, f"{what}: a feature, but one {unit} holds one value of it, so not tested for drift")
-        return None  # an hour of the day: a day holds every hour, a plain feature
+        one_value = kind == WEEKDAY or unit == "hour"  # a day holds one weekday; an hour one hour
+        return Role(
+            True,
+            f"{what}: a feature with the calendar's range"
+            + (f"; one {unit} holds one value of it, so it is not tested for drift" if one_value else ""),
+            drift=not one_value,
+            natural_range=NATURAL_RANGE[kind] if numbers is not None else None,
+        )
     whole = numbers is not None and bool((numbers.dropna() % 1 == 0).all())
     if whole and IDENTIFIER_TOKENS & set(tokens):
         return Role(False, "an identifier by its name (whole numbers): it names a row, it is no pattern")
@@ -228,9 +243,15 @@ def infer(
         if role is not None and not role.feature:
             left_out[column] = role.why
             continue
-        if role is not None:
+        if role is not None and not role.drift:
             drift_exclude[column] = role.why
-        if numbers is not None:
+        if numbers is not None and role is not None and role.natural_range is not None:
+            numeric.append(column)
+            low_bound, high_bound = role.natural_range
+            between = {"column": column, "min_value": low_bound, "max_value": high_bound}
+            why = f"{role.why}: not the sample's range"
+            expectations.append(_expectation("expect_column_values_to_be_between", between, why))
+        elif numbers is not None:
             numeric.append(column)
             low, high = float(numbers.min()), float(numbers.max())
             margin = (high - low) or abs(high) or 1.0  # seen values, widened by their span either way

@@ -89,6 +89,7 @@ def flights_sample(days: int = 7, per_day: int = 600) -> pd.DataFrame:
                     "DayofMonth": stamps.day,
                     "DayOfWeek": stamps.dayofweek + 1,
                     "FlightNum": rng.integers(1, 3000, per_day),
+                    "dep_hour": stamps.hour,
                     "distance": rng.lognormal(6.5, 0.6, per_day).round(),
                     "carrier": rng.choice(["AA", "DL", "UA", "WN"], per_day),
                     "pressure": pressure,
@@ -107,7 +108,7 @@ def test_time_and_identifiers_are_no_features_and_every_bound_holds_on_every_day
     sample = flights_sample()
     inferred = infer(sample, "flight_id", "scheduled_at", {"delayed"}, "day", sample_days=7)
     assert (inferred.numeric, inferred.categorical) == (
-        ["DayOfWeek", "distance", "pressure", "wind_gust", "snow_depth"],
+        ["DayOfWeek", "dep_hour", "distance", "pressure", "wind_gust", "snow_depth"],
         ["carrier"],
     )
     assert set(inferred.left_out) == {"Year", "Month", "DayofMonth", "FlightNum", "delayed"}
@@ -118,6 +119,11 @@ def test_time_and_identifiers_are_no_features_and_every_bound_holds_on_every_day
     assert inferred.window_days == 35 and "600 rows a day" in inferred.window_reason
 
     checks = {(e["type"], e["kwargs"].get("column")): e for e in inferred.expectations}
+    # Calendar parts that stay features get the calendar's range, not the week or the hours sampled.
+    assert checks[("expect_column_values_to_be_between", "DayOfWeek")]["kwargs"] == {
+        "column": "DayOfWeek", "min_value": 0, "max_value": 7
+    }  # fmt: skip
+    assert checks[("expect_column_values_to_be_between", "dep_hour")]["kwargs"]["max_value"] == 23
     pressure = checks[("expect_column_values_to_not_be_null", "pressure")]
     # Null on 0% to 60% of a day's rows: the pooled share (~21%) would fail the 60% day.
     assert pressure["kwargs"]["mostly"] < 0.4 and "null in 0.0% to" in pressure["meta"]["notes"]
