@@ -73,12 +73,15 @@ class ValidationOutcome:
     rows_quarantined: int = 0
     quarantine_uris: list[str] = field(default_factory=list)
     held_back: list[str] = field(default_factory=list)  # the partitions not published, and their sources
-    advice: list[str] = field(default_factory=list)  # per failure: allowed, observed, where, how to accept
+    # Per failed expectation, in the order of `failed`: what it allowed, what each failing partition
+    # showed, and how to accept it.
+    advice: list[list[str]] = field(default_factory=list)
 
     def describe_failures(self) -> str:
         lines = [f"suite '{self.suite}': {len(self.failed)} of {self.evaluated} expectations failed"]
-        lines += [f"  - {failure.describe()}" for failure in self.failed]
-        lines += self.advice
+        for position, failure in enumerate(self.failed):
+            lines.append(f"  - {failure.describe()}")
+            lines += self.advice[position] if position < len(self.advice) else []
         lines += [f"  held back: {source}" for source in self.held_back]
         lines.append(f"  result: {self.result_uri}")
         lines.append(f"  data docs: {self.data_docs_path}")
@@ -386,18 +389,24 @@ def _keep_failed_deliveries(
     return quarantined, uris
 
 
+ADVICE_PARTITIONS = 5  # partitions named per failed expectation; the rest are counted
+
+
 def failure_advice(
     spec: ModelSpec, batch: list[Staged], failed: list[FailedExpectation], start: datetime, end: datetime
-) -> list[str]:
-    """Per failed expectation of the suite: what it allowed, what each failing partition showed, and the
-    exact edit (or command) that accepts it. Faults outside the suite (a column's type) get none."""
+) -> list[list[str]]:
+    """Per failed expectation of the suite: what it allowed, what each failing partition showed (the
+    first ADVICE_PARTITIONS), and the exact edit (or command) that accepts it. Faults outside the
+    suite (a column missing from one delivery, rows set aside at ingest) get none."""
     from pipelines.suites import Widening, allowed, find_expectation, observed, suite_command_hint, widened
 
     definition, _ = load_suite_definition(spec.suite)
     path = str(suite_file(spec.suite))
-    lines = []
+    advice = []
     for failure in failed:
         index = find_expectation(definition, failure.expectation, failure.kwargs)
+        lines: list[str] = []
+        advice.append(lines)
         if index is None:
             continue
         kind, kwargs = failure.expectation, definition["expectations"][index]["kwargs"]
@@ -409,13 +418,16 @@ def failure_advice(
         ]
         lines.append(f"    #{index} allowed {allowed(kind, kwargs)}")
         after: dict[str, Any] | None = kwargs
-        for partition, frame in where:
-            lines.append(f"    observed {observed(kind, kwargs, frame)} in the partition starting {partition}")
+        for shown, (partition, frame) in enumerate(where):
+            if shown < ADVICE_PARTITIONS:
+                lines.append(f"    observed {observed(kind, kwargs, frame)} in the partition starting {partition}")
             after = widened(kind, after, frame) if after is not None else None
+        if len(where) > ADVICE_PARTITIONS:
+            lines.append(f"    ... and {len(where) - ADVICE_PARTITIONS} more partition(s)")
         if after != kwargs:
             edit = Widening(index, kind, kwargs, after).edit(path)
             lines.append(f"    to accept: {edit}, or run `{suite_command_hint(spec, start, end)}`")
-    return lines
+    return advice
 
 
 def validate_and_publish(
