@@ -290,6 +290,15 @@ def suite_failures_on_sample(
     return {partition: [f.describe() for f in failures] for partition, failures in failed.items()}
 
 
+CALIBRATION_ROWS_PER_HOUR = 40
+
+
+def hourly_reference_rows(window_days: int) -> int:
+    """The drift reference an hourly model needs for thresholds calibrated on its hours (the default
+    5,000 rows over a month is ~7 a hour, too few), within what Evidently runs in about a second."""
+    return min(50_000, max(5_000, CALIBRATION_ROWS_PER_HOUR * 24 * window_days))
+
+
 def spec_text(name: str, args: dict[str, Any], inferred: Inferred, rows: int) -> str:
     """The spec YAML, commented where a person must decide."""
     partition = args["partition"]
@@ -330,6 +339,12 @@ def spec_text(name: str, args: dict[str, Any], inferred: Inferred, rows: int) ->
         "  # Effect sizes (normed Wasserstein, Jensen-Shannon), each threshold raised to how far the\n"
         "  # training window's own days are from the rest of it: see DriftSpec in pipelines/spec.py.\n"
         "  num_method: wasserstein\n  cat_method: jensenshannon\n  calibrate: true\n"
+        + (
+            f"  reference_rows: {hourly_reference_rows(inferred.window_days)}   # calibrating on hours needs "
+            f"~{CALIBRATION_ROWS_PER_HOUR} rows of each hour in the stored reference\n"
+            if partition == "hour"
+            else ""
+        )
         + (
             "  exclude:\n" + "".join(f"    - {c}   # {why}\n" for c, why in inferred.drift_exclude.items())
             if inferred.drift_exclude

@@ -62,6 +62,15 @@ def test_the_scaffolded_spec_is_valid_for_each_task(task: str, classes: list[str
     spec = ModelSpec.model_validate(yaml.safe_load(text))
     assert (spec.task, spec.label.classes, spec.objective) == (task, classes, TASK_OBJECTIVES[task][0])
     assert spec.gate.metric == TASK_GATE_METRICS[task][0]
+    assert (spec.drift.num_method, spec.drift.cat_method, spec.drift.calibrate) == (
+        "wasserstein",
+        "jensenshannon",
+        True,
+    )
+    # An hourly model stores a reference big enough to calibrate on its hours (~40 rows each).
+    hourly = ModelSpec.model_validate(yaml.safe_load(spec_text("shop", {**args, "partition": "hour"}, Inferred(
+        ["price"], ["plan"], {}, [], window_days=28), 100)))  # fmt: skip
+    assert hourly.drift.reference_rows == 40 * 24 * 28
 
 
 def flights_sample(days: int = 7, per_day: int = 600) -> pd.DataFrame:
