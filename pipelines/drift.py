@@ -107,6 +107,7 @@ class ColumnTest:
 MIN_CALIBRATION_PARTITIONS = 5  # fewer reference partitions than this say nothing of their spread
 MIN_PARTITION_ROWS = 30  # a partition with fewer rows is too noisy to compare
 CALIBRATION_QUANTILE = 0.95
+MAX_CALIBRATION_PARTITIONS = 60  # each costs one test per column
 
 
 def column_tests(spec: DriftSpec, numeric: list[str], categorical: list[str]) -> dict[str, ColumnTest]:
@@ -158,7 +159,12 @@ def calibrate(
     stamps = pd.to_datetime(reference[timestamp], utc=True)
     parts = stamps.dt.floor("D" if unit == "day" else "h")
     sizes = parts.value_counts()
-    usable = [p for p in sizes.index if sizes[p] >= MIN_PARTITION_ROWS]
+    usable = sorted(p for p in sizes.index if sizes[p] >= MIN_PARTITION_ROWS)
+    sampled = ""
+    if len(usable) > MAX_CALIBRATION_PARTITIONS:  # a month of hours: a seeded sample of them is enough
+        chosen = np.random.default_rng(0).choice(len(usable), MAX_CALIBRATION_PARTITIONS, replace=False)
+        sampled = f" (a seeded {MAX_CALIBRATION_PARTITIONS} of {len(usable)})"
+        usable = [usable[i] for i in sorted(chosen)]
     if len(usable) < MIN_CALIBRATION_PARTITIONS:
         return tests, (
             f"stated thresholds (the reference has {len(usable)} {unit}(s) of at least {MIN_PARTITION_ROWS} rows; "
@@ -179,7 +185,7 @@ def calibrate(
         if len(distances) >= MIN_CALIBRATION_PARTITIONS:
             spread = float(np.quantile(distances, CALIBRATION_QUANTILE))
             calibrated[column] = ColumnTest(test.method, round(max(test.threshold, spread), 6))
-    return calibrated, f"thresholds calibrated on {len(usable)} {unit}s of the reference"
+    return calibrated, f"thresholds calibrated on {len(usable)} {unit}s of the reference{sampled}"
 
 
 def run_report(
