@@ -2,7 +2,9 @@
 
 The monitor samples the scored interval down to `drift.max_current_rows` (seeded) before the
 report, because the preset's time grows faster than linearly with rows. This prints the time
-with and without that sample for 100k and 1M current rows against the reference sample.
+with and without that sample for 100k and 1M current rows against the reference sample, then
+what calibrating the thresholds on the reference's own days or hours adds to each report
+(a reference drawn from 28 days: the default 5,000 rows by day, and an hourly model's 26,880 by hour).
 
     python bench/drift_report.py [--rows 100000 1000000] [--sample 50000] [--reference 5000]
 """
@@ -19,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.demo_data import DemoConfig, generate_hour
-from pipelines.drift import PREDICTION_COLUMN, _as_categorical_text, run_report, seeded_sample
+from pipelines.drift import PREDICTION_COLUMN, _as_categorical_text, calibrate, column_tests, run_report, seeded_sample
 from pipelines.spec import DriftSpec
 
 NUMERIC = ["tenure_months", "monthly_charges", "support_calls", "days_since_last_login", "usage_minutes"]
@@ -73,6 +75,24 @@ def main() -> None:
         print(
             f"{rows:>9,} current rows: sampled to {len(sampled):,}: {sampled_s:6.1f} s ({sampled_drifted} drifted)"
             f" | all rows: {full_s:6.1f} s ({full_drifted} drifted)"
+        )
+    # 28 days of demo hours, thinned to ~60 rows an hour: the pool the stored references are drawn from.
+    hours = [start + timedelta(hours=h) for h in range(28 * 24)]
+    pool = pd.concat([generate_hour(DemoConfig(), h).head(60) for h in hours], ignore_index=True)
+    pool[PREDICTION_COLUMN] = np.random.default_rng(1).random(len(pool))
+    numeric, tests = (
+        [*NUMERIC, PREDICTION_COLUMN],
+        column_tests(DriftSpec(), [*NUMERIC, PREDICTION_COLUMN], CATEGORICAL),
+    )
+    for unit, rows in (("day", 5000), ("hour", 26_880)):
+        reference = pool.sample(n=rows, random_state=0)
+        began = time.perf_counter()
+        _, how = calibrate(reference, tests, numeric, "event_time", unit, set())
+        calibrate_s = time.perf_counter() - began
+        report_s, _ = report_seconds(reference, seeded_sample(pool.tail(700), 700))
+        print(
+            f"calibrating by {unit} on {rows:,} reference rows: {calibrate_s:5.2f} s ({how}) "
+            f"| the report itself: {report_s:5.2f} s | ratio {calibrate_s / report_s:4.2f}"
         )
 
 

@@ -108,6 +108,7 @@ MIN_CALIBRATION_PARTITIONS = 5  # fewer reference partitions than this say nothi
 MIN_PARTITION_ROWS = 30  # a partition with fewer rows is too noisy to compare
 CALIBRATION_QUANTILE = 0.95
 MAX_CALIBRATION_PARTITIONS = 60  # each costs one test per column
+MAX_REST_ROWS = 5_000
 
 
 def column_tests(spec: DriftSpec, numeric: list[str], categorical: list[str]) -> dict[str, ColumnTest]:
@@ -157,9 +158,10 @@ def calibrate(
     if timestamp not in reference.columns:
         return tests, "stated thresholds (the reference has no timestamps to calibrate them on)"
     stamps = pd.to_datetime(reference[timestamp], utc=True)
-    parts = stamps.dt.floor("D" if unit == "day" else "h")
-    sizes = parts.value_counts()
-    usable = sorted(p for p in sizes.index if sizes[p] >= MIN_PARTITION_ROWS)
+    # Partitions as codes (-1: no time), in time order.
+    codes, _ = pd.factorize(stamps.dt.floor("D" if unit == "day" else "h"), sort=True)
+    sizes = np.bincount(codes[codes >= 0])
+    usable = [int(code) for code in np.flatnonzero(sizes >= MIN_PARTITION_ROWS)]
     sampled = ""
     if len(usable) > MAX_CALIBRATION_PARTITIONS:  # a month of hours: a seeded sample of them is enough
         chosen = np.random.default_rng(0).choice(len(usable), MAX_CALIBRATION_PARTITIONS, replace=False)
@@ -170,16 +172,20 @@ def calibrate(
             f"stated thresholds (the reference has {len(usable)} {unit}(s) of at least {MIN_PARTITION_ROWS} rows; "
             f"calibrating needs {MIN_CALIBRATION_PARTITIONS})"
         )
+    # Each partition is compared with at most MAX_REST_ROWS of the rest, drawn once (seeded): the rest
+    # is a sample already, and a smaller one keeps an hourly model's calibration near a second.
+    order = np.random.default_rng(0).permutation(len(reference))
+    codes, shuffled = codes[order], reference.iloc[order]
     calibrated = dict(tests)
     for column, test in tests.items():
         if column in fixed or column not in reference.columns or test.method in P_VALUE_DRIFT_TESTS:
             continue
         stattest, kind = _stattest(test.method, column in numeric)
-        values = reference[column] if column in numeric else reference[column].astype("string").astype(object)
+        values = shuffled[column] if column in numeric else shuffled[column].astype("string").astype(object)
         distances = []
-        for part in usable:
-            inside = (parts == part).to_numpy()
-            here, rest = values[inside].dropna(), values[~inside].dropna()
+        for code in usable:
+            inside = codes == code
+            here, rest = values[inside].dropna(), values[~inside].dropna().iloc[:MAX_REST_ROWS]
             if len(here) and len(rest):
                 distances.append(float(stattest(rest, here, kind, test.threshold).drift_score))
         if len(distances) >= MIN_CALIBRATION_PARTITIONS:
