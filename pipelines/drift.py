@@ -176,7 +176,8 @@ def calibrate(
     # is a sample already, and a smaller one keeps an hourly model's calibration near a second.
     order = np.random.default_rng(0).permutation(len(reference))
     codes, shuffled = codes[order], reference.iloc[order]
-    calibrated = dict(tests)
+    halfway = (int(codes.max()) + 1) // 2  # codes run in time order: the halves of the reference's span
+    calibrated, changed = dict(tests), []
     for column, test in tests.items():
         if column in fixed or column not in reference.columns or test.method in P_VALUE_DRIFT_TESTS:
             continue
@@ -188,10 +189,25 @@ def calibrate(
             here, rest = values[inside].dropna(), values[~inside].dropna().iloc[:MAX_REST_ROWS]
             if len(here) and len(rest):
                 distances.append(float(stattest(rest, here, kind, test.threshold).drift_score))
-        if len(distances) >= MIN_CALIBRATION_PARTITIONS:
-            spread = float(np.quantile(distances, CALIBRATION_QUANTILE))
-            calibrated[column] = ColumnTest(test.method, round(max(test.threshold, spread), 6))
-    return calibrated, f"thresholds calibrated on {len(usable)} {unit}s of the reference{sampled}"
+        if len(distances) < MIN_CALIBRATION_PARTITIONS:
+            continue
+        spread = float(np.quantile(distances, CALIBRATION_QUANTILE))
+        # A lasting change inside the reference (it straddles a shift) also spreads its partitions,
+        # and calibrating on that spread would hide the shift from every later window. A stationary
+        # reference's halves in time each average many partitions, so they lie far closer together
+        # than single partitions lie from the rest; halves at least half that spread apart mean a change.
+        first, second = (values[(codes >= 0) & (codes < halfway)], values[codes >= halfway])
+        first, second = first.dropna(), second.dropna()
+        if len(first) and len(second):
+            between_halves = float(stattest(first, second, kind, test.threshold).drift_score)
+            if between_halves >= max(test.threshold, spread / 2):
+                changed.append(column)
+                continue
+        calibrated[column] = ColumnTest(test.method, round(max(test.threshold, spread), 6))
+    how = f"thresholds calibrated on {len(usable)} {unit}s of the reference{sampled}"
+    if changed:
+        how += f"; stated for {', '.join(changed)}: the reference's two halves differ (a change inside it)"
+    return calibrated, how
 
 
 def run_report(

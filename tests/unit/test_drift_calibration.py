@@ -82,3 +82,23 @@ def test_a_day_whose_flights_moved_is_still_caught(world: tuple[pd.DataFrame, li
     reference, _ = world
     moved = day_of_flights(np.random.default_rng(99), START + timedelta(days=60), shift=0.5)
     assert window_drifted(reference, moved, DriftSpec(), calibrated=True)
+
+
+def test_a_reference_that_straddles_a_shift_does_not_hide_it() -> None:
+    """Trained across a change (two weeks before it, two after), the reference's own days spread as
+    wide as the shift: calibrating on that spread would call every later day normal. Its two halves
+    differ, so those columns keep their stated thresholds, and a day after the change is caught."""
+    rng = np.random.default_rng(11)
+    days = [day_of_flights(rng, START + timedelta(days=d), shift=0.5 if d >= 14 else 0.0) for d in range(28)]
+    reference = pd.concat(days, ignore_index=True).sample(n=5000, random_state=0)
+    tests, how = calibrate(
+        reference, column_tests(DriftSpec(), NUMERIC, CATEGORICAL), NUMERIC, "flight_time", "day", set()
+    )
+    assert how.endswith(
+        "stated for distance, dep_minute, carrier: the reference's two halves differ (a change inside it)"
+    )
+    assert tests["distance"].threshold == 0.1 and tests["temperature"].threshold > 1.0  # the weather still calibrated
+    after = day_of_flights(np.random.default_rng(5), START + timedelta(days=30), shift=0.5)
+    columns = [*NUMERIC, *CATEGORICAL]
+    results, _ = run_report(reference[columns], after[columns], NUMERIC, CATEGORICAL, DriftSpec(), tests, html=False)
+    assert {r.column for r in results if r.drifted} >= {"distance", "dep_minute", "carrier"}
