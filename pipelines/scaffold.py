@@ -255,8 +255,12 @@ def infer(
             numeric.append(column)
             low, high = float(numbers.min()), float(numbers.max())
             margin = (high - low) or abs(high) or 1.0  # seen values, widened by their span either way
-            between = {"column": column, "min_value": round(low - margin, 6), "max_value": round(high + margin, 6)}
-            why = f"seen {low:g} to {high:g} in the sample ({sample}), widened by that span either way"
+            # ... but a column never negative in the sample (a distance, a count, a price) stays so.
+            floor = max(low - margin, 0.0) if low >= 0 else low - margin
+            between = {"column": column, "min_value": round(floor, 6), "max_value": round(high + margin, 6)}
+            why = f"seen {low:g} to {high:g} in the sample ({sample}), widened by that span either way" + (
+                ", never below 0 as in the sample" if low >= 0 else ""
+            )
             expectations.append(_expectation("expect_column_values_to_be_between", between, why))
         elif values.nunique() <= MAX_CATEGORIES:
             categorical.append(column)

@@ -31,14 +31,20 @@ NO_NULL_CHECK_ABOVE = 0.9
 
 @dataclass(frozen=True)
 class Widening:
-    index: int  # the expectation's position in the suite file
+    index: int  # the expectation's position in the suite file's list, from 0
+
+    @property
+    def number(self) -> int:
+        """The expectation's number as a person counts it in the file: the first is 1."""
+        return self.index + 1
+
     kind: str
     before: dict[str, Any]
     after: dict[str, Any] | None  # None: no bound the data support; remove the expectation
 
     def edit(self, suite_path: str) -> str:
         """The exact edit that accepts what was seen, in words a person can apply by hand."""
-        where = f"expectation #{self.index} ({self.kind}) of {suite_path}"
+        where = f"expectation {self.number} ({self.kind}, counting from 1) of {suite_path}"
         if self.after is None:
             return f"remove {where}: a bound that passes these rows checks nothing"
         changed = {k: v for k, v in self.after.items() if self.before.get(k) != v}
@@ -157,7 +163,7 @@ def check_suite(definition: dict[str, Any], suite_path: str, parts: dict[datetim
             frame = named[partition]
             seen = observed(failure.expectation, failure.kwargs, frame)
             failing.setdefault(partition, []).append(
-                f"#{index} {failure.expectation} on {failure.column or 'the table'}: "
+                f"expectation {'?' if index is None else index + 1} {failure.expectation} on {failure.column or 'the table'}: "
                 f"allowed {allowed(failure.expectation, failure.kwargs)}, observed {seen}"
             )
             if index is not None:

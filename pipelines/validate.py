@@ -416,7 +416,7 @@ def failure_advice(
             for d, frame, positions in batch
             if failure.rows is None or not offending.isdisjoint(positions)
         ]
-        lines.append(f"    #{index} allowed {allowed(kind, kwargs)}")
+        lines.append(f"    expectation {index + 1} allowed {allowed(kind, kwargs)}")
         after: dict[str, Any] | None = kwargs
         for shown, (partition, frame) in enumerate(where):
             if shown < ADVICE_PARTITIONS:

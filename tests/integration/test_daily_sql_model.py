@@ -178,7 +178,7 @@ def test_new_model_scaffolds_a_model_that_trains_and_scores(home: Settings, scaf
         "  2025-12-08T00:00:00+00:00  FAILS" in checked.stdout
         and "  2025-12-09T00:00:00+00:00  FAILS" in checked.stdout
     )
-    assert f"#{index} expect_column_values_to_be_between on basket_value: allowed " in checked.stdout
+    assert f"expectation {index + 1} expect_column_values_to_be_between on basket_value: allowed " in checked.stdout
     assert (
         'to accept: set {"max_value": ' in checked.stdout and path.read_bytes() == json.dumps(tight, indent=2).encode()
     )

@@ -123,12 +123,12 @@ def test_block_publishes_nothing_of_a_bad_delivery(home: Settings, engine: Engin
         stage_and_validate(spec, home, engine)
     # What to do: the bound, what the failing hour showed, and the edit or command that accepts it.
     message = str(failed.value)
-    assert "    #12 allowed 3 values, mostly 1.0\n" in message
+    assert "    expectation 13 allowed 3 values, mostly 1.0\n" in message
     hour = HOURS[1].isoformat()
     assert f"    observed values outside the set: ['platinum_legacy'] in the partition starting {hour}\n" in message
     assert (
-        '    to accept: set {"value_set": ["basic", "platinum_legacy", "premium", "standard"]} in expectation #12 '
-        f"(expect_column_values_to_be_in_set) of {REPO_ROOT / 'expectations' / 'demo_churn.json'}, or run "
+        '    to accept: set {"value_set": ["basic", "platinum_legacy", "premium", "standard"]} in expectation 13 '
+        f"(expect_column_values_to_be_in_set, counting from 1) of {REPO_ROOT / 'expectations' / 'demo_churn.json'}, or run "
         f"`pipelines suite demo_churn --start {START.isoformat()} --end {(START + timedelta(hours=2)).isoformat()} --accept`"
     ) in message
     assert message.count("held back: ") == 1 and f"held back: {hour} from " in message
