@@ -282,6 +282,49 @@ def infer(
     return Inferred(numeric, categorical, left_out, expectations, window_days, window_reason, unchecked, drift_exclude)
 
 
+def label_delay(
+    name: str,
+    labels: dict[str, Any],
+    columns: dict[str, str],
+    sample: tuple[datetime, datetime],
+    access: SourceAccess,
+    partition: PartitionUnit,
+) -> tuple[int, str]:
+    """`label.delay_hours` from the labels that arrived in the sample's range, and where it came from.
+
+    The label feed is read now, not at the first training: a wrong table or column name is named
+    before any file is written. Every label of the sample must have been known within the delay
+    (the backtest waits that long before it calls a day's cohort complete), so it is the longest
+    delay seen, in whole hours."""
+    try:
+        source = TypeAdapter(Source).validate_python(labels)
+    except ValidationError as exc:
+        raise ConfigError(f"{name}: the labels source {labels}: {exc.errors()[0]['msg']}") from exc
+    reads = read_source(source, access, columns["arrived_at"], *sample, partition)
+    frames = [r.read.frame for r in reads if len(r.read.frame.columns)]
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    needed = [columns["entity_key"], columns["timestamp"], columns["label"], columns["arrived_at"]]
+    missing = [c for c in needed if c not in frame.columns]
+    if frame.empty:
+        return 24, "no label arrived in the sample's range: set it from your data (how long after the event)"
+    if missing:
+        raise ConfigError(
+            f"{name}: the labels {labels} have no column(s) {missing} (--entity-key, --timestamp, --label, "
+            f"--arrived-at); they have {list(frame.columns)}"
+        )
+    delays = (
+        pd.to_datetime(frame[columns["arrived_at"]], utc=True, errors="coerce")
+        - pd.to_datetime(frame[columns["timestamp"]], utc=True, errors="coerce")
+    ).dropna() / pd.Timedelta(hours=1)
+    if delays.empty:
+        return 24, "the sample's labels have no readable times: set it from your data"
+    longest = max(0, math.ceil(float(delays.max())))
+    return longest, (
+        f"every one of the {len(delays)} labels that arrived in the sample came within {longest} h of its event "
+        f"(median {float(delays.median()):.1f} h)"
+    )
+
+
 def suite_failures_on_sample(
     suite: dict[str, Any], frame: pd.DataFrame, timestamp: str, unit: PartitionUnit
 ) -> dict[str, list[str]]:
@@ -330,7 +373,7 @@ def spec_text(name: str, args: dict[str, Any], inferred: Inferred, rows: int) ->
         "label:\n"
         f"  column: {args['label']}\n"
         f"  arrived_at_column: {args['arrived_at']}\n"
-        "  delay_hours: 24        # how long after the event its label is known: set it from your data\n"
+        f"  delay_hours: {args.get('delay_hours', 24)}   # {args.get('delay_reason', 'how long after the event its label is known: set it from your data')}\n"
         + (f"  classes: {json.dumps(args['classes'])}\n" if args["task"] == "multiclass" else "")
         + f"task: {args['task']}          # binary | multiclass | regression\n"
         "features:\n"
@@ -404,6 +447,7 @@ def new_model(
             f"{name}: the sample [{sample[0].isoformat()}, {sample[1].isoformat()}) of {events} has "
             + (f"no column(s) {missing}; it has {list(frame.columns)}" if missing else "no rows; pick a busier range")
         )
+    delay_hours, delay_reason = label_delay(name, labels, columns, sample, access, partition)
     sample_days = (sample[1] - sample[0]).total_seconds() / 86400
     not_features = {columns["label"], columns["arrived_at"]}
     inferred = infer(frame, columns["entity_key"], columns["timestamp"], not_features, partition, sample_days)
@@ -428,6 +472,8 @@ def new_model(
         "classes": classes,
         "sample_start": sample[0].isoformat(),
         "sample_end": sample[1].isoformat(),
+        "delay_hours": delay_hours,
+        "delay_reason": delay_reason,
     }
     broken = suite_failures_on_sample(suite, frame, columns["timestamp"], partition)
     if broken:

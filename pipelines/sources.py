@@ -324,7 +324,8 @@ class SqlReader:
         columns = [c["name"] for c in inspect(self.engine).get_columns(name, schema=schema)]
         if columns and self.time_column not in columns:
             raise ConfigError(
-                f"{self.where()}: the table has no column '{self.time_column}' (the spec's timestamp); it has {columns}"
+                f"{self.where()}: the table has no column '{self.time_column}', the time it is read by (the "
+                f"spec's timestamp; for labels, label.arrived_at_column); it has {columns}"
             )
 
     @staticmethod

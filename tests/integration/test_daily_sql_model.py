@@ -22,6 +22,7 @@ from sqlalchemy import Engine, func, select
 from pipelines import tables
 from pipelines.config import DEMO_WAREHOUSE_CONN_ID, REPO_ROOT, Settings
 from pipelines.demo import ORDERS, write_orders_source
+from pipelines.errors import ConfigError
 from pipelines.lake import open_partition, partition_key
 from pipelines.spec import EXPECTATIONS_DIR, load_spec
 from tests.conftest import module_home
@@ -139,6 +140,19 @@ def test_new_model_scaffolds_a_model_that_trains_and_scores(home: Settings, scaf
     assert spec.partition == "day" and spec.schedules.score == "0 0 * * *"
     assert spec.features.numeric == ["basket_value", "items", "discount_pct", "customer_tenure_days"]
     assert spec.features.categorical == ["channel", "category"]
+    # The label feed was read too: its delay is the longest the sample's labels took.
+    assert spec.label.delay_hours == load_spec(home.specs_dir / f"{ORDERS}.yaml").label.delay_hours
+    from pipelines.airflow.connections import cli_connection
+    from pipelines.scaffold import label_delay
+    from pipelines.sources import SourceAccess
+
+    wrong = {"entity_key": "order_id", "timestamp": "ordered_at", "label": "returnd", "arrived_at": "arrived_at"}
+    with pytest.raises(ConfigError, match=r"the labels .* have no column\(s\) \['returnd'\]"):
+        label_delay(
+            "typo", {"kind": "sql", "connection": DEMO_WAREHOUSE_CONN_ID, "table": "returns"}, wrong,
+            (datetime(2025, 12, 1, tzinfo=UTC), datetime(2025, 12, 8, tzinfo=UTC)),
+            SourceAccess(home.source, cli_connection), "day",
+        )  # fmt: skip
     suite = json.loads((EXPECTATIONS_DIR / f"{scaffolded}.json").read_text())
     kinds = {(e["type"], e["kwargs"].get("column")) for e in suite["expectations"]}
     assert ("expect_column_values_to_be_in_set", "channel") in kinds

@@ -25,8 +25,9 @@ def test_features_and_suite_are_inferred_from_the_sample() -> None:
     assert (inferred.numeric, inferred.categorical) == (["price"], ["plan"])
     assert set(inferred.left_out) == {"note", "empty", "churned"}
     by_column = {(e["type"], e["kwargs"].get("column")): e["kwargs"] for e in inferred.expectations}
+    # Seen 10 to 109, widened by the span either way, but never below 0, as in the sample.
     assert by_column[("expect_column_values_to_be_between", "price")] == {
-        "column": "price", "min_value": -89.0, "max_value": 208.0
+        "column": "price", "min_value": 0.0, "max_value": 208.0
     }  # fmt: skip
     assert by_column[("expect_column_values_to_be_in_set", "plan")]["value_set"] == ["a", "b"]
     # 10 of the first day's 24 rows are null, none later: the worst day, plus a quarter of the spread.
