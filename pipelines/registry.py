@@ -370,7 +370,8 @@ def move_alias(
     with engine.begin() as connection:
         record_event(connection, model_name, "alias_moved", reason, dag_run_id, actor, alias, previous, version)
         mlflow_client(settings).set_registered_model_alias(model_name, alias, version)
-    log.info("%s: alias %s moved v%s -> v%s by %s (%s)", model_name, alias, current, version, actor, reason)
+    was = "nothing" if previous is None else f"v{previous}"
+    log.info("%s: alias %s moved %s -> v%s by %s (%s)", model_name, alias, was, version, actor, reason)
     return True
 
 

@@ -247,7 +247,15 @@ def format_status(report: dict[str, Any]) -> str:
         if m["champion_version"] is None and g and g["reason"].startswith("no better than the base rate"):
             # Say why there is no champion, with the figures: the candidate learned nothing the base rate lacks.
             lines.append(f"  no champion: v{g['challenger_version']} is {g['reason']}")
-        lines.append(f"  champion: v{m['champion_version']}{since}   challenger: v{m['challenger_version']}")
+        champion, challenger = m["champion_version"], m["challenger_version"]
+        lines.append(
+            f"  champion: {'none' if champion is None else f'v{champion}'}{since}   challenger: "
+            + (
+                "none"
+                if challenger is None
+                else f"v{challenger}" + (" (the champion)" if challenger == champion else "")
+            )
+        )
         if m["champion_holdout"]:
             lines.append(
                 f"  champion's holdout at training: {_metric_text(m['champion_holdout'], TASK_METRICS[m['task']])}"
@@ -255,7 +263,7 @@ def format_status(report: dict[str, Any]) -> str:
         story = m["since_champion"]
         start = f"the champion's training data ({story['since']})" if story["since"] else "the start"
         lines.append(
-            f"  since {start}: {story['blocked_intervals']} blocked interval(s), {story['drifted_windows']} of "
+            f"  since {start}: {story['blocked_intervals']} interval(s) still blocked, {story['drifted_windows']} of "
             f"{story['drift_windows']} drift window(s) drifted, {story['retrain_requests']} retraining request(s)"
         )
         for b in story["latest_blocked"]:
@@ -265,7 +273,9 @@ def format_status(report: dict[str, Any]) -> str:
             lines.append(f"    latest retraining request (window ending {r['window_end']}): {r['reason']}")
         if g:
             lines.append(
-                f"  last gate ({g['at']}): v{g['challenger_version']} vs v{g['champion_version']}: {g['action']} ({g['reason']})"
+                f"  last gate ({g['at']}): v{g['challenger_version']} vs "
+                + ("none" if g["champion_version"] is None else f"v{g['champion_version']}")
+                + f": {g['action']} ({g['reason']})"
             )
         lines.append(
             f"  rows in the 24 h up to the latest ({m['latest_prediction_as_of']}): "

@@ -97,7 +97,7 @@ def test_the_month_story_names_blocked_days_drift_and_requests() -> None:
     lines = format_status(story).splitlines()
     assert "  champion's holdout at training: auc=0.707 logloss=0.610 brier=n/a" in lines
     assert (
-        "  since the champion's training data (2026-02-01T00:00:00+00:00): 1 blocked interval(s), "
+        "  since the champion's training data (2026-02-01T00:00:00+00:00): 1 interval(s) still blocked, "
         "2 of 28 drift window(s) drifted, 0 retraining request(s)"
     ) in lines
     assert "    blocked [2026-02-03T00:00:00+00:00, 2026-02-04T00:00:00+00:00): temp: 12 rows" in lines
