@@ -270,9 +270,12 @@ def failed_by_partition(
 ) -> dict[str, list[FailedExpectation]]:
     """Each partition's failed expectations under a suite definition not yet saved anywhere, through
     an ephemeral GX context: `new-model` checks that the suite it infers passes its own sample."""
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)  # its INFO is hundreds of lines
     import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
 
     context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
     suite = context.suites.add(gx.ExpectationSuite(**definition))
     batch_definition = (
         context.data_sources.add_pandas(name="sample")
