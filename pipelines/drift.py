@@ -106,7 +106,10 @@ class ColumnTest:
 
 MIN_CALIBRATION_PARTITIONS = 5  # fewer reference partitions than this say nothing of their spread
 MIN_PARTITION_ROWS = 30  # a partition with fewer rows is too noisy to compare
-CALIBRATION_QUANTILE = 0.95
+# Three times the median partition's distance from the rest: about the 95th percentile of a stationary
+# reference's partitions (a half-normal's is 2.9 times its median), but a few partitions after a change
+# late in the reference move the median little, where they would set the 95th percentile.
+CALIBRATION_FACTOR = 3.0
 MAX_CALIBRATION_PARTITIONS = 60  # each costs one test per column
 MAX_REST_ROWS = 5_000
 
@@ -149,8 +152,8 @@ def calibrate(
     """Raise each distance's threshold to the spread of the reference's own partitions, and say how.
 
     Each partition (a day or an hour of the reference) is compared with the rest of the reference by
-    the column's own test; the threshold becomes the 95th percentile of those distances when that is
-    higher. A window then drifts only when it is further from the reference than the reference's
+    the column's own test; the threshold becomes three times their median (CALIBRATION_FACTOR) when
+    that is higher. A window then drifts only when it is further from the reference than the reference's
     own days usually are: daily seasonality and values repeated within a day (hourly weather across
     a day's flights) are not drift, a shift beyond them is. Columns in `fixed` (a threshold the spec
     stated for them) and p-value tests are left as stated.
@@ -191,7 +194,7 @@ def calibrate(
                 distances.append(float(stattest(rest, here, kind, test.threshold).drift_score))
         if len(distances) < MIN_CALIBRATION_PARTITIONS:
             continue
-        spread = float(np.quantile(distances, CALIBRATION_QUANTILE))
+        spread = CALIBRATION_FACTOR * float(np.median(distances))
         # A lasting change inside the reference (it straddles a shift) also spreads its partitions,
         # and calibrating on that spread would hide the shift from every later window. A stationary
         # reference's halves in time each average many partitions, so they lie far closer together

@@ -455,7 +455,8 @@ class DriftSpec(_Strict):
     calibrate: bool = Field(
         default=True,
         description="Raise a distance's threshold to how far the reference's own partitions (days or hours) are "
-        "from the rest of it (their 95th percentile), so seasonality and values repeated within a day are not drift",
+        "from the rest of it (three times their median), so seasonality and values repeated within a day are not "
+        "drift; not for a column whose reference changed inside it (its two halves in time differ)",
     )
 
     drift_share: float = Field(
