@@ -259,7 +259,7 @@ def infer(
             floor = max(low - margin, 0.0) if low >= 0 else low - margin
             between = {"column": column, "min_value": round(floor, 6), "max_value": round(high + margin, 6)}
             why = f"seen {low:g} to {high:g} in the sample ({sample}), widened by that span either way" + (
-                ", never below 0 as in the sample" if low >= 0 else ""
+                ", but never below 0, as in the sample" if low >= 0 > low - margin else ""
             )
             expectations.append(_expectation("expect_column_values_to_be_between", between, why))
         elif values.nunique() <= MAX_CATEGORIES:

@@ -406,7 +406,7 @@ def test_promotion_waits_for_a_human_approval_through_the_api(stack: Stack) -> N
     # executor's "process ended" event of its paused run makes it fail the task ("the executor reported
     # success, but the task instance's state is queued"), as a loaded 2-core machine showed. A human
     # never answers within seconds; the test waits as long as a few scheduler loops take.
-    time.sleep(10)
+    time.sleep(5)
     assert asked["subject"] == "Promote demo_churn v3 to champion?" and "real improvement" in asked["body"]
     request(hitl_url, token, {"chosen_options": [APPROVE]}, "PATCH")
 

@@ -303,8 +303,7 @@ def test_doctor_passes_then_fails_on_a_broken_alias(
     with engine.connect() as connection:
         p = tables.predictions
         assert connection.execute(select(func.count()).where(p.c.as_of >= hour)).scalar_one() == 0
-    recorded = cli("rollback", MODEL, "3", "--reason", "moved in MLflow by hand")
-    assert recorded.returncode == 0, recorded.stderr
+    registry.rollback(home, engine, MODEL, "binary", "3", "moved in MLflow by hand", None, "test")  # as the CLI does
     move = events(engine, "alias_moved")[-1]
     assert (move["from_version"], move["to_version"], move["reason"]) == ("1", "3", "rollback: moved in MLflow by hand")
     require_recorded_champion(load_spec(home.specs_dir / f"{MODEL}.yaml"), engine, "3")  # on record: served
