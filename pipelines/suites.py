@@ -18,29 +18,27 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from pipelines.ingest import split_by_partition, type_events
 from pipelines.intervals import partitions_between
+from pipelines.scaffold import NO_NULL_CHECK_ABOVE, NULL_MARGIN  # an accepted null share: as inferred ones
 from pipelines.sources import SourceAccess, read_source
 from pipelines.spec import ModelSpec
-
-NULL_MARGIN = 0.05  # as the scaffold: an accepted null share gets this much room beyond what was seen
-NO_NULL_CHECK_ABOVE = 0.9
 
 
 @dataclass(frozen=True)
 class Widening:
     index: int  # the expectation's position in the suite file's list, from 0
+    kind: str
+    before: dict[str, Any]
+    after: dict[str, Any] | None  # None: no bound the data support; remove the expectation
 
     @property
     def number(self) -> int:
         """The expectation's number as a person counts it in the file: the first is 1."""
         return self.index + 1
-
-    kind: str
-    before: dict[str, Any]
-    after: dict[str, Any] | None  # None: no bound the data support; remove the expectation
 
     def edit(self, suite_path: str) -> str:
         """The exact edit that accepts what was seen, in words a person can apply by hand."""
@@ -49,6 +47,11 @@ class Widening:
             return f"remove {where}: a bound that passes these rows checks nothing"
         changed = {k: v for k, v in self.after.items() if self.before.get(k) != v}
         return f"set {json.dumps(changed)} in {where}"
+
+
+def _plain(value: Any) -> Any:
+    """A numpy scalar as the Python number JSON can write."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def widened(kind: str, kwargs: dict[str, Any], frame: pd.DataFrame) -> dict[str, Any] | None:
@@ -74,8 +77,10 @@ def widened(kind: str, kwargs: dict[str, Any], frame: pd.DataFrame) -> dict[str,
             **({} if high is None else {"max_value": max(float(high), float(values.max()))}),
         }
     if kind == "expect_column_values_to_be_in_set":
-        seen = {str(v) for v in frame[column].dropna().unique()}
-        return {**kwargs, "value_set": sorted(set(map(str, kwargs["value_set"])) | seen)}
+        existing = list(kwargs["value_set"])
+        as_text = all(isinstance(v, str) for v in existing)  # a set of numbers stays numbers
+        seen = {str(v) if as_text else _plain(v) for v in frame[column].dropna().unique()}
+        return {**kwargs, "value_set": sorted(set(existing) | seen, key=str)}
     if kind == "expect_table_columns_to_match_set":
         return {**kwargs, "column_set": list(frame.columns)}
     if kind == "expect_table_row_count_to_be_between":
