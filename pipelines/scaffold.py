@@ -282,6 +282,25 @@ def infer(
     return Inferred(numeric, categorical, left_out, expectations, window_days, window_reason, unchecked, drift_exclude)
 
 
+def sample_of(
+    name: str,
+    feed: str,
+    source_fields: dict[str, Any],
+    time_column: str,
+    sample: tuple[datetime, datetime],
+    access: SourceAccess,
+    partition: PartitionUnit,
+) -> pd.DataFrame:
+    """The raw rows of one feed (events or labels) over the sample's range, read as the tasks read them."""
+    try:
+        source = TypeAdapter(Source).validate_python(source_fields)
+    except ValidationError as exc:
+        raise ConfigError(f"{name}: the {feed} source {source_fields}: {exc.errors()[0]['msg']}") from exc
+    reads = read_source(source, access, time_column, *sample, partition)
+    frames = [r.read.frame for r in reads if len(r.read.frame.columns)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
 def label_delay(
     name: str,
     labels: dict[str, Any],
@@ -296,13 +315,7 @@ def label_delay(
     before any file is written. Every label of the sample must have been known within the delay
     (the backtest waits that long before it calls a day's cohort complete), so it is the longest
     delay seen, in whole hours."""
-    try:
-        source = TypeAdapter(Source).validate_python(labels)
-    except ValidationError as exc:
-        raise ConfigError(f"{name}: the labels source {labels}: {exc.errors()[0]['msg']}") from exc
-    reads = read_source(source, access, columns["arrived_at"], *sample, partition)
-    frames = [r.read.frame for r in reads if len(r.read.frame.columns)]
-    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    frame = sample_of(name, "labels", labels, columns["arrived_at"], sample, access, partition)
     needed = [columns["entity_key"], columns["timestamp"], columns["label"], columns["arrived_at"]]
     missing = [c for c in needed if c not in frame.columns]
     if frame.empty:
@@ -434,13 +447,7 @@ def new_model(
     existing = [str(t) for t in targets if t.exists()]
     if existing:
         raise ConfigError(f"{name}: {existing} already exist; new-model writes new files only (pick another name)")
-    try:
-        source = TypeAdapter(Source).validate_python(events)
-    except ValidationError as exc:
-        raise ConfigError(f"{name}: the events source {events}: {exc.errors()[0]['msg']}") from exc
-    reads = read_source(source, access, columns["timestamp"], *sample, partition)
-    frames = [r.read.frame for r in reads if len(r.read.frame.columns)]
-    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    frame = sample_of(name, "events", events, columns["timestamp"], sample, access, partition)
     missing = [c for c in (columns["entity_key"], columns["timestamp"]) if c not in frame.columns]
     if frame.empty or missing:
         raise ConfigError(
