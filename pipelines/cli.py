@@ -294,7 +294,7 @@ def _suite(args: argparse.Namespace) -> int:
     from pipelines.airflow.connections import cli_connection
     from pipelines.sources import SourceAccess
     from pipelines.spec import load_spec
-    from pipelines.suites import accept, check_suite, source_partitions
+    from pipelines.suites import accept, check_partitions, source_partitions
     from pipelines.validate import load_suite_definition, suite_file
 
     settings = _settings()
@@ -303,7 +303,7 @@ def _suite(args: argparse.Namespace) -> int:
     definition, sha = load_suite_definition(spec.suite)
     path = str(suite_file(spec.suite))
     parts = source_partitions(spec, SourceAccess(settings.source, cli_connection), start, end)
-    check = check_suite(definition, path, parts)
+    check = check_partitions(definition, parts)
     print(f"suite {path} (sha256 {sha[:12]}) on {check.partitions} {spec.partition}(s) of [{args.start}, {args.end}):")
     for partition in (p.isoformat() for p in parts):
         failed = check.failing.get(partition)

@@ -153,7 +153,7 @@ class SuiteCheck:
     widenings: list[Widening]
 
 
-def check_suite(definition: dict[str, Any], suite_path: str, parts: dict[datetime, pd.DataFrame]) -> SuiteCheck:
+def check_partitions(definition: dict[str, Any], parts: dict[datetime, pd.DataFrame]) -> SuiteCheck:
     """Run the suite on each partition; for each failed expectation, the widening that accepts every
     failing partition at once."""
     from pipelines.validate import failed_by_partition
