@@ -28,8 +28,8 @@ check: lint  ## the inner loop: lint, unit tests and DAG integrity (`make test` 
 	$(RUN) pytest -q tests/unit tests/dags
 
 lint: install  ## ruff and mypy must stay clean
-	$(RUN) ruff check pipelines plugins dags tests bench
-	$(RUN) ruff format --check pipelines plugins dags tests bench
+	$(RUN) ruff check pipelines dags tests bench
+	$(RUN) ruff format --check pipelines dags tests bench
 	$(RUN) mypy
 
 up: install  ## Airflow (standalone) and the MLflow UI on the same home; Ctrl-C stops both

@@ -20,9 +20,16 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pandas as pd
 
-from pipelines.demo_data import DemoConfig, generate_hour
-from pipelines.drift import PREDICTION_COLUMN, _as_categorical_text, calibrate, column_tests, run_report, seeded_sample
-from pipelines.spec import DriftSpec
+from pipelines.core.spec import DriftSpec
+from pipelines.dev.demo_data import DemoConfig, generate_hour
+from pipelines.stages.drift import (
+    PREDICTION_COLUMN,
+    _as_categorical_text,
+    calibrate,
+    column_tests,
+    run_report,
+    seeded_sample,
+)
 
 NUMERIC = ["tenure_months", "monthly_charges", "support_calls", "days_since_last_login", "usage_minutes"]
 CATEGORICAL = ["plan", "region", "payment_method"]

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from pipelines.gate import bootstrap_improvement
+from pipelines.stages.gate import bootstrap_improvement
 
 SAMPLES = 1000
 

@@ -67,7 +67,7 @@ def history(start: int, rows: int) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def fill(engine: object, start: int, rows: int) -> None:
-    from pipelines import tables
+    from pipelines.storage import tables
 
     for offset in range(start, start + rows, 500_000):
         predictions, labels = history(offset, min(500_000, start + rows - offset))
@@ -87,16 +87,16 @@ def best_of(action: Callable[[], object], repeat: int = 3) -> float:
 
 def measure(small: int, large: int) -> None:
     from pipelines.airflow.connections import task_connection
-    from pipelines.backtest import backtest
-    from pipelines.config import get_settings
-    from pipelines.ingest import ingest
-    from pipelines.labels import ingest_labels
-    from pipelines.score import score_interval
-    from pipelines.sources import SourceAccess
-    from pipelines.spec import load_spec
-    from pipelines.status import model_status
-    from pipelines.tables import make_engine
-    from pipelines.validate import validate_and_publish
+    from pipelines.core.spec import load_spec
+    from pipelines.stages.backtest import backtest
+    from pipelines.stages.ingest import ingest
+    from pipelines.stages.labels import ingest_labels
+    from pipelines.stages.score import score_interval
+    from pipelines.stages.validate import validate_and_publish
+    from pipelines.storage.settings import get_settings
+    from pipelines.storage.sources import SourceAccess
+    from pipelines.storage.tables import make_engine
+    from pipelines.views.status import model_status
 
     settings = get_settings()
     spec = load_spec(settings.specs_dir / f"{MODEL}.yaml")

@@ -29,22 +29,23 @@ FIRST_HOUR = datetime(2026, 1, 3, 6, tzinfo=UTC)
 
 
 def measure(hours: int) -> None:
-    from pipelines.config import apply_airflow_environment, get_settings
+    from pipelines.airflow.embedded import apply_airflow_environment
+    from pipelines.storage.settings import get_settings
 
     apply_airflow_environment(get_settings())
     os.environ["PIPELINES_SOURCE_WAIT_S"] = "0"
     from pipelines.airflow.connections import task_connection, task_settings
     from pipelines.airflow.dags import run_in_process
-    from pipelines.drift import monitor_interval
-    from pipelines.drift_policy import evaluate
-    from pipelines.ingest import ingest
-    from pipelines.labels import ingest_labels
-    from pipelines.quality import quality_interval
-    from pipelines.score import score_interval
-    from pipelines.sources import SourceAccess, SourceMissingError
-    from pipelines.spec import load_spec
-    from pipelines.tables import make_engine
-    from pipelines.validate import validate_and_publish
+    from pipelines.core.spec import load_spec
+    from pipelines.stages.drift import monitor_interval
+    from pipelines.stages.drift_policy import evaluate
+    from pipelines.stages.ingest import ingest
+    from pipelines.stages.labels import ingest_labels
+    from pipelines.stages.quality import quality_interval
+    from pipelines.stages.score import score_interval
+    from pipelines.stages.validate import validate_and_publish
+    from pipelines.storage.sources import SourceAccess, SourceMissingError
+    from pipelines.storage.tables import make_engine
 
     settings = task_settings()
     spec = load_spec(settings.specs_dir / f"{MODEL}.yaml")

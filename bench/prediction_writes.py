@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import Engine, delete
 
-from pipelines import tables
+from pipelines.storage import tables
 
 DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 KEY = ["model_name", "entity_id", "as_of"]

@@ -38,7 +38,7 @@ DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 def big_hour(hour: datetime, rows: int, seed: int = 0) -> pd.DataFrame:
     """`rows` demo events in one hour, vectorised; keys unique for up to 3.6M rows (ids repeat every 1M)."""
-    from pipelines.demo_data import PAYMENT_METHODS, PLANS, REGIONS
+    from pipelines.dev.demo_data import PAYMENT_METHODS, PLANS, REGIONS
 
     rng = np.random.default_rng(seed)
     ids = rng.permutation(1_000_000)[np.arange(rows) % 1_000_000]
@@ -63,7 +63,7 @@ def big_hour(hour: datetime, rows: int, seed: int = 0) -> pd.DataFrame:
 
 
 def write_hour(source: Path, hour: datetime, rows: int, fmt: str) -> Path:
-    from pipelines.demo_data import source_hour_file, write_csv
+    from pipelines.dev.demo_data import source_hour_file, write_csv
 
     path = source_hour_file(source / MODEL / "events", hour)
     frame = big_hour(hour, rows)
@@ -98,17 +98,17 @@ STAGES = ("ingest", "validate", "score")
 def stage_child(stage: str, hour: datetime, handoff: Path) -> dict[str, object]:
     """One stage of the score DAG for one hour, in a process of its own as an Airflow task runs: its
     result goes to the next stage through `handoff` (as XCom would carry it)."""
-    from pipelines.config import get_settings
+    from pipelines.storage.settings import get_settings
 
     settings = get_settings()
     from pipelines.airflow.connections import task_connection
-    from pipelines.ingest import ingest
-    from pipelines.registry import champion_version, load_model
-    from pipelines.score import score_interval
-    from pipelines.sources import SourceAccess
-    from pipelines.spec import load_spec
-    from pipelines.tables import make_engine
-    from pipelines.validate import validate_and_publish, warm_context
+    from pipelines.core.spec import load_spec
+    from pipelines.stages.ingest import ingest
+    from pipelines.stages.score import score_interval
+    from pipelines.stages.validate import validate_and_publish, warm_context
+    from pipelines.storage.registry import champion_version, load_model
+    from pipelines.storage.sources import SourceAccess
+    from pipelines.storage.tables import make_engine
 
     spec = load_spec(settings.specs_dir / f"{MODEL}.yaml")
     engine = make_engine(settings.tables_url)
@@ -135,8 +135,8 @@ def stage_child(stage: str, hour: datetime, handoff: Path) -> dict[str, object]:
     report["seconds"] = time.perf_counter() - began
     report["peak_rss_mb"] = peak_rss_mb()
     if stage == "score":
-        from pipelines.features import contract_of, prepare_features
-        from pipelines.lake import partition_key, read_partition
+        from pipelines.core.features import contract_of, prepare_features
+        from pipelines.storage.lake import partition_key, read_partition
 
         frame, _ = read_partition(settings.lake, partition_key(MODEL, "raw", hour, spec.partition))
         booster = load_model(settings, MODEL, version, spec.task).booster
@@ -149,7 +149,8 @@ def stage_child(stage: str, hour: datetime, handoff: Path) -> dict[str, object]:
 
 def dag_child(hour: datetime) -> dict[str, object]:
     """The whole score DAG for one hour through dag.test(): every task in this one process."""
-    from pipelines.config import apply_airflow_environment, get_settings
+    from pipelines.airflow.embedded import apply_airflow_environment
+    from pipelines.storage.settings import get_settings
 
     apply_airflow_environment(get_settings())
     os.environ["PIPELINES_SOURCE_WAIT_S"] = "0"
@@ -166,10 +167,10 @@ def set_up_home(home: Path, tables_url: str | None) -> dict[str, str]:
         env["PIPELINES_TABLES_URL"] = tables_url
     script = (
         "from datetime import datetime, UTC\n"
-        "from pipelines.config import apply_airflow_environment, get_settings, migrate_airflow_db\n"
-        "from pipelines.tables import upgrade_schema\n"
+        "from pipelines.storage.settings import apply_airflow_environment, get_settings, migrate_airflow_db\n"
+        "from pipelines.storage.tables import upgrade_schema\n"
         "s = apply_airflow_environment(get_settings()); migrate_airflow_db(s); upgrade_schema(s.tables_url)\n"
-        "from pipelines.demo import write_demo_source, run_dag\n"
+        "from pipelines.dev.demo import write_demo_source, run_dag\n"
         "write_demo_source(s)\n"
         f"run_dag('{MODEL}__train', datetime.fromisoformat('{TRAIN_NIGHT.isoformat()}'))\n"
     )

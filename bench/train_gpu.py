@@ -48,8 +48,8 @@ def higgs_like(rows: int, features: int, seed: int = 0) -> pd.DataFrame:
 
 def bench_spec(features: int, rounds: int, device: str) -> Any:
     """demo_churn's spec with this data's columns: 28 numeric features, no categories, no early stop."""
-    from pipelines.config import get_settings
-    from pipelines.spec import ModelSpec
+    from pipelines.core.spec import ModelSpec
+    from pipelines.storage.settings import get_settings
 
     raw = yaml.safe_load((get_settings().specs_dir / f"{MODEL}.yaml").read_text())
     raw["entity_key"], raw["timestamp"] = "event_id", "event_time"
@@ -66,7 +66,7 @@ def bare_script(frame: pd.DataFrame, spec: Any, params: dict[str, Any], rounds: 
     """The same split, QuantileDMatrix pair and rounds, with nothing logged."""
     import xgboost as xgb
 
-    from pipelines.train import time_split
+    from pipelines.stages.train import time_split
 
     began = time.perf_counter()
     train, valid, _ = time_split(frame, spec.timestamp, spec.training)
@@ -89,8 +89,8 @@ def main() -> None:
         import mlflow.xgboost  # noqa: F401  (imported before timing, as in a warm worker)
         import xgboost as xgb
 
-        from pipelines.config import get_settings
-        from pipelines.train import choose_device, train_model
+        from pipelines.stages.train import choose_device, train_model
+        from pipelines.storage.settings import get_settings
 
         settings = get_settings()
         cuda = choose_device("auto") == "cuda"

@@ -28,7 +28,7 @@ from score_interval import MODEL, big_hour
 
 def labelled(rows: int) -> pd.DataFrame:
     frame = big_hour(datetime(2026, 1, 2, 0, tzinfo=UTC), rows, seed=1)
-    from pipelines.demo_data import churn_probability
+    from pipelines.dev.demo_data import churn_probability
 
     frame["churned"] = (np.random.default_rng(2).random(rows) < churn_probability(frame)).astype(int)
     for column in ("customer_id", "plan", "region", "payment_method"):
@@ -41,7 +41,7 @@ def labelled(rows: int) -> pd.DataFrame:
 def bare_script(frame: pd.DataFrame, spec: object, params: dict[str, object], rounds: int) -> float:
     import xgboost as xgb
 
-    from pipelines.train import time_split
+    from pipelines.stages.train import time_split
 
     began = time.perf_counter()
     train, valid, _ = time_split(frame, spec.timestamp, spec.training)  # type: ignore[attr-defined]
@@ -78,9 +78,9 @@ def main() -> None:
         import mlflow.xgboost  # noqa: F401  (imported before timing, as in a warm worker)
         import xgboost as xgb
 
-        from pipelines.config import get_settings
-        from pipelines.spec import load_spec
-        from pipelines.train import train_model
+        from pipelines.core.spec import load_spec
+        from pipelines.stages.train import train_model
+        from pipelines.storage.settings import get_settings
 
         settings = get_settings()
         spec = load_spec(settings.specs_dir / f"{MODEL}.yaml")

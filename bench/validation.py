@@ -63,10 +63,10 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench_validate_") as home:
         os.environ["PIPELINES_HOME"] = home
-        from pipelines.config import get_settings
-        from pipelines.ingest import type_events
-        from pipelines.spec import load_spec
-        from pipelines.validate import GX_RESULTS_KEPT, gx_results_dir, validate_frame, warm_context
+        from pipelines.core.spec import load_spec
+        from pipelines.stages.ingest import type_events
+        from pipelines.stages.validate import GX_RESULTS_KEPT, gx_results_dir, validate_frame, warm_context
+        from pipelines.storage.settings import get_settings
 
         settings = get_settings()
         spec = load_spec(settings.specs_dir / f"{MODEL}.yaml")
@@ -79,7 +79,7 @@ def main() -> None:
 
         def gx_run(data: pd.DataFrame, name: str) -> float:
             began = time.perf_counter()
-            outcome = validate_frame(data, spec.suite, settings.gx_root, settings.lake, f"bench/{name}.json", name)
+            outcome = validate_frame(data, spec.suite_path, settings.gx_root, settings.lake, f"bench/{name}.json", name)
             assert outcome.success, outcome.describe_failures()
             return time.perf_counter() - began
 

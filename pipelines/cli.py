@@ -8,10 +8,19 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-from pipelines.config import REPO_ROOT, Settings, get_settings
+from pipelines.storage.settings import Settings, get_settings
 
 if TYPE_CHECKING:
-    from pipelines.spec import ModelSpec
+    from pipelines.core.spec import ModelSpec
+
+
+def _embedded_airflow() -> Settings:
+    """The embedded Airflow's environment in this process (where the user set none), with the demo's connections."""
+    from pipelines.airflow.embedded import apply_airflow_environment
+    from pipelines.dev.demo_data import demo_connections
+
+    settings = get_settings()
+    return apply_airflow_environment(settings, demo_connections(settings.source))
 
 
 def _settings() -> Settings:
@@ -20,6 +29,7 @@ def _settings() -> Settings:
 
     from pipelines.airflow.connections import cli_settings
 
+    _embedded_airflow()
     settings = cli_settings()
     tables = make_url(settings.tables_url).render_as_string(hide_password=True)
     home = f"{settings.home}{'' if os.environ.get('PIPELINES_HOME') else ' (PIPELINES_HOME unset: the default)'}"
@@ -28,13 +38,13 @@ def _settings() -> Settings:
 
 
 def _engine(settings: Settings, read_only: bool = True) -> Any:
-    from pipelines.tables import make_engine
+    from pipelines.storage.tables import make_engine
 
     return make_engine(settings.tables_url, read_only=read_only)
 
 
 def _status(args: argparse.Namespace) -> int:
-    from pipelines.status import format_status, status
+    from pipelines.views.status import format_status, status
 
     settings = _settings()
     report = status(settings, _engine(settings))
@@ -43,7 +53,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _model_specs() -> list[ModelSpec]:
-    from pipelines.spec import SpecError, load_spec, spec_paths
+    from pipelines.core.spec import SpecError, load_spec, spec_paths
 
     specs = []
     for path in spec_paths(get_settings().specs_dir):
@@ -84,7 +94,7 @@ def event_summary(event: dict[str, Any]) -> str:
 
 
 def _history(args: argparse.Namespace) -> int:
-    from pipelines.registry import history
+    from pipelines.storage.registry import history
 
     if not _known_model(args.model):
         return 2
@@ -104,8 +114,8 @@ def _history(args: argparse.Namespace) -> int:
 def _rollback(args: argparse.Namespace) -> int:
     import getpass
 
-    from pipelines.registry import VersionNotServable, rollback
-    from pipelines.spec import load_spec
+    from pipelines.core.spec import load_spec
+    from pipelines.storage.registry import VersionNotServable, rollback
 
     if not _known_model(args.model):
         return 2
@@ -126,7 +136,7 @@ def _rollback(args: argparse.Namespace) -> int:
 def _adopt(args: argparse.Namespace) -> int:
     import getpass
 
-    from pipelines.registry import VersionNotServable, adopt_version
+    from pipelines.storage.registry import VersionNotServable, adopt_version
 
     if not _known_model(args.model):
         return 2
@@ -145,7 +155,7 @@ def _adopt(args: argparse.Namespace) -> int:
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    from pipelines.doctor import doctor
+    from pipelines.views.doctor import doctor
 
     settings = _settings()
     checkup = doctor(settings, _engine(settings), _model_specs())
@@ -160,7 +170,7 @@ def _doctor(args: argparse.Namespace) -> int:
 def _db_upgrade(args: argparse.Namespace) -> int:
     from sqlalchemy import make_url
 
-    from pipelines.tables import upgrade_schema
+    from pipelines.storage.tables import upgrade_schema
 
     url = _settings().tables_url
     before, after = upgrade_schema(url)
@@ -188,9 +198,9 @@ def _run(args: argparse.Namespace) -> int:
     import time
     from datetime import datetime
 
-    from pipelines.config import apply_airflow_environment, migrate_airflow_db
-    from pipelines.runs import RunInProgress, interval_lock, planned_runs
-    from pipelines.spec import load_spec
+    from pipelines.airflow.embedded import migrate_airflow_db
+    from pipelines.core.spec import load_spec
+    from pipelines.dev.runs import RunInProgress, interval_lock, planned_runs
 
     model, _, kind = args.dag_id.rpartition("__")
     if not _known_model(model):
@@ -209,7 +219,7 @@ def _run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: --param: {exc}", file=sys.stderr)
         return 2
-    settings = apply_airflow_environment()
+    settings = _embedded_airflow()
     migrate_airflow_db(settings)
     from pipelines.airflow.dags import load_dag, run_in_process
 
@@ -245,8 +255,9 @@ def _new_model(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from pipelines.airflow.connections import cli_connection
-    from pipelines.scaffold import new_model, parse_source
-    from pipelines.sources import SourceAccess
+    from pipelines.core.project import Project
+    from pipelines.dev.scaffold import new_model, parse_source
+    from pipelines.storage.sources import SourceAccess
 
     try:
         sample = (datetime.fromisoformat(args.sample_start), datetime.fromisoformat(args.sample_end))
@@ -268,7 +279,7 @@ def _new_model(args: argparse.Namespace) -> int:
         args.partition,
         sample,
         SourceAccess(settings.source, cli_connection),
-        Path(args.dags_dir),
+        Project(Path(args.project).resolve(), "--project") if args.project else settings.project,
         args.task,
         [c.strip() for c in args.classes.split(",")] if args.classes else None,
     )
@@ -278,7 +289,7 @@ def _new_model(args: argparse.Namespace) -> int:
     # first train that fails asking for `db upgrade`.
     from sqlalchemy import make_url
 
-    from pipelines.tables import upgrade_schema
+    from pipelines.storage.tables import upgrade_schema
 
     before, after = upgrade_schema(settings.tables_url)
     where = make_url(settings.tables_url).render_as_string(hide_password=True)
@@ -292,16 +303,16 @@ def _suite(args: argparse.Namespace) -> int:
     from datetime import datetime
 
     from pipelines.airflow.connections import cli_connection
-    from pipelines.sources import SourceAccess
-    from pipelines.spec import load_spec
-    from pipelines.suites import accept, check_partitions, source_partitions
-    from pipelines.validate import load_suite_definition, suite_file
+    from pipelines.core.spec import load_spec
+    from pipelines.stages.suites import accept, check_partitions, source_partitions
+    from pipelines.stages.validate import load_suite_definition
+    from pipelines.storage.sources import SourceAccess
 
     settings = _settings()
     spec = load_spec(settings.specs_dir / f"{args.model}.yaml")
     start, end = datetime.fromisoformat(args.start), datetime.fromisoformat(args.end)
-    definition, sha = load_suite_definition(spec.suite)
-    path = str(suite_file(spec.suite))
+    definition, sha = load_suite_definition(spec.suite_path)
+    path = str(spec.suite_path)
     parts = source_partitions(spec, SourceAccess(settings.source, cli_connection), start, end)
     check = check_partitions(definition, parts)
     print(f"suite {path} (sha256 {sha[:12]}) on {check.partitions} {spec.partition}(s) of [{args.start}, {args.end}):")
@@ -323,22 +334,33 @@ def _suite(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from pipelines.demo import main
+    from pipelines.dev.demo import main
 
     return main(reset=args.reset)
 
 
 def _up(args: argparse.Namespace) -> int:
-    from pipelines.up import Ports, main
+    from pipelines.dev.up import Ports, main
 
     ports = Ports(args.airflow_port, args.mlflow_port, args.worker_log_port, args.trigger_log_port)
     return main(ports, args.start_timeout, live_demo=not args.no_live_demo)
 
 
+def _init(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pipelines.dev.project import init_project
+
+    for path in init_project(Path(args.directory)):
+        print(f"wrote {path}")
+    print(f"next: cd {Path(args.directory).resolve()} && pipelines new-model NAME ... (see its README.md)")
+    return 0
+
+
 def _init_stack(args: argparse.Namespace) -> int:
     import os
 
-    from pipelines.scaleout import init_stack
+    from pipelines.dev.scaleout import init_stack
 
     init_stack(os.environ)
     return 0
@@ -348,16 +370,14 @@ def _airflow(args: argparse.Namespace) -> int:
     import os
     import subprocess
 
-    from pipelines.config import apply_airflow_environment
-
-    apply_airflow_environment()
+    _embedded_airflow()
     airflow = os.path.join(os.path.dirname(sys.executable), "airflow")
     return subprocess.call([airflow, *args.airflow_args])
 
 
 def _data_docs(_args: argparse.Namespace) -> int:
-    from pipelines.config import get_settings
-    from pipelines.validate import build_data_docs
+    from pipelines.stages.validate import build_data_docs
+    from pipelines.storage.settings import get_settings
 
     print(build_data_docs(get_settings().gx_root))
     return 0
@@ -438,7 +458,11 @@ def main(argv: list[str] | None = None) -> int:
     new.add_argument("--sample-start", required=True, help="ISO time with zone: the sample the suite is inferred from")
     new.add_argument("--sample-end", required=True)
     new.add_argument("--s3-connection", help="the Airflow 'aws' connection for s3:// paths")
-    new.add_argument("--dags-dir", default=str(REPO_ROOT / "dags"), help="where the DAG file and models/ go")
+    new.add_argument(
+        "--project",
+        help="the project whose dags/, dags/models/ and expectations/ get the model's files "
+        "(default: PIPELINES_PROJECT, else the project around the current directory)",
+    )
     new.set_defaults(func=_new_model)
     suite = commands.add_parser(
         "suite", help="check a model's suite on a range of source partitions; --accept widens what failed"
@@ -466,8 +490,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     up.set_defaults(func=_up)
     init = commands.add_parser(
+        "init", help="create a project for your own models (dags/, dags/models/, expectations/) in DIRECTORY"
+    )
+    init.add_argument("directory")
+    init.set_defaults(func=_init)
+    init = commands.add_parser(
         "init-stack",
-        help="prepare a scale-out stack from its environment (pipelines/scaleout.py): databases, buckets, schemas",
+        help="prepare a scale-out stack from its environment (pipelines/dev/scaleout.py): databases, buckets, schemas",
     )
     init.set_defaults(func=_init_stack)
     airflow = commands.add_parser(
@@ -476,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
     airflow.add_argument("airflow_args", nargs=argparse.REMAINDER)
     airflow.set_defaults(func=_airflow)
     args = parser.parse_args(argv)
-    from pipelines.errors import PipelineError
+    from pipelines.core.errors import PipelineError
 
     try:
         return int(args.func(args))

@@ -20,14 +20,18 @@ import pytest
 SESSION_HOME = Path(tempfile.mkdtemp(prefix="pipelines-test-"))
 os.environ["PIPELINES_HOME"] = str(SESSION_HOME)
 os.environ["PIPELINES_TASK_RETRIES"] = "0"
+# The repository is the example project the tests run on, wherever pytest starts.
+os.environ["PIPELINES_PROJECT"] = str(Path(__file__).resolve().parents[1])
 for variable in ("MLFLOW_TRACKING_URI", "PIPELINES_LAKE", "PIPELINES_SOURCE", "PIPELINES_TABLES_URL"):
     os.environ.pop(variable, None)
 
-from pipelines.config import Settings, apply_airflow_environment, get_settings, migrate_airflow_db  # noqa: E402
-from pipelines.lake import S3Options  # noqa: E402
-from pipelines.tables import upgrade_schema  # noqa: E402
+from pipelines.airflow.embedded import apply_airflow_environment, migrate_airflow_db  # noqa: E402
+from pipelines.dev.demo_data import demo_connections  # noqa: E402
+from pipelines.storage.lake import S3Options  # noqa: E402
+from pipelines.storage.settings import Settings, get_settings  # noqa: E402
+from pipelines.storage.tables import upgrade_schema  # noqa: E402
 
-apply_airflow_environment()
+apply_airflow_environment(get_settings(), demo_connections(get_settings().source))
 
 POSTGRES_URL = os.environ.get("PIPELINES_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 

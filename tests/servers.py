@@ -16,11 +16,11 @@ import signal
 import subprocess
 from typing import Any, TypeVar
 
-from pipelines.up import stop_groups
+from pipelines.dev.up import stop_groups
 
 Process = TypeVar("Process", bound="subprocess.Popen[Any]")
 
-WORKERS_GRACE_S = 90  # an xdist worker stopping its own servers, each given pipelines.up's grace
+WORKERS_GRACE_S = 90  # an xdist worker stopping its own servers, each given pipelines.dev.up's grace
 
 _tracked: dict[str, subprocess.Popen[Any]] = {}
 _stopping = False

@@ -10,7 +10,7 @@ from airflow.sdk import DAG, CronDataIntervalTimetable, get_current_context, tas
 from pipelines.airflow.context import TaskEnv, common_dag_args, pipeline_task
 from pipelines.airflow.ingest import Labelled, ingest_labels
 from pipelines.airflow.train import approval_task
-from pipelines.spec import ModelSpec
+from pipelines.core.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ class Backtested(TypedDict):
     summary: dict[str, float]
     plot_uri: str
     mlflow_run_id: str
-    hearing: dict[str, Any] | None  # the kept challenger's second hearing (pipelines/promotion.py)
+    hearing: dict[str, Any] | None  # the kept challenger's second hearing (pipelines/stages/promotion.py)
 
 
 def backtest_dag(spec: ModelSpec) -> DAG:
@@ -48,7 +48,7 @@ def backtest_dag(spec: ModelSpec) -> DAG:
         @task(task_id="ingest_labels")
         @step
         def ingest_window_labels(env: TaskEnv) -> Labelled:
-            from pipelines.backtest import cohort_window
+            from pipelines.stages.backtest import cohort_window
 
             # Every label that arrived in the window, not only in this interval: the result then depends
             # on the run's end alone, not on which runs (of this DAG or the monitor) ingested before.
@@ -57,9 +57,9 @@ def backtest_dag(spec: ModelSpec) -> DAG:
         @task
         @step
         def backtest(env: TaskEnv, labelled: Labelled) -> Backtested:
-            from pipelines.backtest import backtest as run_backtest
-            from pipelines.promotion import rehear_challenger
-            from pipelines.registry import CHALLENGER, alias_version, champion_version
+            from pipelines.stages.backtest import backtest as run_backtest
+            from pipelines.stages.promotion import rehear_challenger
+            from pipelines.storage.registry import CHALLENGER, alias_version, champion_version
 
             challenger = alias_version(env.settings, spec.name, CHALLENGER)
             if challenger == champion_version(env.settings, spec.name):
@@ -99,7 +99,7 @@ def backtest_dag(spec: ModelSpec) -> DAG:
         @task(trigger_rule="none_failed")
         @step
         def promote(env: TaskEnv, backtested: Backtested) -> str:
-            from pipelines.promotion import apply_decision
+            from pipelines.stages.promotion import apply_decision
 
             approval = get_current_context()["ti"].xcom_pull(task_ids="approve")
             decision = backtested["hearing"]

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipelines.config import ConnectionFields, Settings, settings_from_connections
+from pipelines.storage.connections import ConnectionFields, settings_from_connections
+from pipelines.storage.settings import Settings
 
 
 def _fields(conn_id: str, conn: Any) -> ConnectionFields:
@@ -70,7 +71,7 @@ def task_settings() -> Settings:
 
 def cli_settings() -> Settings:
     """The storage tasks use, for the CLI: Airflow connections where defined, else the embedded defaults."""
-    from pipelines.config import apply_airflow_environment
+    from pipelines.airflow.embedded import apply_airflow_environment
 
     apply_airflow_environment()  # the pipelines home's Airflow, unless AIRFLOW_HOME says otherwise
     return settings_from_connections(cli_connection)

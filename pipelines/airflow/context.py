@@ -3,7 +3,7 @@
 `pipeline_task` is the only place where a task meets Airflow: it builds the task's `TaskEnv`
 (run context, settings from the Airflow connections, tables engine), runs the stage function,
 logs one outcome line, and maps errors to Airflow's retry policy: a permanent error fails the task
-at once, only a transient one is retried (pipelines/errors.py).
+at once, only a transient one is retried (pipelines/core/errors.py).
 """
 
 from __future__ import annotations
@@ -22,14 +22,14 @@ from airflow.sdk import Asset, get_current_context
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from pipelines.airflow.connections import task_connection, task_settings
-from pipelines.errors import PermanentError, PipelineError, is_transient, machine_fault
-from pipelines.spec import ModelSpec
+from pipelines.core.errors import PermanentError, PipelineError, is_transient, machine_fault
+from pipelines.core.spec import ModelSpec
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
-    from pipelines.config import Settings
-    from pipelines.sources import SourceAccess
+    from pipelines.storage.settings import Settings
+    from pipelines.storage.sources import SourceAccess
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ class TaskEnv:
 
     @property
     def engine(self) -> Engine:
-        from pipelines.tables import make_engine
+        from pipelines.storage.tables import make_engine
 
         if self._engine is None:
             self._engine = make_engine(self.settings.tables_url)
@@ -157,7 +157,7 @@ class TaskEnv:
     @property
     def sources(self) -> SourceAccess:
         """The model's sources: files under PIPELINES_SOURCE or S3, databases by Airflow connection."""
-        from pipelines.sources import SourceAccess
+        from pipelines.storage.sources import SourceAccess
 
         return SourceAccess(self.settings.source, task_connection)
 

@@ -18,7 +18,7 @@ from pipelines.airflow.monitor import monitor_dag
 from pipelines.airflow.rollback import rollback_dag
 from pipelines.airflow.score import score_dag
 from pipelines.airflow.train import train_dag
-from pipelines.spec import ModelSpec, load_spec
+from pipelines.core.spec import ModelSpec, load_spec
 
 DAG_BUILDERS: dict[str, Callable[[ModelSpec], DAG]] = {
     "train": train_dag,
@@ -36,17 +36,18 @@ def model_dags(spec_path: Path | str) -> dict[str, DAG]:
 
 
 def load_dag(dag_id: str) -> Any:
-    """One DAG of our dags/ folder, parsed."""
+    """One DAG of the project's dags/ folder, parsed."""
     from airflow.dag_processing.dagbag import DagBag
 
-    from pipelines.config import REPO_ROOT
+    from pipelines.core.project import find_project
 
+    dags_dir = find_project().dags_dir
     # A model's DAGs live in dags/<model>.py: parse that file alone (the whole folder costs ~0.3 s a
     # run here, and a backfill runs many); a DAG found nowhere else falls back to the folder.
-    own_file = REPO_ROOT / "dags" / f"{dag_id.split('__')[0]}.py"
+    own_file = dags_dir / f"{dag_id.split('__')[0]}.py"
     dag = DagBag(own_file).get_dag(dag_id) if own_file.exists() else None
     if dag is None:
-        bag = DagBag(REPO_ROOT / "dags")
+        bag = DagBag(dags_dir)
         dag = bag.get_dag(dag_id)
         if dag is None:
             raise LookupError(f"DAG {dag_id} not found; import errors: {bag.import_errors or 'none'}")

@@ -11,7 +11,7 @@ from typing import Any, TypedDict
 from airflow.sdk import task
 
 from pipelines.airflow.context import TaskEnv, pipeline_task, source_wait
-from pipelines.spec import ModelSpec
+from pipelines.core.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +41,8 @@ class Labelled(TypedDict):
 
 
 def ingest(env: TaskEnv, start: datetime, end: datetime) -> Ingested:
-    from pipelines.ingest import ingest as stage_interval
-    from pipelines.ingest import snapshot_sha256, write_snapshot_manifest
+    from pipelines.stages.ingest import ingest as stage_interval
+    from pipelines.stages.ingest import snapshot_sha256, write_snapshot_manifest
 
     staged = stage_interval(env.spec, env.sources, env.settings.lake, start, end)
     return {
@@ -55,7 +55,7 @@ def ingest(env: TaskEnv, start: datetime, end: datetime) -> Ingested:
 
 
 def validate(env: TaskEnv, start: datetime, end: datetime, ingested: Ingested) -> Validated:
-    from pipelines.validate import validate_and_publish
+    from pipelines.stages.validate import validate_and_publish
 
     # The nightly training rebuilds Data Docs; the hourly scoring only adds its result to GX's store.
     outcome = validate_and_publish(
@@ -74,7 +74,7 @@ def validate(env: TaskEnv, start: datetime, end: datetime, ingested: Ingested) -
 
 
 def ingest_labels(env: TaskEnv, start: datetime, end: datetime) -> Labelled:
-    from pipelines.labels import ingest_labels as ingest_label_files
+    from pipelines.stages.labels import ingest_labels as ingest_label_files
 
     result = ingest_label_files(env.spec, env.sources, env.engine, start, end)
     return {"files_read": result.files_read, "rows": result.rows, "missing_partitions": len(result.missing_partitions)}
@@ -91,7 +91,7 @@ def wait_for_source(spec: ModelSpec, window: Callable[[TaskEnv], tuple[datetime,
     @task.sensor(task_id="wait_for_source", mode="reschedule", poke_interval=poke_interval, timeout=allowed_delay)
     @pipeline_task(spec)
     def wait(env: TaskEnv) -> bool:
-        from pipelines.sources import await_source
+        from pipelines.storage.sources import await_source
 
         start, end = window(env)
         lacking = await_source(

@@ -19,8 +19,8 @@ from pipelines.airflow.context import (
     run_actor,
 )
 from pipelines.airflow.ingest import ingest_labels
-from pipelines.errors import PermanentError
-from pipelines.spec import ModelSpec
+from pipelines.core.errors import PermanentError
+from pipelines.core.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def monitor_dag(spec: ModelSpec) -> DAG:
         @task
         @step
         def drift_report(env: TaskEnv) -> list[DriftReport]:
-            from pipelines.drift import monitor_interval
+            from pipelines.stages.drift import monitor_interval
 
             reports: list[DriftReport] = []
             for start, end in monitored_intervals(env.ctx):
@@ -117,8 +117,8 @@ def monitor_dag(spec: ModelSpec) -> DAG:
         @step
         def quality_report(env: TaskEnv) -> list[QualityReport]:
             """The task's metrics and Evidently quality report of the window whose labels arrived by now."""
-            from pipelines.quality import quality_interval
-            from pipelines.sources import SourceMissingError
+            from pipelines.stages.quality import quality_interval
+            from pipelines.storage.sources import SourceMissingError
 
             judged: list[QualityReport] = []
             for start, end in monitored_intervals(env.ctx):
@@ -144,7 +144,7 @@ def monitor_dag(spec: ModelSpec) -> DAG:
         @task.short_circuit
         @step
         def drift_persists(env: TaskEnv, reports: list[DriftReport]) -> bool:
-            from pipelines.drift_policy import evaluate
+            from pipelines.stages.drift_policy import evaluate
 
             verdict = evaluate(spec, env.settings, env.engine, latest_window_end(reports))
             log.info("DRIFT policy at %s: %s", verdict.window_end, verdict.reason)
@@ -153,7 +153,7 @@ def monitor_dag(spec: ModelSpec) -> DAG:
         @task(outlets=[drift_asset(spec)])
         @step
         def request_retraining(env: TaskEnv, reports: list[DriftReport]) -> dict[str, Any]:
-            from pipelines.drift_policy import record_trigger, stored_verdict
+            from pipelines.stages.drift_policy import record_trigger, stored_verdict
 
             context = get_current_context()
             verdict = stored_verdict(env.engine, spec.name, latest_window_end(reports))

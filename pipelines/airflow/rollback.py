@@ -7,7 +7,7 @@ from typing import TypedDict
 from airflow.sdk import DAG, Param, task
 
 from pipelines.airflow.context import TaskEnv, common_dag_args, pipeline_task
-from pipelines.spec import ModelSpec
+from pipelines.core.spec import ModelSpec
 
 
 class RolledBack(TypedDict):
@@ -34,7 +34,7 @@ def rollback_dag(spec: ModelSpec) -> DAG:
         @task
         @pipeline_task(spec)
         def rollback(env: TaskEnv) -> RolledBack:
-            from pipelines.registry import rollback as roll_back
+            from pipelines.storage.registry import rollback as roll_back
 
             version, reason = str(env.ctx.params["version"]).strip(), str(env.ctx.params["reason"])
             moved = roll_back(

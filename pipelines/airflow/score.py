@@ -8,7 +8,7 @@ from airflow.sdk import DAG, CronDataIntervalTimetable, Param, get_current_conte
 
 from pipelines.airflow.context import TaskEnv, common_dag_args, pipeline_task, predictions_asset
 from pipelines.airflow.ingest import Ingested, Validated, ingest, validate, wait_for_source
-from pipelines.spec import ModelSpec
+from pipelines.core.spec import ModelSpec
 
 
 class Scored(TypedDict):
@@ -57,7 +57,7 @@ def score_dag(spec: ModelSpec) -> DAG:
         @task(outlets=[predictions_asset(spec)])
         @step
         def score(env: TaskEnv, validated: Validated) -> Scored:
-            from pipelines.score import score_interval
+            from pipelines.stages.score import score_interval
 
             start, end = env.ctx.interval
             choice = env.ctx.params.get("rescore_with")

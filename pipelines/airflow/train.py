@@ -10,7 +10,7 @@ from airflow.sdk import DAG, AssetOrTimeSchedule, CronDataIntervalTimetable, Par
 
 from pipelines.airflow.context import TaskEnv, common_dag_args, drift_asset, pipeline_task
 from pipelines.airflow.ingest import Ingested, Labelled, Validated, ingest, ingest_labels, validate, wait_for_source
-from pipelines.spec import ModelSpec
+from pipelines.core.spec import ModelSpec
 
 
 class Trained(TypedDict):
@@ -52,7 +52,7 @@ def airflow_run_url(dag_id: str, run_id: str) -> str | None:
 
 def lineage_tags(env: TaskEnv, ingested: Ingested, validated: Validated, labelled: Labelled) -> dict[str, str]:
     """The MLflow run's tags that trace a model back to its data, suite, code and trigger."""
-    from pipelines.config import git_sha
+    from pipelines.storage.settings import get_settings, project_commit
 
     ctx = env.ctx
     start, end = env.spec.training_window(ctx.interval[1])
@@ -68,7 +68,7 @@ def lineage_tags(env: TaskEnv, ingested: Ingested, validated: Validated, labelle
         "suite": validated["suite"],
         "suite_sha256": validated["suite_sha256"],
         "validation_result": validated["result_uri"],
-        "git_sha": git_sha(),
+        "git_sha": project_commit(get_settings().project),
         "labels_rows": str(labelled["rows"]),
         "trigger": ctx.trigger,
     }
@@ -86,7 +86,7 @@ def lineage_tags(env: TaskEnv, ingested: Ingested, validated: Validated, labelle
 def approval_task(spec: ModelSpec, decision: str = "ti.xcom_pull(task_ids='gate')") -> HITLOperator:
     """The human's say on a passing verdict in manual mode; `decision` is the Jinja expression of the
     gate's decision (the train DAG's `gate` task, or the backtest's second hearing)."""
-    from pipelines.registry import APPROVE, KEEP
+    from pipelines.storage.registry import APPROVE, KEEP
 
     return HITLOperator(
         task_id="approve",
@@ -146,7 +146,7 @@ def train_dag(spec: ModelSpec) -> DAG:
         @task(queue=spec.training.queue)  # a GPU worker serves its own queue
         @step
         def train(env: TaskEnv, ingested: Ingested, validated: Validated, labelled: Labelled) -> Trained:
-            from pipelines.train import assemble_training_set, previous_training, train_model
+            from pipelines.stages.train import assemble_training_set, previous_training, train_model
 
             result = previous_training(env.settings, spec, env.ctx.dag_id, env.ctx.run_id)
             if result is None:
@@ -166,7 +166,7 @@ def train_dag(spec: ModelSpec) -> DAG:
         @task
         @step
         def register(env: TaskEnv, trained: Trained) -> str:
-            from pipelines.promotion import register_challenger
+            from pipelines.stages.promotion import register_challenger
 
             ctx = env.ctx
             return register_challenger(
@@ -177,7 +177,7 @@ def train_dag(spec: ModelSpec) -> DAG:
         @task(task_id="gate")
         @step
         def gate_task(env: TaskEnv, version: str) -> dict[str, Any]:
-            from pipelines.promotion import gate_challenger
+            from pipelines.stages.promotion import gate_challenger
 
             ctx = env.ctx
             return gate_challenger(
@@ -196,7 +196,7 @@ def train_dag(spec: ModelSpec) -> DAG:
         @task(trigger_rule="none_failed")
         @step
         def promote(env: TaskEnv, decision: dict[str, Any]) -> str:
-            from pipelines.promotion import apply_decision
+            from pipelines.stages.promotion import apply_decision
 
             approval = get_current_context()["ti"].xcom_pull(task_ids="approve")
             return apply_decision(env.settings, env.engine, decision, approval, env.ctx.run_id, env.ctx.actor)

@@ -1,5 +1,5 @@
 """The Models pages inside the Airflow UI: a FastAPI app the Airflow API server mounts at /pipelines
-(plugins/pipelines_models.py), shown through the UI's external views.
+(pipelines/airflow/plugin.py, registered by its entry point), shown through the UI's external views.
 
 Plugin apps get no protection from Airflow, so every route here asks Airflow's own auth manager: the
 caller's Airflow token (the UI's `_token` cookie, or a Bearer header) must name a user allowed to
@@ -25,9 +25,9 @@ from fastapi import Depends, FastAPI, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from sqlalchemy import Engine
 
-from pipelines.config import Settings
-from pipelines.lake import Lake, LocalLake
-from pipelines.spec import ModelSpec, SpecError, load_spec, spec_paths
+from pipelines.core.spec import ModelSpec, SpecError, load_spec, spec_paths
+from pipelines.storage.lake import Lake, LocalLake
+from pipelines.storage.settings import Settings
 
 SETTINGS_TTL_S = 60  # storage comes from Airflow connections: re-read them this often
 MLFLOW_UI_ENV = "PIPELINES_MLFLOW_UI_URL"
@@ -48,7 +48,7 @@ def storage() -> Storage:
     global _storage
     if _storage is None or time.monotonic() - _storage.read_at > SETTINGS_TTL_S:
         from pipelines.airflow.connections import cli_settings
-        from pipelines.tables import make_engine
+        from pipelines.storage.tables import make_engine
 
         settings = cli_settings()
         if _storage is not None and _storage.settings.tables_url == settings.tables_url:
@@ -434,7 +434,7 @@ async def _refused(request: Request, exc: HTTPException) -> Response:
 
 @app.get("/models", response_class=HTMLResponse)
 def models(user: User) -> HTMLResponse:
-    from pipelines.model_page import events, serving
+    from pipelines.views.model_page import events, serving
 
     s = storage()
     found, errors = specs(s.settings)
@@ -456,7 +456,7 @@ def models(user: User) -> HTMLResponse:
 
 @app.get("/models/{model}", response_class=HTMLResponse)
 def model(request: Request, model: str, user: User) -> HTMLResponse:
-    from pipelines.model_page import model_page
+    from pipelines.views.model_page import model_page
 
     s = storage()
     spec = readable_spec(s.settings, user, model)
@@ -478,7 +478,7 @@ def dag_tab(dag_id: str, user: User) -> Response:
 @app.get("/evidence/{dag_id}/{run_id}/{task_id}", response_class=HTMLResponse)
 def evidence(dag_id: str, run_id: str, task_id: str, user: User) -> HTMLResponse:
     """What one task instance wrote: the "Evidence" tab of a task instance and its extra link."""
-    from pipelines.model_page import task_evidence
+    from pipelines.views.model_page import task_evidence
 
     if not may(user, dag_id, "GET", "TASK_INSTANCE"):
         raise HTTPException(403, f"you may not read the task instances of {dag_id}")
@@ -519,7 +519,7 @@ def lake_artifact(key: str, user: User) -> Response:
 
 @app.get("/datadocs/{path:path}")
 def data_docs(path: str, user: User) -> Response:
-    from pipelines.validate import data_docs_dir
+    from pipelines.stages.validate import data_docs_dir
 
     if not any(may(user, model_dag(spec.name)) for spec in specs(storage().settings)[0]):
         raise HTTPException(403, "you may not read any model's DAGs")
@@ -537,7 +537,7 @@ def mlflow_run(run_id: str, user: User) -> Response:
     """An MLflow run in the MLflow UI (`pipelines up` tells where it is), else its details here."""
     from mlflow.exceptions import MlflowException
 
-    from pipelines.registry import mlflow_client
+    from pipelines.storage.registry import mlflow_client
 
     client = mlflow_client(storage().settings)
     try:

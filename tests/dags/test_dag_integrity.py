@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from pipelines.config import REPO_ROOT
+from tests import REPO_ROOT
 
 PARSER = Path(__file__).with_name("parse_dags.py")
 MODELS = ("demo_churn", "demo_orders", "demo_sales")  # hourly CSV files; daily SQL tables; a daily regression

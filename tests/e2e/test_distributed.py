@@ -1,5 +1,5 @@
 """The scale-out stack for real, on this machine, with the settings docker-compose.yml uses
-(pipelines/scaleout.py): Airflow's metadata on PostgreSQL, the CeleryExecutor on Redis with two
+(pipelines/dev/scaleout.py): Airflow's metadata on PostgreSQL, the CeleryExecutor on Redis with two
 workers (`default`, and `train,default`: the train task's queue), its API server, scheduler, DAG
 processor and triggerer; an MLflow tracking server on PostgreSQL with artifacts in S3 (moto's
 server); the lake on S3 and the tables on PostgreSQL, reached through Airflow connections.
@@ -31,9 +31,9 @@ from urllib.parse import quote, urlparse
 import pytest
 from sqlalchemy import make_url
 
-from pipelines.config import REPO_ROOT
-from pipelines.scaleout import TRAIN_QUEUE, Stack, mlflow_environment, stack_environment
-from pipelines.up import stop_groups
+from pipelines.dev.scaleout import TRAIN_QUEUE, Stack, mlflow_environment, stack_environment
+from pipelines.dev.up import stop_groups
+from tests import REPO_ROOT
 from tests.conftest import S3Endpoint, needs_server, postgres_database
 from tests.e2e.api import free_port, request
 from tests.servers import track
@@ -202,8 +202,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: S3Endpoint) -
         }
         cluster = Cluster(root, scaleout, env)
 
-        from pipelines.demo import DEMO_END, DEMO_START, DRIFT_FROM
-        from pipelines.demo_data import DemoConfig, write_source
+        from pipelines.dev.demo import DEMO_END, DEMO_START, DRIFT_FROM
+        from pipelines.dev.demo_data import DemoConfig, write_source
 
         write_source(
             home / "source" / MODEL, DemoConfig(label_delay_hours=6, drift_from=DRIFT_FROM), DEMO_START, DEMO_END
@@ -348,7 +348,7 @@ def test_a_score_task_whose_worker_is_killed_completes_on_the_other_worker(clust
     # The killed try wrote nothing the retry did not make whole: the log holds the lake's rows, once each.
     from sqlalchemy import create_engine, text
 
-    from pipelines.lake import S3Options, open_lake, partition_key, read_partition
+    from pipelines.storage.lake import S3Options, open_lake, partition_key, read_partition
 
     options = S3Options(
         cluster.stack.s3_endpoint, cluster.stack.s3_access_key, cluster.stack.s3_secret_key, None, "us-east-1"
@@ -433,7 +433,7 @@ def test_backfilling_three_hours_twice_gives_the_same_rows(cluster: Cluster) -> 
 
     from sqlalchemy import create_engine, text
 
-    from pipelines.lake import S3Options, open_lake, partition_key, read_partition
+    from pipelines.storage.lake import S3Options, open_lake, partition_key, read_partition
 
     def logged() -> tuple[dict[datetime, int], list[Any]]:
         """Per-hour counts of the three hours' logged predictions, and every column of every row."""

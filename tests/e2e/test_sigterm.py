@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import REPO_ROOT
+from tests import REPO_ROOT
 from tests.e2e.processes import alive
 
 

@@ -27,7 +27,7 @@ from urllib.parse import quote, urlparse
 
 import pytest
 
-from pipelines.config import REPO_ROOT
+from tests import REPO_ROOT
 from tests.e2e.api import free_port, request
 from tests.e2e.processes import alive, descendants
 from tests.servers import track
@@ -367,7 +367,7 @@ def test_scheduler_executes_a_run_triggered_through_the_api(stack: Stack) -> Non
 def test_promotion_waits_for_a_human_approval_through_the_api(stack: Stack) -> None:
     """Roll back with the CLI, retrain with `require_approval`; the gate's verdict waits in Airflow's
     human-in-the-loop task until an admin approves it through the REST API, which moves `champion`."""
-    from pipelines.registry import APPROVE
+    from pipelines.storage.registry import APPROVE
 
     env = clean_env(stack.home)
     rolled_back = pipelines_cli(env, "rollback", "demo_churn", "1", "--reason", "e2e: retrain under approval")
@@ -502,8 +502,8 @@ def test_with_the_live_feed_the_scheduled_run_of_the_current_hour_succeeds(stack
     same scheduled run, cleared, then succeeds and logs that hour's predictions."""
     from dataclasses import replace
 
-    from pipelines.config import get_settings
-    from pipelines.demo import feed_live
+    from pipelines.dev.demo import feed_live
+    from pipelines.storage.settings import get_settings
 
     api = stack.airflow_url + "/api/v2/dags/demo_churn__score"
     token = request(

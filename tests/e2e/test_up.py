@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipelines.config import REPO_ROOT
+from tests import REPO_ROOT
 from tests.e2e.processes import alive, descendants
 from tests.e2e.test_standalone import clean_env, free_port
 from tests.servers import track

@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
-from pipelines import tables
-from pipelines.config import REPO_ROOT, Settings
+from pipelines.storage import tables
+from pipelines.storage.settings import Settings
+from tests import REPO_ROOT
 
 
 @pytest.fixture(scope="module")

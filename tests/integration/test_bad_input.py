@@ -22,10 +22,11 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, func, select
 
-from pipelines import tables
-from pipelines.config import REPO_ROOT, Settings
-from pipelines.demo_data import DemoConfig, source_hour_file, write_source
-from pipelines.lake import PartitionError, hour_partition
+from pipelines.dev.demo_data import DemoConfig, source_hour_file, write_source
+from pipelines.storage import tables
+from pipelines.storage.lake import PartitionError, hour_partition
+from pipelines.storage.settings import Settings
+from tests import REPO_ROOT
 from tests.conftest import module_home
 
 FIRST_NIGHT = datetime(2026, 1, 3, 2, tzinfo=UTC)
@@ -58,7 +59,7 @@ def task(dag_run: Any, task_id: str) -> Any:
 
 
 def lake_root(home: Settings) -> Path:
-    from pipelines.lake import LocalLake
+    from pipelines.storage.lake import LocalLake
 
     assert isinstance(home.lake, LocalLake)
     return home.lake.root
@@ -132,7 +133,7 @@ def logs_no_error(dag_run: Any, caplog: pytest.LogCaptureFixture, capfd: pytest.
 def test_train_the_champion(
     home: Settings, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    from pipelines.registry import champion_version
+    from pipelines.storage.registry import champion_version
 
     logs_no_error(run("demo_churn__train", FIRST_NIGHT), caplog, capfd)
     assert champion_version(home, "demo_churn") == "1"
@@ -201,7 +202,7 @@ def flip_bytes(path: Path) -> None:
 
 def scored_rows_agree_with_the_log(home: Settings, engine: Engine, hour: datetime) -> int:
     """The hour's scored partition reads (its sha256 checked) and holds exactly the logged rows."""
-    from pipelines.lake import read_partition
+    from pipelines.storage.lake import read_partition
 
     scored, _ = read_partition(home.lake, hour_partition("demo_churn", "scored", hour))
     p = tables.predictions
@@ -216,7 +217,7 @@ def scored_rows_agree_with_the_log(home: Settings, engine: Engine, hour: datetim
 def test_a_truncated_manifest_is_named_and_the_rerun_rewrites_it(
     home: Settings, engine: Engine, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from pipelines.lake import read_partition
+    from pipelines.storage.lake import read_partition
 
     hour = FIRST_NIGHT + timedelta(hours=5)
     assert run("demo_churn__score", hour + timedelta(hours=1)).state == "success"
@@ -225,7 +226,7 @@ def test_a_truncated_manifest_is_named_and_the_rerun_rewrites_it(
     with pytest.raises(PartitionError, match=f"{re.escape(manifest.resolve().as_uri())}: not valid JSON .* damaged"):
         read_partition(home.lake, hour_partition("demo_churn", "scored", hour))  # what a reader meets
     before = records(engine)
-    with caplog.at_level(logging.WARNING, logger="pipelines.score"):
+    with caplog.at_level(logging.WARNING, logger="pipelines.stages.score"):
         assert run("demo_churn__score", hour + timedelta(hours=1)).state == "success"
     assert f"repaired the scored hour {hour.isoformat()}: {manifest.resolve().as_uri()}: not valid JSON" in caplog.text
     assert records(engine) == before  # the log is what served: not one row changed
@@ -235,7 +236,7 @@ def test_a_truncated_manifest_is_named_and_the_rerun_rewrites_it(
 def test_flipped_bytes_in_raw_and_scored_objects_are_repaired_by_the_rerun(
     home: Settings, engine: Engine, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from pipelines.lake import read_partition
+    from pipelines.storage.lake import read_partition
 
     hour = FIRST_NIGHT + timedelta(hours=10)
     assert run("demo_churn__score", hour + timedelta(hours=1)).state == "success"
@@ -262,8 +263,8 @@ def test_flipped_bytes_in_raw_and_scored_objects_are_repaired_by_the_rerun(
 def test_doctor_lists_where_lake_and_log_disagree_and_its_command_reconciles(home: Settings, engine: Engine) -> None:
     """A log restored from an older backup (an hour's rows gone) and a lake that lost an hour's
     scored partition: `pipelines doctor` names both, and the command it gives repairs each."""
-    from pipelines.doctor import Checkup, check_lake_and_log
-    from pipelines.spec import load_spec
+    from pipelines.core.spec import load_spec
+    from pipelines.views.doctor import Checkup, check_lake_and_log
 
     spec = load_spec(home.specs_dir / "demo_churn.yaml")
     lost_log, lost_lake = FIRST_NIGHT + timedelta(hours=11), FIRST_NIGHT + timedelta(hours=12)
@@ -323,7 +324,7 @@ def test_a_source_overdue_for_an_old_interval_fails_at_its_first_check_naming_it
 def test_a_deleted_model_file_is_refused_naming_model_and_version(
     home: Settings, engine: Engine, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from pipelines.registry import read_booster_file
+    from pipelines.storage.registry import read_booster_file
 
     _, data, _ = read_booster_file(home, "demo_churn", "1")
     assert home.mlflow_artifacts is not None

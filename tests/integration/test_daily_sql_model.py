@@ -19,12 +19,14 @@ import pandas as pd
 import pytest
 from sqlalchemy import Engine, func, select
 
-from pipelines import tables
-from pipelines.config import DEMO_WAREHOUSE_CONN_ID, REPO_ROOT, Settings
-from pipelines.demo import ORDERS, write_orders_source
-from pipelines.errors import ConfigError
-from pipelines.lake import open_partition, partition_key
-from pipelines.spec import EXPECTATIONS_DIR, load_spec
+from pipelines.core.errors import ConfigError
+from pipelines.core.spec import EXPECTATIONS_DIR, load_spec
+from pipelines.dev.demo import ORDERS, write_orders_source
+from pipelines.dev.demo_data import DEMO_WAREHOUSE_CONN_ID
+from pipelines.storage import tables
+from pipelines.storage.lake import open_partition, partition_key
+from pipelines.storage.settings import Settings
+from tests import REPO_ROOT
 from tests.conftest import module_home
 from tests.integration.conftest import cli_output
 
@@ -145,8 +147,8 @@ def test_new_model_scaffolds_a_model_that_trains_and_scores(
     # The label feed was read too: its delay is the longest the sample's labels took.
     assert spec.label.delay_hours == load_spec(home.specs_dir / f"{ORDERS}.yaml").label.delay_hours
     from pipelines.airflow.connections import cli_connection
-    from pipelines.scaffold import label_delay
-    from pipelines.sources import SourceAccess
+    from pipelines.dev.scaffold import label_delay
+    from pipelines.storage.sources import SourceAccess
 
     wrong = {"entity_key": "order_id", "timestamp": "ordered_at", "label": "returnd", "arrived_at": "arrived_at"}
     with pytest.raises(ConfigError, match=r"the labels .* have no column\(s\) \['returnd'\]"):
@@ -217,8 +219,8 @@ def test_a_kept_challenger_that_wins_its_replay_gets_a_second_hearing(
     from sklearn.metrics import roc_auc_score
 
     from pipelines.airflow.dags import run_in_process
-    from pipelines.lake import read_partition
-    from pipelines.registry import CHALLENGER, CHAMPION, alias_version, fresh_from
+    from pipelines.storage.lake import read_partition
+    from pipelines.storage.registry import CHALLENGER, CHAMPION, alias_version, fresh_from
 
     def states(dag_run: Any) -> dict[str, str]:
         return {ti.task_id: str(ti.state) for ti in dag_run.get_task_instances()}

@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, select
 
-from pipelines import tables
-from pipelines.config import Settings
-from pipelines.demo_data import DemoConfig, write_source
+from pipelines.dev.demo_data import DemoConfig, write_source
+from pipelines.storage import tables
+from pipelines.storage.settings import Settings
 from tests.conftest import module_home
 from tests.integration.conftest import cli_output, status_report
 
@@ -173,7 +173,7 @@ def test_drift_table_names_the_shifted_columns_and_no_other(home: Settings, engi
     m = tables.drift_metrics
     with engine.connect() as connection:
         rows = connection.execute(select(m.c.interval_start, m.c.column_name, m.c.drifted)).all()
-    from pipelines.spec import load_spec
+    from pipelines.core.spec import load_spec
 
     spec = load_spec(home.specs_dir / "demo_churn.yaml")
     assert {r.column_name for r in rows} == {*spec.features.all, "model_score"}  # and the prediction's drift
@@ -227,7 +227,7 @@ def test_history_says_why_retraining_was_requested(home: Settings) -> None:
 def test_a_quiet_window_and_an_all_null_column_pass_through_the_monitor(home: Settings, engine: Engine) -> None:
     import numpy as np
 
-    from pipelines.lake import hour_partition, read_partition, write_partition
+    from pipelines.storage.lake import hour_partition, read_partition, write_partition
 
     scored, _ = read_partition(home.lake, hour_partition("demo_churn", "scored", HOURS[0]))
     quiet, sparse = datetime(2026, 1, 3, 20, tzinfo=UTC), datetime(2026, 1, 3, 21, tzinfo=UTC)
@@ -255,10 +255,10 @@ def test_drift_settings_pick_columns_tests_and_a_seasonal_reference(home: Settin
     """The spec's drift section, through the monitor's own function on real lake data and Evidently.
     A window drifted against the training sample is not drifted against the same period a day
     earlier when that period looked the same (a season, not drift); each case records its reference."""
-    from pipelines.drift import DriftSummary, monitor_interval
-    from pipelines.errors import PermanentError
-    from pipelines.lake import hour_partition, read_partition, write_partition
-    from pipelines.spec import load_spec
+    from pipelines.core.errors import PermanentError
+    from pipelines.core.spec import load_spec
+    from pipelines.stages.drift import DriftSummary, monitor_interval
+    from pipelines.storage.lake import hour_partition, read_partition, write_partition
 
     base = load_spec(home.specs_dir / "demo_churn.yaml")
     # A day after the drift began, the same shifted population: 07:00's rows served at 06:00 next day.

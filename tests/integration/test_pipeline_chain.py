@@ -25,12 +25,12 @@ import pandas as pd
 import pytest
 from sqlalchemy import Engine, func, make_url, select
 
-from pipelines import tables
-from pipelines.config import Settings
-from pipelines.demo_data import DemoConfig, write_source
-from pipelines.errors import BadDataError, PermanentError
-from pipelines.lake import LocalLake, hour_partition, open_lake, open_partition
-from pipelines.tables import upgrade_schema
+from pipelines.core.errors import BadDataError, PermanentError
+from pipelines.dev.demo_data import DemoConfig, write_source
+from pipelines.storage import tables
+from pipelines.storage.lake import LocalLake, hour_partition, open_lake, open_partition
+from pipelines.storage.settings import Settings
+from pipelines.storage.tables import upgrade_schema
 from tests.conftest import S3Endpoint, module_home, postgres_database
 from tests.integration.conftest import status_report
 
@@ -99,7 +99,7 @@ def predictions_digest(engine: Engine) -> tuple[int, str]:
 
 
 def champion(settings: Settings) -> str | None:
-    from pipelines.registry import champion_version
+    from pipelines.storage.registry import champion_version
 
     return champion_version(settings, "demo_churn")
 
@@ -168,7 +168,7 @@ def per_hour_counts(engine: Engine) -> dict[str, int]:
 
 
 def demo_spec(home: Settings) -> Any:
-    from pipelines.spec import load_spec
+    from pipelines.core.spec import load_spec
 
     return load_spec(home.specs_dir / "demo_churn.yaml")
 
@@ -211,7 +211,7 @@ def test_backfilling_three_intervals_again_changes_nothing(home: Settings, engin
 
 
 def test_logged_inputs_replay_to_the_logged_scores_bit_for_bit(home: Settings, engine: Engine) -> None:
-    from pipelines.score import read_logged_inputs, replay_logged_inputs
+    from pipelines.stages.score import read_logged_inputs, replay_logged_inputs
 
     logged = read_logged_inputs(demo_spec(home), home, SCORED_HOURS)
     assert logged.partitions_found == 3 and not logged.partitions_missing
@@ -229,10 +229,10 @@ def test_logged_inputs_replay_to_the_logged_scores_bit_for_bit(home: Settings, e
 
 
 def test_scoring_refuses_inputs_that_break_the_signature(home: Settings) -> None:
-    from pipelines.features import ContractError
-    from pipelines.lake import read_partition
-    from pipelines.registry import load_model
-    from pipelines.score import check_inputs
+    from pipelines.core.features import ContractError
+    from pipelines.stages.score import check_inputs
+    from pipelines.storage.lake import read_partition
+    from pipelines.storage.registry import load_model
 
     signature = load_model(home, "demo_churn", "1").signature
     frame, _ = read_partition(home.lake, hour_partition("demo_churn", "raw", SCORED_HOURS[0]))
@@ -292,7 +292,7 @@ def test_a_failed_log_write_publishes_nothing_then_a_retry_converges(home: Setti
 
     dag_run = run("demo_churn__score", hour + timedelta(hours=1))  # the retry
     assert dag_run.state == "success", task_states(dag_run)
-    from pipelines.lake import read_partition
+    from pipelines.storage.lake import read_partition
 
     scored, partition = read_partition(home.lake, key)
     p = tables.predictions
@@ -314,8 +314,8 @@ def test_a_failed_log_write_publishes_nothing_then_a_retry_converges(home: Setti
 
 
 def test_rows_filed_under_another_hour_are_refused(home: Settings, engine: Engine) -> None:
-    from pipelines.lake import read_partition, write_partition
-    from pipelines.score import score_interval
+    from pipelines.stages.score import score_interval
+    from pipelines.storage.lake import read_partition, write_partition
 
     evening = datetime(2026, 1, 3, 20, tzinfo=UTC)
     frame, _ = read_partition(home.lake, hour_partition("demo_churn", "raw", SCORED_HOURS[0]))
@@ -407,7 +407,7 @@ def test_labels_and_backtest_rerun_change_nothing(home: Settings, engine: Engine
 
 
 def test_backtest_has_no_look_ahead(home: Settings, engine: Engine) -> None:
-    from pipelines.backtest import cohort_predictions, labelled
+    from pipelines.stages.backtest import cohort_predictions, labelled
 
     spec = demo_spec(home)
     # Labels of the 02:00 hour arrive at 08:00: a backtest up to 08:00 knows none of them, one up to
@@ -435,8 +435,8 @@ def test_challenger_replays_the_logged_inputs_next_to_the_champion(home: Setting
     replayed = [r for r in backtest_rows(engine) if r["scored_by"] == "replay" and r["slice_column"] == "plan"]
     assert sum(r["n"] for r in replayed) == whole[("2", "replay")]["n"]
     # The replayed scores are kept in the lake, and only cover rows newer than v2's training data.
-    from pipelines.lake import read_partition
-    from pipelines.registry import fresh_from
+    from pipelines.storage.lake import read_partition
+    from pipelines.storage.registry import fresh_from
 
     scores, partition = read_partition(home.lake, "demo_churn/replay/v2/20251228T0400--20260104T0400")
     assert partition.manifest["model_version"] == "2" and len(scores) >= whole[("2", "replay")]["n"]
@@ -480,7 +480,7 @@ def xcom(dag_run: Any, task_id: str) -> Any:
 def test_a_bad_delivery_is_kept_aside_and_every_snapshot_stays_readable(home: Settings, engine: Engine) -> None:
     from mlflow import MlflowClient
 
-    from pipelines.lake import read_object
+    from pipelines.storage.lake import read_object
 
     hour = SCORED_HOURS[0]  # published, scored, and named by the training snapshots
     key = hour_partition("demo_churn", "raw", hour)
@@ -522,7 +522,7 @@ def test_a_bad_delivery_is_kept_aside_and_every_snapshot_stays_readable(home: Se
 
 def test_after_a_promotion_a_rerun_keeps_what_served(home: Settings, engine: Engine) -> None:
     from pipelines.airflow.dags import run_in_process
-    from pipelines.registry import CHAMPION, move_alias
+    from pipelines.storage.registry import CHAMPION, move_alias
 
     def scored_manifests() -> list[bytes]:
         return [home.lake.get(f"{hour_partition('demo_churn', 'scored', h)}/_manifest.json") for h in SCORED_HOURS]
@@ -575,9 +575,9 @@ def test_after_a_promotion_a_rerun_keeps_what_served(home: Settings, engine: Eng
 
 
 def test_a_lake_that_lost_the_hour_still_cannot_rewrite_the_log(home: Settings, engine: Engine, tmp_path: Path) -> None:
-    from pipelines.lake import read_partition, write_partition
-    from pipelines.score import score_interval
-    from pipelines.tables import RecordConflict
+    from pipelines.stages.score import score_interval
+    from pipelines.storage.lake import read_partition, write_partition
+    from pipelines.storage.tables import RecordConflict
 
     hour = SCORED_HOURS[1]
     raw, _ = read_partition(home.lake, hour_partition("demo_churn", "raw", hour))
@@ -600,7 +600,7 @@ NEXT_BACKTEST = BACKTEST_RUN + timedelta(days=1)
 def test_each_backtest_ingests_the_labels_of_its_whole_cohort_window(home: Settings, engine: Engine) -> None:
     """A backtest reads every label file that arrived in its window (whole days from `lookback_days`
     before its end), whatever ingested them before: its result depends on its end only."""
-    from pipelines.backtest import cohort_window
+    from pipelines.stages.backtest import cohort_window
 
     spec = demo_spec(home)
     for end in (BACKTEST_RUN, NEXT_BACKTEST):
@@ -618,7 +618,7 @@ def test_each_backtest_ingests_the_labels_of_its_whole_cohort_window(home: Setti
 
 
 def test_a_label_correction_counts_from_its_arrival_and_survives_a_reingest(home: Settings, engine: Engine) -> None:
-    from pipelines.backtest import cohort_predictions, labelled
+    from pipelines.stages.backtest import cohort_predictions, labelled
 
     spec = demo_spec(home)
     target = labelled(cohort_predictions(spec, engine, BACKTEST_RUN)).iloc[0]
@@ -679,8 +679,8 @@ def test_a_label_correction_counts_from_its_arrival_and_survives_a_reingest(home
 
 
 def test_an_hour_with_no_rows_is_scored_as_empty(home: Settings, engine: Engine) -> None:
-    from pipelines.lake import read_partition, write_partition
-    from pipelines.score import score_interval
+    from pipelines.stages.score import score_interval
+    from pipelines.storage.lake import read_partition, write_partition
 
     quiet = datetime(2026, 1, 3, 22, tzinfo=UTC)
     raw, _ = read_partition(home.lake, hour_partition("demo_churn", "raw", SCORED_HOURS[0]))
@@ -697,7 +697,7 @@ def test_pipelines_run_reruns_a_range_of_intervals(home: Settings, engine: Engin
     import subprocess
     import sys
 
-    from pipelines.config import REPO_ROOT
+    from tests import REPO_ROOT
 
     before = predictions_digest(engine)
     start, end = SCORED_HOURS[0].isoformat(), (SCORED_HOURS[-1] + timedelta(hours=1)).isoformat()
@@ -815,9 +815,9 @@ def test_backtests_in_any_order_leave_the_same_table(home: Settings, engine: Eng
     from sklearn.metrics import roc_auc_score
     from sqlalchemy import delete
 
-    from pipelines.backtest import backtest, cohort_window
-    from pipelines.labels import ingest_labels
-    from pipelines.sources import SourceAccess
+    from pipelines.stages.backtest import backtest, cohort_window
+    from pipelines.stages.labels import ingest_labels
+    from pipelines.storage.sources import SourceAccess
 
     spec = demo_spec(home)
     cohort = "2026-01-03"

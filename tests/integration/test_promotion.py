@@ -24,10 +24,11 @@ from urllib.parse import quote
 import pytest
 from sqlalchemy import Engine, func, select
 
-from pipelines import tables
-from pipelines.config import REPO_ROOT, Settings
-from pipelines.demo_data import DemoConfig, write_source
-from pipelines.errors import VersionRefused
+from pipelines.core.errors import VersionRefused
+from pipelines.dev.demo_data import DemoConfig, write_source
+from pipelines.storage import tables
+from pipelines.storage.settings import Settings
+from tests import REPO_ROOT
 from tests.conftest import module_home
 
 MODEL = "demo_churn"
@@ -76,7 +77,7 @@ def states(dag_run: Any) -> dict[str, str]:
 
 
 def aliases(home: Settings) -> tuple[str | None, str | None]:
-    from pipelines.registry import CHALLENGER, CHAMPION, alias_version
+    from pipelines.storage.registry import CHALLENGER, CHAMPION, alias_version
 
     return alias_version(home, MODEL, CHAMPION), alias_version(home, MODEL, CHALLENGER)
 
@@ -88,7 +89,7 @@ def versions() -> list[str]:
 
 
 def events(engine: Engine, kind: str | None = None) -> list[dict[str, Any]]:
-    from pipelines.registry import history
+    from pipelines.storage.registry import history
 
     return [e for e in history(engine, MODEL) if kind is None or e["event"] == kind]
 
@@ -274,10 +275,10 @@ def test_doctor_passes_then_fails_on_a_broken_alias(
 ) -> None:
     from mlflow import MlflowClient
 
-    from pipelines import registry
     from pipelines.airflow.dags import run_in_process
-    from pipelines.score import require_recorded_champion
-    from pipelines.spec import load_spec
+    from pipelines.core.spec import load_spec
+    from pipelines.stages.score import require_recorded_champion
+    from pipelines.storage import registry
 
     healthy = cli("doctor")
     assert healthy.returncode == 0, healthy.stdout + healthy.stderr
@@ -325,8 +326,8 @@ def craft_version(
     import yaml
     from mlflow import MlflowClient
 
-    from pipelines.registry import MODEL_SHA256_TAG
-    from pipelines.tracking import experiment_id
+    from pipelines.storage.registry import MODEL_SHA256_TAG
+    from pipelines.storage.tracking import experiment_id
 
     client = MlflowClient()
     folder = Path(mlflow.artifacts.download_artifacts(f"models:/{MODEL}/2", dst_path=str(tmp / "v2")))
@@ -400,7 +401,7 @@ def test_foreign_classes_formats_and_changed_files_are_refused(
 ) -> None:
     import mlflow
 
-    from pipelines.registry import UnsafeModelError, load_model
+    from pipelines.storage.registry import UnsafeModelError, load_model
 
     original = Path(mlflow.artifacts.download_artifacts(f"models:/{MODEL}/2/model.json", dst_path=str(tmp_path)))
     model_bytes = original.read_bytes().replace(b'"num_trees":"', b'"num_trees" :"') if tamper else None
@@ -418,7 +419,7 @@ def test_a_champion_from_before_sha256_checks_is_replaced_by_the_gate_or_adopted
     what to do; the gate does not let such a champion block every challenger; adopt-model records it."""
     from mlflow import MlflowClient
 
-    from pipelines.registry import MODEL_SHA256_TAG, UnsafeModelError, load_model, move_alias
+    from pipelines.storage.registry import MODEL_SHA256_TAG, UnsafeModelError, load_model, move_alias
 
     old = craft_version(home, tmp_path, {}, tag=False)  # v2's very files, registered without the tag
     with pytest.raises(UnsafeModelError, match=rf"no 'model_sha256' tag.*`pipelines adopt-model {MODEL} {old}`"):

@@ -13,12 +13,13 @@ import pandas as pd
 import pytest
 from sqlalchemy import Engine, func, select
 
-from pipelines import tables
-from pipelines.config import REPO_ROOT, Settings
-from pipelines.demo_data import DemoConfig, generate_hour
-from pipelines.intervals import hours_between
-from pipelines.lake import open_partition, s3_client
-from pipelines.spec import EXPECTATIONS_DIR, load_spec
+from pipelines.core.intervals import hours_between
+from pipelines.core.spec import EXPECTATIONS_DIR, load_spec
+from pipelines.dev.demo_data import DemoConfig, generate_hour
+from pipelines.storage import tables
+from pipelines.storage.lake import open_partition, s3_client
+from pipelines.storage.settings import Settings
+from tests import REPO_ROOT
 from tests.conftest import S3Endpoint, module_home
 from tests.integration.conftest import cli_output
 

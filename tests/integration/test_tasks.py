@@ -22,15 +22,16 @@ import pandas as pd
 import pytest
 from sqlalchemy import Engine, select
 
-from pipelines import tables
 from pipelines.airflow.dags import run_in_process
-from pipelines.config import REPO_ROOT, Settings
-from pipelines.demo import SALES, write_sales_source
-from pipelines.demo_data import write_csv
-from pipelines.intervals import interval_key
-from pipelines.lake import open_partition, read_partition
-from pipelines.metrics import TASK_METRICS
-from pipelines.spec import EXPECTATIONS_DIR, ModelSpec, load_spec
+from pipelines.core.intervals import interval_key
+from pipelines.core.metrics import TASK_METRICS
+from pipelines.core.spec import EXPECTATIONS_DIR, ModelSpec, load_spec
+from pipelines.dev.demo import SALES, write_sales_source
+from pipelines.dev.demo_data import write_csv
+from pipelines.storage import tables
+from pipelines.storage.lake import open_partition, read_partition
+from pipelines.storage.settings import Settings
+from tests import REPO_ROOT
 from tests.conftest import module_home
 from tests.integration.conftest import cli_output, status_report
 
@@ -445,8 +446,8 @@ def test_a_monitor_judges_quality_on_the_labels_known_while_a_label_file_is_late
 
 def test_a_version_of_another_task_is_refused_by_scoring_and_rollback(home: Settings, engine: Engine) -> None:
     """Its author changes demo_sales's task: no stored version (each a regression) may serve it."""
-    from pipelines.registry import VersionNotServable, champion_version, rollback
-    from pipelines.score import score_interval
+    from pipelines.stages.score import score_interval
+    from pipelines.storage.registry import VersionNotServable, champion_version, rollback
 
     spec = load_spec(home.specs_dir / f"{SALES}.yaml")
     changed = spec.model_copy(update={"task": "binary"})

@@ -13,14 +13,15 @@ import pandas as pd
 import pytest
 from sqlalchemy import Engine, select
 
-from pipelines import tables
-from pipelines.config import REPO_ROOT, Settings
-from pipelines.demo_data import DemoConfig, write_source
-from pipelines.ingest import ingest
-from pipelines.lake import hour_partition, open_partition, read_object, read_partition
-from pipelines.sources import SourceAccess
-from pipelines.spec import ModelSpec, load_spec
-from pipelines.validate import ValidationFailed, ValidationOutcome, validate_and_publish
+from pipelines.core.spec import ModelSpec, load_spec
+from pipelines.dev.demo_data import DemoConfig, write_source
+from pipelines.stages.ingest import ingest
+from pipelines.stages.validate import ValidationFailed, ValidationOutcome, validate_and_publish
+from pipelines.storage import tables
+from pipelines.storage.lake import hour_partition, open_partition, read_object, read_partition
+from pipelines.storage.settings import Settings
+from pipelines.storage.sources import SourceAccess
+from tests import REPO_ROOT
 from tests.conftest import module_home, postgres_database
 
 START = datetime(2026, 1, 2, 10, tzinfo=UTC)
@@ -157,7 +158,7 @@ def test_a_missing_column_cannot_be_split_and_blocks_under_quarantine(home: Sett
 def test_gx_keeps_a_bounded_store_and_data_docs_are_built_off_the_hourly_path(
     home: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import pipelines.validate as validate
+    import pipelines.stages.validate as validate
 
     gx_root = tmp_path / "gx"  # a GX project of its own: the session's is shared by every test
     monkeypatch.setattr(validate, "GX_RESULTS_KEPT", 2)
@@ -165,11 +166,11 @@ def test_gx_keeps_a_bounded_store_and_data_docs_are_built_off_the_hourly_path(
     frame = read_object(home.lake, ingest(spec, SourceAccess(home.source), home.lake, START, HOURS[1])[0], "staged")
     site = gx_root / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
     for run in range(4):
-        outcome = validate.validate_frame(frame, spec.suite, gx_root, home.lake, f"r/{run}.json", f"hourly {run}")
+        outcome = validate.validate_frame(frame, spec.suite_path, gx_root, home.lake, f"r/{run}.json", f"hourly {run}")
         assert outcome.success and home.lake.exists(f"r/{run}.json")  # the lake keeps every result
     stored = sorted(validate.gx_results_dir(gx_root).rglob("*.json"))
     assert len(stored) == 2 and all("hourly 3" in p.read_text() or "hourly 2" in p.read_text() for p in stored)
     assert not site.exists(), "an hourly validation does not rebuild Data Docs"
-    nightly = validate.validate_frame(frame, spec.suite, gx_root, home.lake, "r/n.json", "nightly", True)
+    nightly = validate.validate_frame(frame, spec.suite_path, gx_root, home.lake, "r/n.json", "nightly", True)
     assert site.exists() and nightly.data_docs_path.endswith("index.html")
     assert "nightly" in site.read_text() or any("nightly" in p.read_text() for p in site.parent.rglob("*.html"))

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
-from pipelines import tables
+from pipelines.storage import tables
 from tests.conftest import postgres_database
 
 

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from sqlalchemy import insert, make_url
 
-from pipelines import tables
 from pipelines.cli import event_summary
-from pipelines.config import REPO_ROOT
+from pipelines.storage import tables
+from tests import REPO_ROOT
 from tests.conftest import postgres_database
 
 

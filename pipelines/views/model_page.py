@@ -1,0 +1,230 @@
+"""What the Models page shows of one model, read from the tables, the registry and the lake: who
+serves and since when, the gate's decisions, the backtest per cohort and version, drift per
+window, validation per interval, prediction volume; and which artifacts a task run wrote.
+
+Every value here is plain JSON-able data; pipelines/airflow/ui.py renders it.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, func, select
+
+from pipelines.core.spec import ModelSpec
+from pipelines.stages.backtest import plot_key, plot_metric
+from pipelines.storage import tables
+from pipelines.storage.registry import CHALLENGER, CHAMPION, alias_version
+from pipelines.storage.settings import Settings
+from pipelines.views.status import iso_utc, newest_rows
+
+WINDOWS = 48  # drift windows, validations and prediction runs shown
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else iso_utc(value)
+
+
+def events(engine: Engine, model_name: str, kinds: tuple[str, ...], limit: int) -> list[dict[str, Any]]:
+    """The newest events of these kinds, newest first."""
+    e = tables.model_events
+    return [
+        {
+            **{k: row[k] for k in ("event", "alias", "from_version", "to_version", "reason", "dag_run_id", "actor")},
+            "at": _iso(row["at"]),
+            "details": json.loads(row["details"]) if row["details"] else None,
+        }
+        for row in newest_rows(engine, e, model_name, e.c.id, limit, e.c.event.in_(kinds))
+    ]
+
+
+def serving(settings: Settings, engine: Engine, model_name: str, history: list[dict[str, Any]]) -> dict[str, Any]:
+    """Champion and challenger: the version each alias points at (the registry's word) and the
+    recorded move that put it there (when, by whom, why)."""
+    found = {}
+    for alias in (CHAMPION, CHALLENGER):
+        version = alias_version(settings, model_name, alias)
+        moved = next(
+            (e for e in history if e["event"] == "alias_moved" and e["alias"] == alias and e["to_version"] == version),
+            None,
+        )
+        found[alias] = {"version": version, "moved": moved}
+    return found
+
+
+def awaiting_approval(decisions: list[dict[str, Any]], approvals: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The newest gate decision that waits for a human and has no approval or rejection yet."""
+    answered = {(a["to_version"], a["dag_run_id"]) for a in approvals}
+    for decision in decisions:
+        details = decision["details"] or {}
+        if (
+            details.get("action") == "await_approval"
+            and (decision["to_version"], decision["dag_run_id"]) not in answered
+        ):
+            return decision
+    return None
+
+
+def backtest_series(engine: Engine, spec: ModelSpec) -> dict[str, Any]:
+    """The plotted metric per cohort, one series per (version, logged or replayed), whole cohorts only."""
+    b = tables.current_backtest(spec.name, slice_column="ALL")
+    metric = plot_metric(spec)
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(b.c.cohort, b.c.model_version, b.c.scored_by, b.c.n, b.c[metric]).order_by(b.c.cohort)
+        ).all()
+    series: dict[str, list[dict[str, Any]]] = {}
+    for cohort, version, scored_by, n, value in rows:
+        series.setdefault(f"v{version} {scored_by}", []).append({"cohort": cohort, "n": n, "value": value})
+    return {"metric": metric, "cohorts": sorted({r[0] for r in rows}), "series": series}
+
+
+def drift_timeline(engine: Engine, model_name: str, limit: int = WINDOWS) -> list[dict[str, Any]]:
+    d = tables.drift_reports
+    windows = [
+        {
+            "interval_start": _iso(r["interval_start"]),
+            "interval_end": _iso(r["interval_end"]),
+            "model_version": r["model_version"],
+            "drift_share": r["drift_share"],
+            "dataset_drift": bool(r["dataset_drift"]),
+            "drifted_columns": json.loads(r["drifted_column_names"]),
+            "prediction_drift": r["prediction_drift"],
+            "verdict": json.loads(r["verdict"]) if r["verdict"] else None,
+            "report": r["report_path"],
+            "dag_run_id": r["dag_run_id"],
+        }
+        for r in newest_rows(engine, d, model_name, d.c.interval_end, limit)
+    ]
+    return windows[::-1]  # oldest first, as a timeline reads
+
+
+def validations(engine: Engine, model_name: str, limit: int = WINDOWS) -> list[dict[str, Any]]:
+    v = tables.validation_runs
+    return [
+        {
+            "dag_id": r["dag_id"],
+            "dag_run_id": r["dag_run_id"],
+            "interval_start": _iso(r["interval_start"]),
+            "interval_end": _iso(r["interval_end"]),
+            "success": bool(r["success"]),
+            "failed_expectations": json.loads(r["failed_expectations"]),
+            "rows_checked": r["rows_checked"],
+            "rows_quarantined": r["rows_quarantined"],
+            "result": r["result_path"],
+            "quarantine": r["quarantine_uri"],
+        }
+        for r in newest_rows(engine, v, model_name, v.c.validated_at, limit)
+    ]
+
+
+def prediction_volume(engine: Engine, model_name: str, span: timedelta = timedelta(days=2)) -> list[dict[str, Any]]:
+    """Rows logged per DAG run over the span up to the newest prediction: a range read on the
+    time-first key, however long the model has served."""
+    p = tables.predictions
+    with engine.connect() as connection:
+        latest = connection.execute(select(func.max(p.c.as_of)).where(p.c.model_name == model_name)).scalar()
+        if latest is None:
+            return []
+        rows = connection.execute(
+            select(p.c.dag_run_id, func.min(p.c.as_of), func.count())
+            .where(p.c.model_name == model_name, p.c.as_of > latest - span)
+            .group_by(p.c.dag_run_id)
+            .order_by(func.min(p.c.as_of))
+        ).all()
+    return [{"dag_run_id": run, "from": _iso(first), "rows": int(n)} for run, first, n in rows]
+
+
+def model_page(settings: Settings, engine: Engine, spec: ModelSpec) -> dict[str, Any]:
+    history = events(engine, spec.name, ("alias_moved", "approval", "model_adopted"), 30)
+    decisions = events(engine, spec.name, ("gate_decision",), 10)
+    return {
+        "model": spec.name,
+        "task": spec.task,
+        "description": spec.description,
+        "owner": spec.owner,
+        "serving": serving(settings, engine, spec.name, history),
+        "history": history,
+        "gate_decisions": decisions,
+        "awaiting_approval": awaiting_approval(decisions, [e for e in history if e["event"] == "approval"]),
+        "backtest": backtest_series(engine, spec),
+        "drift": drift_timeline(engine, spec.name),
+        "validations": validations(engine, spec.name),
+        "volume": prediction_volume(engine, spec.name),
+    }
+
+
+def task_evidence(
+    settings: Settings, engine: Engine, model_name: str, dag_run_id: str, task_id: str
+) -> list[dict[str, str]]:
+    """What one task of one DAG run wrote: records of kind (artifact, validation, data_docs,
+    decision, mlflow_run), a title, and a URI, an MLflow run id or the decision's JSON."""
+    found: list[dict[str, str]] = []
+    with engine.connect() as connection:
+        if task_id.startswith("validate"):
+            v = tables.validation_runs
+            for r in connection.execute(
+                select(v).where(v.c.model_name == model_name, v.c.dag_run_id == dag_run_id)
+            ).mappings():
+                verdict = "passed" if r["success"] else "FAILED: " + "; ".join(json.loads(r["failed_expectations"]))
+                found.append({"kind": "validation", "title": f"validation result ({verdict})", "uri": r["result_path"]})
+                found.append({"kind": "data_docs", "title": "Data Docs", "uri": ""})
+                if r["quarantine_uri"]:
+                    found.append({"kind": "artifact", "title": "quarantined rows", "uri": r["quarantine_uri"]})
+        if task_id.startswith("drift"):
+            d = tables.drift_reports
+            for r in connection.execute(
+                select(d).where(d.c.model_name == model_name, d.c.dag_run_id == dag_run_id)
+            ).mappings():
+                title = (
+                    f"drift report up to {_iso(r['interval_end'])} ({r['drifted_columns']} of {r['columns']} drifted)"
+                )
+                found.append({"kind": "artifact", "title": title, "uri": r["report_path"]})
+            q = tables.quality_reports
+            for r in connection.execute(
+                select(q).where(q.c.model_name == model_name, q.c.dag_run_id == dag_run_id)
+            ).mappings():
+                if r["report_path"]:
+                    found.append({"kind": "artifact", "title": "model quality report", "uri": r["report_path"]})
+        if task_id.startswith(("gate", "promote", "approve")):
+            e = tables.model_events
+            for r in connection.execute(
+                select(e).where(
+                    e.c.model_name == model_name, e.c.dag_run_id == dag_run_id, e.c.event == "gate_decision"
+                )
+            ).mappings():
+                details = json.loads(r["details"]) if r["details"] else {}
+                title = f"gate decision: v{r['to_version']} {details.get('action', '')}: {r['reason']}"
+                found.append({"kind": "decision", "title": title, "uri": json.dumps(details, indent=2)})
+                if details.get("challenger_run_id"):
+                    found.append(
+                        {"kind": "mlflow_run", "title": "challenger's MLflow run", "uri": details["challenger_run_id"]}
+                    )
+        if task_id.startswith("backtest"):
+            b = tables.backtest_metrics
+            end = connection.execute(
+                select(func.max(b.c.labels_as_of)).where(b.c.model_name == model_name, b.c.dag_run_id == dag_run_id)
+            ).scalar()
+            if end is not None:
+                uri = settings.lake.uri_of(plot_key(model_name, end))
+                found.append({"kind": "artifact", "title": "backtest plot", "uri": uri})
+                run_id = backtest_run_id(settings, model_name, dag_run_id)
+                if run_id:
+                    found.append({"kind": "mlflow_run", "title": "backtest's MLflow run", "uri": run_id})
+    return found
+
+
+def backtest_run_id(settings: Settings, model_name: str, dag_run_id: str) -> str | None:
+    from pipelines.storage.registry import mlflow_client
+    from pipelines.storage.tracking import experiment_name
+
+    if "'" in dag_run_id:  # it goes into an MLflow filter string; Airflow's own run ids hold none
+        return None
+    client = mlflow_client(settings)
+    experiment = client.get_experiment_by_name(experiment_name(model_name))
+    if experiment is None:
+        return None
+    runs = client.search_runs([experiment.experiment_id], f"tags.backtest_dag_run_id = '{dag_run_id}'", max_results=1)
+    return str(runs[0].info.run_id) if runs else None

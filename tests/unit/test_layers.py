@@ -1,0 +1,80 @@
+"""The package's role folders are stacked: a module imports only from its own floor or below.
+
+core (spec, intervals, features, metrics, errors: no I/O) < storage < stages < views < airflow < dev
+< the CLI. Only pipelines/airflow imports Airflow (dev and the CLI reach it through that package).
+Checked over every import of every module, function-level ones included.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from tests import REPO_ROOT
+
+PACKAGE = REPO_ROOT / "pipelines"
+FLOORS = ["core", "storage", "stages", "views", "airflow", "dev", "cli"]
+
+
+def floor_of(module: str) -> int | None:
+    """The floor of a `pipelines.` module name; None for the package itself."""
+    parts = module.split(".")
+    if parts[0] != "pipelines" or len(parts) < 2:
+        return None
+    return FLOORS.index(parts[1])
+
+
+def module_name(path: Path) -> str:
+    return ".".join(path.relative_to(REPO_ROOT).with_suffix("").parts).removesuffix(".__init__")
+
+
+def imports_of(path: Path) -> list[tuple[int, str]]:
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append((node.lineno, node.module))
+    return found
+
+
+def modules() -> list[Path]:
+    return sorted(p for p in PACKAGE.rglob("*.py") if "migrations" not in p.parts or p.name != "env.py")
+
+
+def test_every_module_lies_in_a_role_folder() -> None:
+    loose = [p.name for p in PACKAGE.glob("*.py") if p.name not in {"__init__.py", "cli.py"}]
+    assert loose == [], f"modules outside the role folders {FLOORS[:-1]}: {loose}"
+    assert sorted(p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__") == sorted(FLOORS[:-1])
+
+
+def test_no_module_imports_from_a_floor_above_its_own() -> None:
+    upward = []
+    for path in modules():
+        own = floor_of(module_name(path))
+        if own is None:
+            continue
+        for line, imported in imports_of(path):
+            floor = floor_of(imported)
+            if floor is not None and floor > own:
+                upward.append(f"{path.relative_to(REPO_ROOT)}:{line} ({FLOORS[own]}) imports {imported}")
+    assert upward == []
+
+
+def test_only_the_airflow_folder_imports_airflow() -> None:
+    outside = [
+        f"{path.relative_to(REPO_ROOT)}:{line} imports {imported}"
+        for path in modules()
+        if "airflow" not in path.relative_to(PACKAGE).parts[:1]
+        for line, imported in imports_of(path)
+        if imported == "airflow" or imported.startswith("airflow.")
+    ]
+    assert outside == []
+
+
+def test_the_check_catches_an_upward_import(tmp_path: Path) -> None:
+    """The graph check itself can fail: a core module importing a stage is reported."""
+    bad = tmp_path / "bad.py"
+    bad.write_text("def f():\n    from pipelines.stages.train import train_model\n")
+    assert imports_of(bad) == [(2, "pipelines.stages.train")]
+    assert floor_of("pipelines.stages.train") > floor_of("pipelines.core.spec")  # type: ignore[operator]
