@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from pipelines.core.errors import ConfigError
-from pipelines.core.spec import EXPECTATIONS_DIR, load_spec
+from pipelines.core.spec import load_spec
 from pipelines.dev.demo import ORDERS, write_orders_source
 from pipelines.dev.demo_data import DEMO_WAREHOUSE_CONN_ID
 from pipelines.storage import tables
@@ -115,7 +115,7 @@ def scaffolded() -> Iterator[str]:
     paths = [
         REPO_ROOT / "dags" / "models" / f"{name}.yaml",
         REPO_ROOT / "dags" / f"{name}.py",
-        EXPECTATIONS_DIR / f"{name}.json",
+        REPO_ROOT / "expectations" / f"{name}.json",
     ]
     assert not any(p.exists() for p in paths), "a shop_returns model is already in the repository"
     try:
@@ -157,7 +157,7 @@ def test_new_model_scaffolds_a_model_that_trains_and_scores(
             (datetime(2025, 12, 1, tzinfo=UTC), datetime(2025, 12, 8, tzinfo=UTC)),
             SourceAccess(home.source, cli_connection), "day",
         )  # fmt: skip
-    suite = json.loads((EXPECTATIONS_DIR / f"{scaffolded}.json").read_text())
+    suite = json.loads((REPO_ROOT / "expectations" / f"{scaffolded}.json").read_text())
     kinds = {(e["type"], e["kwargs"].get("column")) for e in suite["expectations"]}
     assert ("expect_column_values_to_be_in_set", "channel") in kinds
     assert ("expect_column_values_to_be_between", "basket_value") in kinds
@@ -175,7 +175,7 @@ def test_new_model_scaffolds_a_model_that_trains_and_scores(
     assert load_spec(REPO_ROOT / "dags" / "models" / f"{scaffolded}.yaml") == spec
 
     # A bound too tight for the data: `pipelines suite` says which days fail and how; --accept widens it.
-    path = EXPECTATIONS_DIR / f"{scaffolded}.json"
+    path = REPO_ROOT / "expectations" / f"{scaffolded}.json"
     tight = json.loads(path.read_text())
     index = next(
         i

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from pipelines.core.intervals import hours_between
-from pipelines.core.spec import EXPECTATIONS_DIR, load_spec
+from pipelines.core.spec import load_spec
 from pipelines.dev.demo_data import DemoConfig, generate_hour
 from pipelines.storage import tables
 from pipelines.storage.lake import open_partition, s3_client
@@ -72,7 +72,7 @@ def home(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: S3Endpoint, buck
 @pytest.fixture
 def scaffolded() -> Iterator[str]:
     paths = [REPO_ROOT / "dags" / "models" / f"{MODEL}.yaml", REPO_ROOT / "dags" / f"{MODEL}.py"]
-    paths.append(EXPECTATIONS_DIR / f"{MODEL}.json")
+    paths.append(REPO_ROOT / "expectations" / f"{MODEL}.json")
     assert not any(p.exists() for p in paths), f"a {MODEL} model is already in the repository"
     try:
         yield MODEL

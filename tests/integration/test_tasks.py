@@ -25,7 +25,7 @@ from sqlalchemy import Engine, select
 from pipelines.airflow.dags import run_in_process
 from pipelines.core.intervals import interval_key
 from pipelines.core.metrics import TASK_METRICS
-from pipelines.core.spec import EXPECTATIONS_DIR, ModelSpec, load_spec
+from pipelines.core.spec import ModelSpec, load_spec
 from pipelines.dev.demo import SALES, write_sales_source
 from pipelines.dev.demo_data import write_csv
 from pipelines.storage import tables
@@ -154,7 +154,7 @@ CASES = {
 @pytest.fixture(scope="module")
 def tickets_models() -> Iterator[None]:
     """The ticket models' files in the repository, as `pipelines new-model` would leave them."""
-    paths = {EXPECTATIONS_DIR / f"{TICKETS}.json": json.dumps(TICKETS_SUITE)}
+    paths = {REPO_ROOT / "expectations" / f"{TICKETS}.json": json.dumps(TICKETS_SUITE)}
     for name, text in MODEL_SPECS.items():
         paths[REPO_ROOT / "dags" / "models" / f"{name}.yaml"] = text
         paths[REPO_ROOT / "dags" / f"{name}.py"] = (REPO_ROOT / "dags" / f"{SALES}.py").read_text()
