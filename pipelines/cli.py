@@ -29,10 +29,11 @@ def _settings() -> Settings:
 
     from pipelines.airflow.connections import cli_settings
 
+    home_is_default = not os.environ.get("PIPELINES_HOME")  # before the embedded Airflow's variables name it
     _embedded_airflow()
     settings = cli_settings()
     tables = make_url(settings.tables_url).render_as_string(hide_password=True)
-    home = f"{settings.home}{'' if os.environ.get('PIPELINES_HOME') else ' (PIPELINES_HOME unset: the default)'}"
+    home = f"{settings.home}{' (PIPELINES_HOME unset: the default)' if home_is_default else ''}"
     print(f"home: {home}; tables: {tables} (from {settings.tables_from}); lake: {settings.lake.uri}", file=sys.stderr)
     return settings
 

@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 from pydantic import TypeAdapter, ValidationError
 
 from pipelines.core.errors import ConfigError, SpecError
 from pipelines.core.intervals import PartitionUnit
 from pipelines.core.project import Project
-from pipelines.core.spec import TASK_OBJECTIVES, Source, load_spec
+from pipelines.core.spec import TASK_OBJECTIVES, ModelSpec, Source, load_spec
+from pipelines.stages.ingest import type_events
 from pipelines.stages.suites import NO_NULL_CHECK_ABOVE, NULL_MARGIN
 from pipelines.storage.sources import SourceAccess, read_source
 
@@ -480,10 +482,13 @@ def new_model(
         "delay_hours": delay_hours,
         "delay_reason": delay_reason,
     }
-    broken = suite_failures_on_sample(suite, frame, columns["timestamp"], partition)
+    text = spec_text(name, args, inferred, len(frame))
+    # The suite checks what ingest publishes: the sample typed by the spec (a CSV's numbers are text until then).
+    typed = type_events(ModelSpec.model_validate(yaml.safe_load(text)), frame, f"the sample of {events}")
+    broken = suite_failures_on_sample(suite, typed, columns["timestamp"], partition)
     if broken:
         raise ConfigError(f"{name}: the inferred suite fails its own sample, so nothing was written: {broken}")
-    contents = [spec_text(name, args, inferred, len(frame)), DAG_FILE.format(name=name), json.dumps(suite, indent=2)]
+    contents = [text, DAG_FILE.format(name=name), json.dumps(suite, indent=2)]
     written: list[Path] = []
     try:
         for target, content in zip(targets, contents, strict=True):
