@@ -8,6 +8,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
+from pipelines.core.tasks import Task
 from pipelines.storage.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -281,7 +282,7 @@ def _new_model(args: argparse.Namespace) -> int:
         sample,
         SourceAccess(settings.source, cli_connection),
         Project(Path(args.project).resolve(), "--project") if args.project else settings.project,
-        args.task,
+        Task(args.task),
         [c.strip() for c in args.classes.split(",")] if args.classes else None,
     )
     for path in written:
@@ -452,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     new.add_argument("--entity-key", required=True, help="the column identifying what is scored")
     new.add_argument("--timestamp", required=True, help="the event time column (UTC, or with an offset)")
     new.add_argument("--label", required=True, help="the label column of the label feed")
-    new.add_argument("--task", choices=["binary", "multiclass", "regression"], default="binary")
+    new.add_argument("--task", choices=[str(task) for task in Task], default=str(Task.BINARY))
     new.add_argument("--classes", help="task multiclass: the label's class names, comma-separated")
     new.add_argument("--arrived-at", default="arrived_at", help="the label feed's arrival time column")
     new.add_argument("--partition", choices=["hour", "day"], default="hour")

@@ -47,7 +47,7 @@ def world_of(nodeid: str) -> str:
     (Airflow in this process, `dag.test()`) on one, the e2e modules (servers in their own processes),
     the DAG integrity and the unit tests on the other. Each world keeps the order a serial run gives,
     so a module has the same predecessors in its process as under plain `pytest`. (On 2 cores the
-    integration world ended 10 minutes after the other: the suite is CPU-bound, see the README.)"""
+    integration world ended 10 minutes after the other: the suite is CPU-bound, see docs/testing.md.)"""
     return "integration" if nodeid.startswith("tests/integration/") else "servers-and-unit"
 
 

@@ -18,6 +18,7 @@ import pandas as pd
 from pipelines.core.distinct import distinct_codes
 from pipelines.core.errors import ContractError
 from pipelines.core.spec import ModelSpec
+from pipelines.core.tasks import Task
 
 CONTRACT_ATTRIBUTE = "pipelines_contract"
 
@@ -28,7 +29,7 @@ class FeatureContract:
     categorical: dict[str, list[str]]
     # What the model predicts: a binary probability, a value (regression), or one probability per
     # class of `classes`, in that order (multiclass); a label's class is its index there.
-    task: str = "binary"
+    task: Task = Task.BINARY
     classes: list[str] | None = None
 
     @property
@@ -46,7 +47,7 @@ class FeatureContract:
         return cls(
             numeric=list(data["numeric"]),
             categorical={k: list(v) for k, v in data["categorical"].items()},
-            task=str(data.get("task", "binary")),  # models from before tasks were binary
+            task=Task(str(data.get("task", Task.BINARY))),  # models from before tasks were binary
             classes=None if classes is None else [str(c) for c in classes],
         )
 
@@ -79,7 +80,7 @@ def class_index(labels: pd.Series, classes: list[str], where: str) -> np.ndarray
 
 def training_target(frame: pd.Series, contract: FeatureContract, where: str) -> np.ndarray:
     """The label as XGBoost learns it: 0/1, a value, or the class index."""
-    if contract.task == "multiclass":
+    if contract.task.has_classes:
         return class_index(frame, contract.classes or [], where)
     return frame.to_numpy(dtype="float64")
 
@@ -126,7 +127,7 @@ def unseen_category_counts(frame: pd.DataFrame, contract: FeatureContract) -> di
 def predict(booster: Any, contract: FeatureContract, frame: pd.DataFrame) -> np.ndarray:
     # inplace_predict: the same trees and scores as through a DMatrix, without building one.
     raw = np.asarray(booster.inplace_predict(prepare_features(frame, contract)), dtype="float64")
-    if contract.task != "multiclass" or not contract.classes:
+    if not contract.task.has_classes or not contract.classes:
         return raw
     # One row of class probabilities per input row, in the contract's class order. XGBoost's float32
     # softmax misses a sum of 1 by ~1e-7 (scikit-learn's log loss warns): renormalised in float64.
@@ -167,7 +168,7 @@ def aligned_probabilities(probabilities: np.ndarray, model_classes: list[str], c
 def prediction_columns(contract: FeatureContract, raw: np.ndarray) -> dict[str, Any]:
     """What a prediction logs: `score` (the probability, the value, or the top class's probability) and,
     for multiclass, `predicted_class` and `class_probabilities`."""
-    if contract.task != "multiclass":
+    if not contract.task.has_classes:
         return {"score": raw}
     classes = contract.classes or []
     top = raw.argmax(axis=1) if len(raw) else np.zeros(0, dtype="int64")

@@ -12,24 +12,21 @@ from typing import Any
 import numpy as np
 
 from pipelines.core.features import class_index
+from pipelines.core.tasks import Task
 
-# The task's metrics, headline first; backtest_metrics has a column for each.
-TASK_METRICS: dict[str, tuple[str, ...]] = {
-    "binary": ("auc", "logloss", "brier"),
-    "regression": ("rmse", "mae", "r2", "mean_error"),
-    "multiclass": ("logloss", "accuracy", "macro_f1"),
-}
+# Each task's metrics, headline first (pipelines/core/tasks.py: METRICS); backtest_metrics has a column for each.
+TASK_METRICS: dict[Task, tuple[str, ...]] = {task: task.metrics for task in Task}
 
 
 def task_metrics(
-    task: str, labels: np.ndarray, predictions: np.ndarray, classes: list[str] | None = None, where: str = "labels"
+    task: Task, labels: np.ndarray, predictions: np.ndarray, classes: list[str] | None = None, where: str = "labels"
 ) -> dict[str, Any]:
     """The task's metrics; None where one is undefined (AUC of a single class, R2 of a constant label).
     Multiclass adds `class_recall`: the recall of each class present among the labels; a label of a class
     not in `classes` (one the spec dropped since) is an error naming `where`."""
-    if task == "binary":
+    if task is Task.BINARY:
         return binary_metrics(labels, predictions)
-    if task == "regression":
+    if task is Task.REGRESSION:
         return regression_metrics(labels, predictions)
     return multiclass_metrics(labels, predictions, classes or [], where)
 

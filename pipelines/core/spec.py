@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from pipelines.core.errors import SpecError
 from pipelines.core.intervals import floor_to_partition
 from pipelines.core.project import Project, find_project, project_of_spec
+from pipelines.core.tasks import METRICS, Task
 
 
 class _Strict(BaseModel):
@@ -211,31 +212,12 @@ class LabelSpec(_Strict):
         return value
 
 
-Task = Literal["binary", "multiclass", "regression"]
-# The XGBoost objectives whose output each task's scoring, metrics and gate understand: a binary
-# probability, one probability per class, or a value on the label's scale.
-TASK_OBJECTIVES: dict[str, tuple[str, ...]] = {
-    "binary": ("binary:logistic",),
-    "multiclass": ("multi:softprob",),
-    "regression": (
-        "reg:squarederror", "reg:absoluteerror", "reg:pseudohubererror", "reg:squaredlogerror",
-        "reg:gamma", "reg:tweedie", "count:poisson",
-    ),
-}  # fmt: skip
-# The metrics each task's gate can judge by; the first is the default.
-TASK_GATE_METRICS: dict[str, tuple[str, ...]] = {
-    "binary": ("auc", "logloss", "brier", "rmse"),
-    "multiclass": ("logloss", "accuracy", "macro_f1"),
-    "regression": ("rmse", "mae", "r2"),
-}
-
-
-def check_objective(task: str, params: dict[str, Any], where: str) -> None:
+def check_objective(task: Task, params: dict[str, Any], where: str) -> None:
     """XGBoost parameters fit the task: an objective it understands, no num_class of their own."""
     objective = params.get("objective")
-    if objective is not None and objective not in TASK_OBJECTIVES[task]:
+    if objective is not None and objective not in task.objectives:
         raise ValueError(
-            f"{where}.objective '{objective}' does not fit task '{task}'; use one of {list(TASK_OBJECTIVES[task])}"
+            f"{where}.objective '{objective}' does not fit task '{task}'; use one of {list(task.objectives)}"
         )
     if "num_class" in params:
         raise ValueError(f"{where}.num_class is set from label.classes; remove it")
@@ -326,10 +308,11 @@ class TrainingSpec(_Strict):
 class GateSpec(_Strict):
     """How a challenger earns `champion`: see pipelines/stages/gate.py for the statistics."""
 
-    metric: Literal["auc", "logloss", "brier", "rmse", "mae", "r2", "accuracy", "macro_f1"] = Field(
+    metric: str = Field(
         default="auc",
         description="binary: auc (default), logloss, brier, rmse (of the probability); regression: rmse (default), "
-        "mae, r2; multiclass: logloss (default), accuracy, macro_f1. Each is judged in its own direction",
+        "mae, r2; multiclass: logloss (default), accuracy, macro_f1. Each is judged in its own direction "
+        "(pipelines/core/tasks.py: METRICS)",
     )
     mode: Literal["enabled", "dry_run", "manual"] = Field(
         default="enabled",
@@ -364,6 +347,14 @@ class GateSpec(_Strict):
         "least this many whole cohorts, by the same threshold and a bootstrap over cohorts, is proposed for "
         "promotion in this mode by the backtest DAG; 0: never",
     )
+
+    @field_validator("metric")
+    @classmethod
+    def _a_gate_metric(cls, value: str) -> str:
+        judged = [m.name for m in METRICS.values() if m.gate_for]
+        if value not in judged:
+            raise ValueError(f"'{value}' is no metric a gate judges by; use one of {judged}")
+        return value
 
 
 # Evidently's drift tests by the column types they accept (a unit test checks these against its registry).
@@ -502,7 +493,7 @@ class ModelSpec(_Strict):
         default="hour", description="The unit data is read, validated, published and scored in (UTC hours or days)"
     )
     task: Task = Field(
-        default="binary",
+        default=Task.BINARY,
         description="binary (a 0/1 label, a probability), multiclass (label.classes, a probability per class) or "
         "regression (a numeric label, a value)",
     )
@@ -530,9 +521,9 @@ class ModelSpec(_Strict):
         if not isinstance(value, dict):
             return value
         task, gate = value.get("task", "binary"), {} if value.get("gate") is None else value["gate"]
-        if task not in TASK_GATE_METRICS or not isinstance(gate, dict) or "metric" in gate:
+        if task not in set(Task) or not isinstance(gate, dict) or "metric" in gate:
             return value  # an unknown task or a gate that is no mapping: their fields' own errors name them
-        return {**value, "gate": {**gate, "metric": TASK_GATE_METRICS[task][0]}}
+        return {**value, "gate": {**gate, "metric": Task(task).gate_metrics[0]}}
 
     def training_window(self, end: datetime) -> tuple[datetime, datetime]:
         """The whole partitions of the training window before `end` (the train run's data interval end):
@@ -577,22 +568,22 @@ class ModelSpec(_Strict):
 
     def _check_task(self) -> None:
         check_objective(self.task, self.training.params, "training.params")
-        if self.gate.metric not in TASK_GATE_METRICS[self.task]:
+        if self.gate.metric not in self.task.gate_metrics:
             raise ValueError(
                 f"gate.metric '{self.gate.metric}' does not judge a {self.task} model; "
-                f"use one of {list(TASK_GATE_METRICS[self.task])}"
+                f"use one of {list(self.task.gate_metrics)}"
             )
-        if (self.task == "multiclass") != (self.label.classes is not None):
+        if self.task.has_classes != (self.label.classes is not None):
             raise ValueError(
                 "task multiclass needs label.classes (the class names)"
-                if self.task == "multiclass"
+                if self.task.has_classes
                 else f"label.classes is for task multiclass, not {self.task}"
             )
 
     @property
     def objective(self) -> str:
         """The XGBoost objective: the spec's training.params.objective, else the task's default."""
-        return str(self.training.params.get("objective", TASK_OBJECTIVES[self.task][0]))
+        return str(self.training.params.get("objective", self.task.objectives[0]))
 
     def _check_drift_columns(self) -> None:
         drift = self.drift

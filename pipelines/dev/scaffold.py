@@ -22,7 +22,8 @@ from pydantic import TypeAdapter, ValidationError
 from pipelines.core.errors import ConfigError, SpecError
 from pipelines.core.intervals import PartitionUnit
 from pipelines.core.project import Project
-from pipelines.core.spec import TASK_OBJECTIVES, ModelSpec, Source, load_spec
+from pipelines.core.spec import ModelSpec, Source, load_spec
+from pipelines.core.tasks import Task
 from pipelines.stages.ingest import type_events
 from pipelines.stages.suites import NO_NULL_CHECK_ABOVE, NULL_MARGIN
 from pipelines.storage.sources import SourceAccess, read_source
@@ -387,7 +388,7 @@ def spec_text(name: str, args: dict[str, Any], inferred: Inferred, rows: int) ->
         f"  column: {args['label']}\n"
         f"  arrived_at_column: {args['arrived_at']}\n"
         f"  delay_hours: {args.get('delay_hours', 24)}   # {args.get('delay_reason', 'how long after the event its label is known: set it from your data')}\n"
-        + (f"  classes: {json.dumps(args['classes'])}\n" if args["task"] == "multiclass" else "")
+        + (f"  classes: {json.dumps(args['classes'])}\n" if Task(args["task"]).has_classes else "")
         + f"task: {args['task']}          # binary | multiclass | regression\n"
         "features:\n"
         f"  numeric: {json.dumps(inferred.numeric)}\n"
@@ -411,7 +412,7 @@ def spec_text(name: str, args: dict[str, Any], inferred: Inferred, rows: int) ->
             else ""
         )
         + f"training:\n  window_days: {inferred.window_days}   # {inferred.window_reason}\n  min_rows: 1000\n"
-        f"  params:\n    objective: {TASK_OBJECTIVES[args['task']][0]}\n"
+        f"  params:\n    objective: {Task(args['task']).objectives[0]}\n"
     )
 
 
@@ -434,12 +435,12 @@ def new_model(
     sample: tuple[datetime, datetime],
     access: SourceAccess,
     project: Project,
-    task: str = "binary",
+    task: Task = Task.BINARY,
     classes: list[str] | None = None,
 ) -> list[Path]:
     """Write the spec, the DAG file and the starter suite of a new model; returns their paths.
     A multiclass model needs its `classes` (the label's class names)."""
-    if (task == "multiclass") != bool(classes):
+    if task.has_classes != bool(classes):
         raise ConfigError(
             f"{name}: --classes (comma-separated class names) goes with --task multiclass, and only with it"
         )

@@ -29,6 +29,7 @@ from pipelines.core.features import parse_probabilities
 from pipelines.core.intervals import PANDAS_FREQ, interval_key
 from pipelines.core.metrics import TASK_METRICS, task_metrics
 from pipelines.core.spec import ModelSpec
+from pipelines.core.tasks import Task
 from pipelines.stages.labels import labels_known_at
 from pipelines.storage import tables
 from pipelines.storage.settings import Settings
@@ -65,7 +66,7 @@ def cohort_predictions(spec: ModelSpec, engine: Engine, end: datetime, since: da
     since = since or cohort_window(spec, end)[0]
     tables.refresh_statistics(engine, tables.predictions, tables.labels)
     columns = [p.c.entity_id, p.c.as_of, p.c.model_version, p.c.score]
-    if spec.task == "multiclass":
+    if spec.task.has_classes:
         columns.append(p.c.class_probabilities)
     query = select(*columns).where(p.c.model_name == spec.name, p.c.as_of >= since, p.c.as_of < end)
     with engine.connect() as connection:
@@ -77,7 +78,7 @@ def cohort_predictions(spec: ModelSpec, engine: Engine, end: datetime, since: da
     frame = frame.merge(known, on=["entity_id", "as_of"], how="left", validate="one_to_one")
     # One row order whatever the database returns: the metrics' float sums are then bit-for-bit reproducible.
     frame = frame.sort_values(["as_of", "entity_id"], ignore_index=True)
-    if spec.task != "multiclass":
+    if not spec.task.has_classes:
         frame["label"] = pd.to_numeric(frame["label"], errors="coerce")  # no label yet: NaN
     return with_probability_columns(spec, frame)
 
@@ -88,7 +89,7 @@ def labelled(frame: pd.DataFrame) -> pd.DataFrame:
 
 def with_probability_columns(spec: ModelSpec, frame: pd.DataFrame) -> pd.DataFrame:
     """Multiclass: the logged class probabilities (JSON) parsed once into columns, in the spec's class order."""
-    if spec.task != "multiclass":
+    if not spec.task.has_classes:
         return frame
     classes = spec.label.classes or []
     matrix = parse_probabilities(frame.pop("class_probabilities"), classes)
@@ -127,7 +128,7 @@ def _metrics(spec: ModelSpec, group: pd.DataFrame) -> dict[str, Any]:
     """One row of backtest_metrics: the task's metrics on these labelled predictions."""
     scores = group["score"].to_numpy(dtype=float)
     row: dict[str, Any] = {"n": len(group), "mean_score": float(scores.mean())}
-    if spec.task == "multiclass":
+    if spec.task.has_classes:
         classes = spec.label.classes or []
         probabilities = group[[f"{PROBABILITY_PREFIX}{k}" for k in range(len(classes))]].to_numpy(dtype=float)
         labels = group["label"].to_numpy(dtype=object)
@@ -135,7 +136,7 @@ def _metrics(spec: ModelSpec, group: pd.DataFrame) -> dict[str, Any]:
         return {**row, **values, "class_recall": json.dumps(values["class_recall"])}
     labels = group["label"].to_numpy(dtype=float)
     values = task_metrics(spec.task, labels, scores)
-    if spec.task == "binary":
+    if spec.task is Task.BINARY:
         return {**row, **values, "positives": int(labels.sum())}
     return {**row, **values, "mean_label": float(labels.mean())}
 

@@ -15,11 +15,10 @@ import pandas as pd
 
 from pipelines.core.errors import BadDataError, SpecError
 from pipelines.core.spec import GateSpec
+from pipelines.core.tasks import METRICS, higher_is_better
 
-HIGHER_IS_BETTER = {
-    "auc": True, "logloss": False, "brier": False, "rmse": False,
-    "mae": False, "r2": True, "accuracy": True, "macro_f1": True,
-}  # fmt: skip
+# The direction each gate metric improves in (pipelines/core/tasks.py: METRICS).
+HIGHER_IS_BETTER = {m.name: higher_is_better(m.name) for m in METRICS.values() if m.gate_for}
 # Bootstrap resamples are processed in blocks of at most this many cells (resamples x rows).
 _BLOCK_CELLS = 4_000_000
 _EPS = 1e-15

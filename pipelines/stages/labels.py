@@ -18,6 +18,7 @@ from sqlalchemy import Engine, Subquery, and_, func, select
 
 from pipelines.core.errors import BadDataError
 from pipelines.core.spec import ModelSpec
+from pipelines.core.tasks import Task
 from pipelines.storage import tables
 from pipelines.storage.sources import SourceAccess, read_source
 
@@ -62,7 +63,7 @@ def check_labels(spec: ModelSpec, frame: pd.DataFrame, where: str) -> pd.DataFra
 def typed_labels(spec: ModelSpec, values: pd.Series, where: str) -> pd.Series:
     """Binary: 0 or 1; regression: a finite number; multiclass: one of label.classes (kept as its name)."""
     column = spec.label.column
-    if spec.task == "multiclass":
+    if spec.task.has_classes:
         classes = spec.label.classes or []
         names = values.astype("string").str.strip()
         bad = names.isna() | ~names.isin(classes)
@@ -70,7 +71,7 @@ def typed_labels(spec: ModelSpec, values: pd.Series, where: str) -> pd.Series:
         typed = names
     else:
         numbers = pd.to_numeric(values, errors="coerce")
-        if spec.task == "binary":
+        if spec.task is Task.BINARY:
             bad, expected = numbers.isna() | ~numbers.isin([0, 1]), "0 or 1"
         else:
             bad, expected = numbers.isna() | ~np.isfinite(numbers.astype("float64")), "a finite number"
@@ -104,7 +105,7 @@ def ingest_labels(
     if not frames:
         return LabelIngestResult(0, 0, missing)
     frame = pd.concat(frames, ignore_index=True)
-    multiclass = spec.task == "multiclass"
+    multiclass = spec.task.has_classes
     rows = pd.DataFrame(
         {
             "model_name": spec.name,
@@ -176,9 +177,9 @@ def labels_as_known(model_name: str, known_at: datetime, as_of_from: datetime, a
     )
 
 
-def label_of(task: str, known: Subquery) -> Any:
+def label_of(task: Task, known: Subquery) -> Any:
     """The known label's column for the task: a class name (multiclass) or a number."""
-    return (known.c.label_class if task == "multiclass" else known.c.label).label("label")
+    return (known.c.label_class if task.has_classes else known.c.label).label("label")
 
 
 def labels_known_at(

@@ -85,15 +85,13 @@ def _scores(spec: ModelSpec, model: LoadedModel, frame: pd.DataFrame) -> Any:
     contract = contract_of(model.booster)
     raw = predict(model.booster, contract, frame)
     return (
-        aligned_probabilities(raw, contract.classes or [], spec.label.classes or [])
-        if spec.task == "multiclass"
-        else raw
+        aligned_probabilities(raw, contract.classes or [], spec.label.classes or []) if spec.task.has_classes else raw
     )
 
 
 def gate_labels(spec: ModelSpec, holdout: pd.DataFrame) -> pd.DataFrame:
     """The holdout with its label as the gate's statistics read it (a class index for multiclass)."""
-    if spec.task != "multiclass":
+    if not spec.task.has_classes:
         return holdout
     index = class_index(holdout[spec.label.column], spec.label.classes or [], f"{spec.name} holdout")
     return holdout.assign(**{spec.label.column: index})
@@ -104,10 +102,10 @@ def baseline_scores(spec: ModelSpec, baseline: dict[str, Any] | None, rows: int)
     the floor is off (gate.beat_base_rate) or the version predates recorded baselines."""
     if baseline is None or not spec.gate.beat_base_rate:
         return None
-    if spec.task == "multiclass":
-        priors = baseline["class_priors"]
+    if spec.task.has_classes:
+        priors = baseline[spec.task.baseline]
         return np.tile([float(priors.get(c, 0.0)) for c in spec.label.classes or []], (rows, 1))
-    return np.full(rows, float(baseline["base_rate" if spec.task == "binary" else "mean"]))
+    return np.full(rows, float(baseline[spec.task.baseline]))
 
 
 def _judge_against_champion(
@@ -351,7 +349,7 @@ def rejected_by_a_human(engine: Engine, model_name: str, version: str) -> bool:
 
 
 def _replay_scores(spec: ModelSpec, evidence: pd.DataFrame, suffix: str) -> np.ndarray:
-    if spec.task != "multiclass":
+    if not spec.task.has_classes:
         return evidence[f"score{suffix}"].to_numpy(dtype="float64")
     from pipelines.stages.backtest import PROBABILITY_PREFIX
 

@@ -25,6 +25,7 @@ from pipelines.core.features import parse_probabilities
 from pipelines.core.intervals import floor_to_partition, interval_key
 from pipelines.core.metrics import task_metrics
 from pipelines.core.spec import ModelSpec
+from pipelines.core.tasks import Task
 from pipelines.stages.drift import seeded_sample
 from pipelines.stages.labels import label_of, labels_as_known
 from pipelines.storage import tables
@@ -73,13 +74,13 @@ def evidently_frame(spec: ModelSpec, frame: pd.DataFrame) -> tuple[pd.DataFrame,
     from evidently import BinaryClassification, DataDefinition, MulticlassClassification, Regression
     from evidently.presets import ClassificationPreset, RegressionPreset
 
-    if spec.task == "regression":
+    if spec.task is Task.REGRESSION:
         data = pd.DataFrame({TARGET: frame["label"].astype(float), PREDICTION: frame["score"].astype(float)})
         definition = DataDefinition(
             regression=[Regression(target=TARGET, prediction=PREDICTION)], numerical_columns=[TARGET, PREDICTION]
         )
         return data, definition, RegressionPreset()
-    if spec.task == "binary":
+    if spec.task is Task.BINARY:
         data = pd.DataFrame({TARGET: frame["label"].astype(int), PREDICTION: frame["score"].astype(float)})
         definition = DataDefinition(
             classification=[BinaryClassification(target=TARGET, prediction_probas=PREDICTION, pos_label=1)],
@@ -103,8 +104,8 @@ def evidently_frame(spec: ModelSpec, frame: pd.DataFrame) -> tuple[pd.DataFrame,
 
 
 def window_metrics(spec: ModelSpec, frame: pd.DataFrame) -> dict[str, Any]:
-    labels = frame["label"].to_numpy(dtype=object if spec.task == "multiclass" else float)
-    if spec.task == "multiclass":
+    labels = frame["label"].to_numpy(dtype=object if spec.task.has_classes else float)
+    if spec.task.has_classes:
         classes = spec.label.classes or []
         probabilities = parse_probabilities(frame["class_probabilities"], classes)
         return task_metrics(spec.task, labels, probabilities, classes, f"{spec.name} quality, stored labels")
@@ -130,10 +131,10 @@ def unjudgeable_by_evidently(spec: ModelSpec, frame: pd.DataFrame) -> str | None
     """Why Evidently's classification report cannot take these rows, or None. Its per-class metrics
     fail on a class the window's labels lack (and so would a per-class ROC AUC); our own metrics
     still judge such a window, leaving undefined ones empty."""
-    if spec.task == "regression":
+    if spec.task is Task.REGRESSION:
         return None
-    expected = ["0", "1"] if spec.task == "binary" else list(spec.label.classes or [])
-    present = set(frame["label"].astype(int if spec.task == "binary" else str).astype(str))
+    expected = ["0", "1"] if spec.task is Task.BINARY else list(spec.label.classes or [])
+    present = set(frame["label"].astype(int if spec.task is Task.BINARY else str).astype(str))
     absent = [c for c in expected if c not in present]
     return f"no label of class {absent} in the window" if absent else None
 

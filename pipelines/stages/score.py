@@ -123,7 +123,7 @@ def check_inputs(frame: pd.DataFrame, signature: Any, model: str) -> None:
 
 def predict_chunked(booster: Any, contract: FeatureContract, frame: pd.DataFrame) -> np.ndarray:
     if not len(frame):
-        return np.zeros((0, len(contract.classes)) if contract.task == "multiclass" and contract.classes else 0)
+        return np.zeros((0, len(contract.classes)) if contract.task.has_classes and contract.classes else 0)
     chunks = [predict(booster, contract, frame.iloc[i : i + CHUNK_ROWS]) for i in range(0, len(frame), CHUNK_ROWS)]
     return np.concatenate(chunks)
 
@@ -264,7 +264,7 @@ def write_new_partition(
         with engine.begin() as connection:
             if tables.scope_has_rows(connection, tables.predictions, partition_scope(spec, part)):
                 return None
-            columns = [*LOG_COLUMNS, *(MULTICLASS_COLUMNS if contract.task == "multiclass" else ())]
+            columns = [*LOG_COLUMNS, *(MULTICLASS_COLUMNS if contract.task.has_classes else ())]
             # One bulk load for the whole partition: on PostgreSQL the server stores a chunk while the next is scored.
             with times.entered("log", tables.bulk_insert(connection, tables.predictions, columns)) as log_rows:
                 for scored in scored_chunks(spec, settings, model, version, part, times):
@@ -310,7 +310,7 @@ def write_predictions(engine: Engine, spec: ModelSpec, part: datetime, rows: pd.
         tables.predictions,
         rows,
         key=["model_name", "as_of", "entity_id"],
-        update_when_changed=[*LOGGED_COLUMNS, *(MULTICLASS_COLUMNS if spec.task == "multiclass" else ())],
+        update_when_changed=[*LOGGED_COLUMNS, *(MULTICLASS_COLUMNS if spec.task.has_classes else ())],
         replaces=partition_scope(spec, part),
         history=(tables.predictions_history, {"superseded_at": datetime.now(UTC), "superseded_by_run": dag_run_id}),
     )
@@ -548,7 +548,7 @@ def replay_logged_inputs(spec: ModelSpec, settings: Settings, version: str, logg
     Columns: entity_id, as_of, logged_version, logged_score, score (and, multiclass, predicted_class and
     class_probabilities).
     """
-    multiclass = list(MULTICLASS_COLUMNS) if spec.task == "multiclass" else []
+    multiclass = list(MULTICLASS_COLUMNS) if spec.task.has_classes else []
     columns = ["entity_id", "as_of", "logged_version", "logged_score", "score", *multiclass]
     if logged.empty:
         return pd.DataFrame(columns=columns)

@@ -23,6 +23,7 @@ from pipelines.core.features import CONTRACT_ATTRIBUTE, build_contract, predict,
 from pipelines.core.intervals import partitions_between
 from pipelines.core.metrics import task_metrics
 from pipelines.core.spec import ModelSpec, TrainingSpec, check_objective
+from pipelines.core.tasks import Task
 from pipelines.stages.labels import labels_known_at
 from pipelines.storage.lake import Lake, read_partitions
 from pipelines.storage.registry import BASELINE_TAG, MODEL_SHA256_TAG
@@ -126,13 +127,12 @@ DATASET_SAMPLE_ROWS = 1000  # rows of the training frame logged as the run's MLf
 DATASET_DIGEST_CHARS = 36  # MLflow keeps at most this much of a dataset digest
 
 
-def training_baseline(task: str, labels: pd.Series) -> dict[str, Any]:
+def training_baseline(task: Task, labels: pd.Series) -> dict[str, Any]:
     """The task's trivial model from the training split: the positive rate, the class priors by name, or the mean."""
-    if task == "multiclass":
+    if task.has_classes:
         priors = labels.astype("string").value_counts(normalize=True)
-        return {"class_priors": {str(k): float(v) for k, v in priors.items()}}
-    key = "base_rate" if task == "binary" else "mean"
-    return {key: float(pd.to_numeric(labels).astype("float64").mean())}
+        return {task.baseline: {str(k): float(v) for k, v in priors.items()}}
+    return {task.baseline: float(pd.to_numeric(labels).astype("float64").mean())}
 
 
 def train_model(
@@ -165,7 +165,7 @@ def train_model(
         )
     for name, part in (("train", train), ("valid", valid)):
         if part[label].nunique() < 2:
-            kind = "value" if spec.task == "regression" else "class"
+            kind = "value" if spec.task is Task.REGRESSION else "class"
             raise NotEnoughDataError(f"{spec.name}: the {name} split has a single {kind}; widen the training window")
 
     contract = build_contract(spec, train)
@@ -183,7 +183,7 @@ def train_model(
         **extra,
         "device": device,
     }
-    if spec.task == "multiclass":
+    if spec.task.has_classes:
         params["num_class"] = len(contract.classes or [])
     # Before the run opens: a label the task cannot learn fails here, naming it, and leaves no run behind.
     target = {name: training_target(part[label], contract, f"{spec.name} {name} split") for name, part in

@@ -42,6 +42,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 
 from pipelines.core.errors import BadDataError, ConfigError, PermanentError
+from pipelines.core.tasks import METRICS
 
 if TYPE_CHECKING:  # imported where frames are written: the DAG files import this module's constants
     import pandas as pd
@@ -113,16 +114,8 @@ backtest_metrics = Table(
     Column("complete", Boolean),
     # The task's metrics (pipelines/core/metrics.py); the others stay NULL.
     Column("positives", Integer),  # binary
-    Column("auc", Float),  # binary
-    Column("logloss", Float),  # binary and multiclass
-    Column("brier", Float),  # binary
-    Column("rmse", Float),  # regression
-    Column("mae", Float),
-    Column("r2", Float),
-    Column("mean_error", Float),  # the bias: mean of prediction - label
+    *(Column(name, Float) for name in METRICS),  # a new metric's column also needs its migration
     Column("mean_label", Float),
-    Column("accuracy", Float),  # multiclass
-    Column("macro_f1", Float),
     Column("class_recall", Text),  # JSON {class: recall} of the classes among the labels
     Column("mean_score", Float),
     Column("labels_as_of", DateTime(timezone=True), nullable=False),

@@ -26,6 +26,7 @@ from pipelines.airflow.dags import run_in_process
 from pipelines.core.intervals import interval_key
 from pipelines.core.metrics import TASK_METRICS
 from pipelines.core.spec import ModelSpec, load_spec
+from pipelines.core.tasks import Task
 from pipelines.dev.demo import SALES, write_sales_source
 from pipelines.dev.demo_data import write_csv
 from pipelines.storage import tables
@@ -450,7 +451,7 @@ def test_a_version_of_another_task_is_refused_by_scoring_and_rollback(home: Sett
     from pipelines.storage.registry import VersionNotServable, champion_version, rollback
 
     spec = load_spec(home.specs_dir / f"{SALES}.yaml")
-    changed = spec.model_copy(update={"task": "binary"})
+    changed = spec.model_copy(update={"task": Task.BINARY})
     before = table_rows(engine, tables.predictions, SALES)
     refused = rf"{SALES} v3 predicts task regression, but the spec's task is binary"
     day = SCORED_DAYS[0]

@@ -49,7 +49,8 @@ def test_source_arguments() -> None:
 def test_the_scaffolded_spec_is_valid_for_each_task(task: str, classes: list[str] | None) -> None:
     import yaml
 
-    from pipelines.core.spec import TASK_GATE_METRICS, TASK_OBJECTIVES, ModelSpec
+    from pipelines.core.spec import ModelSpec
+    from pipelines.core.tasks import Task
     from pipelines.dev.scaffold import Inferred, spec_text
 
     args = {
@@ -61,8 +62,8 @@ def test_the_scaffolded_spec_is_valid_for_each_task(task: str, classes: list[str
     }  # fmt: skip
     text = spec_text("shop", args, Inferred(["price"], ["plan"], {}, []), 100)
     spec = ModelSpec.model_validate(yaml.safe_load(text))
-    assert (spec.task, spec.label.classes, spec.objective) == (task, classes, TASK_OBJECTIVES[task][0])
-    assert spec.gate.metric == TASK_GATE_METRICS[task][0]
+    assert (spec.task, spec.label.classes, spec.objective) == (task, classes, Task(task).objectives[0])
+    assert spec.gate.metric == Task(task).gate_metrics[0]
     assert (spec.drift.num_method, spec.drift.cat_method, spec.drift.calibrate) == (
         "wasserstein",
         "jensenshannon",

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from pipelines.core.spec import load_spec
+from pipelines.core.tasks import Task
 from pipelines.stages.backtest import cohort_metrics, with_probability_columns
 from tests import REPO_ROOT
 
@@ -72,7 +73,9 @@ def test_multiclass_cohorts_read_the_logged_probabilities() -> None:
     from pipelines.core.features import probabilities_json
 
     classes = ["low", "mid", "high"]
-    spec = CHURN.model_copy(update={"task": "multiclass", "label": CHURN.label.model_copy(update={"classes": classes})})
+    spec = CHURN.model_copy(
+        update={"task": Task.MULTICLASS, "label": CHURN.label.model_copy(update={"classes": classes})}
+    )
     rng = np.random.default_rng(2)
     truth = rng.integers(0, 3, 500)
     logits = np.eye(3)[truth] * 1.5 + rng.normal(0, 1, (500, 3))
@@ -101,7 +104,9 @@ def test_a_stored_label_of_a_class_the_spec_dropped_is_named() -> None:
     from pipelines.core.features import probabilities_json
 
     classes = ["low", "high"]
-    spec = CHURN.model_copy(update={"task": "multiclass", "label": CHURN.label.model_copy(update={"classes": classes})})
+    spec = CHURN.model_copy(
+        update={"task": Task.MULTICLASS, "label": CHURN.label.model_copy(update={"classes": classes})}
+    )
     probabilities = np.array([[0.7, 0.3], [0.2, 0.8]])
     frame = pd.DataFrame(
         {

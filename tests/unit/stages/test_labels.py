@@ -13,6 +13,7 @@ from sqlalchemy import Engine
 
 from pipelines.core.errors import BadDataError
 from pipelines.core.spec import ModelSpec, load_spec
+from pipelines.core.tasks import Task
 from pipelines.dev.demo_data import source_hour_file
 from pipelines.stages.labels import ingest_labels, labels_known_at
 from pipelines.storage import tables
@@ -103,7 +104,7 @@ def labels_of_task(tmp_path: Path, task: str, values: list[str]) -> tuple[ModelS
     """A model of `task` (multiclass: classes stay, leave) and its label file for FIRST with these labels."""
     spec = spec_named(f"m_{uuid4().hex[:8]}")
     label = spec.label.model_copy(update={"classes": ["stay", "leave"] if task == "multiclass" else None})
-    spec = spec.model_copy(update={"task": task, "label": label})
+    spec = spec.model_copy(update={"task": Task(task), "label": label})
     path = write_labels(tmp_path, spec, FIRST, {"C000001": 1, "C000002": 0})
     frame = pd.read_csv(path, dtype=str)
     frame["churned"] = values

@@ -17,6 +17,7 @@ from sqlalchemy import Engine, func, select
 from pipelines.core.features import probabilities_json
 from pipelines.core.intervals import interval_key
 from pipelines.core.spec import ModelSpec, load_spec
+from pipelines.core.tasks import Task
 from pipelines.stages.quality import matured_window, quality_interval
 from pipelines.storage import tables
 from pipelines.storage.lake import open_lake
@@ -27,7 +28,7 @@ SALES = load_spec(REPO_ROOT / "dags" / "models" / "demo_sales.yaml")  # a daily 
 CHURN = load_spec(REPO_ROOT / "dags" / "models" / "demo_churn.yaml")
 CLASSES = ["low", "normal", "urgent"]
 TICKETS = SALES.model_copy(
-    update={"name": "tickets", "task": "multiclass", "label": SALES.label.model_copy(update={"classes": CLASSES})}
+    update={"name": "tickets", "task": Task.MULTICLASS, "label": SALES.label.model_copy(update={"classes": CLASSES})}
 )
 MONITORED = (datetime(2026, 1, 10, tzinfo=UTC), datetime(2026, 1, 11, tzinfo=UTC))
 
