@@ -36,6 +36,7 @@ def measure(hours: int) -> None:
     os.environ["PIPELINES_SOURCE_WAIT_S"] = "0"
     from pipelines.airflow.connections import task_connection, task_settings
     from pipelines.airflow.dags import run_in_process
+    from pipelines.core.errors import SourceMissingError
     from pipelines.core.spec import load_spec
     from pipelines.stages.drift import monitor_interval
     from pipelines.stages.drift_policy import evaluate
@@ -44,7 +45,7 @@ def measure(hours: int) -> None:
     from pipelines.stages.quality import quality_interval
     from pipelines.stages.score import score_interval
     from pipelines.stages.validate import validate_and_publish
-    from pipelines.storage.sources import SourceAccess, SourceMissingError
+    from pipelines.storage.sources import SourceAccess
     from pipelines.storage.tables import make_engine
 
     settings = task_settings()

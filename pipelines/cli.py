@@ -8,6 +8,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
+from pipelines.core.dag_kinds import SCHEDULED_KINDS
 from pipelines.core.tasks import Task
 from pipelines.storage.settings import Settings, get_settings
 
@@ -116,8 +117,9 @@ def _history(args: argparse.Namespace) -> int:
 def _rollback(args: argparse.Namespace) -> int:
     import getpass
 
+    from pipelines.core.errors import VersionNotServableError
     from pipelines.core.spec import load_spec
-    from pipelines.storage.registry import VersionNotServable, rollback
+    from pipelines.storage.registry import rollback
 
     if not _known_model(args.model):
         return 2
@@ -128,7 +130,7 @@ def _rollback(args: argparse.Namespace) -> int:
             settings, _engine(settings, False), args.model, task, args.version, args.reason, None,
             f"cli:{getpass.getuser()}",
         )  # fmt: skip
-    except VersionNotServable as exc:
+    except VersionNotServableError as exc:
         print(f"rollback refused, champion unchanged: {exc}", file=sys.stderr)
         return 1
     print(f"{args.model}: champion is v{args.version}" + ("" if moved else " (it already was)"))
@@ -138,7 +140,8 @@ def _rollback(args: argparse.Namespace) -> int:
 def _adopt(args: argparse.Namespace) -> int:
     import getpass
 
-    from pipelines.storage.registry import VersionNotServable, adopt_version
+    from pipelines.core.errors import VersionNotServableError
+    from pipelines.storage.registry import adopt_version
 
     if not _known_model(args.model):
         return 2
@@ -147,7 +150,7 @@ def _adopt(args: argparse.Namespace) -> int:
         digest = adopt_version(
             settings, _engine(settings, False), args.model, args.version, args.reason, f"cli:{getpass.getuser()}"
         )
-    except VersionNotServable as exc:
+    except VersionNotServableError as exc:
         print(f"not adopted: {exc}", file=sys.stderr)
         return 1
     print(
@@ -201,8 +204,9 @@ def _run(args: argparse.Namespace) -> int:
     from datetime import datetime
 
     from pipelines.airflow.embedded import migrate_airflow_db
+    from pipelines.core.errors import RunInProgressError
     from pipelines.core.spec import load_spec
-    from pipelines.dev.runs import RunInProgress, interval_lock, planned_runs
+    from pipelines.dev.runs import interval_lock, planned_runs
 
     model, _, kind = args.dag_id.rpartition("__")
     if not _known_model(model):
@@ -238,7 +242,7 @@ def _run(args: argparse.Namespace) -> int:
         try:
             with interval_lock(settings.home, run.dag_id, run.start, run.end):
                 dag_run = run_in_process(run.dag_id, None if run.conf else run.end, run_conf=conf, run_after=run.end)
-        except RunInProgress as exc:
+        except RunInProgressError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         took = time.perf_counter() - started
@@ -427,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     run = commands.add_parser(
         "run", help="run a model's DAG in process over every whole interval of its schedule in [--start, --end)"
     )
-    run.add_argument("dag_id", help="e.g. demo_churn__score (train, score, monitor, backtest)")
+    run.add_argument("dag_id", help=f"e.g. demo_churn__score ({', '.join(SCHEDULED_KINDS)})")
     run.add_argument("--start", required=True, help="ISO time with zone, e.g. 2026-01-03T02:00Z")
     run.add_argument("--end", required=True, help="ISO time with zone, e.g. 2026-01-03T06:00Z")
     run.add_argument(

@@ -20,6 +20,7 @@ from pipelines.airflow.score import score_dag
 from pipelines.airflow.train import train_dag
 from pipelines.core.spec import ModelSpec, load_spec
 
+# The builder of each DAG kind of pipelines/core/dag_kinds.py (a test keeps the two in step).
 DAG_BUILDERS: dict[str, Callable[[ModelSpec], DAG]] = {
     "train": train_dag,
     "score": score_dag,

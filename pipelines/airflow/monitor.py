@@ -117,8 +117,8 @@ def monitor_dag(spec: ModelSpec) -> DAG:
         @step
         def quality_report(env: TaskEnv) -> list[QualityReport]:
             """The task's metrics and Evidently quality report of the window whose labels arrived by now."""
+            from pipelines.core.errors import SourceMissingError
             from pipelines.stages.quality import quality_interval
-            from pipelines.storage.sources import SourceMissingError
 
             judged: list[QualityReport] = []
             for start, end in monitored_intervals(env.ctx):

@@ -17,9 +17,9 @@ from typing import Any
 from airflow.plugins_manager import AirflowPlugin
 from airflow.sdk import BaseOperatorLink
 
+from pipelines.core.dag_kinds import EVIDENCE_TASKS  # the tasks that record evidence, by DAG kind
+
 URL_PREFIX = "/pipelines"
-# The tasks that record evidence (validation results, reports, gate decisions, backtest plots).
-EVIDENCE_TASKS = ("validate", "drift_report", "quality_report", "gate", "approve", "promote", "backtest")
 
 
 class LazyApp:

@@ -10,6 +10,7 @@ connection errors, so the task wrapper needs no list of its own.
 from __future__ import annotations
 
 import errno
+from typing import Any, Protocol
 
 
 class PipelineError(Exception):
@@ -44,16 +45,89 @@ class ContractError(PermanentError):
     """The data does not match what the model was trained on (a missing or retyped column)."""
 
 
-class VersionRefused(PermanentError):
+class VersionRefusedError(PermanentError):
     """A model version cannot be used: missing, not READY, unreadable or unsafe."""
 
 
-class SourceNotReady(TransientError):
+class SourceNotReadyError(TransientError):
     """The source has not delivered a file for an interval (yet)."""
 
 
-class StorageUnavailable(TransientError):
+class StorageUnavailableError(TransientError):
     """The tables database, the lake or the tracking server did not answer."""
+
+
+# Errors of particular stages, each under the kind it is.
+
+
+class PartitionError(BadDataError):
+    """A partition is missing, incomplete or does not match its manifest."""
+
+
+class LakeError(PermanentError):
+    """The lake itself cannot be used (no such bucket, refused credentials, bad URI)."""
+
+
+class SchemaError(PermanentError):
+    """The tables' schema is not the revision this code needs; `pipelines db upgrade` brings it there."""
+
+
+class RecordConflictError(BadDataError):
+    """A write would change values already recorded under the same key; the record is never rewritten."""
+
+    def __init__(self, message: str, samples: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.samples = samples or []  # the recorded rows at stake (key and values), for a caller to name
+
+
+class SourceMissingError(SourceNotReadyError):
+    """The source has not delivered an interval's data (yet)."""
+
+
+class SourceOverdueError(PermanentError):
+    """The source has not delivered an interval's data by its deadline: waiting longer will not help."""
+
+
+class RegistrationError(PermanentError):
+    """The model version could not be registered or never became READY."""
+
+
+class VersionNotServableError(VersionRefusedError):
+    """A version cannot serve: missing, not READY, its run is gone, or it does not load as xgboost."""
+
+
+class UnsafeModelError(VersionNotServableError):
+    """A version whose MLmodel names code, a foreign class or format, or whose file is not the one trained."""
+
+
+class NoChampionError(VersionRefusedError):
+    """Scoring needs a champion; run the train DAG first (or roll back to a version)."""
+
+
+class NotEnoughDataError(BadDataError):
+    """The training window holds too few labelled rows to train or to evaluate."""
+
+
+class DescribedOutcome(Protocol):
+    """A validation outcome (pipelines.stages.validate.ValidationOutcome) as the error reads it."""
+
+    def describe_failures(self) -> str: ...
+
+
+class ValidationFailedError(BadDataError):
+    """The data broke its suite; the message lists each failed expectation."""
+
+    def __init__(self, outcome: DescribedOutcome) -> None:
+        self.outcome = outcome
+        super().__init__(outcome.describe_failures())
+
+
+class StaleDecisionError(PermanentError):
+    """The champion moved between the gate's decision and the promotion; the decision no longer holds."""
+
+
+class RunInProgressError(PermanentError):
+    """Another `pipelines run` is running the same DAG over the same interval."""
 
 
 def _chain(exc: BaseException) -> list[BaseException]:

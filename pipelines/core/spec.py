@@ -8,7 +8,7 @@ import string
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
@@ -85,6 +85,9 @@ class FilesSource(_Strict):
     per partition; without one it names a single file or folder holding every interval, whose rows
     are filtered by time."""
 
+    # Its rows may span other intervals (one file holding them all): rows outside are left for theirs.
+    selects_the_interval: ClassVar[bool] = False
+
     kind: Literal["files"]
     path: str = Field(description="e.g. sales/dt={start:%Y-%m-%d}/hour={start:%H}.csv or s3://bucket/sales.parquet")
     format: Literal["csv", "parquet"] | None = Field(default=None, description="Default: from the path's extension")
@@ -122,6 +125,9 @@ class FilesSource(_Strict):
 
 class SqlSource(_Strict):
     """Rows of a table or query reached through an Airflow connection (any SQLAlchemy database)."""
+
+    # Its rows are the interval's by its own filter: a row outside the interval is the query's fault.
+    selects_the_interval: ClassVar[bool] = True
 
     kind: Literal["sql"]
     connection: str = Field(description="Airflow connection id (postgres, mysql, sqlite, or any with a URI)")

@@ -16,13 +16,10 @@ from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
 
-from pipelines.core.errors import PermanentError
+from pipelines.core.dag_kinds import DAG_KINDS, SCHEDULED_KINDS
+from pipelines.core.errors import PermanentError, RunInProgressError
 from pipelines.core.intervals import interval_key
 from pipelines.core.spec import ModelSpec
-
-
-class RunInProgress(PermanentError):
-    """Another `pipelines run` is running the same DAG over the same interval."""
 
 
 @contextmanager
@@ -39,7 +36,7 @@ def interval_lock(home: Path, dag_id: str, start: datetime, end: datetime) -> It
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "unknown"
-            raise RunInProgress(
+            raise RunInProgressError(
                 f"{dag_id} for [{start.isoformat()}, {end.isoformat()}) is already being run by another "
                 f"`pipelines run` (pid {holder}); wait for it to finish, then run again if it failed"
             ) from None
@@ -50,9 +47,6 @@ def interval_lock(home: Path, dag_id: str, start: datetime, end: datetime) -> It
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-SCHEDULED_KINDS = ("train", "score", "monitor", "backtest")
 
 
 @dataclass(frozen=True)
@@ -77,7 +71,7 @@ def planned_runs(spec: ModelSpec, kind: str, start: datetime, end: datetime) -> 
         raise PermanentError(f"{spec.name}__{kind} has no schedule to run over a range; use one of {SCHEDULED_KINDS}")
     if start.tzinfo is None or end.tzinfo is None or end <= start:
         raise PermanentError(f"the range [{start}, {end}) must be non-empty, with time zones (e.g. 2026-01-03T00:00Z)")
-    cron = spec.schedules.score if kind == "monitor" else getattr(spec.schedules, kind)
+    cron = getattr(spec.schedules, str(DAG_KINDS[kind].schedule))
     fires = croniter(cron, start.astimezone(UTC) - timedelta(microseconds=1))
     ends: list[datetime] = []
     while not ends or ends[-1] <= end:

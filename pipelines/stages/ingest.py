@@ -15,11 +15,11 @@ import numpy as np
 import pandas as pd
 
 from pipelines.core.distinct import by_distinct
-from pipelines.core.errors import BadDataError, PermanentError
+from pipelines.core.errors import BadDataError, PermanentError, SourceMissingError
 from pipelines.core.intervals import STEP, interval_key, partitions_between
-from pipelines.core.spec import ModelSpec, SqlSource, suite_columns
+from pipelines.core.spec import ModelSpec, suite_columns
 from pipelines.storage.lake import Lake, partition_key, stage
-from pipelines.storage.sources import CSV_MISSING, SourceAccess, SourceMissingError, read_source
+from pipelines.storage.sources import CSV_MISSING, SourceAccess, read_source
 
 __all__ = ["SourceMissingError", "ingest", "type_events"]
 
@@ -158,7 +158,7 @@ def split_by_partition(
         )
     first, end = starts[0], starts[-1] + STEP[spec.partition]
     outside = (times < first) | (times >= end)
-    if outside.any() and isinstance(spec.source.events, SqlSource):
+    if outside.any() and spec.source.events.selects_the_interval:
         # Our own table filter cannot do this: a query's filter disagrees with the interval.
         raise BadDataError(
             f"{where}: the query returned {int(outside.sum())} row(s) with '{spec.timestamp}' outside "

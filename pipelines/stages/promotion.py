@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import Engine, select
 
-from pipelines.core.errors import PermanentError
+from pipelines.core.errors import PermanentError, StaleDecisionError, VersionNotServableError
 from pipelines.core.features import aligned_probabilities, class_index, contract_of, predict
 from pipelines.core.spec import ModelSpec
 from pipelines.stages.gate import HIGHER_IS_BETTER, Verdict, below_the_base_rate, bounded_holdout, judge, judge_replay
@@ -29,7 +29,6 @@ from pipelines.storage.registry import (
     CHALLENGER,
     CHAMPION,
     LoadedModel,
-    VersionNotServable,
     champion_version,
     fresh_from,
     load_model,
@@ -42,10 +41,6 @@ from pipelines.storage.settings import Settings
 from pipelines.storage.tracking import download_run_artifact
 
 log = logging.getLogger(__name__)
-
-
-class StaleDecision(PermanentError):
-    """The champion moved between the gate's decision and the promotion; the decision no longer holds."""
 
 
 def register_challenger(
@@ -168,7 +163,7 @@ def _verdict(
         return _judge_against_champion(spec, settings, challenger, None, holdout, baseline)
     try:
         champion_model = load_model(settings, spec.name, champion, spec.task)
-    except VersionNotServable as exc:
+    except VersionNotServableError as exc:
         # A champion that cannot serve (scoring refuses it too) is no yardstick: judge the challenger alone.
         verdict, used = _judge_against_champion(spec, settings, challenger, None, holdout, baseline)
         return replace(
@@ -323,7 +318,7 @@ def apply_decision(
     if current == version:
         return "promoted"
     if current != decision["champion_version"]:
-        raise StaleDecision(
+        raise StaleDecisionError(
             f"{model}: the gate compared v{version} with champion v{decision['champion_version']}, but the champion "
             f"is now v{current}; trigger a new train run to decide again"
         )

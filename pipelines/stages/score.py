@@ -24,7 +24,14 @@ import pandas as pd
 from sqlalchemy import ColumnElement, Engine, select
 
 from pipelines.core.distinct import distinct_codes
-from pipelines.core.errors import BadDataError, PermanentError, VersionRefused
+from pipelines.core.errors import (
+    BadDataError,
+    NoChampionError,
+    PartitionError,
+    PermanentError,
+    RecordConflictError,
+    VersionRefusedError,
+)
 from pipelines.core.features import (
     ContractError,
     FeatureContract,
@@ -43,7 +50,6 @@ from pipelines.storage.lake import (
     MANIFEST_FILE,
     ParquetStream,
     Partition,
-    PartitionError,
     partition_chunks,
     partition_key,
     publish,
@@ -51,7 +57,6 @@ from pipelines.storage.lake import (
 )
 from pipelines.storage.registry import CHAMPION, LoadedModel, champion_version, load_booster, load_model, recorded_alias
 from pipelines.storage.settings import Settings
-from pipelines.storage.tables import RecordConflict
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +64,6 @@ CHUNK_ROWS = 100_000
 LOGGED_COLUMNS = ("model_version", "score", "features_sha256", "unseen_categories")
 MULTICLASS_COLUMNS = ("predicted_class", "class_probabilities")  # logged beside the score by a multiclass model
 NUMERIC_SIGNATURE_TYPES = {"double", "float", "long", "integer"}
-
-
-class NoChampionError(VersionRefused):
-    """Scoring needs a champion; run the train DAG first (or roll back to a version)."""
 
 
 @dataclass(frozen=True)
@@ -376,7 +377,7 @@ def require_recorded_champion(spec: ModelSpec, engine: Engine, version: str) -> 
     hand has no reason, actor or gate decision on record, and is not served until it has one."""
     recorded = recorded_alias(engine, spec.name, CHAMPION)
     if recorded != version:
-        raise VersionRefused(
+        raise VersionRefusedError(
             f"{spec.name}@champion -> v{version} in MLflow, but the pipeline's history last moved it to "
             f"{'nothing' if recorded is None else f'v{recorded}'}: it was moved outside the pipeline, so it is "
             f"not served; record the move with `pipelines rollback {spec.name} {version}` (or move it back)"
@@ -448,7 +449,7 @@ def score_interval(
         if served is not None:
             rewritten = rewritten_rows(spec, served.scores, scored)
             if len(rewritten) and not rescore_with:
-                raise RecordConflict(
+                raise RecordConflictError(
                     f"{spec.name}: scoring {part.isoformat()} again would change or remove {len(rewritten)} "
                     f"prediction(s) logged by v{served.version} (its inputs changed since), e.g. "
                     f"{rewritten.head(3).to_dict('records')}; the log keeps what served. To replace them, trigger "

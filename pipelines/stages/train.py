@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import Engine
 
-from pipelines.core.errors import BadDataError, SpecError
+from pipelines.core.errors import NotEnoughDataError, SpecError
 from pipelines.core.features import CONTRACT_ATTRIBUTE, build_contract, predict, prepare_features, training_target
 from pipelines.core.intervals import partitions_between
 from pipelines.core.metrics import task_metrics
@@ -31,10 +31,6 @@ from pipelines.storage.settings import Settings
 from pipelines.storage.tracking import experiment_id
 
 log = logging.getLogger(__name__)
-
-
-class NotEnoughDataError(BadDataError):
-    """The training window holds too few labelled rows to train or to evaluate."""
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ publishes anyway; `quarantine` splits off the rows that broke a row-level expect
 ingest set aside (a value that is no number, an exact copy of a row), keeps them in the quarantine
 zone and publishes the rest, recording both counts. The result JSON is kept in the lake
 (GX's own store keeps the newest GX_RESULTS_KEPT); Data Docs are rebuilt by the nightly training and
-`pipelines data-docs`, not by every hourly run. `ValidationFailed` names each failed
+`pipelines data-docs`, not by every hourly run. `ValidationFailedError` names each failed
 expectation and sample offending values.
 """
 
@@ -25,7 +25,7 @@ from typing import Any
 import pandas as pd
 from sqlalchemy import Engine
 
-from pipelines.core.errors import BadDataError, SpecError
+from pipelines.core.errors import SpecError, ValidationFailedError
 from pipelines.core.intervals import interval_key
 from pipelines.core.spec import ModelSpec
 from pipelines.stages.ingest import snapshot_sha256
@@ -34,14 +34,6 @@ from pipelines.storage.lake import Lake, partition_key, publish, read_object, wr
 from pipelines.storage.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-class ValidationFailed(BadDataError):
-    """The data broke its suite; the message lists each failed expectation."""
-
-    def __init__(self, outcome: ValidationOutcome) -> None:
-        self.outcome = outcome
-        super().__init__(outcome.describe_failures())
 
 
 @dataclass(frozen=True)
@@ -443,7 +435,7 @@ def validate_and_publish(
     """Validate the staged deliveries of [start, end) as one batch, record the outcome, apply the spec's policy.
 
     Only what passes is published as the current partitions; a delivery that fails under 'block'
-    raises ValidationFailed and leaves the published partitions as they were.
+    raises ValidationFailedError and leaves the published partitions as they were.
     """
     batch = _batch(settings.lake, deliveries)
     # One delivery (an hour's file) is the batch as it is: a concatenation would copy it once more.
@@ -498,7 +490,7 @@ def validate_and_publish(
             outcome.describe_failures(),
         )
     else:
-        raise ValidationFailed(outcome)
+        raise ValidationFailedError(outcome)
     return outcome
 
 

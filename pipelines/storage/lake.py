@@ -26,7 +26,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipelines.core.errors import BadDataError, PermanentError, PipelineError, StorageUnavailable
+from pipelines.core.errors import LakeError, PartitionError, PermanentError, PipelineError, StorageUnavailableError
 from pipelines.core.intervals import PartitionUnit, partition_path
 
 if TYPE_CHECKING:  # pandas is imported where partitions are read or written, not when DAGs are parsed
@@ -38,16 +38,8 @@ DATA_FILE = "data.parquet"
 MANIFEST_FILE = "_manifest.json"
 
 
-class PartitionError(BadDataError):
-    """A partition is missing, incomplete or does not match its manifest."""
-
-
 # S3 answers these when it is overloaded or failing for a moment: a retry may succeed.
 S3_BUSY = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout", "Throttling", "503"}
-
-
-class LakeError(PermanentError):
-    """The lake itself cannot be used (no such bucket, refused credentials, bad URI)."""
 
 
 class Lake(ABC):
@@ -163,7 +155,7 @@ class S3Lake(Lake):
         if code == "NoSuchBucket":
             return LakeError(f"{self.uri}: bucket '{self.bucket}' does not exist at {where}; create it first")
         if code in S3_BUSY:
-            return StorageUnavailable(f"{self.uri_of(key)}: S3 at {where} is busy ({code}); retry")
+            return StorageUnavailableError(f"{self.uri_of(key)}: S3 at {where} is busy ({code}); retry")
         return LakeError(f"{self.uri_of(key)}: S3 refused the request at {where}: {code or exc}")
 
     def put(self, key: str, payload: bytes) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import Engine, insert, select
 
-from pipelines.core.errors import ContractError, PermanentError, VersionRefused
+from pipelines.core.errors import ContractError, RegistrationError, UnsafeModelError, VersionNotServableError
 from pipelines.storage import tables
 from pipelines.storage.settings import Settings
 from pipelines.storage.tracking import use_tracking
@@ -31,14 +31,6 @@ ALIASES = (CHAMPION, CHALLENGER)
 REGISTRATION_TIMEOUT_S = 300
 # The options of the human approval (gate mode manual); kept here, away from heavy imports, for the DAG file.
 APPROVE, KEEP = "Promote to champion", "Keep the champion"
-
-
-class RegistrationError(PermanentError):
-    """The model version could not be registered or never became READY."""
-
-
-class VersionNotServable(VersionRefused):
-    """A version cannot serve: missing, not READY, its run is gone, or it does not load as xgboost."""
 
 
 @dataclass(frozen=True)
@@ -75,10 +67,6 @@ MODEL_SHA256_TAG = "model_sha256"  # the booster file's sha256, recorded at trai
 BASELINE_TAG = "training_baseline"  # JSON: the task's trivial model from the training split (pipelines/stages/train.py)
 BOOSTER_CLASS = "xgboost.core.Booster"
 MODEL_FORMATS = ("json", "ubj")
-
-
-class UnsafeModelError(VersionNotServable):
-    """A version whose MLmodel names code, a foreign class or format, or whose file is not the one trained."""
 
 
 @dataclass(frozen=True)
@@ -150,7 +138,7 @@ def read_booster_file(settings: Settings, model_name: str, version: str) -> tupl
                 mlflow.artifacts.download_artifacts(artifact_uri=f"{base}/MLmodel", dst_path=scratch)
             ).read_bytes()
         except (MlflowException, OSError) as exc:
-            raise VersionNotServable(f"{label}: its MLmodel cannot be read from the registry: {exc}") from exc
+            raise VersionNotServableError(f"{label}: its MLmodel cannot be read from the registry: {exc}") from exc
         try:
             mlmodel = yaml.safe_load(text)
         except yaml.YAMLError as exc:
@@ -164,7 +152,7 @@ def read_booster_file(settings: Settings, model_name: str, version: str) -> tupl
                 mlflow.artifacts.download_artifacts(artifact_uri=f"{base}/{data}", dst_path=scratch)
             ).read_bytes()
         except (MlflowException, OSError) as exc:
-            raise VersionNotServable(
+            raise VersionNotServableError(
                 f"{label}: its model file '{data}' cannot be read from the registry: {exc}"
             ) from exc
     return mlmodel, data, payload
@@ -216,7 +204,7 @@ def load_model(settings: Settings, model_name: str, version: str, task: str | No
 
         predicts = contract_of(booster).task
         if predicts != task:
-            raise VersionNotServable(
+            raise VersionNotServableError(
                 f"{label} predicts task {predicts}, but the spec's task is {task}: train a version for this task, "
                 "or roll back to one"
             )
@@ -231,7 +219,7 @@ def _model_version(settings: Settings, model_name: str, version: str) -> Any:
         return client.get_model_version(model_name, str(version))
     except MlflowException as exc:
         known = sorted(int(v.version) for v in client.search_model_versions(f"name = '{model_name}'"))
-        raise VersionNotServable(
+        raise VersionNotServableError(
             f"{model_name} has no version '{version}' (registered versions: {known or 'none'})"
         ) from exc
 
@@ -385,21 +373,21 @@ def check_servable(settings: Settings, model_name: str, version: str, task: str 
     client = mlflow_client(settings)
     model_version = _model_version(settings, model_name, version)
     if model_version.status != "READY":
-        raise VersionNotServable(f"{model_name} v{version} is {model_version.status}, not READY")
+        raise VersionNotServableError(f"{model_name} v{version} is {model_version.status}, not READY")
     try:
         run = client.get_run(model_version.run_id)
     except MlflowException as exc:
-        raise VersionNotServable(
+        raise VersionNotServableError(
             f"{model_name} v{version}: its source run {model_version.run_id} does not exist"
         ) from exc
     if run.info.lifecycle_stage == "deleted":
-        raise VersionNotServable(f"{model_name} v{version}: its source run {model_version.run_id} is deleted")
+        raise VersionNotServableError(f"{model_name} v{version}: its source run {model_version.run_id} is deleted")
     try:
         contract_of(load_model(settings, model_name, str(version), task).booster)
-    except VersionNotServable:
+    except VersionNotServableError:
         raise
     except Exception as exc:  # any failure to load means it cannot serve; say why
-        raise VersionNotServable(
+        raise VersionNotServableError(
             f"{model_name} v{version} does not load as an XGBoost booster: {type(exc).__name__}: {exc}"
         ) from exc
     return ServableVersion(str(version), model_version.run_id)

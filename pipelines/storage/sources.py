@@ -18,9 +18,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from pipelines.core.errors import BadDataError, ConfigError, PermanentError, SourceNotReady, StorageUnavailable
+from pipelines.core.errors import (
+    BadDataError,
+    ConfigError,
+    SourceMissingError,
+    SourceOverdueError,
+    StorageUnavailableError,
+)
 from pipelines.core.intervals import STEP, PartitionUnit, floor_to_partition
 from pipelines.core.spec import FilesSource, Source, SqlSource
 from pipelines.storage.connections import ConnectionFields, s3_options_from_connection
@@ -31,14 +37,6 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
 
 log = logging.getLogger(__name__)
-
-
-class SourceMissingError(SourceNotReady):
-    """The source has not delivered an interval's data (yet)."""
-
-
-class SourceOverdueError(PermanentError):
-    """The source has not delivered an interval's data by its deadline: waiting longer will not help."""
 
 
 def no_connections(conn_id: str) -> ConnectionFields | None:
@@ -68,6 +66,13 @@ class SourceRead:
     frame: pd.DataFrame  # the raw rows as stored: strings for CSV, the stored types otherwise
     origin: dict[str, Any]  # where they came from, for the delivery's manifest
     missing: list[str] = field(default_factory=list)  # partitions without a file (when_missing: empty)
+
+
+@dataclass(frozen=True)
+class PartitionRead:
+    start: datetime
+    read: SourceRead
+    whole_interval: bool  # True: the rows of the whole interval, still to be split by time
 
 
 def partitions_covering(start: datetime, end: datetime, unit: PartitionUnit) -> list[datetime]:
@@ -165,7 +170,7 @@ class FileReader:
         except ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code", ""))
             if code in S3_BUSY:
-                raise StorageUnavailable(f"{where}: S3 is busy ({code}); retry") from exc
+                raise StorageUnavailableError(f"{where}: S3 is busy ({code}); retry") from exc
             raise ConfigError(f"{where}: S3 refused the request: {code or exc}") from exc
 
     def files(self, where: Location) -> list[str]:
@@ -225,6 +230,45 @@ class FileReader:
             ) from exc
         except (pd.errors.ParserError, UnicodeDecodeError) as exc:
             raise BadDataError(f"{uri}: not a readable CSV file: {exc}") from exc
+
+    def read_interval(self, start: datetime, end: datetime, unit: PartitionUnit) -> list[PartitionRead]:
+        """One read per partition file, or one read of the whole interval from one file."""
+        import pandas as pd
+
+        source = self.source
+        if not source.per_partition:
+            where = self.locate(start, end)
+            found = self.read(where)
+            if found is None:
+                raise SourceMissingError(f"no source file at {where.text}")
+            return [PartitionRead(start, SourceRead(*found), whole_interval=True)]
+        reads, missing = [], []
+        for part in partitions_covering(start, end, unit):
+            where = self.locate(part, part + STEP[unit])
+            found = self.read(where)
+            if found is not None:
+                reads.append(PartitionRead(part, SourceRead(*found), whole_interval=False))
+            elif source.when_missing == "wait":
+                raise SourceMissingError(
+                    f"no source file for the {unit} starting {part.isoformat()}: expected {where.text}"
+                )
+            else:  # a quiet partition: the producer wrote no file because it had no rows
+                missing.append(where.text)
+                quiet = {"kind": "files", "uri": where.text, "sha256": None, "absent": True}
+                reads.append(PartitionRead(part, SourceRead(pd.DataFrame(), quiet, [where.text]), whole_interval=False))
+        if missing:
+            log.info("%d partition file(s) absent, read as quiet partitions: %s", len(missing), ", ".join(missing[:5]))
+        return reads
+
+    def lacking(self, start: datetime, end: datetime, unit: PartitionUnit) -> list[str]:
+        """The files still missing: the interval's file, or each partition's (none for a sparse feed)."""
+        if not self.source.per_partition:
+            where = self.locate(start, end)
+            return [] if self.files(where) else [where.text]
+        if self.source.when_missing == "empty":
+            return []
+        wanted = [self.locate(p, p + STEP[unit]) for p in partitions_covering(start, end, unit)]
+        return [w.text for w in wanted if not self.files(w)]
 
     def read(self, where: Location) -> tuple[pd.DataFrame, dict[str, Any]] | None:
         """The rows of every file a location names, and their URIs and sha256; None when absent."""
@@ -350,7 +394,7 @@ class SqlReader:
             raise ConfigError(f"{self.where()}: the database refused the {what}: {exc.orig or exc}") from exc
         except DBAPIError as exc:
             if exc.connection_invalidated or "connect" in str(exc.orig).lower():
-                raise StorageUnavailable(f"{self.where()}: cannot reach the database: {exc.orig}") from exc
+                raise StorageUnavailableError(f"{self.where()}: cannot reach the database: {exc.orig}") from exc
             raise ConfigError(f"{self.where()}: the database refused the {what}: {exc.orig or exc}") from exc
 
     def chunks(self, start: datetime, end: datetime) -> Iterator[pd.DataFrame]:
@@ -376,6 +420,14 @@ class SqlReader:
         }
         return frame, origin
 
+    def read_interval(self, start: datetime, end: datetime, unit: PartitionUnit) -> list[PartitionRead]:
+        """One read of the whole interval, still to be split into partitions by time."""
+        frame, origin = self.read(start, end)
+        return [PartitionRead(start, SourceRead(frame, origin), whole_interval=True)]
+
+    def lacking(self, start: datetime, end: datetime, unit: PartitionUnit) -> list[str]:
+        return [] if self.ready(start, end) else [f"{self.where()}: ready_query is not true yet"]
+
     def ready(self, start: datetime, end: datetime) -> bool:
         from sqlalchemy import text
 
@@ -385,14 +437,38 @@ class SqlReader:
             return bool(conn.execute(text(self.source.ready_query), self.params(start, end)).scalar())
 
 
-# --- one interval -----------------------------------------------------------------------------
+# --- one interval, whatever the kind ------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class PartitionRead:
-    start: datetime
-    read: SourceRead
-    whole_interval: bool  # True: the rows of the whole interval, still to be split by time
+class SourceReader(Protocol):
+    """What ingest, labels, the suite check and the scaffold need of a source kind: the raw rows of an
+    interval, and what it still lacks before it can be read. One class per kind, one READERS entry."""
+
+    def read_interval(self, start: datetime, end: datetime, unit: PartitionUnit) -> list[PartitionRead]: ...
+
+    def lacking(self, start: datetime, end: datetime, unit: PartitionUnit) -> list[str]: ...
+
+
+def _files_reader(source: Source, access: SourceAccess, time_column: str) -> SourceReader:
+    assert isinstance(source, FilesSource)
+    return FileReader(source, access)
+
+
+def _sql_reader(source: Source, access: SourceAccess, time_column: str) -> SourceReader:
+    assert isinstance(source, SqlSource)
+    return SqlReader(source, access, time_column)
+
+
+# The reader of each source kind (the spec's `kind`; its fields are the spec model of that kind in
+# pipelines/core/spec.py). A new kind is a spec model, a reader class and one entry here.
+READERS: dict[str, Callable[[Source, SourceAccess, str], SourceReader]] = {
+    "files": _files_reader,
+    "sql": _sql_reader,
+}
+
+
+def reader_for(source: Source, access: SourceAccess, time_column: str) -> SourceReader:
+    return READERS[source.kind](source, access, time_column)
 
 
 def read_source(
@@ -403,52 +479,14 @@ def read_source(
     A per-partition file that is missing raises SourceMissingError (when_missing: wait) or reads as
     no rows (when_missing: empty, logged).
     """
-    import pandas as pd
-
-    if isinstance(source, SqlSource):
-        frame, origin = SqlReader(source, access, time_column).read(start, end)
-        return [PartitionRead(start, SourceRead(frame, origin), whole_interval=True)]
-    reader = FileReader(source, access)
-    if not source.per_partition:
-        where = reader.locate(start, end)
-        found = reader.read(where)
-        if found is None:
-            raise SourceMissingError(f"no source file at {where.text}")
-        return [PartitionRead(start, SourceRead(*found), whole_interval=True)]
-    reads, missing = [], []
-    for part in partitions_covering(start, end, unit):
-        where = reader.locate(part, part + STEP[unit])
-        found = reader.read(where)
-        if found is not None:
-            reads.append(PartitionRead(part, SourceRead(*found), whole_interval=False))
-        elif source.when_missing == "wait":
-            raise SourceMissingError(
-                f"no source file for the {unit} starting {part.isoformat()}: expected {where.text}"
-            )
-        else:  # a quiet partition: the producer wrote no file because it had no rows
-            missing.append(where.text)
-            quiet = {"kind": "files", "uri": where.text, "sha256": None, "absent": True}
-            reads.append(PartitionRead(part, SourceRead(pd.DataFrame(), quiet, [where.text]), whole_interval=False))
-    if missing:
-        log.info("%d partition file(s) absent, read as quiet partitions: %s", len(missing), ", ".join(missing[:5]))
-    return reads
+    return reader_for(source, access, time_column).read_interval(start, end, unit)
 
 
 def not_ready(
     source: Source, access: SourceAccess, time_column: str, start: datetime, end: datetime, unit: PartitionUnit
 ) -> list[str]:
     """What the interval still lacks (empty once it can be read): missing files, or an unmet ready_query."""
-    if isinstance(source, SqlSource):
-        reader = SqlReader(source, access, time_column)
-        return [] if reader.ready(start, end) else [f"{reader.where()}: ready_query is not true yet"]
-    files = FileReader(source, access)
-    if not source.per_partition:
-        where = files.locate(start, end)
-        return [] if files.files(where) else [where.text]
-    if source.when_missing == "empty":
-        return []
-    wanted = [files.locate(p, p + STEP[unit]) for p in partitions_covering(start, end, unit)]
-    return [w.text for w in wanted if not files.files(w)]
+    return reader_for(source, access, time_column).lacking(start, end, unit)
 
 
 def await_source(

@@ -41,7 +41,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
-from pipelines.core.errors import BadDataError, ConfigError, PermanentError
+from pipelines.core.errors import BadDataError, ConfigError, RecordConflictError, SchemaError
 from pipelines.core.tasks import METRICS
 
 if TYPE_CHECKING:  # imported where frames are written: the DAG files import this module's constants
@@ -244,10 +244,6 @@ def _sqlite_read_pragmas(dbapi_connection: Any, _record: Any) -> None:
 SCHEMA_VERSION_TABLE = "pipelines_schema_version"
 HEAD_REVISION = "0006"
 MIGRATIONS = Path(__file__).parent / "migrations"
-
-
-class SchemaError(PermanentError):
-    """The tables' schema is not the revision this code needs; `pipelines db upgrade` brings it there."""
 
 
 def _engine(url: str, read_only: bool = False) -> Engine:
@@ -505,7 +501,7 @@ def merge_frame(
     `replaces`, the frame is the complete content of that part of the table: its rows that are not
     in the frame are deleted in the same transaction (a re-scored interval leaves no stale rows).
     With `refuse_changed`, the table is a record: a row whose key is stored with other values in
-    those columns fails the whole merge (RecordConflict), and existing rows are never updated.
+    those columns fails the whole merge (RecordConflictError), and existing rows are never updated.
     With `history` (a table and the values of its extra columns), every row that the merge updates
     or deletes is first copied there whole, in the same transaction: nothing vanishes.
     """
@@ -586,14 +582,6 @@ def _keep_replaced_rows(
     )
 
 
-class RecordConflict(BadDataError):
-    """A write would change values already recorded under the same key; the record is never rewritten."""
-
-    def __init__(self, message: str, samples: list[dict[str, Any]] | None = None) -> None:
-        super().__init__(message)
-        self.samples = samples or []  # the recorded rows at stake (key and values), for a caller to name
-
-
 def _refuse_rewrites(connection: Connection, table: Table, stage: Table, key: list[str], watched: list[str]) -> None:
     same_key = and_(*[stage.c[k] == table.c[k] for k in key])
     differs = or_(*[table.c[c].is_distinct_from(stage.c[c]) for c in watched])
@@ -607,7 +595,7 @@ def _refuse_rewrites(connection: Connection, table: Table, stage: Table, key: li
     ).mappings()
     samples = [dict(row) for row in clashes]
     if samples:
-        raise RecordConflict(
+        raise RecordConflictError(
             f"{table.name}: rows already recorded under the same key {key} with other {watched} "
             f"(recorded vs new), e.g. {samples}; a recorded row is never rewritten",
             samples,

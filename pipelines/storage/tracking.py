@@ -6,7 +6,7 @@ import os
 import tempfile
 from typing import TYPE_CHECKING
 
-from pipelines.core.errors import VersionRefused
+from pipelines.core.errors import VersionRefusedError
 from pipelines.storage.settings import Settings
 
 if TYPE_CHECKING:
@@ -58,7 +58,7 @@ def download_run_artifact(settings: Settings, run_id: str, artifact: str, owner:
             local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=scratch)
             return pd.read_parquet(local)
         except (MlflowException, OSError, ValueError) as exc:  # ValueError: pyarrow cannot read what is there
-            raise VersionRefused(
+            raise VersionRefusedError(
                 f"{owner}: the artifact '{artifact}' of its MLflow run {run_id} is missing or unreadable "
                 f"({type(exc).__name__}: {exc}); retrain, or roll back to a version whose run is intact"
             ) from exc

@@ -10,11 +10,12 @@ from datetime import UTC, datetime
 
 from sqlalchemy import Engine, func, select
 
+from pipelines.core.errors import VersionNotServableError
 from pipelines.core.intervals import STEP, PartitionUnit, floor_to_partition
 from pipelines.core.spec import ModelSpec
 from pipelines.storage import tables
 from pipelines.storage.lake import MANIFEST_FILE
-from pipelines.storage.registry import ALIASES, VersionNotServable, alias_version, check_servable, recorded_alias
+from pipelines.storage.registry import ALIASES, alias_version, check_servable, recorded_alias
 from pipelines.storage.settings import Settings
 
 
@@ -39,7 +40,7 @@ def check_model(settings: Settings, engine: Engine, model_name: str, checkup: Ch
             continue
         try:
             servable = check_servable(settings, model_name, version)
-        except VersionNotServable as exc:
+        except VersionNotServableError as exc:
             checkup.problems.append(f"{model_name}@{alias} -> v{version}: {exc}")
             continue
         if recorded != version:

@@ -8,10 +8,11 @@ Every value here is plain JSON-able data; pipelines/airflow/ui.py renders it.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Connection, Engine, func, select
 
 from pipelines.core.spec import ModelSpec
 from pipelines.stages.backtest import plot_key, plot_metric
@@ -156,64 +157,86 @@ def model_page(settings: Settings, engine: Engine, spec: ModelSpec) -> dict[str,
     }
 
 
-def task_evidence(
-    settings: Settings, engine: Engine, model_name: str, dag_run_id: str, task_id: str
-) -> list[dict[str, str]]:
+Evidence = list[dict[str, str]]
+
+
+def _validation_evidence(connection: Connection, settings: Settings, model: str, run: str) -> Evidence:
+    v = tables.validation_runs
+    found: Evidence = []
+    for r in connection.execute(select(v).where(v.c.model_name == model, v.c.dag_run_id == run)).mappings():
+        verdict = "passed" if r["success"] else "FAILED: " + "; ".join(json.loads(r["failed_expectations"]))
+        found.append({"kind": "validation", "title": f"validation result ({verdict})", "uri": r["result_path"]})
+        found.append({"kind": "data_docs", "title": "Data Docs", "uri": ""})
+        if r["quarantine_uri"]:
+            found.append({"kind": "artifact", "title": "quarantined rows", "uri": r["quarantine_uri"]})
+    return found
+
+
+def _drift_evidence(connection: Connection, settings: Settings, model: str, run: str) -> Evidence:
+    d = tables.drift_reports
+    found: Evidence = []
+    for r in connection.execute(select(d).where(d.c.model_name == model, d.c.dag_run_id == run)).mappings():
+        title = f"drift report up to {_iso(r['interval_end'])} ({r['drifted_columns']} of {r['columns']} drifted)"
+        found.append({"kind": "artifact", "title": title, "uri": r["report_path"]})
+    return found
+
+
+def _quality_evidence(connection: Connection, settings: Settings, model: str, run: str) -> Evidence:
+    q = tables.quality_reports
+    rows = connection.execute(select(q).where(q.c.model_name == model, q.c.dag_run_id == run)).mappings()
+    return [
+        {"kind": "artifact", "title": "model quality report", "uri": r["report_path"]} for r in rows if r["report_path"]
+    ]
+
+
+def _decision_evidence(connection: Connection, settings: Settings, model: str, run: str) -> Evidence:
+    e = tables.model_events
+    found: Evidence = []
+    decisions = select(e).where(e.c.model_name == model, e.c.dag_run_id == run, e.c.event == "gate_decision")
+    for r in connection.execute(decisions).mappings():
+        details = json.loads(r["details"]) if r["details"] else {}
+        title = f"gate decision: v{r['to_version']} {details.get('action', '')}: {r['reason']}"
+        found.append({"kind": "decision", "title": title, "uri": json.dumps(details, indent=2)})
+        if details.get("challenger_run_id"):
+            found.append(
+                {"kind": "mlflow_run", "title": "challenger's MLflow run", "uri": details["challenger_run_id"]}
+            )
+    return found
+
+
+def _backtest_evidence(connection: Connection, settings: Settings, model: str, run: str) -> Evidence:
+    b = tables.backtest_metrics
+    latest = select(func.max(b.c.labels_as_of)).where(b.c.model_name == model, b.c.dag_run_id == run)
+    end = connection.execute(latest).scalar()
+    if end is None:
+        return []
+    found = [{"kind": "artifact", "title": "backtest plot", "uri": settings.lake.uri_of(plot_key(model, end))}]
+    if run_id := backtest_run_id(settings, model, run):
+        found.append({"kind": "mlflow_run", "title": "backtest's MLflow run", "uri": run_id})
+    return found
+
+
+# What each evidence task (pipelines/core/dag_kinds.py: EVIDENCE_TASKS, task id prefixes such as
+# validate_window) records, read back.
+EVIDENCE_READERS: dict[str, Callable[[Connection, Settings, str, str], Evidence]] = {
+    "validate": _validation_evidence,
+    "drift_report": _drift_evidence,
+    "quality_report": _quality_evidence,
+    "gate": _decision_evidence,
+    "approve": _decision_evidence,
+    "promote": _decision_evidence,
+    "backtest": _backtest_evidence,
+}
+
+
+def task_evidence(settings: Settings, engine: Engine, model_name: str, dag_run_id: str, task_id: str) -> Evidence:
     """What one task of one DAG run wrote: records of kind (artifact, validation, data_docs,
     decision, mlflow_run), a title, and a URI, an MLflow run id or the decision's JSON."""
-    found: list[dict[str, str]] = []
+    reader = next((read for prefix, read in EVIDENCE_READERS.items() if task_id.startswith(prefix)), None)
+    if reader is None:
+        return []
     with engine.connect() as connection:
-        if task_id.startswith("validate"):
-            v = tables.validation_runs
-            for r in connection.execute(
-                select(v).where(v.c.model_name == model_name, v.c.dag_run_id == dag_run_id)
-            ).mappings():
-                verdict = "passed" if r["success"] else "FAILED: " + "; ".join(json.loads(r["failed_expectations"]))
-                found.append({"kind": "validation", "title": f"validation result ({verdict})", "uri": r["result_path"]})
-                found.append({"kind": "data_docs", "title": "Data Docs", "uri": ""})
-                if r["quarantine_uri"]:
-                    found.append({"kind": "artifact", "title": "quarantined rows", "uri": r["quarantine_uri"]})
-        if task_id.startswith("drift"):
-            d = tables.drift_reports
-            for r in connection.execute(
-                select(d).where(d.c.model_name == model_name, d.c.dag_run_id == dag_run_id)
-            ).mappings():
-                title = (
-                    f"drift report up to {_iso(r['interval_end'])} ({r['drifted_columns']} of {r['columns']} drifted)"
-                )
-                found.append({"kind": "artifact", "title": title, "uri": r["report_path"]})
-            q = tables.quality_reports
-            for r in connection.execute(
-                select(q).where(q.c.model_name == model_name, q.c.dag_run_id == dag_run_id)
-            ).mappings():
-                if r["report_path"]:
-                    found.append({"kind": "artifact", "title": "model quality report", "uri": r["report_path"]})
-        if task_id.startswith(("gate", "promote", "approve")):
-            e = tables.model_events
-            for r in connection.execute(
-                select(e).where(
-                    e.c.model_name == model_name, e.c.dag_run_id == dag_run_id, e.c.event == "gate_decision"
-                )
-            ).mappings():
-                details = json.loads(r["details"]) if r["details"] else {}
-                title = f"gate decision: v{r['to_version']} {details.get('action', '')}: {r['reason']}"
-                found.append({"kind": "decision", "title": title, "uri": json.dumps(details, indent=2)})
-                if details.get("challenger_run_id"):
-                    found.append(
-                        {"kind": "mlflow_run", "title": "challenger's MLflow run", "uri": details["challenger_run_id"]}
-                    )
-        if task_id.startswith("backtest"):
-            b = tables.backtest_metrics
-            end = connection.execute(
-                select(func.max(b.c.labels_as_of)).where(b.c.model_name == model_name, b.c.dag_run_id == dag_run_id)
-            ).scalar()
-            if end is not None:
-                uri = settings.lake.uri_of(plot_key(model_name, end))
-                found.append({"kind": "artifact", "title": "backtest plot", "uri": uri})
-                run_id = backtest_run_id(settings, model_name, dag_run_id)
-                if run_id:
-                    found.append({"kind": "mlflow_run", "title": "backtest's MLflow run", "uri": run_id})
-    return found
+        return reader(connection, settings, model_name, dag_run_id)
 
 
 def backtest_run_id(settings: Settings, model_name: str, dag_run_id: str) -> str | None:

@@ -22,9 +22,10 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, func, select
 
+from pipelines.core.errors import PartitionError
 from pipelines.dev.demo_data import DemoConfig, source_hour_file, write_source
 from pipelines.storage import tables
-from pipelines.storage.lake import PartitionError, hour_partition
+from pipelines.storage.lake import hour_partition
 from pipelines.storage.settings import Settings
 from tests import REPO_ROOT
 from tests.conftest import module_home

@@ -575,9 +575,9 @@ def test_after_a_promotion_a_rerun_keeps_what_served(home: Settings, engine: Eng
 
 
 def test_a_lake_that_lost_the_hour_still_cannot_rewrite_the_log(home: Settings, engine: Engine, tmp_path: Path) -> None:
+    from pipelines.core.errors import RecordConflictError
     from pipelines.stages.score import score_interval
     from pipelines.storage.lake import read_partition, write_partition
-    from pipelines.storage.tables import RecordConflict
 
     hour = SCORED_HOURS[1]
     raw, _ = read_partition(home.lake, hour_partition("demo_churn", "raw", hour))
@@ -587,7 +587,7 @@ def test_a_lake_that_lost_the_hour_still_cannot_rewrite_the_log(home: Settings, 
     score_interval(demo_spec(home), moved, engine, hour, hour + timedelta(hours=1), "moved")  # the same rows: fine
     changed = raw.assign(monthly_charges=raw["monthly_charges"].where(raw.index != 0, 9_999.0))
     write_partition(moved.lake, hour_partition("demo_churn", "raw", hour), changed, {"model": "demo_churn"})
-    with pytest.raises(RecordConflict, match=r"would change or remove 1 prediction\(s\) logged by v1"):
+    with pytest.raises(RecordConflictError, match=r"would change or remove 1 prediction\(s\) logged by v1"):
         score_interval(demo_spec(home), moved, engine, hour, hour + timedelta(hours=1), "moved")
     with pytest.raises(PermanentError, match=r"param rescore_with is 'v2'; give 'champion' or a version number"):
         score_interval(demo_spec(home), moved, engine, hour, hour + timedelta(hours=1), "moved", rescore_with="v2")

@@ -24,7 +24,7 @@ from urllib.parse import quote
 import pytest
 from sqlalchemy import Engine, func, select
 
-from pipelines.core.errors import VersionRefused
+from pipelines.core.errors import VersionRefusedError
 from pipelines.dev.demo_data import DemoConfig, write_source
 from pipelines.storage import tables
 from pipelines.storage.settings import Settings
@@ -299,7 +299,9 @@ def test_doctor_passes_then_fails_on_a_broken_alias(
     hour = datetime(2026, 1, 4, 5, tzinfo=UTC)
     refused = run_in_process(f"{MODEL}__score", hour + timedelta(hours=1))
     assert refused.state == "failed" and states(refused)["score"] == "failed"
-    with pytest.raises(VersionRefused, match=r"demo_churn@champion -> v3 in MLflow, but the pipeline's history last"):
+    with pytest.raises(
+        VersionRefusedError, match=r"demo_churn@champion -> v3 in MLflow, but the pipeline's history last"
+    ):
         require_recorded_champion(load_spec(home.specs_dir / f"{MODEL}.yaml"), engine, "3")
     with engine.connect() as connection:
         p = tables.predictions
@@ -401,7 +403,8 @@ def test_foreign_classes_formats_and_changed_files_are_refused(
 ) -> None:
     import mlflow
 
-    from pipelines.storage.registry import UnsafeModelError, load_model
+    from pipelines.core.errors import UnsafeModelError
+    from pipelines.storage.registry import load_model
 
     original = Path(mlflow.artifacts.download_artifacts(f"models:/{MODEL}/2/model.json", dst_path=str(tmp_path)))
     model_bytes = original.read_bytes().replace(b'"num_trees":"', b'"num_trees" :"') if tamper else None
@@ -419,7 +422,8 @@ def test_a_champion_from_before_sha256_checks_is_replaced_by_the_gate_or_adopted
     what to do; the gate does not let such a champion block every challenger; adopt-model records it."""
     from mlflow import MlflowClient
 
-    from pipelines.storage.registry import MODEL_SHA256_TAG, UnsafeModelError, load_model, move_alias
+    from pipelines.core.errors import UnsafeModelError
+    from pipelines.storage.registry import MODEL_SHA256_TAG, load_model, move_alias
 
     old = craft_version(home, tmp_path, {}, tag=False)  # v2's very files, registered without the tag
     with pytest.raises(UnsafeModelError, match=rf"no 'model_sha256' tag.*`pipelines adopt-model {MODEL} {old}`"):

@@ -447,16 +447,17 @@ def test_a_monitor_judges_quality_on_the_labels_known_while_a_label_file_is_late
 
 def test_a_version_of_another_task_is_refused_by_scoring_and_rollback(home: Settings, engine: Engine) -> None:
     """Its author changes demo_sales's task: no stored version (each a regression) may serve it."""
+    from pipelines.core.errors import VersionNotServableError
     from pipelines.stages.score import score_interval
-    from pipelines.storage.registry import VersionNotServable, champion_version, rollback
+    from pipelines.storage.registry import champion_version, rollback
 
     spec = load_spec(home.specs_dir / f"{SALES}.yaml")
     changed = spec.model_copy(update={"task": Task.BINARY})
     before = table_rows(engine, tables.predictions, SALES)
     refused = rf"{SALES} v3 predicts task regression, but the spec's task is binary"
     day = SCORED_DAYS[0]
-    with pytest.raises(VersionNotServable, match=refused):
+    with pytest.raises(VersionNotServableError, match=refused):
         score_interval(changed, home, engine, day, day + timedelta(days=1), "manual__task_changed", "champion")
-    with pytest.raises(VersionNotServable, match=rf"{SALES} v1 predicts task regression"):
+    with pytest.raises(VersionNotServableError, match=rf"{SALES} v1 predicts task regression"):
         rollback(home, engine, SALES, "binary", "1", "task changed", None, "test")
     assert champion_version(home, SALES) == "3" and table_rows(engine, tables.predictions, SALES) == before

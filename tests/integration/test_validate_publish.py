@@ -13,10 +13,11 @@ import pandas as pd
 import pytest
 from sqlalchemy import Engine, select
 
+from pipelines.core.errors import ValidationFailedError
 from pipelines.core.spec import ModelSpec, load_spec
 from pipelines.dev.demo_data import DemoConfig, write_source
 from pipelines.stages.ingest import ingest
-from pipelines.stages.validate import ValidationFailed, ValidationOutcome, validate_and_publish
+from pipelines.stages.validate import ValidationOutcome, validate_and_publish
 from pipelines.storage import tables
 from pipelines.storage.lake import hour_partition, open_partition, read_object, read_partition
 from pipelines.storage.settings import Settings
@@ -119,7 +120,7 @@ def test_block_publishes_nothing_of_a_bad_delivery(home: Settings, engine: Engin
     before = [open_partition(home.lake, hour_partition("demo_churn", "raw", h)).manifest for h in HOURS]
     spoil(home, HOURS[1], 3)
     with pytest.raises(
-        ValidationFailed, match=r"expect_column_values_to_be_in_set on column 'plan' failed \(3 unexpected\)"
+        ValidationFailedError, match=r"expect_column_values_to_be_in_set on column 'plan' failed \(3 unexpected\)"
     ) as failed:
         stage_and_validate(spec, home, engine)
     # What to do: the bound, what the failing hour showed, and the edit or command that accepts it.
@@ -149,7 +150,8 @@ def test_a_missing_column_cannot_be_split_and_blocks_under_quarantine(home: Sett
     pd.read_csv(path).drop(columns=["region"]).to_csv(path, index=False)
     # Batched with 10:00, which has the column, the gap would read as nulls: each delivery is checked.
     with pytest.raises(
-        ValidationFailed, match=r"columns_present_in_every_delivery on column 'region' failed, e.g. \['.*hour=11.csv'\]"
+        ValidationFailedError,
+        match=r"columns_present_in_every_delivery on column 'region' failed, e.g. \['.*hour=11.csv'\]",
     ):
         stage_and_validate(spec_with("quarantine"), home, engine)
     assert not home.lake.exists(f"{hour_partition('demo_churn', 'raw', HOURS[1])}/_manifest.json")

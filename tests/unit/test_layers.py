@@ -78,3 +78,16 @@ def test_the_check_catches_an_upward_import(tmp_path: Path) -> None:
     bad.write_text("def f():\n    from pipelines.stages.train import train_model\n")
     assert imports_of(bad) == [(2, "pipelines.stages.train")]
     assert floor_of("pipelines.stages.train") > floor_of("pipelines.core.spec")  # type: ignore[operator]
+
+
+def test_every_error_class_lives_in_core_errors() -> None:
+    """One error model: a class raised on purpose derives from core/errors.py's classes and lives there."""
+    elsewhere = [
+        f"{path.relative_to(REPO_ROOT)}:{node.lineno} class {node.name}"
+        for path in modules()
+        if path != PACKAGE / "core" / "errors.py"
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ClassDef)
+        and any(isinstance(base, ast.Name) and base.id.endswith("Error") for base in node.bases)
+    ]
+    assert elsewhere == []

@@ -9,7 +9,7 @@ import pytest
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from pipelines.airflow.context import fail_or_retry, failure_verdict, outcome_line
-from pipelines.core.errors import BadDataError, SourceNotReady
+from pipelines.core.errors import BadDataError, SourceNotReadyError
 
 
 def test_a_permanent_error_fails_at_once_with_its_message() -> None:
@@ -26,7 +26,7 @@ def test_a_bug_fails_at_once_naming_its_type() -> None:
 
 
 def test_a_transient_error_is_raised_as_is_for_airflow_to_retry() -> None:
-    error = SourceNotReady("no source file yet")
+    error = SourceNotReadyError("no source file yet")
     assert fail_or_retry(error) is error
     assert failure_verdict(error, error, SimpleNamespace(try_number=1, max_tries=2)) == (
         "failed (transient), will be retried: try 1 of 3"

@@ -10,23 +10,27 @@ from pipelines.core.errors import (
     BadDataError,
     ConfigError,
     ContractError,
+    LakeError,
+    NoChampionError,
+    NotEnoughDataError,
+    PartitionError,
     PermanentError,
-    SourceNotReady,
+    RecordConflictError,
+    RegistrationError,
+    SchemaError,
+    SourceMissingError,
+    SourceNotReadyError,
     SpecError,
-    StorageUnavailable,
-    VersionRefused,
+    StaleDecisionError,
+    StorageUnavailableError,
+    UnsafeModelError,
+    ValidationFailedError,
+    VersionNotServableError,
+    VersionRefusedError,
     is_transient,
 )
 from pipelines.core.features import ContractError as FeaturesContractError
 from pipelines.core.spec import SpecError as SpecSpecError
-from pipelines.stages.ingest import SourceMissingError
-from pipelines.stages.promotion import StaleDecision
-from pipelines.stages.score import NoChampionError
-from pipelines.stages.train import NotEnoughDataError
-from pipelines.stages.validate import ValidationFailed
-from pipelines.storage.lake import LakeError, PartitionError
-from pipelines.storage.registry import RegistrationError, UnsafeModelError, VersionNotServable
-from pipelines.storage.tables import RecordConflict, SchemaError
 
 
 @pytest.mark.parametrize(
@@ -36,23 +40,23 @@ from pipelines.storage.tables import RecordConflict, SchemaError
         ConfigError,
         ContractError,
         SpecError,
-        VersionRefused,
+        VersionRefusedError,
         PartitionError,
         LakeError,
-        StaleDecision,
+        StaleDecisionError,
         RegistrationError,
-        VersionNotServable,
+        VersionNotServableError,
         UnsafeModelError,
         NoChampionError,
         SchemaError,
-        RecordConflict,
+        RecordConflictError,
         NotEnoughDataError,
-        ValidationFailed,
+        ValidationFailedError,
     ],
 )
 def test_bad_data_specs_contracts_and_versions_are_permanent(error: type[Exception]) -> None:
     assert issubclass(error, PermanentError)
-    if error is not ValidationFailed:  # built from an outcome; its kind is what matters here
+    if error is not ValidationFailedError:  # built from an outcome; its kind is what matters here
         assert not is_transient(error("x"))
 
 
@@ -61,8 +65,8 @@ def test_the_modules_raise_the_model_s_own_classes() -> None:
 
 
 def test_a_source_not_delivered_and_storage_out_of_reach_are_transient() -> None:
-    assert is_transient(SourceMissingError("late")) and issubclass(SourceMissingError, SourceNotReady)
-    assert is_transient(StorageUnavailable("down"))
+    assert is_transient(SourceMissingError("late")) and issubclass(SourceMissingError, SourceNotReadyError)
+    assert is_transient(StorageUnavailableError("down"))
 
 
 def test_a_refused_database_connection_is_transient() -> None:

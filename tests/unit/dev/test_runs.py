@@ -46,7 +46,8 @@ def test_a_second_run_of_the_same_interval_is_told_the_first_is_running(tmp_path
     import subprocess
     import sys
 
-    from pipelines.dev.runs import RunInProgress, interval_lock
+    from pipelines.core.errors import RunInProgressError
+    from pipelines.dev.runs import interval_lock
 
     start, end = datetime(2026, 1, 3, 2, tzinfo=UTC), datetime(2026, 1, 3, 3, tzinfo=UTC)
     holder = subprocess.Popen(
@@ -65,7 +66,7 @@ def test_a_second_run_of_the_same_interval_is_told_the_first_is_running(tmp_path
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         refusal = rf"m__score for \[.*\) is already being run .* \(pid {holder.pid}\)"
-        with pytest.raises(RunInProgress, match=refusal), interval_lock(tmp_path, "m__score", start, end):
+        with pytest.raises(RunInProgressError, match=refusal), interval_lock(tmp_path, "m__score", start, end):
             pass
         with interval_lock(tmp_path, "m__score", end, end.replace(hour=4)):  # another interval: free
             pass

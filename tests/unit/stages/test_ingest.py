@@ -6,10 +6,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipelines.core.errors import BadDataError
+from pipelines.core.errors import BadDataError, SourceMissingError
 from pipelines.core.spec import load_spec
 from pipelines.dev.demo_data import DemoConfig, write_source
-from pipelines.stages.ingest import SourceMissingError, ingest
+from pipelines.stages.ingest import ingest
 from pipelines.storage.lake import MANIFEST_FILE, LocalLake, read_object
 from pipelines.storage.sources import SourceAccess
 from tests.unit.core.test_spec import DEMO_SPEC

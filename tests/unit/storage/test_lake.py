@@ -5,13 +5,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from pipelines.core.errors import LakeError, PartitionError
 from pipelines.storage.lake import (
     DATA_FILE,
     MANIFEST_FILE,
     Lake,
-    LakeError,
     LocalLake,
-    PartitionError,
     object_key,
     open_lake,
     read_object,

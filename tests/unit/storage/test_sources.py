@@ -15,7 +15,7 @@ import pytest
 import yaml
 from sqlalchemy import text
 
-from pipelines.core.errors import BadDataError, ConfigError
+from pipelines.core.errors import BadDataError, ConfigError, SourceMissingError, SourceOverdueError
 from pipelines.core.spec import DATE_DIRECTIVES, FilesSource, ModelSpec
 from pipelines.dev.demo_data import DemoConfig, generate_hour
 from pipelines.stages.ingest import ingest
@@ -23,16 +23,7 @@ from pipelines.stages.labels import ingest_labels, labels_known_at
 from pipelines.storage import tables
 from pipelines.storage.connections import ConnectionFields
 from pipelines.storage.lake import LocalLake, read_object, s3_client
-from pipelines.storage.sources import (
-    FileReader,
-    SourceAccess,
-    SourceMissingError,
-    SourceOverdueError,
-    await_source,
-    not_ready,
-    read_source,
-    source_engine,
-)
+from pipelines.storage.sources import FileReader, SourceAccess, await_source, not_ready, read_source, source_engine
 from tests.conftest import S3Endpoint, needs_server, postgres_database
 from tests.unit.core.test_spec import DEMO_SPEC
 

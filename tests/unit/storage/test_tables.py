@@ -153,7 +153,7 @@ def test_a_record_is_never_rewritten(engine: Engine) -> None:
     more = prediction_frame(model, 12, 0.25).assign(dag_run_id="other")  # two new rows, ten the same scores
     tables.merge_frame(engine, tables.predictions, more, key, refuse_changed=["score"])
     assert set(before) < set(snapshot(engine, model)) and tables.count_rows(engine, tables.predictions, model) == 12
-    with pytest.raises(tables.RecordConflict, match=r"'score': 0.25.*'new_score': 0.5"):
+    with pytest.raises(tables.RecordConflictError, match=r"'score': 0.25.*'new_score': 0.5"):
         tables.merge_frame(engine, tables.predictions, prediction_frame(model, 12, 0.5), key, refuse_changed=["score"])
     assert set(before) < set(snapshot(engine, model))
 
@@ -370,7 +370,8 @@ def test_missing_tables_in_the_default_home_ask_where_the_home_is_first(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Without PIPELINES_HOME the home is a guess: `db upgrade` there could start a second, empty home."""
-    from pipelines.storage.tables import SchemaError, make_engine
+    from pipelines.core.errors import SchemaError
+    from pipelines.storage.tables import make_engine
 
     monkeypatch.delenv("PIPELINES_HOME", raising=False)
     monkeypatch.delenv("PIPELINES_TABLES_URL", raising=False)
