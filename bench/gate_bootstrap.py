@@ -36,7 +36,9 @@ def main(sizes: list[int]) -> None:
         labels, challenger, champion = synthetic(rows, 0)
         for metric in ("auc", "logloss"):
             started = time.perf_counter()
-            interval = bootstrap_improvement(metric, labels, challenger, champion, SAMPLES, 0.95, 0)
+            interval = bootstrap_improvement(
+                metric, labels, challenger, champion, samples=SAMPLES, confidence=0.95, seed=0
+            )
             seconds = time.perf_counter() - started
             print(
                 f"  rows={rows:>9,} metric={metric:<7} {seconds:7.2f} s   "

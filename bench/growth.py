@@ -106,8 +106,10 @@ def measure(small: int, large: int) -> None:
     def score_hour(hour: datetime) -> None:
         end = hour + timedelta(hours=1)
         staged = ingest(spec, access, settings.lake, hour, end)
-        validate_and_publish(spec, settings, engine, staged, hour, end, f"{MODEL}__score", f"growth {hour}")
-        score_interval(spec, settings, engine, hour, end, f"growth {hour}")
+        validate_and_publish(
+            spec, settings, engine, staged, hour, end, dag_id=f"{MODEL}__score", dag_run_id=f"growth {hour}"
+        )
+        score_interval(spec, settings, engine, hour, end, dag_run_id=f"growth {hour}")
 
     for hour in range(12):
         score_hour(SCORED_FROM + timedelta(hours=hour))
@@ -122,7 +124,7 @@ def measure(small: int, large: int) -> None:
         return {
             "score (one fresh demo hour: ingest, validate, score)": score,
             "backtest (7-day lookback, 12 scored hours)": best_of(
-                lambda: backtest(spec, settings, engine, BACKTEST_AT, run)
+                lambda: backtest(spec, settings, engine, BACKTEST_AT, dag_run_id=run)
             ),
             "status": best_of(lambda: model_status(settings, engine, spec)),
         }

@@ -56,12 +56,12 @@ def measure(hours: int) -> None:
         engine = make_engine(settings.tables_url)  # as each task makes its own
         access = SourceAccess(settings.source, task_connection)
         staged = ingest(spec, access, settings.lake, start, end)
-        validate_and_publish(spec, settings, engine, staged, start, end, f"{MODEL}__score", run_id)
-        score_interval(spec, settings, engine, start, end, run_id)
-        monitor_interval(spec, settings, engine, start, end, run_id)
+        validate_and_publish(spec, settings, engine, staged, start, end, dag_id=f"{MODEL}__score", dag_run_id=run_id)
+        score_interval(spec, settings, engine, start, end, dag_run_id=run_id)
+        monitor_interval(spec, settings, engine, start, end, dag_run_id=run_id)
         with contextlib.suppress(SourceMissingError):  # as the monitor's task: labels may not be due yet
             ingest_labels(spec, access, engine, start, end)
-        quality_interval(spec, settings, engine, start, end, run_id)
+        quality_interval(spec, settings, engine, start, end, dag_run_id=run_id)
         evaluate(spec, settings, engine, end)
         engine.dispose()
 

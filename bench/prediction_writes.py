@@ -79,8 +79,8 @@ def bench_backend(name: str, engine: Engine, rows: int) -> None:
             lambda: base_frame.to_sql("predictions", engine, if_exists="append", index=False, chunksize=10_000)
         )
         inserted = timed(lambda: insert_new(engine, fresh, new))
-        first = timed(lambda: tables.merge_frame(engine, p, frame, KEY, WATCH, replaces=scope))
-        replay = timed(lambda: tables.merge_frame(engine, p, frame, KEY, WATCH, replaces=scope))
+        first = timed(lambda: tables.merge_frame(engine, p, frame, KEY, update_when_changed=WATCH, replaces=scope))
+        replay = timed(lambda: tables.merge_frame(engine, p, frame, KEY, update_when_changed=WATCH, replaces=scope))
     finally:
         for model in (new, ours, baseline):
             clear(engine, model)

@@ -128,9 +128,9 @@ def stage_child(stage: str, hour: datetime, handoff: Path) -> dict[str, object]:
         report["rows"] = sum(int(d["rows"]) for d in staged)
     elif stage == "validate":
         staged = json.loads(handoff.read_text())
-        validate_and_publish(spec, settings, engine, staged, start, end, f"{MODEL}__score", run_id)
+        validate_and_publish(spec, settings, engine, staged, start, end, dag_id=f"{MODEL}__score", dag_run_id=run_id)
     else:
-        result = score_interval(spec, settings, engine, start, end, run_id)
+        result = score_interval(spec, settings, engine, start, end, dag_run_id=run_id)
         report["score_split"] = result.seconds
     report["seconds"] = time.perf_counter() - began
     report["peak_rss_mb"] = peak_rss_mb()

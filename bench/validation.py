@@ -79,7 +79,14 @@ def main() -> None:
 
         def gx_run(data: pd.DataFrame, name: str) -> float:
             began = time.perf_counter()
-            outcome = validate_frame(data, spec.suite_path, settings.gx_root, settings.lake, f"bench/{name}.json", name)
+            outcome = validate_frame(
+                data,
+                spec.suite_path,
+                settings.gx_root,
+                lake=settings.lake,
+                result_key=f"bench/{name}.json",
+                run_name=name,
+            )
             assert outcome.success, outcome.describe_failures()
             return time.perf_counter() - began
 

@@ -56,7 +56,8 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _model_specs() -> list[ModelSpec]:
-    from pipelines.core.spec import SpecError, load_spec, spec_paths
+    from pipelines.core.errors import SpecError
+    from pipelines.core.spec import load_spec, spec_paths
 
     specs = []
     for path in spec_paths(get_settings().specs_dir):
@@ -127,8 +128,8 @@ def _rollback(args: argparse.Namespace) -> int:
     task = load_spec(settings.specs_dir / f"{args.model}.yaml").task
     try:
         moved = rollback(
-            settings, _engine(settings, False), args.model, task, args.version, args.reason, None,
-            f"cli:{getpass.getuser()}",
+            settings, _engine(settings, False), args.model, task, args.version, reason=args.reason, dag_run_id=None,
+            actor=f"cli:{getpass.getuser()}",
         )  # fmt: skip
     except VersionNotServableError as exc:
         print(f"rollback refused, champion unchanged: {exc}", file=sys.stderr)
@@ -148,7 +149,12 @@ def _adopt(args: argparse.Namespace) -> int:
     settings = _settings()
     try:
         digest = adopt_version(
-            settings, _engine(settings, False), args.model, args.version, args.reason, f"cli:{getpass.getuser()}"
+            settings,
+            _engine(settings, False),
+            args.model,
+            args.version,
+            reason=args.reason,
+            actor=f"cli:{getpass.getuser()}",
         )
     except VersionNotServableError as exc:
         print(f"not adopted: {exc}", file=sys.stderr)
@@ -281,13 +287,13 @@ def _new_model(args: argparse.Namespace) -> int:
         args.name,
         parse_source(args.events, args.s3_connection),
         parse_source(args.labels, args.s3_connection, sparse=True),
-        columns,
-        args.partition,
-        sample,
-        SourceAccess(settings.source, cli_connection),
-        Project(Path(args.project).resolve(), "--project") if args.project else settings.project,
-        Task(args.task),
-        [c.strip() for c in args.classes.split(",")] if args.classes else None,
+        columns=columns,
+        partition=args.partition,
+        sample=sample,
+        access=SourceAccess(settings.source, cli_connection),
+        project=Project(Path(args.project).resolve(), "--project") if args.project else settings.project,
+        task=Task(args.task),
+        classes=[c.strip() for c in args.classes.split(",")] if args.classes else None,
     )
     for path in written:
         print(f"wrote {path}")

@@ -64,7 +64,9 @@ def backtest_dag(spec: ModelSpec) -> DAG:
             challenger = alias_version(env.settings, spec.name, CHALLENGER)
             if challenger == champion_version(env.settings, spec.name):
                 challenger = None  # already serving: its logged scores are its backtest
-            result = run_backtest(spec, env.settings, env.engine, env.ctx.interval[1], env.ctx.run_id, challenger)
+            result = run_backtest(
+                spec, env.settings, env.engine, env.ctx.interval[1], dag_run_id=env.ctx.run_id, challenger=challenger
+            )
             log.info(
                 "backtest: %d labelled predictions over %d cohort(s); challenger %s replayed on %d rows; plot: %s",
                 result.rows,
@@ -75,7 +77,13 @@ def backtest_dag(spec: ModelSpec) -> DAG:
             )
             ctx = env.ctx
             hearing = rehear_challenger(
-                spec, env.settings, env.engine, ctx.interval[1], ctx.dag_id, ctx.run_id, ctx.actor
+                spec,
+                env.settings,
+                env.engine,
+                ctx.interval[1],
+                dag_id=ctx.dag_id,
+                dag_run_id=ctx.run_id,
+                actor=ctx.actor,
             )
             return {
                 "rows": result.rows,
@@ -85,7 +93,7 @@ def backtest_dag(spec: ModelSpec) -> DAG:
                 "summary": result.summary,
                 "plot_uri": result.plot_uri,
                 "mlflow_run_id": result.mlflow_run_id,
-                "hearing": hearing,
+                "hearing": None if hearing is None else hearing.record(),
             }
 
         @task.branch
@@ -99,13 +107,17 @@ def backtest_dag(spec: ModelSpec) -> DAG:
         @task(trigger_rule="none_failed")
         @step
         def promote(env: TaskEnv, backtested: Backtested) -> str:
+            from pipelines.stages.gate import GateDecision
             from pipelines.stages.promotion import apply_decision
 
             approval = get_current_context()["ti"].xcom_pull(task_ids="approve")
             decision = backtested["hearing"]
             if decision is None:  # only when run by hand: route skips it then
                 return "no second hearing"
-            return apply_decision(env.settings, env.engine, decision, approval, env.ctx.run_id, env.ctx.actor)
+            return apply_decision(
+                env.settings, env.engine, GateDecision.model_validate(decision), approval=approval,
+                dag_run_id=env.ctx.run_id, actor=env.ctx.actor,
+            )  # fmt: skip
 
         backtested = backtest(ingest_window_labels())  # type: ignore[arg-type]
         approve = approval_task(spec, "ti.xcom_pull(task_ids='backtest')['hearing']")

@@ -50,8 +50,8 @@ def cli_connection(conn_id: str) -> ConnectionFields | None:
     """An Airflow connection as the scheduler sees it; None when none has that id."""
     import logging
 
-    from airflow.exceptions import AirflowNotFoundException
     from airflow.models.connection import Connection
+    from airflow.sdk.exceptions import AirflowNotFoundException
     from airflow.secrets.environment_variables import EnvironmentVariablesBackend
 
     if not _metadata_db_ready():  # only AIRFLOW_CONN_* variables can define one yet

@@ -59,7 +59,7 @@ def validate(env: TaskEnv, start: datetime, end: datetime, ingested: Ingested) -
 
     # The nightly training rebuilds Data Docs; the hourly scoring only adds its result to GX's store.
     outcome = validate_and_publish(
-        env.spec, env.settings, env.engine, ingested["staged"], start, end, env.ctx.dag_id, env.ctx.run_id,
+        env.spec, env.settings, env.engine, ingested["staged"], start, end, dag_id=env.ctx.dag_id, dag_run_id=env.ctx.run_id,
         data_docs=env.ctx.dag_id.endswith("__train"),
     )  # fmt: skip
     return {
@@ -96,7 +96,7 @@ def wait_for_source(spec: ModelSpec, window: Callable[[TaskEnv], tuple[datetime,
         start, end = window(env)
         lacking = await_source(
             spec.source.events, env.sources, spec.timestamp, (start, end), spec.partition,
-            timedelta(seconds=allowed_delay), datetime.now(UTC),
+            allowed_delay=timedelta(seconds=allowed_delay), now=datetime.now(UTC),
         )  # fmt: skip
         if lacking:
             log.warning(

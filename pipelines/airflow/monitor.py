@@ -92,7 +92,7 @@ def monitor_dag(spec: ModelSpec) -> DAG:
 
             reports: list[DriftReport] = []
             for start, end in monitored_intervals(env.ctx):
-                summary = monitor_interval(spec, env.settings, env.engine, start, end, env.ctx.run_id)
+                summary = monitor_interval(spec, env.settings, env.engine, start, end, dag_run_id=env.ctx.run_id)
                 log.info(
                     "DRIFT report %s: %d of %d feature columns drifted (%.3f: %s), prediction drift %s",
                     summary.report_path or "(none: no scored rows)",
@@ -127,7 +127,7 @@ def monitor_dag(spec: ModelSpec) -> DAG:
                 except SourceMissingError as exc:
                     # The backtest waits for this feed; quality is judged on the labels known by now.
                     log.warning("%s: labels of [%s, %s) not delivered yet: %s", spec.name, start, end, exc)
-                summary = quality_interval(spec, env.settings, env.engine, start, end, env.ctx.run_id)
+                summary = quality_interval(spec, env.settings, env.engine, start, end, dag_run_id=env.ctx.run_id)
                 if summary is None:
                     continue
                 shown = {k: round(v, 4) for k, v in summary.metrics.items() if isinstance(v, float)}

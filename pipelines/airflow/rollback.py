@@ -38,7 +38,14 @@ def rollback_dag(spec: ModelSpec) -> DAG:
 
             version, reason = str(env.ctx.params["version"]).strip(), str(env.ctx.params["reason"])
             moved = roll_back(
-                env.settings, env.engine, spec.name, spec.task, version, reason, env.ctx.run_id, env.ctx.actor
+                env.settings,
+                env.engine,
+                spec.name,
+                spec.task,
+                version,
+                reason=reason,
+                dag_run_id=env.ctx.run_id,
+                actor=env.ctx.actor,
             )
             return {"champion": version, "moved": moved}
 

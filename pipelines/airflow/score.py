@@ -67,7 +67,7 @@ def score_dag(spec: ModelSpec) -> DAG:
                 env.engine,
                 start,
                 end,
-                env.ctx.run_id,
+                dag_run_id=env.ctx.run_id,
                 rescore_with=str(choice).strip() if choice else None,
             )
             # The monitor DAG runs on this event and reads which interval to watch from it.

@@ -170,8 +170,8 @@ def train_dag(spec: ModelSpec) -> DAG:
 
             ctx = env.ctx
             return register_challenger(
-                spec, env.settings, env.engine, trained["run_id"], trained["model_uri"], trained["lineage"],
-                ctx.run_id, ctx.actor,
+                spec, env.settings, env.engine, trained["run_id"], trained["model_uri"], lineage=trained["lineage"],
+                dag_run_id=ctx.run_id, actor=ctx.actor,
             )  # fmt: skip
 
         @task(task_id="gate")
@@ -181,10 +181,10 @@ def train_dag(spec: ModelSpec) -> DAG:
 
             ctx = env.ctx
             return gate_challenger(
-                spec, env.settings, env.engine, version, ctx.dag_id, ctx.run_id, ctx.actor,
+                spec, env.settings, env.engine, version, dag_id=ctx.dag_id, dag_run_id=ctx.run_id, actor=ctx.actor,
                 dry_run=bool(ctx.params.get("dry_run")),
                 require_approval=bool(ctx.params.get("require_approval")),
-            )  # fmt: skip
+            ).record()  # as XCom carries it: JSON  # fmt: skip
 
         @task.short_circuit(ignore_downstream_trigger_rules=False)
         @step
@@ -196,10 +196,14 @@ def train_dag(spec: ModelSpec) -> DAG:
         @task(trigger_rule="none_failed")
         @step
         def promote(env: TaskEnv, decision: dict[str, Any]) -> str:
+            from pipelines.stages.gate import GateDecision
             from pipelines.stages.promotion import apply_decision
 
             approval = get_current_context()["ti"].xcom_pull(task_ids="approve")
-            return apply_decision(env.settings, env.engine, decision, approval, env.ctx.run_id, env.ctx.actor)
+            return apply_decision(
+                env.settings, env.engine, GateDecision.model_validate(decision), approval=approval,
+                dag_run_id=env.ctx.run_id, actor=env.ctx.actor,
+            )  # fmt: skip
 
         # TaskFlow wiring passes XComArgs where the functions take dicts; Airflow resolves them at run time.
         ingested = ingest_window()

@@ -25,7 +25,8 @@ from fastapi import Depends, FastAPI, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from sqlalchemy import Engine
 
-from pipelines.core.spec import ModelSpec, SpecError, load_spec, spec_paths
+from pipelines.core.errors import SpecError
+from pipelines.core.spec import ModelSpec, load_spec, spec_paths
 from pipelines.storage.lake import Lake, LocalLake
 from pipelines.storage.settings import Settings
 
@@ -230,7 +231,7 @@ def line_chart(cohorts: list[str], series: dict[str, list[dict[str, Any]]], metr
         return pad + (width - 2 * pad) * (i / max(len(cohorts) - 1, 1))
 
     def y(value: float) -> float:
-        return height - pad - (height - 2 * pad) * (value - low) / (high - low)
+        return float(height - pad - (height - 2 * pad) * (value - low) / (high - low))
 
     parts = [f'<svg class="chart" role="img" aria-label="backtest {escape(metric)}" width="{width}" height="{height}">']
     parts.append(f'<text x="4" y="14" font-size="11">{escape(metric)}</text>')

@@ -33,4 +33,4 @@ def by_distinct(
     results = np.empty(len(distinct) + 1, dtype=dtype)  # the last entry, picked by code -1, is `missing`
     results[:-1] = convert(distinct)
     results[-1] = missing
-    return results[codes]
+    return np.asarray(results[codes])

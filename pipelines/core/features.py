@@ -82,7 +82,7 @@ def training_target(frame: pd.Series, contract: FeatureContract, where: str) -> 
     """The label as XGBoost learns it: 0/1, a value, or the class index."""
     if contract.task.has_classes:
         return class_index(frame, contract.classes or [], where)
-    return frame.to_numpy(dtype="float64")
+    return np.asarray(frame.to_numpy(dtype="float64"))
 
 
 def prepare_features(frame: pd.DataFrame, contract: FeatureContract) -> pd.DataFrame:
@@ -132,7 +132,7 @@ def predict(booster: Any, contract: FeatureContract, frame: pd.DataFrame) -> np.
     # One row of class probabilities per input row, in the contract's class order. XGBoost's float32
     # softmax misses a sum of 1 by ~1e-7 (scikit-learn's log loss warns): renormalised in float64.
     probabilities = raw.reshape(-1, len(contract.classes))
-    return probabilities / probabilities.sum(axis=1, keepdims=True)
+    return np.asarray(probabilities / probabilities.sum(axis=1, keepdims=True))
 
 
 def probabilities_json(probabilities: np.ndarray, classes: list[str]) -> list[str]:
@@ -144,7 +144,7 @@ def probabilities_json(probabilities: np.ndarray, classes: list[str]) -> list[st
     for position, name in enumerate(classes):
         separator = ", " if position else ""
         text = text + f"{separator}{json.dumps(name)}: " + pd.Series(probabilities[:, position]).astype(str)
-    return (text + "}").tolist()
+    return [str(t) for t in (text + "}").tolist()]
 
 
 def parse_probabilities(values: pd.Series, classes: list[str]) -> np.ndarray:
@@ -153,7 +153,7 @@ def parse_probabilities(values: pd.Series, classes: list[str]) -> np.ndarray:
     if not len(values):
         return np.zeros((0, len(classes)))
     records = pd.DataFrame.from_records([json.loads(v) for v in values])
-    return records.reindex(columns=classes, fill_value=0.0).fillna(0.0).to_numpy(dtype="float64")
+    return np.asarray(records.reindex(columns=classes, fill_value=0.0).fillna(0.0).to_numpy(dtype="float64"))
 
 
 def aligned_probabilities(probabilities: np.ndarray, model_classes: list[str], classes: list[str]) -> np.ndarray:

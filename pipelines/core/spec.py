@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 import string
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Annotated, Any, ClassVar, Literal
@@ -267,7 +267,8 @@ def first_firing(expression: str, wanted: Callable[[datetime], bool]) -> datetim
     from croniter import croniter
 
     fires = croniter(expression, datetime(2026, 1, 1, tzinfo=UTC))
-    return next(at for at in (fires.get_next(datetime) for _ in range(100_000)) if wanted(at))
+    firings: Iterator[datetime] = (fires.get_next(datetime) for _ in range(100_000))
+    return next(at for at in firings if wanted(at))
 
 
 class ScheduleSpec(_Strict):

@@ -430,6 +430,7 @@ def new_model(
     name: str,
     events: dict[str, Any],
     labels: dict[str, Any],
+    *,
     columns: dict[str, str],
     partition: PartitionUnit,
     sample: tuple[datetime, datetime],

@@ -324,6 +324,7 @@ def log_to_mlflow(
     summary: dict[str, float],
     metrics: list[dict[str, Any]],
     png: bytes,
+    *,
     end: datetime,
     dag_run_id: str,
 ) -> str:
@@ -360,6 +361,7 @@ def backtest(
     settings: Settings,
     engine: Engine,
     end: datetime,
+    *,
     dag_run_id: str,
     challenger: str | None = None,
 ) -> BacktestResult:
@@ -385,7 +387,7 @@ def backtest(
     png = plot_png(spec, metrics, end)
     settings.lake.put(plot_key(spec.name, end), png)
     summary = summary_metrics(spec, frame, replayed)
-    run_id = log_to_mlflow(spec, settings, summary, metrics, png, end, dag_run_id)
+    run_id = log_to_mlflow(spec, settings, summary, metrics, png, end=end, dag_run_id=dag_run_id)
     return BacktestResult(
         cohorts=len({m["cohort"] for m in metrics}),
         rows=len(frame),

@@ -353,7 +353,7 @@ def recorded_summary(engine: Engine, model_name: str, start: datetime, end: date
 
 
 def record_summary(
-    spec: ModelSpec, engine: Engine, start: datetime, end: datetime, summary: DriftSummary, dag_run_id: str
+    spec: ModelSpec, engine: Engine, start: datetime, end: datetime, *, summary: DriftSummary, dag_run_id: str
 ) -> None:
     version = summary.model_version
     interval = {"model_name": spec.name, "interval_start": start, "interval_end": end}
@@ -401,7 +401,7 @@ def record_summary(
 
 
 def monitor_interval(
-    spec: ModelSpec, settings: Settings, engine: Engine, start: datetime, end: datetime, dag_run_id: str
+    spec: ModelSpec, settings: Settings, engine: Engine, start: datetime, end: datetime, *, dag_run_id: str
 ) -> DriftSummary:
     """The drift report of a scored window; one already recorded is read back, never recomputed over."""
     recorded = recorded_summary(engine, spec.name, start, end)
@@ -417,7 +417,7 @@ def monitor_interval(
     if current.empty:  # a quiet window: nothing to compare, and nothing drifted
         log.info("%s: no scored rows in [%s, %s): drift not measured", spec.name, start.isoformat(), end.isoformat())
         summary = DriftSummary(version, 0, 0, [], "", "nothing (no rows)")
-        record_summary(spec, engine, start, end, summary, dag_run_id)
+        record_summary(spec, engine, start, end, summary=summary, dag_run_id=dag_run_id)
         return summary
     reference, described = reference_sample(spec, settings, version, start, end)
     # Prediction drift: what the model says on its reference sample against what it said in the interval.
@@ -466,5 +466,5 @@ def monitor_interval(
     described = f"{described}; {how}"
     summary = DriftSummary(version, len(reference), len(current), results, settings.lake.uri_of(report_key), described)
 
-    record_summary(spec, engine, start, end, summary, dag_run_id)
+    record_summary(spec, engine, start, end, summary=summary, dag_run_id=dag_run_id)
     return summary

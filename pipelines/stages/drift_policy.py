@@ -193,14 +193,9 @@ def record_trigger(
     if last_trigger(engine, model_name, window_end) != window_end:
         with engine.begin() as connection:
             record_event(
-                connection,
-                model_name,
-                DRIFT_TRIGGER,
-                verdict.reason,
-                dag_run_id,
-                actor,
+                connection, model_name, DRIFT_TRIGGER, reason=verdict.reason, actor=actor, dag_run_id=dag_run_id,
                 details=json.loads(verdict.to_json()),
-            )
+            )  # fmt: skip
     return {
         "model": model_name,
         "reason": verdict.reason,

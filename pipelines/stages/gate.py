@@ -9,9 +9,11 @@ Slices listed in the spec may not regress by more than a tolerance.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel, ConfigDict
 
 from pipelines.core.errors import BadDataError, SpecError
 from pipelines.core.spec import GateSpec
@@ -22,6 +24,39 @@ HIGHER_IS_BETTER = {m.name: higher_is_better(m.name) for m in METRICS.values() i
 # Bootstrap resamples are processed in blocks of at most this many cells (resamples x rows).
 _BLOCK_CELLS = 4_000_000
 _EPS = 1e-15
+
+
+class GateDecision(BaseModel):
+    """One decision of the gate, as recorded (the challenger's MLflow run, the version's tags, a
+    model_events row) and passed between the train and backtest DAGs' tasks. The first hearing (at
+    training) carries `holdout` and `base_rate`; the second (the backtest's replay) `hearing` and `replay`."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")  # records written by later versions still read
+
+    model: str
+    challenger_version: str
+    challenger_run_id: str
+    champion_version: str | None
+    metric: str
+    higher_is_better: bool
+    mode: Literal["enabled", "dry_run", "manual"]
+    gate: dict[str, Any]  # the spec's gate settings the decision was made under
+    hearing: str | None = None
+    holdout: dict[str, Any] | None = None
+    base_rate: dict[str, Any] | None = None
+    replay: dict[str, Any] | None = None
+    interval: dict[str, Any] | None  # the improvement's bootstrap interval; None without a champion
+    slices: list[dict[str, Any]]
+    verdict: Literal["promote", "keep"]
+    action: Literal["promote", "dry_run", "await_approval", "keep_champion"]
+    reason: str
+    dag_id: str
+    dag_run_id: str
+    decided_at: str
+
+    def record(self) -> dict[str, Any]:
+        """As JSON stores it: the fields this decision was made with (a first hearing has no `replay`)."""
+        return self.model_dump(mode="json", exclude_unset=True)
 
 
 @dataclass(frozen=True)
@@ -75,7 +110,7 @@ def weighted_metric(metric: str, labels: np.ndarray, scores: np.ndarray, weights
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(spread > 0, 1 - squared / np.where(spread > 0, spread, 1), np.nan)
     mean = weights @ _per_row(metric, labels, scores) / total
-    return np.sqrt(mean) if metric == "rmse" else mean
+    return np.asarray(np.sqrt(mean) if metric == "rmse" else mean)
 
 
 def _per_row(metric: str, labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
@@ -83,16 +118,16 @@ def _per_row(metric: str, labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
     if scores.ndim == 2:  # multiclass
         truth = labels.astype("int64")
         if metric == "logloss":
-            return -np.log(np.clip(scores[np.arange(len(truth)), truth], _EPS, 1))
+            return np.asarray(-np.log(np.clip(scores[np.arange(len(truth)), truth], _EPS, 1)))
         if metric == "accuracy":
-            return (scores.argmax(axis=1) == truth).astype("float64")
+            return np.asarray((scores.argmax(axis=1) == truth).astype("float64"))
     elif metric == "logloss":
         clipped = np.clip(scores, _EPS, 1 - _EPS)
-        return -(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped))
+        return np.asarray(-(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped)))
     elif metric in ("brier", "rmse"):
-        return (scores - labels) ** 2
+        return np.asarray((scores - labels) ** 2)
     elif metric == "mae":
-        return np.abs(scores - labels)
+        return np.asarray(np.abs(scores - labels))
     raise SpecError(f"gate metric '{metric}' does not judge these predictions; use one of {sorted(HIGHER_IS_BETTER)}")
 
 
@@ -122,7 +157,7 @@ def _weighted_auc(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) -
     negatives_below = np.cumsum(negatives, axis=1) - negatives
     pairs = positives.sum(axis=1) * negatives.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return (positives * (negatives_below + 0.5 * negatives)).sum(axis=1) / pairs
+        return np.asarray((positives * (negatives_below + 0.5 * negatives)).sum(axis=1) / pairs)
 
 
 def metric_value(metric: str, labels: np.ndarray, scores: np.ndarray) -> float | None:
@@ -142,6 +177,7 @@ def bootstrap_improvement(
     labels: np.ndarray,
     challenger: np.ndarray,
     champion: np.ndarray,
+    *,
     samples: int,
     confidence: float,
     seed: int,
@@ -248,7 +284,14 @@ def judge_replay(
     the gate at training."""
     labels = frame[label].to_numpy(dtype="float64")
     interval = bootstrap_improvement(
-        gate.metric, labels, challenger, champion, gate.bootstrap_samples, gate.confidence, gate.seed, cohorts
+        gate.metric,
+        labels,
+        challenger,
+        champion,
+        samples=gate.bootstrap_samples,
+        confidence=gate.confidence,
+        seed=gate.seed,
+        groups=cohorts,
     )
     days = len(np.unique(cohorts))
     summary = (
@@ -278,7 +321,13 @@ def below_the_base_rate(
     bound exceeds 0, and the interval either way."""
     labels = frame[label].to_numpy(dtype="float64")
     floor = bootstrap_improvement(
-        gate.metric, labels, candidate, baseline, gate.bootstrap_samples, gate.confidence, gate.seed
+        gate.metric,
+        labels,
+        candidate,
+        baseline,
+        samples=gate.bootstrap_samples,
+        confidence=gate.confidence,
+        seed=gate.seed,
     )
     if floor.lower > 0:
         return None, floor
@@ -309,7 +358,13 @@ def judge(
         beats = "" if floor is None else f" and beats the base rate: {describe(gate.metric, floor, len(frame))}"
         return Verdict(True, f"no champion yet{beats}", None, [], floor)
     interval = bootstrap_improvement(
-        gate.metric, labels, challenger, champion, gate.bootstrap_samples, gate.confidence, gate.seed
+        gate.metric,
+        labels,
+        challenger,
+        champion,
+        samples=gate.bootstrap_samples,
+        confidence=gate.confidence,
+        seed=gate.seed,
     )
     slices = slice_checks(gate, frame, label, challenger, champion)
     summary = describe(gate.metric, interval, len(frame))

@@ -139,7 +139,7 @@ def to_times(values: pd.Series) -> pd.Series:
 
     def parse(texts: pd.Series) -> np.ndarray:
         times = pd.to_datetime(texts.astype("string"), utc=True, format="ISO8601", errors="coerce")
-        return times.dt.tz_localize(None).to_numpy(dtype="datetime64[ns]")
+        return np.asarray(times.dt.tz_localize(None).to_numpy(dtype="datetime64[ns]"))
 
     parsed = by_distinct(values, parse, np.datetime64("NaT"), "datetime64[ns]")
     return pd.Series(parsed, index=values.index).dt.tz_localize("UTC")

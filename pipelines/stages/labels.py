@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import Engine, Subquery, and_, func, select
 
-from pipelines.core.errors import BadDataError
+from pipelines.core.errors import BadDataError, RecordConflictError
 from pipelines.core.spec import ModelSpec
 from pipelines.core.tasks import Task
 from pipelines.storage import tables
@@ -135,7 +135,7 @@ def ingest_labels(
             key=["model_name", "entity_id", "as_of", "arrived_at"],
             refuse_changed=["label", "label_class"],
         )
-    except tables.RecordConflictError as exc:
+    except RecordConflictError as exc:
         keys = {(str(s["entity_id"]), pd.Timestamp(s["as_of"]).tz_localize(None)) for s in exc.samples}
         at_fault = frame[
             [
@@ -144,7 +144,7 @@ def ingest_labels(
             ]
         ]
         files = sorted(set(at_fault["_file"]))
-        raise tables.RecordConflictError(f"{exc}; the new label(s) come from {files}", exc.samples) from exc
+        raise RecordConflictError(f"{exc}; the new label(s) come from {files}", exc.samples) from exc
     return LabelIngestResult(len(frames), len(rows), missing)
 
 

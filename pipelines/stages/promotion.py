@@ -21,7 +21,15 @@ from sqlalchemy import Engine, select
 from pipelines.core.errors import PermanentError, StaleDecisionError, VersionNotServableError
 from pipelines.core.features import aligned_probabilities, class_index, contract_of, predict
 from pipelines.core.spec import ModelSpec
-from pipelines.stages.gate import HIGHER_IS_BETTER, Verdict, below_the_base_rate, bounded_holdout, judge, judge_replay
+from pipelines.stages.gate import (
+    HIGHER_IS_BETTER,
+    GateDecision,
+    Verdict,
+    below_the_base_rate,
+    bounded_holdout,
+    judge,
+    judge_replay,
+)
 from pipelines.storage import tables
 from pipelines.storage.registry import (
     APPROVE,
@@ -49,16 +57,26 @@ def register_challenger(
     engine: Engine,
     run_id: str,
     model_uri: str,
+    *,
     lineage: dict[str, str],
     dag_run_id: str,
     actor: str,
 ) -> str:
     version = register_version(settings, spec.name, run_id, model_uri, lineage)
-    move_alias(settings, engine, spec.name, CHALLENGER, version, f"trained by MLflow run {run_id}", dag_run_id, actor)
+    move_alias(
+        settings,
+        engine,
+        spec.name,
+        CHALLENGER,
+        version,
+        reason=f"trained by MLflow run {run_id}",
+        dag_run_id=dag_run_id,
+        actor=actor,
+    )
     return version
 
 
-def recorded_decision(engine: Engine, model_name: str, version: str, dag_run_id: str) -> dict[str, Any] | None:
+def recorded_decision(engine: Engine, model_name: str, version: str, dag_run_id: str) -> GateDecision | None:
     e = tables.model_events
     with engine.connect() as connection:
         details = connection.execute(
@@ -72,7 +90,7 @@ def recorded_decision(engine: Engine, model_name: str, version: str, dag_run_id:
             .order_by(e.c.id.desc())
             .limit(1)
         ).scalar_one_or_none()
-    return None if details is None else dict(json.loads(details))
+    return None if details is None else GateDecision.model_validate_json(details)
 
 
 def _scores(spec: ModelSpec, model: LoadedModel, frame: pd.DataFrame) -> Any:
@@ -192,32 +210,32 @@ def planned_action(promote: bool, mode: str) -> str:
     return {"enabled": "promote", "dry_run": "dry_run", "manual": "await_approval"}[mode]
 
 
-def record_decision(settings: Settings, engine: Engine, decision: dict[str, Any], artifact: str, actor: str) -> None:
+def record_decision(settings: Settings, engine: Engine, decision: GateDecision, artifact: str, actor: str) -> None:
     """One record of a gate decision, wherever it was made: the challenger's MLflow run, tags on the
     version and a model_events row (which a re-run of the same DAG run reads back)."""
     import mlflow
 
-    model, version, champion = decision["model"], decision["challenger_version"], decision["champion_version"]
+    model, version, champion = decision.model, decision.challenger_version, decision.champion_version
     client = mlflow_client(settings)
-    with mlflow.start_run(run_id=decision["challenger_run_id"]):
-        mlflow.log_dict(decision, artifact)
+    with mlflow.start_run(run_id=decision.challenger_run_id):
+        mlflow.log_dict(decision.record(), artifact)
     for key in ("verdict", "action", "reason", "dag_run_id"):
-        client.set_model_version_tag(model, version, f"gate.{key}", str(decision[key])[:5000])
+        client.set_model_version_tag(model, version, f"gate.{key}", str(getattr(decision, key))[:5000])
     client.set_model_version_tag(model, version, "gate.champion_version", str(champion))
     with engine.begin() as connection:
         record_event(
-            connection, model, "gate_decision", decision["reason"], decision["dag_run_id"], actor, None, champion,
-            version, decision,
+            connection, model, "gate_decision", reason=decision.reason, actor=actor,
+            dag_run_id=decision.dag_run_id, from_version=champion, to_version=version, details=decision.record(),
         )  # fmt: skip
     log.info(
         "GATE %s v%s vs %s: %s, action %s (mode %s): %s",
         model,
         version,
         "no champion" if champion is None else f"champion v{champion}",
-        decision["verdict"].upper(),
-        decision["action"],
-        decision["mode"],
-        decision["reason"],
+        decision.verdict.upper(),
+        decision.action,
+        decision.mode,
+        decision.reason,
     )
 
 
@@ -226,16 +244,17 @@ def gate_challenger(
     settings: Settings,
     engine: Engine,
     version: str,
+    *,
     dag_id: str,
     dag_run_id: str,
     actor: str,
     dry_run: bool = False,
     require_approval: bool = False,
-) -> dict[str, Any]:
+) -> GateDecision:
     """Judge challenger `version` against the champion on the challenger's fresh holdout; record it."""
     earlier = recorded_decision(engine, spec.name, version, dag_run_id)
     if earlier is not None:
-        log.info("GATE %s v%s: %s (decided earlier in this DAG run)", spec.name, version, earlier["verdict"].upper())
+        log.info("GATE %s v%s: %s (decided earlier in this DAG run)", spec.name, version, earlier.verdict.upper())
         return earlier
 
     client = mlflow_client(settings)
@@ -253,28 +272,28 @@ def gate_challenger(
         mode = "dry_run"
     elif require_approval and mode == "enabled":
         mode = "manual"
-    decision = {
-        "model": spec.name,
-        "challenger_version": version,
-        "challenger_run_id": run_id,
-        "champion_version": champion,
-        "metric": spec.gate.metric,
-        "higher_is_better": HIGHER_IS_BETTER[spec.gate.metric],
-        "mode": mode,
-        "gate": spec.gate.model_dump(),
-        "holdout": {
+    decision = GateDecision(
+        model=spec.name,
+        challenger_version=version,
+        challenger_run_id=run_id,
+        champion_version=champion,
+        metric=spec.gate.metric,
+        higher_is_better=HIGHER_IS_BETTER[spec.gate.metric],
+        mode=mode,
+        gate=spec.gate.model_dump(),
+        holdout={
             **used,
             "artifact": f"runs:/{run_id}/holdout/holdout.parquet",
             "start": holdout[spec.timestamp].min().isoformat() if len(holdout) else None,
             "end": holdout[spec.timestamp].max().isoformat() if len(holdout) else None,
         },
         # The candidate against its task's trivial model (gate.beat_base_rate), and that model.
-        "base_rate": {
+        base_rate={
             "baseline": baseline if spec.gate.beat_base_rate else None,
             "interval": None if verdict.floor is None else asdict(verdict.floor),
         },
         **verdict_fields(verdict, mode, dag_id, dag_run_id),
-    }
+    )
     record_decision(settings, engine, decision, "gate/decision.json", actor)
     return decision
 
@@ -282,13 +301,14 @@ def gate_challenger(
 def apply_decision(
     settings: Settings,
     engine: Engine,
-    decision: dict[str, Any],
+    decision: GateDecision,
+    *,
     approval: dict[str, Any] | None,
     dag_run_id: str,
     actor: str,
 ) -> str:
     """Carry out the gate's decision; in manual mode only after an approval. Returns what happened."""
-    model, version, action = decision["model"], decision["challenger_version"], decision["action"]
+    model, version, action = decision.model, decision.challenger_version, decision.action
     if action == "await_approval":
         if approval is None:
             raise PermanentError(f"{model} v{version} needs an approval in manual mode, but none was given")
@@ -298,16 +318,9 @@ def apply_decision(
         approved = approval.get("chosen_options") == [APPROVE]
         with engine.begin() as connection:
             record_event(
-                connection,
-                model,
-                "approval",
-                "approved" if approved else "rejected",
-                dag_run_id,
-                approver,
-                None,
-                decision["champion_version"],
-                version,
-            )
+                connection, model, "approval", reason="approved" if approved else "rejected", actor=approver,
+                dag_run_id=dag_run_id, from_version=decision.champion_version, to_version=version,
+            )  # fmt: skip
         if not approved:
             log.info("%s v%s: promotion rejected by %s; the champion stays", model, version, approver)
             return "rejected"
@@ -317,12 +330,12 @@ def apply_decision(
     current = champion_version(settings, model)
     if current == version:
         return "promoted"
-    if current != decision["champion_version"]:
+    if current != decision.champion_version:
         raise StaleDecisionError(
-            f"{model}: the gate compared v{version} with champion v{decision['champion_version']}, but the champion "
+            f"{model}: the gate compared v{version} with champion v{decision.champion_version}, but the champion "
             f"is now v{current}; trigger a new train run to decide again"
         )
-    move_alias(settings, engine, model, CHAMPION, version, decision["reason"], dag_run_id, actor)
+    move_alias(settings, engine, model, CHAMPION, version, reason=decision.reason, dag_run_id=dag_run_id, actor=actor)
     return "promoted"
 
 
@@ -345,11 +358,11 @@ def rejected_by_a_human(engine: Engine, model_name: str, version: str) -> bool:
 
 def _replay_scores(spec: ModelSpec, evidence: pd.DataFrame, suffix: str) -> np.ndarray:
     if not spec.task.has_classes:
-        return evidence[f"score{suffix}"].to_numpy(dtype="float64")
+        return np.asarray(evidence[f"score{suffix}"].to_numpy(dtype="float64"))
     from pipelines.stages.backtest import PROBABILITY_PREFIX
 
     classes = range(len(spec.label.classes or []))
-    return evidence[[f"{PROBABILITY_PREFIX}{k}{suffix}" for k in classes]].to_numpy(dtype="float64")
+    return np.asarray(evidence[[f"{PROBABILITY_PREFIX}{k}{suffix}" for k in classes]].to_numpy(dtype="float64"))
 
 
 def rehear_challenger(
@@ -357,10 +370,11 @@ def rehear_challenger(
     settings: Settings,
     engine: Engine,
     end: datetime,
+    *,
     dag_id: str,
     dag_run_id: str,
     actor: str,
-) -> dict[str, Any] | None:
+) -> GateDecision | None:
     """The second hearing of a kept challenger, after a backtest up to `end`: when its replay beat the
     champion's logged scores on the same rows over `gate.second_hearing_cohorts` whole cohorts, a decision
     in the spec's mode, recorded as a training's is. None when there is nothing to hear yet."""
@@ -408,18 +422,18 @@ def rehear_challenger(
     )
     mode = gate.mode
     client = mlflow_client(settings)
-    decision = {
-        "model": spec.name,
-        "hearing": "second: the backtest's replay",
-        "challenger_version": challenger,
-        "challenger_run_id": client.get_model_version(spec.name, challenger).run_id,
-        "champion_version": champion,
-        "metric": gate.metric,
-        "higher_is_better": HIGHER_IS_BETTER[gate.metric],
-        "mode": mode,
-        "gate": gate.model_dump(),
-        "replay": {"rows_offered": offered, "rows": len(evidence), "cohorts": cohorts, "labels_as_of": end.isoformat()},
+    decision = GateDecision(
+        model=spec.name,
+        hearing="second: the backtest's replay",
+        challenger_version=challenger,
+        challenger_run_id=client.get_model_version(spec.name, challenger).run_id,
+        champion_version=champion,
+        metric=gate.metric,
+        higher_is_better=HIGHER_IS_BETTER[gate.metric],
+        mode=mode,
+        gate=gate.model_dump(),
+        replay={"rows_offered": offered, "rows": len(evidence), "cohorts": cohorts, "labels_as_of": end.isoformat()},
         **verdict_fields(verdict, mode, dag_id, dag_run_id),
-    }
+    )
     record_decision(settings, engine, decision, f"gate/second_hearing_{end:%Y%m%dT%H%M}.json", actor)
     return decision

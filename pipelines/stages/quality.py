@@ -153,7 +153,7 @@ def evidently_report(spec: ModelSpec, settings: Settings, frame: pd.DataFrame, k
 
 
 def quality_interval(
-    spec: ModelSpec, settings: Settings, engine: Engine, start: datetime, end: datetime, dag_run_id: str
+    spec: ModelSpec, settings: Settings, engine: Engine, start: datetime, end: datetime, *, dag_run_id: str
 ) -> QualitySummary | None:
     """The quality of the window whose labels matured by the end of the monitored [start, end)."""
     window_start, window_end = matured_window(spec, start, end)

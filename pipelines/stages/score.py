@@ -26,6 +26,7 @@ from sqlalchemy import ColumnElement, Engine, select
 from pipelines.core.distinct import distinct_codes
 from pipelines.core.errors import (
     BadDataError,
+    ContractError,
     NoChampionError,
     PartitionError,
     PermanentError,
@@ -33,7 +34,6 @@ from pipelines.core.errors import (
     VersionRefusedError,
 )
 from pipelines.core.features import (
-    ContractError,
     FeatureContract,
     contract_of,
     predict,
@@ -246,6 +246,7 @@ def write_new_partition(
     model: LoadedModel,
     version: str,
     part: datetime,
+    *,
     dag_run_id: str,
     scored_at: datetime,
     times: StepTimes,
@@ -405,6 +406,7 @@ def score_interval(
     engine: Engine,
     start: datetime,
     end: datetime,
+    *,
     dag_run_id: str,
     rescore_with: str | None = None,
 ) -> ScoreResult:
@@ -436,7 +438,9 @@ def score_interval(
         key = partition_key(spec.name, "scored", part, spec.partition)
         written = None
         if served is None:
-            written = write_new_partition(spec, settings, engine, model, version, part, dag_run_id, scored_at, times)
+            written = write_new_partition(
+                spec, settings, engine, model, version, part, dag_run_id=dag_run_id, scored_at=scored_at, times=times
+            )
         if written is not None:
             rows, part_unseen = written
             unseen.update(part_unseen)

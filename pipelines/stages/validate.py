@@ -223,6 +223,7 @@ def validate_frame(
     frame: pd.DataFrame,
     suite_path: Path,
     gx_root: Path,
+    *,
     lake: Lake,
     result_key: str,
     run_name: str,
@@ -428,6 +429,7 @@ def validate_and_publish(
     deliveries: list[dict[str, Any]],
     start: datetime,
     end: datetime,
+    *,
     dag_id: str,
     dag_run_id: str,
     data_docs: bool = False,
@@ -446,7 +448,13 @@ def validate_and_publish(
     result_key = f"{spec.name}/validation/{dag_id}/{key}-{snapshot_sha256(deliveries)[:16]}.json"
     policy = spec.validation_policy
     outcome = validate_frame(
-        frame, spec.suite_path, settings.gx_root, settings.lake, result_key, f"{dag_id} {key}", data_docs
+        frame,
+        spec.suite_path,
+        settings.gx_root,
+        lake=settings.lake,
+        result_key=result_key,
+        run_name=f"{dag_id} {key}",
+        data_docs=data_docs,
     )
     faults = _column_mismatches(batch)
     set_aside = _set_aside_at_ingest(deliveries)
@@ -475,7 +483,7 @@ def validate_and_publish(
         outcome = replace(
             outcome, rows_quarantined=quarantined, quarantine_uris=uris, held_back=held_back, advice=advice
         )
-    record_validation(spec, engine, outcome, start, end, dag_id, dag_run_id)
+    record_validation(spec, engine, outcome, start, end, dag_id=dag_id, dag_run_id=dag_run_id)
     log.info("validation result: %s; Data Docs: %s", outcome.result_uri, outcome.data_docs_path)
     if outcome.success:
         return outcome
@@ -500,6 +508,7 @@ def record_validation(
     outcome: ValidationOutcome,
     start: datetime,
     end: datetime,
+    *,
     dag_id: str,
     dag_run_id: str,
 ) -> None:

@@ -106,4 +106,4 @@ def copy_rows(frame: pd.DataFrame, table: Table) -> bytes:
     rows = pc.binary_join_element_wise(*fields, b"")
     _, offsets, data = rows.buffers()
     bounds = np.frombuffer(offsets, dtype=np.int32, count=len(rows) + 1, offset=rows.offset * 4)
-    return data.slice(int(bounds[0]), int(bounds[-1] - bounds[0])).to_pybytes()
+    return bytes(data.slice(int(bounds[0]), int(bounds[-1] - bounds[0])).to_pybytes())

@@ -224,7 +224,7 @@ def _model_version(settings: Settings, model_name: str, version: str) -> Any:
         ) from exc
 
 
-def adopt_version(settings: Settings, engine: Engine, model_name: str, version: str, reason: str, actor: str) -> str:
+def adopt_version(settings: Settings, engine: Engine, model_name: str, version: str, *, reason: str, actor: str) -> str:
     """Record the sha256 of a version registered without one (before this release), after the same
     checks a scorer makes; from then on its file is checked like any other. Returns the sha256."""
     from pipelines.core.features import contract_of
@@ -246,15 +246,9 @@ def adopt_version(settings: Settings, engine: Engine, model_name: str, version: 
         raise UnsafeModelError(f"{label}: {exc}") from exc
     with engine.begin() as connection:
         record_event(
-            connection,
-            model_name,
-            "model_adopted",
-            reason,
-            None,
-            actor,
-            to_version=str(version),
+            connection, model_name, "model_adopted", reason=reason, actor=actor, to_version=str(version),
             details={"sha256": digest},
-        )
+        )  # fmt: skip
         mlflow_client(settings).set_model_version_tag(model_name, str(version), MODEL_SHA256_TAG, digest)
     return digest
 
@@ -313,14 +307,16 @@ def record_event(
     connection: Any,
     model_name: str,
     event: str,
+    *,
     reason: str,
-    dag_run_id: str | None,
     actor: str,
+    dag_run_id: str | None = None,
     alias: str | None = None,
     from_version: str | None = None,
     to_version: str | None = None,
     details: dict[str, Any] | None = None,
 ) -> None:
+    """One row of model_events: who did what to which version, when, in which DAG run, and why."""
     connection.execute(
         insert(tables.model_events).values(
             model_name=model_name,
@@ -343,6 +339,7 @@ def move_alias(
     model_name: str,
     alias: str,
     version: str,
+    *,
     reason: str,
     dag_run_id: str | None,
     actor: str,
@@ -356,7 +353,10 @@ def move_alias(
     # reason and an actor, and scoring serves it again.
     previous = current if current != version else recorded
     with engine.begin() as connection:
-        record_event(connection, model_name, "alias_moved", reason, dag_run_id, actor, alias, previous, version)
+        record_event(
+            connection, model_name, "alias_moved", reason=reason, actor=actor, dag_run_id=dag_run_id, alias=alias,
+            from_version=previous, to_version=version,
+        )  # fmt: skip
         mlflow_client(settings).set_registered_model_alias(model_name, alias, version)
     was = "nothing" if previous is None else f"v{previous}"
     log.info("%s: alias %s moved %s -> v%s by %s (%s)", model_name, alias, was, version, actor, reason)
@@ -399,13 +399,23 @@ def rollback(
     model_name: str,
     task: str,
     version: str,
+    *,
     reason: str,
     dag_run_id: str | None,
     actor: str,
 ) -> bool:
     """Move `champion` to an earlier version after checking it can serve the spec's task; a bad version changes nothing."""
     check_servable(settings, model_name, version, task)
-    moved = move_alias(settings, engine, model_name, CHAMPION, str(version), f"rollback: {reason}", dag_run_id, actor)
+    moved = move_alias(
+        settings,
+        engine,
+        model_name,
+        CHAMPION,
+        str(version),
+        reason=f"rollback: {reason}",
+        dag_run_id=dag_run_id,
+        actor=actor,
+    )
     if not moved:
         log.info("%s: v%s is already the champion; nothing to roll back", model_name, version)
     return moved

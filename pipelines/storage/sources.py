@@ -495,6 +495,7 @@ def await_source(
     time_column: str,
     window: tuple[datetime, datetime],
     unit: PartitionUnit,
+    *,
     allowed_delay: timedelta,
     now: datetime,
 ) -> list[str]:

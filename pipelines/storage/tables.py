@@ -405,7 +405,7 @@ def _python_column(series: pd.Series, column: Column[Any], dialect: Any) -> list
     values = series.astype(object).where(~missing, None).tolist() if missing.any() else series.tolist()
     process = column.type.dialect_impl(dialect).bind_processor(dialect)
     if process is None or pd.api.types.is_float_dtype(series.dtype):  # floats: Python floats already
-        return values
+        return list(values)
     return [process(v) for v in values]
 
 
@@ -488,6 +488,7 @@ def merge_frame(
     table: Table,
     frame: pd.DataFrame,
     key: Iterable[str],
+    *,
     update_when_changed: Iterable[str] | None = None,
     replaces: ColumnElement[bool] | None = None,
     refuse_changed: Iterable[str] | None = None,

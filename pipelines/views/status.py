@@ -8,8 +8,9 @@ from typing import Any
 
 from sqlalchemy import Engine, case, func, select
 
+from pipelines.core.errors import SpecError
 from pipelines.core.metrics import TASK_METRICS
-from pipelines.core.spec import ModelSpec, SpecError, load_spec, spec_paths
+from pipelines.core.spec import ModelSpec, load_spec, spec_paths
 from pipelines.stages.drift_policy import DRIFT_TRIGGER
 from pipelines.storage import tables
 from pipelines.storage.registry import CHALLENGER, CHAMPION, alias_since, alias_version, mlflow_client

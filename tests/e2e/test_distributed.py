@@ -139,9 +139,12 @@ def empty_redis_db(url: str) -> None:
 
 
 def dag_folder(root: Path) -> Path:
-    """The demo model's DAG file and spec, with the train task on the `train` queue (training.queue)."""
+    """A project at `root` as a team deploys one: the demo model's DAG file, its spec with the train
+    task on the `train` queue (training.queue), and its suite."""
     folder = root / "dags"
     (folder / "models").mkdir(parents=True)
+    (root / "expectations").mkdir()
+    shutil.copy(REPO_ROOT / "expectations" / f"{MODEL}.json", root / "expectations")
     shutil.copy(REPO_ROOT / "dags" / f"{MODEL}.py", folder)
     spec = (REPO_ROOT / "dags" / "models" / f"{MODEL}.yaml").read_text()
     assert "  device: auto\n" in spec
@@ -186,7 +189,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: S3Endpoint) -
             "PIPELINES_HOME": str(home),
             "AIRFLOW_HOME": str(home / "airflow"),
             "AIRFLOW__CORE__DAGS_FOLDER": str(dag_folder(root)),
-            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
+            "PIPELINES_PROJECT": str(root),  # every component finds the project's suites (the plugin: its entry point)
             "AIRFLOW__API__PORT": str(airflow_port),
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),

@@ -273,7 +273,7 @@ def test_drift_settings_pick_columns_tests_and_a_seasonal_reference(home: Settin
         url = f"sqlite:///{tmp_path / case}.db"  # a fresh record: each case measures the window anew
         tables.upgrade_schema(url)
         fresh = tables.make_engine(url)
-        return monitor_interval(spec, home, fresh, *window, f"test_{case}"), fresh
+        return monitor_interval(spec, home, fresh, *window, dag_run_id=f"test_{case}"), fresh
 
     # monthly_charges moved by 1.5 of its standard deviations: a normed Wasserstein distance of about
     # 1.5, drift by the default test, not by a threshold of 2 set in the spec.

@@ -322,7 +322,7 @@ def test_rows_filed_under_another_hour_are_refused(home: Settings, engine: Engin
     write_partition(home.lake, hour_partition("demo_churn", "raw", evening), frame, {"model": "demo_churn"})
     before = predictions_digest(engine)
     with pytest.raises(BadDataError, match=rf"{len(frame)} row\(s\) of the partition for 2026-01-03T20:00:00\+00:00"):
-        score_interval(demo_spec(home), home, engine, evening, evening + timedelta(hours=1), "test")
+        score_interval(demo_spec(home), home, engine, evening, evening + timedelta(hours=1), dag_run_id="test")
     assert predictions_digest(engine) == before
     assert not home.lake.exists(f"{hour_partition('demo_churn', 'scored', evening)}/_manifest.json")
 
@@ -527,7 +527,7 @@ def test_after_a_promotion_a_rerun_keeps_what_served(home: Settings, engine: Eng
     def scored_manifests() -> list[bytes]:
         return [home.lake.get(f"{hour_partition('demo_churn', 'scored', h)}/_manifest.json") for h in SCORED_HOURS]
 
-    move_alias(home, engine, "demo_churn", CHAMPION, "2", "test: v2 promoted", None, "test")
+    move_alias(home, engine, "demo_churn", CHAMPION, "2", reason="test: v2 promoted", dag_run_id=None, actor="test")
     try:
         before, lake_before = predictions_digest(engine), scored_manifests()
         for hour in SCORED_HOURS:
@@ -571,7 +571,7 @@ def test_after_a_promotion_a_rerun_keeps_what_served(home: Settings, engine: Eng
             and (predictions_digest(engine), tables.count_rows(engine, h, "demo_churn")) == after
         )
     finally:
-        move_alias(home, engine, "demo_churn", CHAMPION, "1", "test: back to v1", None, "test")
+        move_alias(home, engine, "demo_churn", CHAMPION, "1", reason="test: back to v1", dag_run_id=None, actor="test")
 
 
 def test_a_lake_that_lost_the_hour_still_cannot_rewrite_the_log(home: Settings, engine: Engine, tmp_path: Path) -> None:
@@ -584,13 +584,17 @@ def test_a_lake_that_lost_the_hour_still_cannot_rewrite_the_log(home: Settings, 
     moved = replace(home, lake=open_lake(tmp_path / "new-lake"))  # a new PIPELINES_LAKE: no scored partitions
     write_partition(moved.lake, hour_partition("demo_churn", "raw", hour), raw, {"model": "demo_churn"})
     before = predictions_digest(engine), tables.count_rows(engine, tables.predictions_history, "demo_churn")
-    score_interval(demo_spec(home), moved, engine, hour, hour + timedelta(hours=1), "moved")  # the same rows: fine
+    score_interval(
+        demo_spec(home), moved, engine, hour, hour + timedelta(hours=1), dag_run_id="moved"
+    )  # the same rows: fine
     changed = raw.assign(monthly_charges=raw["monthly_charges"].where(raw.index != 0, 9_999.0))
     write_partition(moved.lake, hour_partition("demo_churn", "raw", hour), changed, {"model": "demo_churn"})
     with pytest.raises(RecordConflictError, match=r"would change or remove 1 prediction\(s\) logged by v1"):
-        score_interval(demo_spec(home), moved, engine, hour, hour + timedelta(hours=1), "moved")
+        score_interval(demo_spec(home), moved, engine, hour, hour + timedelta(hours=1), dag_run_id="moved")
     with pytest.raises(PermanentError, match=r"param rescore_with is 'v2'; give 'champion' or a version number"):
-        score_interval(demo_spec(home), moved, engine, hour, hour + timedelta(hours=1), "moved", rescore_with="v2")
+        score_interval(
+            demo_spec(home), moved, engine, hour, hour + timedelta(hours=1), dag_run_id="moved", rescore_with="v2"
+        )
     assert (predictions_digest(engine), tables.count_rows(engine, tables.predictions_history, "demo_churn")) == before
 
 
@@ -686,7 +690,7 @@ def test_an_hour_with_no_rows_is_scored_as_empty(home: Settings, engine: Engine)
     raw, _ = read_partition(home.lake, hour_partition("demo_churn", "raw", SCORED_HOURS[0]))
     write_partition(home.lake, hour_partition("demo_churn", "raw", quiet), raw.iloc[0:0], {"model": "demo_churn"})
     before = predictions_digest(engine)
-    result = score_interval(demo_spec(home), home, engine, quiet, quiet + timedelta(hours=1), "quiet")
+    result = score_interval(demo_spec(home), home, engine, quiet, quiet + timedelta(hours=1), dag_run_id="quiet")
     assert result.rows == 0 and result.model_version == "1"
     scored = open_partition(home.lake, hour_partition("demo_churn", "scored", quiet))
     assert scored.rows == 0 and scored.manifest["model_version"] == "1"
@@ -848,7 +852,7 @@ def test_backtests_in_any_order_leave_the_same_table(home: Settings, engine: Eng
 
     def backtest_up_to(end: datetime) -> None:
         ingest_labels(spec, SourceAccess(home.source), engine, *cohort_window(spec, end))
-        backtest(spec, home, engine, end, f"order_{end:%Y%m%dT%H%M}")
+        backtest(spec, home, engine, end, dag_run_id=f"order_{end:%Y%m%dT%H%M}")
 
     def table() -> list[tuple[Any, ...]]:
         return sorted((tuple(sorted(r.items())) for r in backtest_rows(engine)), key=repr)

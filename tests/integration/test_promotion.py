@@ -306,11 +306,15 @@ def test_doctor_passes_then_fails_on_a_broken_alias(
     with engine.connect() as connection:
         p = tables.predictions
         assert connection.execute(select(func.count()).where(p.c.as_of >= hour)).scalar_one() == 0
-    registry.rollback(home, engine, MODEL, "binary", "3", "moved in MLflow by hand", None, "test")  # as the CLI does
+    registry.rollback(
+        home, engine, MODEL, "binary", "3", reason="moved in MLflow by hand", dag_run_id=None, actor="test"
+    )  # as the CLI does
     move = events(engine, "alias_moved")[-1]
     assert (move["from_version"], move["to_version"], move["reason"]) == ("1", "3", "rollback: moved in MLflow by hand")
     require_recorded_champion(load_spec(home.specs_dir / f"{MODEL}.yaml"), engine, "3")  # on record: served
-    registry.rollback(home, engine, MODEL, "binary", "1", "back to v1 for the next tests", None, "test")
+    registry.rollback(
+        home, engine, MODEL, "binary", "1", reason="back to v1 for the next tests", dag_run_id=None, actor="test"
+    )
 
     # A model file over the size limit is refused from the registry's listing, before it is read.
     monkeypatch.setattr(registry, "MAX_MODEL_BYTES", 1024)
@@ -428,7 +432,16 @@ def test_a_champion_from_before_sha256_checks_is_replaced_by_the_gate_or_adopted
     old = craft_version(home, tmp_path, {}, tag=False)  # v2's very files, registered without the tag
     with pytest.raises(UnsafeModelError, match=rf"no 'model_sha256' tag.*`pipelines adopt-model {MODEL} {old}`"):
         load_model(home, MODEL, old)
-    move_alias(home, engine, MODEL, "champion", old, "test: a champion from the previous release", None, "test")
+    move_alias(
+        home,
+        engine,
+        MODEL,
+        "champion",
+        old,
+        reason="test: a champion from the previous release",
+        dag_run_id=None,
+        actor="test",
+    )
 
     dag_run = train(SECOND_NIGHT, attempt=7)
     assert dag_run.state == "success", states(dag_run)

@@ -457,7 +457,15 @@ def test_a_version_of_another_task_is_refused_by_scoring_and_rollback(home: Sett
     refused = rf"{SALES} v3 predicts task regression, but the spec's task is binary"
     day = SCORED_DAYS[0]
     with pytest.raises(VersionNotServableError, match=refused):
-        score_interval(changed, home, engine, day, day + timedelta(days=1), "manual__task_changed", "champion")
+        score_interval(
+            changed,
+            home,
+            engine,
+            day,
+            day + timedelta(days=1),
+            dag_run_id="manual__task_changed",
+            rescore_with="champion",
+        )
     with pytest.raises(VersionNotServableError, match=rf"{SALES} v1 predicts task regression"):
-        rollback(home, engine, SALES, "binary", "1", "task changed", None, "test")
+        rollback(home, engine, SALES, "binary", "1", reason="task changed", dag_run_id=None, actor="test")
     assert champion_version(home, SALES) == "3" and table_rows(engine, tables.predictions, SALES) == before

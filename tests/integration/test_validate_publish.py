@@ -61,7 +61,9 @@ def spoil(home: Settings, hour: datetime, rows: int) -> None:
 
 def stage_and_validate(spec: ModelSpec, home: Settings, engine: Engine) -> ValidationOutcome:
     staged = ingest(spec, SourceAccess(home.source), home.lake, START, START + timedelta(hours=2))
-    return validate_and_publish(spec, home, engine, staged, START, START + timedelta(hours=2), "d", "r")
+    return validate_and_publish(
+        spec, home, engine, staged, START, START + timedelta(hours=2), dag_id="d", dag_run_id="r"
+    )
 
 
 def validation_row(engine: Engine) -> dict[str, object]:
@@ -168,11 +170,15 @@ def test_gx_keeps_a_bounded_store_and_data_docs_are_built_off_the_hourly_path(
     frame = read_object(home.lake, ingest(spec, SourceAccess(home.source), home.lake, START, HOURS[1])[0], "staged")
     site = gx_root / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
     for run in range(4):
-        outcome = validate.validate_frame(frame, spec.suite_path, gx_root, home.lake, f"r/{run}.json", f"hourly {run}")
+        outcome = validate.validate_frame(
+            frame, spec.suite_path, gx_root, lake=home.lake, result_key=f"r/{run}.json", run_name=f"hourly {run}"
+        )
         assert outcome.success and home.lake.exists(f"r/{run}.json")  # the lake keeps every result
     stored = sorted(validate.gx_results_dir(gx_root).rglob("*.json"))
     assert len(stored) == 2 and all("hourly 3" in p.read_text() or "hourly 2" in p.read_text() for p in stored)
     assert not site.exists(), "an hourly validation does not rebuild Data Docs"
-    nightly = validate.validate_frame(frame, spec.suite_path, gx_root, home.lake, "r/n.json", "nightly", True)
+    nightly = validate.validate_frame(
+        frame, spec.suite_path, gx_root, lake=home.lake, result_key="r/n.json", run_name="nightly", data_docs=True
+    )
     assert site.exists() and nightly.data_docs_path.endswith("index.html")
     assert "nightly" in site.read_text() or any("nightly" in p.read_text() for p in site.parent.rglob("*.html"))

@@ -1,8 +1,11 @@
 """The gate's statistics: weighted metrics match sklearn, and the verdicts follow the evidence."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
+from pydantic import ValidationError
 from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
 
 from pipelines.core.spec import GateSpec
@@ -70,7 +73,7 @@ def test_a_clearly_better_model_is_promoted_in_either_metric_direction() -> None
 
 def test_min_improvement_raises_the_bar() -> None:
     better, champion = scores(SIGNAL, 0.1, 1), scores(SIGNAL, 0.6, 2)
-    interval = bootstrap_improvement("auc", LABELS, better, champion, 500, 0.95, 0)
+    interval = bootstrap_improvement("auc", LABELS, better, champion, samples=500, confidence=0.95, seed=0)
     assert interval.lower > 0
     assert judge(GateSpec(min_improvement=interval.lower / 2), frame(), "y", better, champion).promote
     assert not judge(GateSpec(min_improvement=interval.upper), frame(), "y", better, champion).promote
@@ -226,7 +229,9 @@ def cohort_days(days: int, rows_per_day: int, seed: int) -> tuple[np.ndarray, np
 def test_the_cohort_bootstrap_resamples_whole_days_as_an_independent_count_does() -> None:
     labels, signal, cohorts = cohort_days(6, 100, 7)
     challenger, champion = scores(signal, 0.3, 1), scores(signal, 1.0, 2)
-    got = bootstrap_improvement("auc", labels, challenger, champion, 200, 0.9, 5, cohorts)
+    got = bootstrap_improvement(
+        "auc", labels, challenger, champion, samples=200, confidence=0.9, seed=5, groups=cohorts
+    )
     # The same draws, counted the slow way: each drawn day's rows repeated, then sklearn's AUC.
     draws = np.random.default_rng(5).multinomial(6, np.full(6, 1 / 6), size=200)
     days = np.unique(cohorts)
@@ -238,8 +243,10 @@ def test_the_cohort_bootstrap_resamples_whole_days_as_an_independent_count_does(
         diffs.append(roc_auc_score(labels[rows], challenger[rows]) - roc_auc_score(labels[rows], champion[rows]))
     assert (got.lower, got.upper) == pytest.approx((np.percentile(diffs, 5), np.percentile(diffs, 95)), rel=1e-9)
     # One row per group is the row bootstrap, draw for draw.
-    by_row = bootstrap_improvement("auc", labels, challenger, champion, 200, 0.9, 5)
-    each_alone = bootstrap_improvement("auc", labels, challenger, champion, 200, 0.9, 5, np.arange(len(labels)))
+    by_row = bootstrap_improvement("auc", labels, challenger, champion, samples=200, confidence=0.9, seed=5)
+    each_alone = bootstrap_improvement(
+        "auc", labels, challenger, champion, samples=200, confidence=0.9, seed=5, groups=np.arange(len(labels))
+    )
     assert each_alone == by_row
 
 
@@ -255,7 +262,27 @@ def test_a_replay_that_wins_every_day_passes_and_one_that_wins_half_the_days_doe
     good_days = np.isin(cohorts, np.unique(cohorts)[:5])
     mixed = np.where(good_days, scores(signal, 0.1, 3), scores(signal, 2.5, 4))
     middling = scores(signal, 1.2, 5)
-    row_wise = bootstrap_improvement("auc", labels, mixed, middling, 500, 0.95, 0)
+    row_wise = bootstrap_improvement("auc", labels, mixed, middling, samples=500, confidence=0.95, seed=0)
     kept = judge_replay(gate, table, "y", mixed, middling, cohorts)
     assert not kept.promote and kept.reason.startswith("no real improvement in the replay")
     assert kept.interval is not None and kept.interval.upper - kept.interval.lower > row_wise.upper - row_wise.lower
+
+
+def test_a_gate_decision_is_recorded_with_the_fields_of_its_hearing_and_read_back_equal() -> None:
+    from pipelines.stages.gate import GateDecision
+
+    common = {
+        "model": "m", "challenger_version": "2", "challenger_run_id": "r2", "champion_version": None,
+        "metric": "auc", "higher_is_better": True, "mode": "enabled", "gate": {"metric": "auc"},
+        "interval": None, "slices": [], "verdict": "promote", "action": "promote", "reason": "no champion yet",
+        "dag_id": "m__train", "dag_run_id": "run", "decided_at": "2026-01-03T02:00:00+00:00",
+    }  # fmt: skip
+    first = GateDecision(**common, holdout={"rows": 10}, base_rate={"baseline": None, "interval": None})
+    assert set(first.record()) == set(common) | {"holdout", "base_rate"}  # no second hearing's fields
+    assert first.record()["champion_version"] is None  # None that was decided stays on record
+    second = GateDecision(**common, hearing="second: the backtest's replay", replay={"cohorts": 7})
+    assert set(second.record()) == set(common) | {"hearing", "replay"}
+    for decision in (first, second):
+        assert GateDecision.model_validate_json(json.dumps(decision.record())) == decision
+    with pytest.raises(ValidationError, match="action"):
+        GateDecision(**{**common, "action": "maybe"})

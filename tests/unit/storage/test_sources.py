@@ -245,11 +245,15 @@ def test_parquet_files_per_hour_on_s3_with_a_quiet_hour(s3_endpoint: S3Endpoint,
     # The hour may still arrive until an hour past the interval's end; from then on, waiting is over.
     allowed = timedelta(hours=1)
     early = END + allowed - timedelta(seconds=1)
-    assert await_source(waiting.source.events, access, "event_time", (START, END), "hour", allowed, early) == [missing]
+    assert await_source(
+        waiting.source.events, access, "event_time", (START, END), "hour", allowed_delay=allowed, now=early
+    ) == [missing]
     with pytest.raises(
         SourceOverdueError, match=f"still lacks 1 part\\(s\\), e.g. \\['{missing}'\\]; it was due by 2026-01-02T15:00"
     ):
-        await_source(waiting.source.events, access, "event_time", (START, END), "hour", allowed, END + allowed)
+        await_source(
+            waiting.source.events, access, "event_time", (START, END), "hour", allowed_delay=allowed, now=END + allowed
+        )
     with pytest.raises(SourceMissingError, match=f"hour starting 2026-01-02T12:00:00\\+00:00: expected {missing}"):
         ingest(waiting, access, lake, START, END)
 

@@ -73,14 +73,17 @@ def test_merge_frame_bulk_path_matches_upsert_and_replays_to_nothing(engine: Eng
     key = ["model_name", "entity_id", "as_of"]
     watch = ["model_version", "score", "features_sha256", "unseen_categories"]
     frame = prediction_frame(model, 20_000, 0.25)
-    assert tables.merge_frame(engine, tables.predictions, frame, key, watch, replaces=in_hour(model)) == 0
+    assert (
+        tables.merge_frame(engine, tables.predictions, frame, key, update_when_changed=watch, replaces=in_hour(model))
+        == 0
+    )
     # The bulk path (COPY / executemany into a staging table) stores exactly what the row-wise upsert stores.
     tables.upsert(engine, tables.predictions, prediction_frame(twin, 20_000, 0.25).to_dict("records"), key, watch)
     assert [r[1:] for r in snapshot(engine, model)] == [r[1:] for r in snapshot(engine, twin)]
 
     before = snapshot(engine, model)
     retry = frame.assign(dag_run_id="a-retry")
-    tables.merge_frame(engine, tables.predictions, retry, key, watch, replaces=in_hour(model))
+    tables.merge_frame(engine, tables.predictions, retry, key, update_when_changed=watch, replaces=in_hour(model))
     assert snapshot(engine, model) == before  # not even dag_run_id moved: the rows did not change
 
 
@@ -126,12 +129,14 @@ def test_merge_frame_keeps_every_replaced_row_in_the_history(engine: Engine) -> 
     at = datetime(2026, 1, 2, tzinfo=UTC)
     history = (h, {"superseded_at": at, "superseded_by_run": "run-2"})
     first = prediction_frame(model, 100, 0.25)
-    tables.merge_frame(engine, tables.predictions, first, key, watch, replaces=in_hour(model), history=history)
+    tables.merge_frame(
+        engine, tables.predictions, first, key, update_when_changed=watch, replaces=in_hour(model), history=history
+    )
     assert tables.count_rows(engine, h, model) == 0  # nothing replaced yet
     second = prediction_frame(model, 90, 0.5, start=10)  # 90 rows re-scored, 10 gone from the source
     second.loc[:39, "score"] = 0.25  # 40 of them unchanged
     deleted = tables.merge_frame(
-        engine, tables.predictions, second, key, watch, replaces=in_hour(model), history=history
+        engine, tables.predictions, second, key, update_when_changed=watch, replaces=in_hour(model), history=history
     )
     assert deleted == 10
     with engine.connect() as connection:
@@ -141,7 +146,9 @@ def test_merge_frame_keeps_every_replaced_row_in_the_history(engine: Engine) -> 
     # The 10 removed and the 50 changed rows, as they were; the 40 unchanged rows are not history.
     assert len(kept) == 60 and {r.score for r in kept} == {0.25} and {r.superseded_by_run for r in kept} == {"run-2"}
     assert {r.entity_id for r in kept} == {f"E{i}" for i in [*range(10), *range(50, 100)]}
-    tables.merge_frame(engine, tables.predictions, second, key, watch, replaces=in_hour(model), history=history)
+    tables.merge_frame(
+        engine, tables.predictions, second, key, update_when_changed=watch, replaces=in_hour(model), history=history
+    )
     assert tables.count_rows(engine, h, model) == 60  # the same merge again replaces nothing
 
 
