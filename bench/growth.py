@@ -67,13 +67,13 @@ def history(start: int, rows: int) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def fill(engine: object, start: int, rows: int) -> None:
-    from pipelines.storage import tables
+    from pipelines.storage import bulk, tables
 
     for offset in range(start, start + rows, 500_000):
         predictions, labels = history(offset, min(500_000, start + rows - offset))
         with engine.begin() as connection:  # type: ignore[attr-defined]
-            tables.insert_frame(connection, tables.predictions, predictions)
-            tables.insert_frame(connection, tables.labels, labels)
+            bulk.insert_frame(connection, tables.predictions, predictions)
+            bulk.insert_frame(connection, tables.labels, labels)
 
 
 def best_of(action: Callable[[], object], repeat: int = 3) -> float:
@@ -93,9 +93,9 @@ def measure(small: int, large: int) -> None:
     from pipelines.stages.labels import ingest_labels
     from pipelines.stages.score import score_interval
     from pipelines.stages.validate import validate_and_publish
+    from pipelines.storage.database import make_engine
     from pipelines.storage.settings import get_settings
     from pipelines.storage.sources import SourceAccess
-    from pipelines.storage.tables import make_engine
     from pipelines.views.status import model_status
 
     settings = get_settings()

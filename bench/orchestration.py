@@ -45,8 +45,8 @@ def measure(hours: int) -> None:
     from pipelines.stages.quality import quality_interval
     from pipelines.stages.score import score_interval
     from pipelines.stages.validate import validate_and_publish
+    from pipelines.storage.database import make_engine
     from pipelines.storage.sources import SourceAccess
-    from pipelines.storage.tables import make_engine
 
     settings = task_settings()
     spec = load_spec(settings.specs_dir / f"{MODEL}.yaml")

@@ -1,8 +1,8 @@
 """Rows per second writing predictions: our bulk merge vs pandas `to_sql`, on SQLite and PostgreSQL.
 
 A new interval (nothing logged in its scope yet) is bulk-inserted straight into the table
-(`tables.insert_frame`: binary COPY built by Arrow on PostgreSQL, chunked executemany on SQLite), as the
-score stage does. `tables.merge_frame` (an interval logged before) loads a staging table the same way
+(`bulk.insert_frame`: binary COPY built by Arrow on PostgreSQL, chunked executemany on SQLite), as the
+score stage does. `bulk.merge_frame` (an interval logged before) loads a staging table the same way
 and merges with one INSERT ... SELECT ... ON CONFLICT, so it is an idempotent upsert, and also
 deletes the scope's stale rows. `to_sql` only appends (a retry duplicates or violates the key),
 so it does less work; it is the baseline the references use.
@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import Engine, delete
 
-from pipelines.storage import tables
+from pipelines.storage import bulk, database, tables
 
 DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 KEY = ["model_name", "entity_id", "as_of"]
@@ -65,8 +65,8 @@ def insert_new(engine: Engine, frame: pd.DataFrame, model: str) -> None:
     """What the score stage does for an interval never scored: check its scope is empty, bulk-insert."""
     p = tables.predictions
     with engine.begin() as connection:
-        assert not tables.scope_has_rows(connection, p, p.c.model_name == model)
-        tables.insert_frame(connection, p, frame)
+        assert not bulk.scope_has_rows(connection, p, p.c.model_name == model)
+        bulk.insert_frame(connection, p, frame)
 
 
 def bench_backend(name: str, engine: Engine, rows: int) -> None:
@@ -79,8 +79,8 @@ def bench_backend(name: str, engine: Engine, rows: int) -> None:
             lambda: base_frame.to_sql("predictions", engine, if_exists="append", index=False, chunksize=10_000)
         )
         inserted = timed(lambda: insert_new(engine, fresh, new))
-        first = timed(lambda: tables.merge_frame(engine, p, frame, KEY, update_when_changed=WATCH, replaces=scope))
-        replay = timed(lambda: tables.merge_frame(engine, p, frame, KEY, update_when_changed=WATCH, replaces=scope))
+        first = timed(lambda: bulk.merge_frame(engine, p, frame, KEY, update_when_changed=WATCH, replaces=scope))
+        replay = timed(lambda: bulk.merge_frame(engine, p, frame, KEY, update_when_changed=WATCH, replaces=scope))
     finally:
         for model in (new, ours, baseline):
             clear(engine, model)
@@ -103,12 +103,12 @@ def main() -> None:
         f"pandas {pd.__version__}"
     )
     with tempfile.TemporaryDirectory() as scratch:
-        tables.upgrade_schema(f"sqlite:///{Path(scratch) / 'bench.db'}")
-        sqlite = tables.make_engine(f"sqlite:///{Path(scratch) / 'bench.db'}")
+        database.upgrade_schema(f"sqlite:///{Path(scratch) / 'bench.db'}")
+        sqlite = database.make_engine(f"sqlite:///{Path(scratch) / 'bench.db'}")
         bench_backend("sqlite", sqlite, args.rows)
         sqlite.dispose()
-    tables.upgrade_schema(args.postgres)  # the bench database at this code's schema (keeps its rows)
-    postgres = tables.make_engine(args.postgres)
+    database.upgrade_schema(args.postgres)  # the bench database at this code's schema (keeps its rows)
+    postgres = database.make_engine(args.postgres)
     bench_backend("postgresql", postgres, args.rows)
     postgres.dispose()
 

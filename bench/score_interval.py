@@ -106,9 +106,9 @@ def stage_child(stage: str, hour: datetime, handoff: Path) -> dict[str, object]:
     from pipelines.stages.ingest import ingest
     from pipelines.stages.score import score_interval
     from pipelines.stages.validate import validate_and_publish, warm_context
+    from pipelines.storage.database import make_engine
     from pipelines.storage.registry import champion_version, load_model
     from pipelines.storage.sources import SourceAccess
-    from pipelines.storage.tables import make_engine
 
     spec = load_spec(settings.specs_dir / f"{MODEL}.yaml")
     engine = make_engine(settings.tables_url)
@@ -168,7 +168,7 @@ def set_up_home(home: Path, tables_url: str | None) -> dict[str, str]:
     script = (
         "from datetime import datetime, UTC\n"
         "from pipelines.storage.settings import apply_airflow_environment, get_settings, migrate_airflow_db\n"
-        "from pipelines.storage.tables import upgrade_schema\n"
+        "from pipelines.storage.database import upgrade_schema\n"
         "s = apply_airflow_environment(get_settings()); migrate_airflow_db(s); upgrade_schema(s.tables_url)\n"
         "from pipelines.dev.demo import write_demo_source, run_dag\n"
         "write_demo_source(s)\n"

@@ -41,7 +41,7 @@ def _settings() -> Settings:
 
 
 def _engine(settings: Settings, read_only: bool = True) -> Any:
-    from pipelines.storage.tables import make_engine
+    from pipelines.storage.database import make_engine
 
     return make_engine(settings.tables_url, read_only=read_only)
 
@@ -181,7 +181,7 @@ def _doctor(args: argparse.Namespace) -> int:
 def _db_upgrade(args: argparse.Namespace) -> int:
     from sqlalchemy import make_url
 
-    from pipelines.storage.tables import upgrade_schema
+    from pipelines.storage.database import upgrade_schema
 
     url = _settings().tables_url
     before, after = upgrade_schema(url)
@@ -301,7 +301,7 @@ def _new_model(args: argparse.Namespace) -> int:
     # first train that fails asking for `db upgrade`.
     from sqlalchemy import make_url
 
-    from pipelines.storage.tables import upgrade_schema
+    from pipelines.storage.database import upgrade_schema
 
     before, after = upgrade_schema(settings.tables_url)
     where = make_url(settings.tables_url).render_as_string(hide_password=True)

@@ -27,9 +27,9 @@ for variable in ("MLFLOW_TRACKING_URI", "PIPELINES_LAKE", "PIPELINES_SOURCE", "P
 
 from pipelines.airflow.embedded import apply_airflow_environment, migrate_airflow_db  # noqa: E402
 from pipelines.dev.demo_data import demo_connections  # noqa: E402
+from pipelines.storage.database import upgrade_schema  # noqa: E402
 from pipelines.storage.lake import S3Options  # noqa: E402
 from pipelines.storage.settings import Settings, get_settings  # noqa: E402
-from pipelines.storage.tables import upgrade_schema  # noqa: E402
 
 apply_airflow_environment(get_settings(), demo_connections(get_settings().source))
 

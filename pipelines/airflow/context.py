@@ -148,7 +148,7 @@ class TaskEnv:
 
     @property
     def engine(self) -> Engine:
-        from pipelines.storage.tables import make_engine
+        from pipelines.storage.database import make_engine
 
         if self._engine is None:
             self._engine = make_engine(self.settings.tables_url)

@@ -49,7 +49,7 @@ def storage() -> Storage:
     global _storage
     if _storage is None or time.monotonic() - _storage.read_at > SETTINGS_TTL_S:
         from pipelines.airflow.connections import cli_settings
-        from pipelines.storage.tables import make_engine
+        from pipelines.storage.database import make_engine
 
         settings = cli_settings()
         if _storage is not None and _storage.settings.tables_url == settings.tables_url:

@@ -23,8 +23,8 @@ from datetime import UTC, datetime, timedelta
 from pipelines.airflow.connections import cli_settings
 from pipelines.airflow.embedded import apply_airflow_environment, migrate_airflow_db
 from pipelines.dev.demo_data import demo_connections
+from pipelines.storage.database import upgrade_schema
 from pipelines.storage.settings import Settings, get_settings
-from pipelines.storage.tables import upgrade_schema
 
 log = logging.getLogger(__name__)
 

@@ -199,7 +199,7 @@ def init_stack(env: Mapping[str, str]) -> None:
     """What a fresh scale-out stack needs before its servers start, from the environment of
     `stack_environment` and `mlflow_environment`: the three databases, the two buckets, our tables'
     schema and Airflow's. Safe to run again (each step skips what exists)."""
-    from pipelines.storage.tables import upgrade_schema
+    from pipelines.storage.database import upgrade_schema
 
     missing = [name for name in INIT_VARIABLES if not env.get(name)]
     if missing:

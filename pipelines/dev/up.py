@@ -26,8 +26,8 @@ from pipelines.airflow.connections import cli_settings
 from pipelines.airflow.embedded import apply_airflow_environment, migrate_airflow_db
 from pipelines.core.errors import ConfigError
 from pipelines.dev.demo_data import demo_connections
+from pipelines.storage.database import upgrade_schema
 from pipelines.storage.settings import Settings, get_settings
-from pipelines.storage.tables import upgrade_schema
 
 PASSWORDS_FILE = "simple_auth_manager_passwords.json.generated"
 LOG_FILES = {"airflow": "airflow-standalone.log", "mlflow": "mlflow-ui.log"}  # under <home>/logs

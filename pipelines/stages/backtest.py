@@ -31,7 +31,7 @@ from pipelines.core.metrics import TASK_METRICS, task_metrics
 from pipelines.core.spec import ModelSpec
 from pipelines.core.tasks import Task
 from pipelines.stages.labels import labels_known_at
-from pipelines.storage import tables
+from pipelines.storage import bulk, database, tables
 from pipelines.storage.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ def cohort_predictions(spec: ModelSpec, engine: Engine, end: datetime, since: da
     (missing: none yet)."""
     p = tables.predictions
     since = since or cohort_window(spec, end)[0]
-    tables.refresh_statistics(engine, tables.predictions, tables.labels)
+    database.refresh_statistics(engine, tables.predictions, tables.labels)
     columns = [p.c.entity_id, p.c.as_of, p.c.model_version, p.c.score]
     if spec.task.has_classes:
         columns.append(p.c.class_probabilities)
@@ -375,7 +375,7 @@ def backtest(
     if challenger is not None and not frame.empty:
         replayed = replay_challenger(spec, settings, frame, logged, challenger, end)
         metrics += cohort_metrics(spec, replayed, spec.backtest.slices, REPLAY, end)
-    tables.merge_frame(
+    bulk.merge_frame(
         engine,
         tables.backtest_metrics,
         pd.DataFrame(

@@ -26,7 +26,7 @@ from pipelines.core.features import contract_of, predict, prediction_columns
 from pipelines.core.intervals import PartitionUnit, interval_key, partitions_between
 from pipelines.core.spec import P_VALUE_DRIFT_TESTS, DriftSpec, ModelSpec
 from pipelines.stages.score import read_scored
-from pipelines.storage import tables
+from pipelines.storage import bulk, tables
 from pipelines.storage.lake import MANIFEST_FILE, partition_key, read_partition
 from pipelines.storage.registry import load_booster
 from pipelines.storage.settings import Settings
@@ -359,7 +359,7 @@ def record_summary(
     interval = {"model_name": spec.name, "interval_start": start, "interval_end": end}
     # The report and its per-column results are one record: written together or not at all.
     with engine.begin() as connection:
-        tables.upsert(
+        bulk.upsert(
             connection,
             tables.drift_reports,
             [
@@ -382,7 +382,7 @@ def record_summary(
             ],
             key=["model_name", "interval_start", "interval_end"],
         )
-        tables.upsert(
+        bulk.upsert(
             connection,
             tables.drift_metrics,
             [

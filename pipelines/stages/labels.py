@@ -19,7 +19,7 @@ from sqlalchemy import Engine, Subquery, and_, func, select
 from pipelines.core.errors import BadDataError, RecordConflictError
 from pipelines.core.spec import ModelSpec
 from pipelines.core.tasks import Task
-from pipelines.storage import tables
+from pipelines.storage import bulk, tables
 from pipelines.storage.sources import SourceAccess, read_source
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ def ingest_labels(
         )
     # Every delivery is kept; a re-delivered file adds nothing, and one that changes a recorded delivery fails.
     try:
-        tables.merge_frame(
+        bulk.merge_frame(
             engine,
             tables.labels,
             rows,

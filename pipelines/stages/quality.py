@@ -28,7 +28,7 @@ from pipelines.core.spec import ModelSpec
 from pipelines.core.tasks import Task
 from pipelines.stages.drift import seeded_sample
 from pipelines.stages.labels import label_of, labels_as_known
-from pipelines.storage import tables
+from pipelines.storage import bulk, database, tables
 from pipelines.storage.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ def labelled_predictions(
 ) -> pd.DataFrame:
     """The logged predictions of [start, end) with their labels as known at `known_at`."""
     p = tables.predictions
-    tables.refresh_statistics(engine, p, tables.labels)
+    database.refresh_statistics(engine, p, tables.labels)
     known = labels_as_known(spec.name, known_at, start, end)
     columns = [p.c.model_version, p.c.score, p.c.predicted_class, p.c.class_probabilities, label_of(spec.task, known)]
     query = (
@@ -179,7 +179,7 @@ def quality_interval(
                  window_end.isoformat(), unjudgeable)  # fmt: skip
     versions = ",".join(sorted(set(frame["model_version"].astype(str))))
     summary = QualitySummary(window_start, window_end, versions, len(frame), metrics, report_path)
-    tables.upsert(
+    bulk.upsert(
         engine,
         tables.quality_reports,
         [

@@ -44,7 +44,7 @@ from pipelines.core.features import (
 from pipelines.core.intervals import STEP, partition_path, partitions_between
 from pipelines.core.spec import ModelSpec
 from pipelines.core.timing import StepTimes
-from pipelines.storage import tables
+from pipelines.storage import bulk, tables
 from pipelines.storage.lake import (
     DATA_FILE,
     MANIFEST_FILE,
@@ -264,11 +264,11 @@ def write_new_partition(
     stream = ParquetStream()
     try:
         with engine.begin() as connection:
-            if tables.scope_has_rows(connection, tables.predictions, partition_scope(spec, part)):
+            if bulk.scope_has_rows(connection, tables.predictions, partition_scope(spec, part)):
                 return None
             columns = [*LOG_COLUMNS, *(MULTICLASS_COLUMNS if contract.task.has_classes else ())]
             # One bulk load for the whole partition: on PostgreSQL the server stores a chunk while the next is scored.
-            with times.entered("log", tables.bulk_insert(connection, tables.predictions, columns)) as log_rows:
+            with times.entered("log", bulk.bulk_insert(connection, tables.predictions, columns)) as log_rows:
                 for scored in scored_chunks(spec, settings, model, version, part, times):
                     unseen.update(unseen_category_counts(scored, contract))
                     with times.step("lake"):
@@ -307,7 +307,7 @@ def write_predictions(engine: Engine, spec: ModelSpec, part: datetime, rows: pd.
 
     Every row updated or removed is first copied to predictions_history.
     """
-    return tables.merge_frame(
+    return bulk.merge_frame(
         engine,
         tables.predictions,
         rows,

@@ -29,7 +29,7 @@ from pipelines.core.errors import SpecError, ValidationFailedError
 from pipelines.core.intervals import interval_key
 from pipelines.core.spec import ModelSpec
 from pipelines.stages.ingest import snapshot_sha256
-from pipelines.storage import tables
+from pipelines.storage import bulk, tables
 from pipelines.storage.lake import Lake, partition_key, publish, read_object, write_partition
 from pipelines.storage.settings import Settings
 
@@ -512,7 +512,7 @@ def record_validation(
     dag_id: str,
     dag_run_id: str,
 ) -> None:
-    tables.upsert(
+    bulk.upsert(
         engine,
         tables.validation_runs,
         [

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
-from pipelines.storage import tables
+from pipelines.storage import database
 from pipelines.storage.settings import Settings
 from tests import REPO_ROOT
 
@@ -20,7 +20,7 @@ from tests import REPO_ROOT
 @pytest.fixture(scope="module")
 def engine(home: Settings) -> Iterator[Engine]:
     """The tables of the module's home, on whichever backend it uses."""
-    engine = tables.make_engine(home.tables_url)
+    engine = database.make_engine(home.tables_url)
     yield engine
     engine.dispose()
 

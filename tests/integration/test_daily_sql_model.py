@@ -23,7 +23,7 @@ from pipelines.core.errors import ConfigError
 from pipelines.core.spec import load_spec
 from pipelines.dev.demo import ORDERS, write_orders_source
 from pipelines.dev.demo_data import DEMO_WAREHOUSE_CONN_ID
-from pipelines.storage import tables
+from pipelines.storage import database, tables
 from pipelines.storage.lake import open_partition, partition_key
 from pipelines.storage.settings import Settings
 from tests import REPO_ROOT
@@ -138,8 +138,8 @@ def test_new_model_scaffolds_a_model_that_trains_and_scores(
         tables_url=f"sqlite:///{fresh}",
     )  # fmt: skip
     assert f"wrote {REPO_ROOT / 'dags' / 'models' / f'{scaffolded}.yaml'}" in out
-    assert f"tables sqlite:///{fresh}: created at schema {tables.HEAD_REVISION}" in out
-    assert tables.schema_revision(tables.make_engine(f"sqlite:///{fresh}")) == tables.HEAD_REVISION
+    assert f"tables sqlite:///{fresh}: created at schema {database.HEAD_REVISION}" in out
+    assert database.schema_revision(database.make_engine(f"sqlite:///{fresh}")) == database.HEAD_REVISION
     spec = load_spec(REPO_ROOT / "dags" / "models" / f"{scaffolded}.yaml")
     assert spec.partition == "day" and spec.schedules.score == "0 0 * * *"
     assert spec.features.numeric == ["basket_value", "items", "discount_pct", "customer_tenure_days"]

@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import Engine, select
 
 from pipelines.dev.demo_data import DemoConfig, write_source
-from pipelines.storage import tables
+from pipelines.storage import database, tables
 from pipelines.storage.settings import Settings
 from tests.conftest import module_home
 from tests.integration.conftest import cli_output, status_report
@@ -271,8 +271,8 @@ def test_drift_settings_pick_columns_tests_and_a_seasonal_reference(home: Settin
     def measure(case: str, **settings: Any) -> tuple[DriftSummary, Engine]:
         spec = base.model_validate({**base.model_dump(), "drift": {**base.drift.model_dump(), **settings}})
         url = f"sqlite:///{tmp_path / case}.db"  # a fresh record: each case measures the window anew
-        tables.upgrade_schema(url)
-        fresh = tables.make_engine(url)
+        database.upgrade_schema(url)
+        fresh = database.make_engine(url)
         return monitor_interval(spec, home, fresh, *window, dag_run_id=f"test_{case}"), fresh
 
     # monthly_charges moved by 1.5 of its standard deviations: a normed Wasserstein distance of about

@@ -27,10 +27,10 @@ from sqlalchemy import Engine, func, make_url, select
 
 from pipelines.core.errors import BadDataError, PermanentError
 from pipelines.dev.demo_data import DemoConfig, write_source
-from pipelines.storage import tables
+from pipelines.storage import database, tables
+from pipelines.storage.database import upgrade_schema
 from pipelines.storage.lake import LocalLake, hour_partition, open_lake, open_partition
 from pipelines.storage.settings import Settings
-from pipelines.storage.tables import upgrade_schema
 from tests.conftest import S3Endpoint, module_home, postgres_database
 from tests.integration.conftest import status_report
 
@@ -183,7 +183,7 @@ def test_scoring_logs_every_row_of_the_interval(home: Settings, engine: Engine) 
         rows = connection.execute(select(p.c.model_version, p.c.as_of, p.c.score, p.c.unseen_categories)).all()
     assert len(rows) == expected > 0
     if engine.dialect.name == "postgresql":  # written through the Airflow connection, not the URL variable
-        assert tables.count_rows(tables.make_engine(os.environ["PIPELINES_TABLES_URL"]), p, "demo_churn") == 0
+        assert tables.count_rows(database.make_engine(os.environ["PIPELINES_TABLES_URL"]), p, "demo_churn") == 0
     assert {r.model_version for r in rows} == {"1"}
     assert all(0.0 <= r.score <= 1.0 for r in rows)
     assert {r.unseen_categories for r in rows} <= {0, 1, 2, 3}

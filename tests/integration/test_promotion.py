@@ -24,6 +24,7 @@ from urllib.parse import quote
 import pytest
 from sqlalchemy import Engine, func, select
 
+from pipelines.core import errors
 from pipelines.core.errors import VersionRefusedError
 from pipelines.dev.demo_data import DemoConfig, write_source
 from pipelines.storage import tables
@@ -318,7 +319,7 @@ def test_doctor_passes_then_fails_on_a_broken_alias(
 
     # A model file over the size limit is refused from the registry's listing, before it is read.
     monkeypatch.setattr(registry, "MAX_MODEL_BYTES", 1024)
-    with pytest.raises(registry.UnsafeModelError, match=r"demo_churn v1: its model file 'model.\w+' is [\d,]+ bytes"):
+    with pytest.raises(errors.UnsafeModelError, match=r"demo_churn v1: its model file 'model.\w+' is [\d,]+ bytes"):
         registry.load_model(home, MODEL, "1")
 
 

@@ -18,7 +18,7 @@ from pipelines.core.spec import ModelSpec, load_spec
 from pipelines.dev.demo_data import DemoConfig, write_source
 from pipelines.stages.ingest import ingest
 from pipelines.stages.validate import ValidationOutcome, validate_and_publish
-from pipelines.storage import tables
+from pipelines.storage import database, tables
 from pipelines.storage.lake import hour_partition, open_partition, read_object, read_partition
 from pipelines.storage.settings import Settings
 from pipelines.storage.sources import SourceAccess
@@ -42,8 +42,8 @@ def engine(home: Settings, request: pytest.FixtureRequest) -> Iterator[Engine]:
         url = home.tables_url
         if request.param == "postgresql":
             url = stack.enter_context(postgres_database("pipelines_validate"))
-            tables.upgrade_schema(url)
-        engine = tables.make_engine(url)
+            database.upgrade_schema(url)
+        engine = database.make_engine(url)
         yield engine
         engine.dispose()
 

@@ -7,14 +7,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
-from pipelines.storage import tables
+from pipelines.storage import database
 from tests.conftest import postgres_database
 
 
 @pytest.fixture(scope="module")
 def postgres_url() -> Iterator[str]:
     with postgres_database("pipelines_tables") as url:
-        tables.upgrade_schema(url)
+        database.upgrade_schema(url)
         yield url
 
 
@@ -22,9 +22,9 @@ def postgres_url() -> Iterator[str]:
 def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 't.db'}"
-        tables.upgrade_schema(url)
+        database.upgrade_schema(url)
     else:
         url = request.getfixturevalue("postgres_url")
-    engine = tables.make_engine(url)
+    engine = database.make_engine(url)
     yield engine
     engine.dispose()

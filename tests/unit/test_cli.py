@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import insert, make_url
 
 from pipelines.cli import event_summary
-from pipelines.storage import tables
+from pipelines.storage import database, tables
 from tests import REPO_ROOT
 from tests.conftest import postgres_database
 
@@ -44,13 +44,13 @@ def prediction(entity: str) -> dict[str, Any]:
 
 def test_status_reads_the_tables_of_the_airflow_connection_tasks_use(tmp_path: Path) -> None:
     with postgres_database("pipelines_cli") as url:
-        tables.upgrade_schema(url)
-        engine = tables.make_engine(url)
+        database.upgrade_schema(url)
+        engine = database.make_engine(url)
         with engine.begin() as connection:
             connection.execute(insert(tables.predictions), [prediction(f"E{i}") for i in range(3)])
         engine.dispose()
         sqlite_url = f"sqlite:///{tmp_path / 'tables.db'}"
-        tables.upgrade_schema(sqlite_url)  # what PIPELINES_TABLES_URL names: empty, and not what tasks use
+        database.upgrade_schema(sqlite_url)  # what PIPELINES_TABLES_URL names: empty, and not what tasks use
         connection_uri = make_url(url).set(drivername="postgres").render_as_string(hide_password=False)
         result = cli(
             "status",
@@ -67,7 +67,7 @@ def test_status_reads_the_tables_of_the_airflow_connection_tasks_use(tmp_path: P
 
 def test_status_opens_the_tables_read_only(tmp_path: Path) -> None:
     path = tmp_path / "tables.db"
-    tables.upgrade_schema(f"sqlite:///{path}")
+    database.upgrade_schema(f"sqlite:///{path}")
     with sqlite3.connect(path) as connection:  # a file in the default journal mode, as a read-only copy may be
         connection.execute("PRAGMA journal_mode=DELETE")
     before = hashlib.sha256(path.read_bytes()).hexdigest()

@@ -2,7 +2,7 @@
 
 from alembic import context
 
-from pipelines.storage.tables import SCHEMA_VERSION_TABLE
+from pipelines.storage.database import SCHEMA_VERSION_TABLE
 
 # Our own version table: the tables may share a database with Airflow, whose `alembic_version` is its own.
 context.configure(

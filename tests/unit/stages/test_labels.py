@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from sqlalchemy import Engine
 
+from pipelines.core import errors
 from pipelines.core.errors import BadDataError
 from pipelines.core.spec import ModelSpec, load_spec
 from pipelines.core.tasks import Task
@@ -72,7 +73,7 @@ def test_a_file_that_changes_a_recorded_delivery_is_refused(engine: Engine, tmp_
     ingest_labels(spec, SourceAccess(tmp_path), engine, FIRST, FIRST + timedelta(hours=1))
     path = write_labels(tmp_path, spec, FIRST, {"C000001": 0})  # the same delivery, rewritten in place
     with pytest.raises(
-        tables.RecordConflictError,
+        errors.RecordConflictError,
         match=rf"labels: rows already recorded .*'label': 1.0.*'new_label': 0.0.*come from \['{path}'\]",
     ):
         ingest_labels(spec, SourceAccess(tmp_path), engine, FIRST, FIRST + timedelta(hours=1))

@@ -19,7 +19,7 @@ from pipelines.core.intervals import interval_key
 from pipelines.core.spec import ModelSpec, load_spec
 from pipelines.core.tasks import Task
 from pipelines.stages.quality import matured_window, quality_interval
-from pipelines.storage import tables
+from pipelines.storage import bulk, tables
 from pipelines.storage.lake import open_lake
 from pipelines.storage.settings import Settings, get_settings
 from tests import REPO_ROOT
@@ -64,13 +64,13 @@ def log_window(engine: Engine, spec: ModelSpec, labels: list[object], outputs: n
         logged["score"] = outputs
     label_rows = logged[["model_name", "entity_id", "as_of"]].assign(arrived_at=MONITORED[0])
     label_rows["label_class" if spec.task == "multiclass" else "label"] = labels
-    tables.upsert(
+    bulk.upsert(
         engine,
         tables.predictions,
         logged.drop(columns=["label"]).to_dict("records"),
         ["model_name", "entity_id", "as_of"],
     )
-    tables.upsert(
+    bulk.upsert(
         engine, tables.labels, label_rows.to_dict("records"), ["model_name", "entity_id", "as_of", "arrived_at"]
     )
     return logged

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, create_engine, insert, select, text
 
-from pipelines.storage import tables
+from pipelines.core import errors
+from pipelines.storage import database, tables
 from tests import REPO_ROOT
 from tests.conftest import postgres_database
 from tests.fixtures import schema_0fc3fec as main
@@ -152,7 +153,7 @@ def schema_differences(engine: Engine) -> list[object]:
     from alembic.migration import MigrationContext
 
     with engine.connect() as connection:
-        context = MigrationContext.configure(connection, opts={"version_table": tables.SCHEMA_VERSION_TABLE})
+        context = MigrationContext.configure(connection, opts={"version_table": database.SCHEMA_VERSION_TABLE})
         return list(compare_metadata(context, tables.metadata))
 
 
@@ -165,12 +166,12 @@ def test_upgrading_the_schema_of_0fc3fec_keeps_every_row(url: str) -> None:
     before = contents(engine)
     assert sum(len(rows) for rows in before.values()) == 9
 
-    with pytest.raises(tables.SchemaError, match=r"predate schema versions: run `pipelines db upgrade`"):
-        tables.make_engine(url)
+    with pytest.raises(errors.SchemaError, match=r"predate schema versions: run `pipelines db upgrade`"):
+        database.make_engine(url)
     assert "schema unversioned -> 0006" in db_upgrade(url)
     assert "schema 0006, up to date" in db_upgrade(url)  # a second upgrade is a no-op
 
-    upgraded = tables.make_engine(url)
+    upgraded = database.make_engine(url)
     assert contents(upgraded) == before
     assert schema_differences(upgraded) == []
     # The new labels key keeps a correction beside the original delivery.
@@ -184,8 +185,8 @@ def test_upgrading_the_schema_of_0fc3fec_keeps_every_row(url: str) -> None:
 
 
 def test_an_empty_database_is_refused_until_upgraded(url: str) -> None:
-    with pytest.raises(tables.SchemaError, match=r"do not exist yet: run `pipelines db upgrade`"):
-        tables.make_engine(url)
+    with pytest.raises(errors.SchemaError, match=r"do not exist yet: run `pipelines db upgrade`"):
+        database.make_engine(url)
     status = subprocess.run(
         [sys.executable, "-m", "pipelines.cli", "status"],
         capture_output=True,
@@ -196,19 +197,19 @@ def test_an_empty_database_is_refused_until_upgraded(url: str) -> None:
     )
     assert status.returncode == 2 and "do not exist yet: run `pipelines db upgrade`" in status.stderr
     assert "Traceback" not in status.stderr
-    assert tables.upgrade_schema(url) == (None, tables.HEAD_REVISION)
-    engine = tables.make_engine(url)
+    assert database.upgrade_schema(url) == (None, database.HEAD_REVISION)
+    engine = database.make_engine(url)
     assert schema_differences(engine) == []
     engine.dispose()
 
 
 def test_a_database_behind_the_code_names_its_revision(url: str) -> None:
-    tables.upgrade_schema(url)
+    database.upgrade_schema(url)
     engine = create_engine(url)
     with engine.begin() as connection:
-        connection.execute(text(f"UPDATE {tables.SCHEMA_VERSION_TABLE} SET version_num = '0001'"))
-    with pytest.raises(tables.SchemaError, match=r"schema revision 0001, this code needs 0006: run `pipelines db"):
-        tables.make_engine(url)
+        connection.execute(text(f"UPDATE {database.SCHEMA_VERSION_TABLE} SET version_num = '0001'"))
+    with pytest.raises(errors.SchemaError, match=r"schema revision 0001, this code needs 0006: run `pipelines db"):
+        database.make_engine(url)
     engine.dispose()
 
 
@@ -236,8 +237,8 @@ def test_older_layouts_are_adopted_without_losing_rows(tmp_path: Path) -> None:
             "INSERT INTO model_events VALUES (1, 'm', 'alias_moved', 'champion', NULL, '1', 'r', NULL, 'a', '2026-01-01')"
         )
     url = f"sqlite:///{path}"
-    tables.upgrade_schema(url)
-    engine = tables.make_engine(url)
+    database.upgrade_schema(url)
+    engine = database.make_engine(url)
     with engine.connect() as connection:
         events = connection.execute(select(tables.model_events.c.to_version, tables.model_events.c.details)).all()
         kept = connection.execute(text("SELECT cohort, n, auc FROM backtest_metrics_before_slices")).all()

@@ -20,7 +20,7 @@ from pipelines.core.spec import DATE_DIRECTIVES, FilesSource, ModelSpec
 from pipelines.dev.demo_data import DemoConfig, generate_hour
 from pipelines.stages.ingest import ingest
 from pipelines.stages.labels import ingest_labels, labels_known_at
-from pipelines.storage import tables
+from pipelines.storage import database
 from pipelines.storage.connections import ConnectionFields
 from pipelines.storage.lake import LocalLake, read_object, s3_client
 from pipelines.storage.sources import FileReader, SourceAccess, await_source, not_ready, read_source, source_engine
@@ -175,8 +175,8 @@ def test_sql_labels_are_read_by_arrival(warehouse: ConnectionFields, tmp_path: P
         {"kind": "files", "path": "events/{start:%Y-%m-%d}.csv"},
         {"kind": "sql", "connection": "warehouse", "table": "churn_labels"},
     )
-    tables.upgrade_schema(f"sqlite:///{tmp_path / 'tables.db'}")
-    engine = tables.make_engine(f"sqlite:///{tmp_path / 'tables.db'}")
+    database.upgrade_schema(f"sqlite:///{tmp_path / 'tables.db'}")
+    engine = database.make_engine(f"sqlite:///{tmp_path / 'tables.db'}")
     result = ingest_labels(spec, access_to(warehouse, tmp_path), engine, START, END)
     assert (result.rows, result.files_read) == (2, 1)
     known = labels_known_at(engine, spec, START - timedelta(days=1), START, END + timedelta(hours=1))

@@ -10,8 +10,9 @@ import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import IntegrityError
 
+from pipelines.core import errors
 from pipelines.core.errors import BadDataError
-from pipelines.storage import tables
+from pipelines.storage import bulk, database, tables
 
 
 def prediction_rows(model: str, n: int, score: float) -> list[dict[str, object]]:
@@ -41,16 +42,16 @@ def test_upsert_replay_changes_nothing_and_new_score_updates(engine: Engine) -> 
     model = f"m_{uuid4().hex[:8]}"  # PostgreSQL is shared between runs: keep each test's rows apart
     key = ["model_name", "entity_id", "as_of"]
     watch = ["model_version", "score", "features_sha256"]
-    tables.upsert(engine, tables.predictions, prediction_rows(model, 25_000, 0.25), key, watch)
+    bulk.upsert(engine, tables.predictions, prediction_rows(model, 25_000, 0.25), key, watch)
     before = snapshot(engine, model)
     replay = prediction_rows(model, 25_000, 0.25)
     for row in replay:
         row["dag_run_id"] = "a-retry"  # a retry of the same scoring must not rewrite the row
-    tables.upsert(engine, tables.predictions, replay, key, watch)
+    bulk.upsert(engine, tables.predictions, replay, key, watch)
     assert snapshot(engine, model) == before
     assert tables.count_rows(engine, tables.predictions, model) == 25_000
 
-    tables.upsert(engine, tables.predictions, prediction_rows(model, 10, 0.75), key, watch)
+    bulk.upsert(engine, tables.predictions, prediction_rows(model, 10, 0.75), key, watch)
     after = snapshot(engine, model)
     assert len(after) == 25_000
     assert sum(1 for row in after if row[4] == 0.75) == 10
@@ -74,25 +75,25 @@ def test_merge_frame_bulk_path_matches_upsert_and_replays_to_nothing(engine: Eng
     watch = ["model_version", "score", "features_sha256", "unseen_categories"]
     frame = prediction_frame(model, 20_000, 0.25)
     assert (
-        tables.merge_frame(engine, tables.predictions, frame, key, update_when_changed=watch, replaces=in_hour(model))
+        bulk.merge_frame(engine, tables.predictions, frame, key, update_when_changed=watch, replaces=in_hour(model))
         == 0
     )
     # The bulk path (COPY / executemany into a staging table) stores exactly what the row-wise upsert stores.
-    tables.upsert(engine, tables.predictions, prediction_frame(twin, 20_000, 0.25).to_dict("records"), key, watch)
+    bulk.upsert(engine, tables.predictions, prediction_frame(twin, 20_000, 0.25).to_dict("records"), key, watch)
     assert [r[1:] for r in snapshot(engine, model)] == [r[1:] for r in snapshot(engine, twin)]
 
     before = snapshot(engine, model)
     retry = frame.assign(dag_run_id="a-retry")
-    tables.merge_frame(engine, tables.predictions, retry, key, update_when_changed=watch, replaces=in_hour(model))
+    bulk.merge_frame(engine, tables.predictions, retry, key, update_when_changed=watch, replaces=in_hour(model))
     assert snapshot(engine, model) == before  # not even dag_run_id moved: the rows did not change
 
 
 def test_merge_frame_replaces_its_scope_and_nothing_else(engine: Engine) -> None:
     model = f"m_{uuid4().hex[:8]}"
     key = ["model_name", "entity_id", "as_of"]
-    tables.merge_frame(engine, tables.predictions, prediction_frame(model, 100, 0.25), key, replaces=in_hour(model))
+    bulk.merge_frame(engine, tables.predictions, prediction_frame(model, 100, 0.25), key, replaces=in_hour(model))
     # The source of that hour was corrected: 10 rows fewer. They go, in the same transaction.
-    deleted = tables.merge_frame(
+    deleted = bulk.merge_frame(
         engine, tables.predictions, prediction_frame(model, 90, 0.5, start=10), key, replaces=in_hour(model)
     )
     rows = snapshot(engine, model)
@@ -105,19 +106,19 @@ def test_merge_frame_refuses_duplicate_keys_and_writes_nothing(engine: Engine) -
     frame = prediction_frame(model, 10, 0.25)
     frame = pd.concat([frame, frame.iloc[[3]]], ignore_index=True)
     with pytest.raises(BadDataError, match=r"2 rows share a key .*'entity_id': 'E3'"):
-        tables.merge_frame(engine, tables.predictions, frame, ["model_name", "entity_id", "as_of"])
+        bulk.merge_frame(engine, tables.predictions, frame, ["model_name", "entity_id", "as_of"])
     assert tables.count_rows(engine, tables.predictions, model) == 0
 
 
 def test_merge_frame_failure_rolls_back_everything(engine: Engine) -> None:
     model = f"m_{uuid4().hex[:8]}"
     key = ["model_name", "entity_id", "as_of"]
-    tables.merge_frame(engine, tables.predictions, prediction_frame(model, 50, 0.25), key, replaces=in_hour(model))
+    bulk.merge_frame(engine, tables.predictions, prediction_frame(model, 50, 0.25), key, replaces=in_hour(model))
     before = snapshot(engine, model)
     broken = prediction_frame(model, 40, 0.5)
     broken.loc[7, "score"] = None  # NOT NULL: the merge fails after the stage was loaded
     with pytest.raises(IntegrityError):
-        tables.merge_frame(engine, tables.predictions, broken, key, replaces=in_hour(model))
+        bulk.merge_frame(engine, tables.predictions, broken, key, replaces=in_hour(model))
     assert snapshot(engine, model) == before
 
 
@@ -129,13 +130,13 @@ def test_merge_frame_keeps_every_replaced_row_in_the_history(engine: Engine) -> 
     at = datetime(2026, 1, 2, tzinfo=UTC)
     history = (h, {"superseded_at": at, "superseded_by_run": "run-2"})
     first = prediction_frame(model, 100, 0.25)
-    tables.merge_frame(
+    bulk.merge_frame(
         engine, tables.predictions, first, key, update_when_changed=watch, replaces=in_hour(model), history=history
     )
     assert tables.count_rows(engine, h, model) == 0  # nothing replaced yet
     second = prediction_frame(model, 90, 0.5, start=10)  # 90 rows re-scored, 10 gone from the source
     second.loc[:39, "score"] = 0.25  # 40 of them unchanged
-    deleted = tables.merge_frame(
+    deleted = bulk.merge_frame(
         engine, tables.predictions, second, key, update_when_changed=watch, replaces=in_hour(model), history=history
     )
     assert deleted == 10
@@ -146,7 +147,7 @@ def test_merge_frame_keeps_every_replaced_row_in_the_history(engine: Engine) -> 
     # The 10 removed and the 50 changed rows, as they were; the 40 unchanged rows are not history.
     assert len(kept) == 60 and {r.score for r in kept} == {0.25} and {r.superseded_by_run for r in kept} == {"run-2"}
     assert {r.entity_id for r in kept} == {f"E{i}" for i in [*range(10), *range(50, 100)]}
-    tables.merge_frame(
+    bulk.merge_frame(
         engine, tables.predictions, second, key, update_when_changed=watch, replaces=in_hour(model), history=history
     )
     assert tables.count_rows(engine, h, model) == 60  # the same merge again replaces nothing
@@ -155,13 +156,13 @@ def test_merge_frame_keeps_every_replaced_row_in_the_history(engine: Engine) -> 
 def test_a_record_is_never_rewritten(engine: Engine) -> None:
     model = f"m_{uuid4().hex[:8]}"
     key = ["model_name", "entity_id", "as_of"]
-    tables.merge_frame(engine, tables.predictions, prediction_frame(model, 10, 0.25), key, refuse_changed=["score"])
+    bulk.merge_frame(engine, tables.predictions, prediction_frame(model, 10, 0.25), key, refuse_changed=["score"])
     before = snapshot(engine, model)
     more = prediction_frame(model, 12, 0.25).assign(dag_run_id="other")  # two new rows, ten the same scores
-    tables.merge_frame(engine, tables.predictions, more, key, refuse_changed=["score"])
+    bulk.merge_frame(engine, tables.predictions, more, key, refuse_changed=["score"])
     assert set(before) < set(snapshot(engine, model)) and tables.count_rows(engine, tables.predictions, model) == 12
-    with pytest.raises(tables.RecordConflictError, match=r"'score': 0.25.*'new_score': 0.5"):
-        tables.merge_frame(engine, tables.predictions, prediction_frame(model, 12, 0.5), key, refuse_changed=["score"])
+    with pytest.raises(errors.RecordConflictError, match=r"'score': 0.25.*'new_score': 0.5"):
+        bulk.merge_frame(engine, tables.predictions, prediction_frame(model, 12, 0.5), key, refuse_changed=["score"])
     assert set(before) < set(snapshot(engine, model))
 
 
@@ -169,7 +170,7 @@ def test_a_read_only_engine_refuses_every_write(engine: Engine) -> None:
     import sqlalchemy.exc
     from sqlalchemy import insert
 
-    reader = tables.make_engine(engine.url.render_as_string(hide_password=False), read_only=True)
+    reader = database.make_engine(engine.url.render_as_string(hide_password=False), read_only=True)
     row = {
         "model_name": "read_only_probe",
         "entity_id": "E1",
@@ -209,25 +210,25 @@ def awkward_predictions(model: str) -> pd.DataFrame:
 
 
 def test_insert_frame_stores_what_a_row_by_row_insert_stores(engine: Engine) -> None:
-    bulk, rowwise = f"m_{uuid4().hex[:8]}", f"m_{uuid4().hex[:8]}"
+    written, rowwise = f"m_{uuid4().hex[:8]}", f"m_{uuid4().hex[:8]}"
     with engine.begin() as connection:
-        tables.insert_frame(connection, tables.predictions, awkward_predictions(bulk))
+        bulk.insert_frame(connection, tables.predictions, awkward_predictions(written))
         records = awkward_predictions(rowwise).astype(object).to_dict("records")
         connection.execute(
             tables.predictions.insert(),
             [{k: None if pd.isna(v) else v for k, v in r.items()} for r in records],
         )
-    assert [r[1:] for r in snapshot(engine, bulk)] == [r[1:] for r in snapshot(engine, rowwise)]
-    assert len(snapshot(engine, bulk)) == 4
+    assert [r[1:] for r in snapshot(engine, written)] == [r[1:] for r in snapshot(engine, rowwise)]
+    assert len(snapshot(engine, written)) == 4
 
 
 def test_insert_frame_refuses_a_taken_key_and_writes_nothing(engine: Engine) -> None:
     model = f"m_{uuid4().hex[:8]}"
     frame = awkward_predictions(model)
     with engine.begin() as connection:
-        tables.insert_frame(connection, tables.predictions, frame.iloc[:1])
+        bulk.insert_frame(connection, tables.predictions, frame.iloc[:1])
     with pytest.raises(IntegrityError), engine.begin() as connection:
-        tables.insert_frame(connection, tables.predictions, frame)  # the first row again: all of it rolls back
+        bulk.insert_frame(connection, tables.predictions, frame)  # the first row again: all of it rolls back
     assert len(snapshot(engine, model)) == 1
 
 
@@ -240,7 +241,7 @@ def test_status_counts_the_day_up_to_the_latest_prediction(engine: Engine) -> No
     hours_before = [48, 25, 23, 1, 0]  # the first two are older than the 24 h before the latest
     frame = pd.concat([frame.assign(as_of=latest - timedelta(hours=h)) for h in hours_before], ignore_index=True)
     with engine.begin() as connection:
-        tables.insert_frame(connection, tables.predictions, frame)
+        bulk.insert_frame(connection, tables.predictions, frame)
     count, at = recent_rows(engine, tables.predictions, model)
     assert count == 3 and at is not None and at.replace(tzinfo=UTC) == latest
     assert recent_rows(engine, tables.predictions, f"m_{uuid4().hex[:8]}") == (0, None)
@@ -251,21 +252,21 @@ def test_stale_planner_statistics_are_refreshed_once() -> None:
     from tests.conftest import postgres_database
 
     with postgres_database("pipelines_stats") as url:
-        tables.upgrade_schema(url)
-        engine = tables.make_engine(url)
+        database.upgrade_schema(url)
+        engine = database.make_engine(url)
         try:
             with engine.begin() as connection:
-                tables.insert_frame(connection, tables.predictions, awkward_predictions("m"))
-            assert sorted(tables.refresh_statistics(engine, tables.predictions, tables.labels)) == [
+                bulk.insert_frame(connection, tables.predictions, awkward_predictions("m"))
+            assert sorted(database.refresh_statistics(engine, tables.predictions, tables.labels)) == [
                 "labels",
                 "predictions",
             ]
-            assert tables.refresh_statistics(engine, tables.predictions, tables.labels) == []
+            assert database.refresh_statistics(engine, tables.predictions, tables.labels) == []
         finally:
             engine.dispose()
     from sqlalchemy import create_engine
 
-    assert tables.refresh_statistics(create_engine("sqlite://"), tables.predictions) == []  # SQLite needs none
+    assert database.refresh_statistics(create_engine("sqlite://"), tables.predictions) == []  # SQLite needs none
 
 
 def awkward_row(table: Any, i: int) -> dict[str, object]:
@@ -306,7 +307,7 @@ def test_every_table_bulk_loads_what_a_row_by_row_insert_stores(engine: Engine, 
         with engine.begin() as connection:
             connection.execute(delete(table))
             if load == "bulk":
-                tables.insert_frame(connection, table, frame)
+                bulk.insert_frame(connection, table, frame)
             else:
                 connection.execute(table.insert(), rows)
             columns = [table.c[name] for name in frame.columns]
@@ -319,7 +320,7 @@ def test_bulk_insert_streams_frames_and_a_conflict_in_a_later_one_writes_nothing
     model = f"m_{uuid4().hex[:8]}"
     frame = awkward_predictions(model)
     columns = list(frame.columns)
-    with engine.begin() as connection, tables.bulk_insert(connection, tables.predictions, columns) as write:
+    with engine.begin() as connection, bulk.bulk_insert(connection, tables.predictions, columns) as write:
         write(frame.iloc[:2])
         write(frame.iloc[2:])
     assert len(snapshot(engine, model)) == 4
@@ -327,7 +328,7 @@ def test_bulk_insert_streams_frames_and_a_conflict_in_a_later_one_writes_nothing
     with (
         pytest.raises(IntegrityError),
         engine.begin() as connection,
-        tables.bulk_insert(connection, tables.predictions, columns) as write,
+        bulk.bulk_insert(connection, tables.predictions, columns) as write,
     ):
         write(awkward_predictions(other))
         write(awkward_predictions(other).iloc[1:2])  # a key of the first frame again
@@ -336,13 +337,13 @@ def test_bulk_insert_streams_frames_and_a_conflict_in_a_later_one_writes_nothing
 
 def test_bulk_insert_names_the_column_of_a_value_its_type_cannot_hold(postgres_url: str) -> None:
     """Only PostgreSQL's binary COPY checks: SQLite stores any value in any column."""
-    engine = tables.make_engine(postgres_url)
+    engine = database.make_engine(postgres_url)
     model = f"m_{uuid4().hex[:8]}"
     frame = awkward_predictions(model).astype({"unseen_categories": "float64"})
     for value, problem in [(1.5, r"1\.5"), (2.0**40, "32-bit")]:
         frame.loc[1, "unseen_categories"] = value
         with pytest.raises(BadDataError, match=rf"predictions\.unseen_categories.*{problem}"), engine.begin() as c:
-            tables.insert_frame(c, tables.predictions, frame)
+            bulk.insert_frame(c, tables.predictions, frame)
     assert snapshot(engine, model) == []
     engine.dispose()
 
@@ -354,7 +355,7 @@ def test_a_failure_while_bulk_loading_writes_nothing_and_is_raised_as_it_was(eng
     with (
         pytest.raises(BadDataError, match="between two frames"),
         engine.begin() as connection,
-        tables.bulk_insert(connection, tables.predictions, list(frame.columns)) as write,
+        bulk.bulk_insert(connection, tables.predictions, list(frame.columns)) as write,
     ):
         write(frame.iloc[:2])
         raise BadDataError("between two frames")
@@ -362,13 +363,13 @@ def test_a_failure_while_bulk_loading_writes_nothing_and_is_raised_as_it_was(eng
 
 
 def test_bulk_insert_names_the_column_of_a_mixed_text_column(postgres_url: str) -> None:
-    engine = tables.make_engine(postgres_url)
+    engine = database.make_engine(postgres_url)
     model = f"m_{uuid4().hex[:8]}"
     frame = awkward_predictions(model).astype({"entity_id": object})
     frame.loc[1, "entity_id"] = 7  # numbers and text in one object column
     frame.loc[2, "entity_id"] = b"bytes"
     with pytest.raises(BadDataError, match=r"predictions\.entity_id"), engine.begin() as connection:
-        tables.insert_frame(connection, tables.predictions, frame)
+        bulk.insert_frame(connection, tables.predictions, frame)
     assert snapshot(engine, model) == []
     engine.dispose()
 
@@ -378,7 +379,7 @@ def test_missing_tables_in_the_default_home_ask_where_the_home_is_first(
 ) -> None:
     """Without PIPELINES_HOME the home is a guess: `db upgrade` there could start a second, empty home."""
     from pipelines.core.errors import SchemaError
-    from pipelines.storage.tables import make_engine
+    from pipelines.storage.database import make_engine
 
     monkeypatch.delenv("PIPELINES_HOME", raising=False)
     monkeypatch.delenv("PIPELINES_TABLES_URL", raising=False)
