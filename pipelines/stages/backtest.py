@@ -98,7 +98,7 @@ def with_probability_columns(spec: ModelSpec, frame: pd.DataFrame) -> pd.DataFra
 
 def logged_inputs_of(spec: ModelSpec, settings: Settings, frame: pd.DataFrame) -> pd.DataFrame:
     """The logged inputs (the lake's scored partitions) of the partitions of these predictions, read once."""
-    from pipelines.stages.score import read_logged_inputs
+    from pipelines.stages.prediction_log import read_logged_inputs
 
     parts = [p.to_pydatetime() for p in sorted(frame["as_of"].dt.floor(PANDAS_FREQ[spec.partition]).unique())]
     logged = read_logged_inputs(spec, settings, parts)

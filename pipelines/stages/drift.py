@@ -25,7 +25,7 @@ from pipelines.core.errors import PermanentError
 from pipelines.core.features import contract_of, predict, prediction_columns
 from pipelines.core.intervals import PartitionUnit, interval_key, partitions_between
 from pipelines.core.spec import P_VALUE_DRIFT_TESTS, DriftSpec, ModelSpec
-from pipelines.stages.score import read_scored
+from pipelines.stages.prediction_log import read_scored
 from pipelines.storage import bulk, tables
 from pipelines.storage.lake import MANIFEST_FILE, partition_key, read_partition
 from pipelines.storage.registry import load_booster

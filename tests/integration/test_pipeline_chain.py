@@ -211,7 +211,8 @@ def test_backfilling_three_intervals_again_changes_nothing(home: Settings, engin
 
 
 def test_logged_inputs_replay_to_the_logged_scores_bit_for_bit(home: Settings, engine: Engine) -> None:
-    from pipelines.stages.score import read_logged_inputs, replay_logged_inputs
+    from pipelines.stages.prediction_log import read_logged_inputs
+    from pipelines.stages.score import replay_logged_inputs
 
     logged = read_logged_inputs(demo_spec(home), home, SCORED_HOURS)
     assert logged.partitions_found == 3 and not logged.partitions_missing
