@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from html import escape
 from pathlib import Path, PurePosixPath
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import quote, urlsplit
 
 from airflow.api_fastapi.core_api.security import get_user
@@ -29,6 +29,9 @@ from pipelines.core.errors import SpecError
 from pipelines.core.spec import ModelSpec, load_spec, spec_paths
 from pipelines.storage.lake import Lake, LocalLake
 from pipelines.storage.settings import Settings
+
+if TYPE_CHECKING:  # the pages' data module is imported on the first request that needs it
+    from pipelines.views.model_page import AliasHolder, DriftWindow, ModelPage
 
 SETTINGS_TTL_S = 60  # storage comes from Airflow connections: re-read them this often
 MLFLOW_UI_ENV = "PIPELINES_MLFLOW_UI_URL"
@@ -255,7 +258,7 @@ def line_chart(cohorts: list[str], series: dict[str, list[dict[str, Any]]], metr
     return "".join(parts)
 
 
-def drift_chart(settings: Settings, root: str, windows: list[dict[str, Any]]) -> str:
+def drift_chart(settings: Settings, root: str, windows: list[DriftWindow]) -> str:
     """An inline SVG timeline: one bar per window, its height the share of drifted columns, red
     where the dataset drifted; each bar opens that window's Evidently report."""
     if not windows:
@@ -285,11 +288,11 @@ def drift_chart(settings: Settings, root: str, windows: list[dict[str, Any]]) ->
     return "".join(parts)
 
 
-def _version(served: dict[str, Any]) -> str:
+def _version(served: AliasHolder) -> str:
     return "none" if served["version"] is None else f"v{served['version']}"
 
 
-def model_html(settings: Settings, root: str, data: dict[str, Any], form_token: str | None) -> str:
+def model_html(settings: Settings, root: str, data: ModelPage, form_token: str | None) -> str:
     """A model's page; its action forms (rollback, dry run) only with a form token (a user who may trigger)."""
     model = data["model"]
     body = [

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypedDict
 
 from sqlalchemy import Connection, Engine, func, select
 
@@ -24,27 +24,99 @@ from pipelines.views.status import iso_utc, newest_rows
 WINDOWS = 48  # drift windows, validations and prediction runs shown
 
 
+class Event(TypedDict):
+    """One model_events row: an alias move, a gate decision, an approval, an adoption."""
+
+    event: str
+    alias: str | None
+    from_version: str | None
+    to_version: str | None
+    reason: str
+    dag_run_id: str | None
+    actor: str
+    at: str
+    details: dict[str, Any] | None
+
+
+class AliasHolder(TypedDict):
+    version: str | None
+    moved: Event | None  # the recorded move that put it there
+
+
+class BacktestSeries(TypedDict):
+    metric: str
+    cohorts: list[Any]
+    series: dict[str, list[dict[str, Any]]]  # "v<version> <scored_by>": [{cohort, n, value}]
+
+
+class DriftWindow(TypedDict):
+    interval_start: str
+    interval_end: str
+    model_version: str
+    drift_share: float
+    dataset_drift: bool
+    drifted_columns: list[str]
+    prediction_drift: bool | None
+    verdict: dict[str, Any] | None
+    report: str
+    dag_run_id: str
+
+
+class ValidationRow(TypedDict):
+    dag_id: str
+    dag_run_id: str
+    interval_start: str
+    interval_end: str
+    success: bool
+    failed_expectations: list[str]
+    rows_checked: int | None
+    rows_quarantined: int | None
+    result: str
+    quarantine: str | None
+
+
+class ModelPage(TypedDict):
+    model: str
+    task: str
+    description: str
+    owner: str
+    serving: dict[str, AliasHolder]  # by alias: champion, challenger
+    history: list[Event]
+    gate_decisions: list[Event]
+    awaiting_approval: Event | None
+    backtest: BacktestSeries
+    drift: list[DriftWindow]
+    validations: list[ValidationRow]
+    volume: list[dict[str, Any]]  # {dag_run_id, from, rows}: `from` cannot be a TypedDict field name
+
+
 def _iso(value: datetime | None) -> str | None:
     return None if value is None else iso_utc(value)
 
 
-def events(engine: Engine, model_name: str, kinds: tuple[str, ...], limit: int) -> list[dict[str, Any]]:
+def events(engine: Engine, model_name: str, kinds: tuple[str, ...], limit: int) -> list[Event]:
     """The newest events of these kinds, newest first."""
     e = tables.model_events
     return [
-        {
-            **{k: row[k] for k in ("event", "alias", "from_version", "to_version", "reason", "dag_run_id", "actor")},
-            "at": _iso(row["at"]),
-            "details": json.loads(row["details"]) if row["details"] else None,
-        }
+        Event(
+            event=row["event"],
+            alias=row["alias"],
+            from_version=row["from_version"],
+            to_version=row["to_version"],
+            reason=row["reason"],
+            dag_run_id=row["dag_run_id"],
+            actor=row["actor"],
+            at=iso_utc(row["at"]),
+            details=json.loads(row["details"]) if row["details"] else None,
+        )
         for row in newest_rows(engine, e, model_name, e.c.id, limit, e.c.event.in_(kinds))
     ]
 
 
-def serving(settings: Settings, engine: Engine, model_name: str, history: list[dict[str, Any]]) -> dict[str, Any]:
+def serving(settings: Settings, engine: Engine, model_name: str, history: list[Event]) -> dict[str, AliasHolder]:
     """Champion and challenger: the version each alias points at (the registry's word) and the
     recorded move that put it there (when, by whom, why)."""
-    found = {}
+    found: dict[str, AliasHolder] = {}
     for alias in (CHAMPION, CHALLENGER):
         version = alias_version(settings, model_name, alias)
         moved = next(
@@ -55,7 +127,7 @@ def serving(settings: Settings, engine: Engine, model_name: str, history: list[d
     return found
 
 
-def awaiting_approval(decisions: list[dict[str, Any]], approvals: list[dict[str, Any]]) -> dict[str, Any] | None:
+def awaiting_approval(decisions: list[Event], approvals: list[Event]) -> Event | None:
     """The newest gate decision that waits for a human and has no approval or rejection yet."""
     answered = {(a["to_version"], a["dag_run_id"]) for a in approvals}
     for decision in decisions:
@@ -68,7 +140,7 @@ def awaiting_approval(decisions: list[dict[str, Any]], approvals: list[dict[str,
     return None
 
 
-def backtest_series(engine: Engine, spec: ModelSpec) -> dict[str, Any]:
+def backtest_series(engine: Engine, spec: ModelSpec) -> BacktestSeries:
     """The plotted metric per cohort, one series per (version, logged or replayed), whole cohorts only."""
     b = tables.current_backtest(spec.name, slice_column="ALL")
     metric = plot_metric(spec)
@@ -82,12 +154,12 @@ def backtest_series(engine: Engine, spec: ModelSpec) -> dict[str, Any]:
     return {"metric": metric, "cohorts": sorted({r[0] for r in rows}), "series": series}
 
 
-def drift_timeline(engine: Engine, model_name: str, limit: int = WINDOWS) -> list[dict[str, Any]]:
+def drift_timeline(engine: Engine, model_name: str, limit: int = WINDOWS) -> list[DriftWindow]:
     d = tables.drift_reports
-    windows = [
+    windows: list[DriftWindow] = [
         {
-            "interval_start": _iso(r["interval_start"]),
-            "interval_end": _iso(r["interval_end"]),
+            "interval_start": iso_utc(r["interval_start"]),
+            "interval_end": iso_utc(r["interval_end"]),
             "model_version": r["model_version"],
             "drift_share": r["drift_share"],
             "dataset_drift": bool(r["dataset_drift"]),
@@ -102,14 +174,14 @@ def drift_timeline(engine: Engine, model_name: str, limit: int = WINDOWS) -> lis
     return windows[::-1]  # oldest first, as a timeline reads
 
 
-def validations(engine: Engine, model_name: str, limit: int = WINDOWS) -> list[dict[str, Any]]:
+def validations(engine: Engine, model_name: str, limit: int = WINDOWS) -> list[ValidationRow]:
     v = tables.validation_runs
     return [
         {
             "dag_id": r["dag_id"],
             "dag_run_id": r["dag_run_id"],
-            "interval_start": _iso(r["interval_start"]),
-            "interval_end": _iso(r["interval_end"]),
+            "interval_start": iso_utc(r["interval_start"]),
+            "interval_end": iso_utc(r["interval_end"]),
             "success": bool(r["success"]),
             "failed_expectations": json.loads(r["failed_expectations"]),
             "rows_checked": r["rows_checked"],
@@ -138,7 +210,7 @@ def prediction_volume(engine: Engine, model_name: str, span: timedelta = timedel
     return [{"dag_run_id": run, "from": _iso(first), "rows": int(n)} for run, first, n in rows]
 
 
-def model_page(settings: Settings, engine: Engine, spec: ModelSpec) -> dict[str, Any]:
+def model_page(settings: Settings, engine: Engine, spec: ModelSpec) -> ModelPage:
     history = events(engine, spec.name, ("alias_moved", "approval", "model_adopted"), 30)
     decisions = events(engine, spec.name, ("gate_decision",), 10)
     return {

@@ -4,17 +4,98 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypedDict
 
 from sqlalchemy import Engine, case, func, select
 
 from pipelines.core.errors import SpecError
 from pipelines.core.metrics import TASK_METRICS
 from pipelines.core.spec import ModelSpec, load_spec, spec_paths
+from pipelines.core.tasks import Task
 from pipelines.stages.drift_policy import DRIFT_TRIGGER
 from pipelines.storage import tables
 from pipelines.storage.registry import CHALLENGER, CHAMPION, alias_since, alias_version, mlflow_client
 from pipelines.storage.settings import Settings
+
+# The report `pipelines status` prints (and `--json` writes as is): one record per model that ran here.
+
+
+class GateSummary(TypedDict):
+    challenger_version: str | None
+    champion_version: str | None
+    action: str | None
+    reason: str
+    at: str
+
+
+class ValidationSummary(TypedDict):
+    dag_id: str
+    interval_start: str
+    interval_end: str
+    success: bool
+    failed_expectations: list[str]
+    result_path: str
+
+
+class QualitySummary(TypedDict):
+    path: str | None
+    interval_start: str
+    interval_end: str
+    model_version: str
+    rows: int
+    metrics: dict[str, Any]
+
+
+class DriftSummary(TypedDict):
+    path: str
+    interval_end: str
+    drift_share: float
+    columns: int
+    drifted_columns: list[str]
+    prediction_drift: bool | None
+    verdict: dict[str, Any] | None
+
+
+class RetrainRequest(TypedDict):
+    window_end: str
+    reason: str
+
+
+class SinceChampion(TypedDict):
+    since: str | None  # the end of the champion's training window; None: no champion, from the start
+    blocked_intervals: int
+    latest_blocked: list[dict[str, Any]]
+    drift_windows: int
+    drifted_windows: int
+    retrain_requests: int
+    latest_retrain_request: RetrainRequest | None
+
+
+class ModelStatus(TypedDict):
+    model: str
+    task: Task
+    champion_version: str | None
+    champion_since: str | None
+    challenger_version: str | None
+    champion_holdout: dict[str, Any]
+    since_champion: SinceChampion
+    last_gate_decision: GateSummary | None
+    predictions_last_24h: int
+    latest_prediction_as_of: str | None
+    labels_last_24h: int
+    backtest_metrics: int
+    latest_backtest: list[dict[str, Any]]
+    last_validation: ValidationSummary | None
+    last_quality_report: QualitySummary | None
+    last_drift_report: DriftSummary | None
+
+
+class StatusReport(TypedDict):
+    home: str
+    storage: dict[str, str]
+    models: list[ModelStatus]
+    not_run_here: list[str]
+    spec_errors: list[str]
 
 
 def iso_utc(value: datetime) -> str:
@@ -54,7 +135,7 @@ def recent_rows(engine: Engine, table: Any, model_name: str) -> tuple[int, datet
     return int(count), latest
 
 
-def model_status(settings: Settings, engine: Engine, spec: ModelSpec) -> dict[str, Any]:
+def model_status(settings: Settings, engine: Engine, spec: ModelSpec) -> ModelStatus:
     model_name = spec.name
     validation = _latest(engine, tables.validation_runs, model_name, tables.validation_runs.c.validated_at)
     drift = _latest(engine, tables.drift_reports, model_name, tables.drift_reports.c.interval_end)
@@ -159,7 +240,7 @@ def champion_record(
     return holdout, datetime.fromisoformat(window_end) if window_end else None
 
 
-def since_champion(engine: Engine, model_name: str, since: datetime | None) -> dict[str, Any]:
+def since_champion(engine: Engine, model_name: str, since: datetime | None) -> SinceChampion:
     """What happened to the data after the champion's training window (all of it, without one):
     blocked intervals, drift windows and retraining requests. Data time throughout, like the policy."""
     v, d, e = tables.validation_runs, tables.drift_reports, tables.model_events
@@ -202,7 +283,7 @@ def since_champion(engine: Engine, model_name: str, since: datetime | None) -> d
     }
 
 
-def status(settings: Settings, engine: Engine) -> dict[str, Any]:
+def status(settings: Settings, engine: Engine) -> StatusReport:
     from sqlalchemy import make_url
 
     models, errors, never_run = [], [], []
@@ -234,7 +315,7 @@ def _metric_text(values: dict[str, Any], names: tuple[str, ...]) -> str:
     return " ".join(f"{n}={'n/a' if values.get(n) is None else format(values[n], '.3f')}" for n in names)
 
 
-def format_status(report: dict[str, Any]) -> str:
+def format_status(report: StatusReport) -> str:
     storage = report["storage"]
     lines = [
         f"pipelines home: {report['home']}",
