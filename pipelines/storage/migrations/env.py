@@ -1,4 +1,4 @@
-"""Alembic environment: run on the connection `pipelines.storage.tables.upgrade_schema` hands over."""
+"""Alembic environment: run on the connection `pipelines.storage.database.upgrade_schema` hands over."""
 
 from alembic import context
 
