@@ -161,7 +161,9 @@ def test_the_wheel_installed_outside_the_repo_runs_a_new_model(venv: Path, tmp_p
     assert Path(found["package"]).is_relative_to(venv.parent)  # the wheel's copy, not this checkout
     assert found["import_errors"] == {}
     assert found["dags"] == sorted(f"{MODEL}__{kind}" for kind in ("backtest", "monitor", "rollback", "score", "train"))
-    assert found["plugin_source"] is not None and "pipelines==0.1.0" in found["plugin_source"]
-    assert "EntryPoint" in found["plugin_source"] or "entrypoint" in found["plugin_source"].lower()
+    # Airflow names where it found the plugin: the wheel's distribution and its airflow.plugins entry point.
+    assert found["plugin_source"] is not None and found["plugin_source"].startswith("pipelines==0.1.0: ")
+    assert "pipelines.airflow.plugin:PipelinesPlugin" in found["plugin_source"]
+    assert "airflow.plugins" in found["plugin_source"]
     assert found["plugin_errors"] == {}
     assert found["page_status"] == 200 and MODEL in found["page"]
