@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import tempfile
 import time
 import warnings
@@ -18,7 +19,7 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import Engine
 
-from pipelines.core.errors import NotEnoughDataError, SpecError
+from pipelines.core.errors import ConfigError, NotEnoughDataError, SpecError
 from pipelines.core.features import CONTRACT_ATTRIBUTE, build_contract, predict, prepare_features, training_target
 from pipelines.core.intervals import partitions_between
 from pipelines.core.metrics import task_metrics
@@ -71,14 +72,12 @@ def time_split(frame: pd.DataFrame, timestamp: str, training: TrainingSpec) -> t
     return train, valid, holdout
 
 
-def choose_device(requested: str) -> str:
-    """'auto' picks CUDA only when a one-round probe really ran on a GPU, else CPU."""
-    if requested != "auto":
-        return requested
+def cuda_unusable() -> str | None:
+    """Why XGBoost cannot train on a GPU here, or None when a one-round probe really ran on one."""
     import xgboost as xgb
 
     if not xgb.build_info().get("USE_CUDA"):
-        return "cpu"
+        return f"this worker's xgboost {xgb.__version__} is built without CUDA"
     probe_x = np.arange(20, dtype=np.float32).reshape(10, 2)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -86,12 +85,31 @@ def choose_device(requested: str) -> str:
             booster = xgb.train(
                 {"device": "cuda", "tree_method": "hist"}, xgb.DMatrix(probe_x, label=np.arange(10) % 2), 1
             )
-        except xgb.core.XGBoostError:
-            return "cpu"
+        except xgb.core.XGBoostError as exc:
+            return f"XGBoost cannot use a GPU on this worker: {str(exc).splitlines()[0]}"
     # Without a visible GPU XGBoost silently falls back to CPU; its config says where it really ran.
     config = json.loads(booster.save_config())
-    device = config["learner"]["generic_param"].get("device", "cpu")
-    return "cuda" if device.startswith("cuda") else "cpu"
+    if not config["learner"]["generic_param"].get("device", "cpu").startswith("cuda"):
+        return "no GPU is visible to this worker (XGBoost fell back to CPU)"
+    return None
+
+
+def choose_device(requested: str) -> str:
+    """'auto' picks CUDA only when a one-round probe really ran on a GPU, else CPU, saying why.
+    'cuda' asked for where no GPU is usable fails at once, naming the worker: XGBoost would
+    otherwise train on the CPU without a word, and the run would look like a GPU run."""
+    if requested == "cpu":
+        return "cpu"
+    why = cuda_unusable()
+    if why is None:
+        return "cuda"
+    if requested == "auto":
+        log.info("training.device auto: training on CPU, because %s", why)
+        return "cpu"
+    raise ConfigError(
+        f"training.device is '{requested}', but {why} (worker {socket.gethostname()}); send the train "
+        "task to a GPU worker (training.queue), or set training.device to auto or cpu"
+    )
 
 
 @contextmanager
